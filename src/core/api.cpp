@@ -1,0 +1,217 @@
+// The public entry points: validate (src/core/validate.cpp), then dispatch to the backend of the
+// tensors' device. Dispatch is here and only here.
+#include <cmath>
+#include <string>
+
+#include "backends.h"
+#include "validate.h"
+
+namespace ioattn {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "fp32";
+    case DType::F16: return "fp16";
+    case DType::BF16: return "bf16";
+    case DType::I32: return "int32";
+  }
+  return "unknown";
+}
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F16: return 2;
+    case DType::BF16: return 2;
+    case DType::I32: return 4;
+  }
+  return 0;
+}
+
+const char* error_code_name(ErrorCode c) {
+  switch (c) {
+    case ErrorCode::Ok: return "Ok";
+    case ErrorCode::InvalidShape: return "InvalidShape";
+    case ErrorCode::InvalidDType: return "InvalidDType";
+    case ErrorCode::InvalidStride: return "InvalidStride";
+    case ErrorCode::Misaligned: return "Misaligned";
+    case ErrorCode::DeviceMismatch: return "DeviceMismatch";
+    case ErrorCode::InvalidValue: return "InvalidValue";
+    case ErrorCode::InvalidIndex: return "InvalidIndex";
+    case ErrorCode::Unsupported: return "Unsupported";
+    case ErrorCode::WorkspaceTooSmall: return "WorkspaceTooSmall";
+    case ErrorCode::BackendError: return "BackendError";
+  }
+  return "Unknown";
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; ++i) n *= shape[i];
+  return n;
+}
+
+bool TensorView::is_contiguous() const {
+  int64_t expect = 1;
+  for (int i = ndim - 1; i >= 0; --i) {
+    if (shape[i] != 1 && stride[i] != expect) return false;
+    expect *= shape[i];
+  }
+  return true;
+}
+
+TensorView TensorView::contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                                  DeviceType device, int device_index) {
+  TensorView t;
+  t.data = data;
+  t.dtype = dtype;
+  t.ndim = static_cast<int>(shape.size());
+  int i = 0;
+  for (int64_t s : shape) t.shape[i++] = s;
+  int64_t st = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    t.stride[d] = st;
+    st *= t.shape[d];
+  }
+  t.device = device;
+  t.device_index = device_index;
+  return t;
+}
+
+namespace {
+
+Status no_cuda() {
+  return Status{ErrorCode::Unsupported, "q: tensors are on a CUDA device but ioattn was built without CUDA "
+                                        "(IOATTN_WITH_CUDA=OFF)"};
+}
+
+Inputs make_inputs(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args) {
+  Inputs in;
+  in.q = q; in.k = k; in.v = v; in.args = args;
+  return in;
+}
+
+// Validation of a workspace-size query: the same checks as the call, with a stand-in output
+// shaped like the real one. It points at a static byte and is never written or read: the query
+// only needs shapes, dtypes and devices.
+Status validate_for_query(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
+                          Params* p) {
+  static char stand_in alignas(16)[16];
+  Inputs in = make_inputs(q, k, v, args);
+  in.out = q;
+  in.out.data = stand_in;
+  if (q.ndim >= 1 && q.ndim <= TensorView::kMaxDims && v.ndim == q.ndim) {
+    int64_t st = 1;
+    for (int d = q.ndim - 1; d >= 0; --d) {
+      in.out.shape[d] = (d == q.ndim - 1) ? v.shape[d] : q.shape[d];
+      in.out.stride[d] = st;
+      st *= in.out.shape[d] > 0 ? in.out.shape[d] : 1;
+    }
+  }
+  return validate(in, false, p);
+}
+
+}  // namespace
+
+Status check_cu_seqlens_device(const Params& p, int total_q, int total_k) {
+#ifdef IOATTN_WITH_CUDA
+  return cuda::check_cu_seqlens(p, total_q, total_k);
+#else
+  (void)p; (void)total_q; (void)total_k;
+  return no_cuda();
+#endif
+}
+
+Status forward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+               const TensorView& lse, const Args& args) {
+  Inputs in = make_inputs(q, k, v, args);
+  in.out = out;
+  in.lse = lse;
+  Params p;
+  Status s = validate(in, false, &p);
+  if (!s.ok()) return s;
+  if (p.device == DeviceType::CPU) return cpu::forward(p);
+#ifdef IOATTN_WITH_CUDA
+  return cuda::forward(p);
+#else
+  return no_cuda();
+#endif
+}
+
+Status backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+                const TensorView& dout, const TensorView& lse, const TensorView& dq, const TensorView& dk,
+                const TensorView& dv, const Args& args) {
+  Inputs in = make_inputs(q, k, v, args);
+  in.out = out;
+  in.lse = lse;
+  in.dout = dout;
+  in.dq = dq;
+  in.dk = dk;
+  in.dv = dv;
+  Params p;
+  Status s = validate(in, true, &p);
+  if (!s.ok()) return s;
+  if (p.device == DeviceType::CPU) return cpu::backward(p);
+#ifdef IOATTN_WITH_CUDA
+  return cuda::backward(p);
+#else
+  return no_cuda();
+#endif
+}
+
+static Status workspace_size(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
+                             bool backward, size_t* bytes) {
+  *bytes = 0;
+  Params p;
+  Status s = validate_for_query(q, k, v, args, &p);
+  if (!s.ok()) return s;
+  if (p.device == DeviceType::CPU) return Status::Ok();
+#ifdef IOATTN_WITH_CUDA
+  std::string name;
+  s = cuda::select(p, backward, &name);
+  if (!s.ok()) return s;
+  *bytes = cuda::workspace_size(p, backward);
+  return Status::Ok();
+#else
+  return no_cuda();
+#endif
+}
+
+Status forward_workspace_size(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
+                              size_t* bytes) {
+  return workspace_size(q, k, v, args, false, bytes);
+}
+
+Status backward_workspace_size(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
+                               size_t* bytes) {
+  return workspace_size(q, k, v, args, true, bytes);
+}
+
+std::string describe_forward_choice(const TensorView& q, const TensorView& k, const TensorView& v,
+                                    const Args& args) {
+  Params p;
+  Status s = validate_for_query(q, k, v, args, &p);
+  if (!s.ok()) return std::string("none: ") + s.message;
+  if (p.device == DeviceType::CPU) return "cpu: tiled online-softmax (" + cpu::features() + ")";
+#ifdef IOATTN_WITH_CUDA
+  std::string name;
+  s = cuda::select(p, false, &name);
+  return s.ok() ? "cuda: " + name : "none: " + s.message;
+#else
+  return "none: built without CUDA";
+#endif
+}
+
+BuildInfo build_info() {
+  BuildInfo b;
+  b.version = "0.1.0";
+  b.cpu_features = cpu::features();
+#ifdef IOATTN_WITH_CUDA
+  b.cuda_compiled = true;
+  b.cuda_device_count = cuda::device_count();
+  b.cuda_devices = cuda::devices();
+#endif
+  return b;
+}
+
+}  // namespace ioattn

@@ -1,0 +1,63 @@
+// The one parameter struct that flows from validation (src/core/validate.cpp) to every backend.
+// Plain data: raw pointers, 64-bit element strides, sizes and derived scalars, filled once on the
+// host and passed by value to GPU kernels. Nothing here owns memory.
+#pragma once
+
+#include <cstdint>
+
+#include "ioattn/ioattn.h"
+
+namespace ioattn {
+
+struct Params {
+  DType dtype;            // of q, k, v, out, dout, dq, dk, dv
+  DeviceType device;
+  int device_index;
+
+  // Problem sizes. In varlen mode `batch` is the number of sequences and seqlen_q/k are the
+  // maxima (args.max_seqlen_*); the per-sequence lengths come from cu_seqlens_*.
+  int batch, heads_q, heads_k, head_dim, head_dim_v;
+  int seqlen_q, seqlen_k;
+  int group;              // heads_q / heads_k: query head h reads kv head h / group
+  bool varlen;
+  const int32_t* cu_seqlens_q;  // (batch + 1) or nullptr (dense)
+  const int32_t* cu_seqlens_k;
+
+  // Tensors. Strides in elements; the last dimension is contiguous (stride 1). In varlen mode the
+  // batch stride is 0 and the row index is cu_seqlens[b] + i.
+  const void* q; int64_t q_batch_stride, q_row_stride, q_head_stride;
+  const void* k; int64_t k_batch_stride, k_row_stride, k_head_stride;
+  const void* v; int64_t v_batch_stride, v_row_stride, v_head_stride;
+  void* out;     int64_t o_batch_stride, o_row_stride, o_head_stride;
+  // LSE fp32: dense (B, Hq, Sq) / varlen (Hq, Tq), contiguous. nullptr in forward = not wanted.
+  float* lse;    int64_t lse_batch_stride, lse_head_stride;  // lse row stride is 1
+
+  // Backward only (nullptr in forward).
+  const void* dout; int64_t do_batch_stride, do_row_stride, do_head_stride;
+  void* dq;         int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
+  void* dk;         int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
+  void* dv;         int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+
+  // Scores.
+  float scale;            // softmax scale
+  float scale_log2;       // scale * log2(e), for exp2-based softmax (without softcap)
+  float softcap;          // 0 = off
+  // Masks, bottom-right aligned: key j is visible to query i iff
+  //   (window_left < 0 || j >= i + Sk - Sq - window_left) && (window_right < 0 || j <= i + Sk - Sq + window_right)
+  // with Sq, Sk the lengths of the sequence at hand. causal has been folded into window_right = 0.
+  int window_left, window_right;
+  bool causal;            // informational: window_left < 0 && window_right == 0
+  const float* alibi_slopes; int64_t alibi_batch_stride;  // (B, Hq) or (Hq) with batch stride 0
+
+  // Dropout.
+  float dropout_p;        // 0 = off
+  float rp_dropout;       // 1 / (1 - p)
+  uint32_t dropout_threshold;  // keep iff philox word >= threshold (threshold = floor(p * 2^32))
+  uint64_t seed, offset;
+
+  bool deterministic;
+  void* stream;
+  void* workspace; size_t workspace_bytes;
+};
+
+}  // namespace ioattn

@@ -1,0 +1,337 @@
+// Validation of every entry point (DESIGN.md §3): shapes, dtypes, devices, strides, index ranges.
+// Runs before any backend is reached, so nothing is written when it fails. Fills the Params.
+#include "validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <sstream>
+#include <vector>
+
+#include "backends.h"
+#include "philox.h"
+
+namespace ioattn {
+namespace {
+
+template <class... T>
+Status err(ErrorCode c, T&&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return Status{c, os.str()};
+}
+
+std::string shape_str(const TensorView& t) {
+  std::ostringstream os;
+  os << "(";
+  for (int i = 0; i < t.ndim; ++i) os << (i ? ", " : "") << t.shape[i];
+  os << ")";
+  return os.str();
+}
+
+const char* device_name(DeviceType d) { return d == DeviceType::CPU ? "cpu" : "cuda"; }
+
+// Byte range [lo, hi) a view touches (strides are non-negative, checked before).
+void byte_range(const TensorView& t, uintptr_t* lo, uintptr_t* hi) {
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
+  uintptr_t last = 0;
+  bool empty = false;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] == 0) empty = true;
+    else last += static_cast<uintptr_t>(t.shape[i] - 1) * static_cast<uintptr_t>(t.stride[i]);
+  }
+  *lo = base;
+  *hi = empty ? base : base + (last + 1) * dtype_size(t.dtype);
+}
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (!a.defined() || !b.defined()) return false;
+  uintptr_t alo, ahi, blo, bhi;
+  byte_range(a, &alo, &ahi);
+  byte_range(b, &blo, &bhi);
+  return alo < bhi && blo < ahi;
+}
+
+// An output view must not write one element twice: sorted by stride, each stride reaches past the
+// extent of the dimensions below it.
+bool self_overlapping(const TensorView& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (int i = 0; i < t.ndim; ++i)
+    if (t.shape[i] > 1) dims.emplace_back(t.stride[i], t.shape[i]);
+  std::sort(dims.begin(), dims.end());
+  int64_t extent = 1;
+  for (auto [s, n] : dims) {
+    if (s < extent) return true;
+    extent = s * (n - 1) + extent;
+  }
+  return false;
+}
+
+// Common checks of one tensor argument: present, rank, dtype, device, strides.
+Status check_tensor(const char* name, const TensorView& t, int ndim, DType dtype, const TensorView& like,
+                    bool output) {
+  if (!t.defined()) return err(ErrorCode::InvalidShape, name, ": expected a tensor, got none (null data)");
+  if (t.ndim != ndim)
+    return err(ErrorCode::InvalidShape, name, ": expected ", ndim, " dimensions, got ", t.ndim, " ", shape_str(t));
+  if (t.dtype != dtype)
+    return err(ErrorCode::InvalidDType, name, ": expected dtype ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
+  if (t.device != like.device || t.device_index != like.device_index)
+    return err(ErrorCode::DeviceMismatch, name, ": expected device ", device_name(like.device), ":",
+               like.device_index, " like q, got ", device_name(t.device), ":", t.device_index);
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] < 0) return err(ErrorCode::InvalidShape, name, ": negative size in dimension ", i);
+    if (t.stride[i] < 0) return err(ErrorCode::InvalidStride, name, ": negative stride in dimension ", i);
+  }
+  if (t.shape[t.ndim - 1] > 1 && t.stride[t.ndim - 1] != 1)
+    return err(ErrorCode::InvalidStride, name, ": expected a contiguous last dimension (stride 1), got stride ",
+               t.stride[t.ndim - 1]);
+  if (output && self_overlapping(t))
+    return err(ErrorCode::InvalidStride, name, ": output strides make elements overlap");
+  return Status::Ok();
+}
+
+Status expect_dim(const char* name, const TensorView& t, int dim, int64_t want, const char* what,
+                  const char* like) {
+  if (t.shape[dim] != want)
+    return err(ErrorCode::InvalidShape, name, ": expected ", what, " ", want, " like ", like, ", got ", t.shape[dim],
+               " (shape ", shape_str(t), ")");
+  return Status::Ok();
+}
+
+#define IOATTN_TRY(expr)             \
+  do {                               \
+    Status s_ = (expr);              \
+    if (!s_.ok()) return s_;         \
+  } while (0)
+
+constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+
+Status check_int_range(const char* name, int64_t v) {
+  if (v > kIntMax) return err(ErrorCode::InvalidShape, name, ": ", v, " exceeds the supported 2^31 - 1");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status validate(const Inputs& in, bool backward, Params* p_out) {
+  const TensorView& q = in.q;
+  const TensorView& k = in.k;
+  const TensorView& v = in.v;
+  const Args& a = in.args;
+  if (!q.defined()) return err(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
+  if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
+    return err(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
+  if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
+    return err(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+
+  const bool varlen = a.cu_seqlens_q.defined() || a.cu_seqlens_k.defined();
+  if (varlen && !(a.cu_seqlens_q.defined() && a.cu_seqlens_k.defined()))
+    return err(ErrorCode::InvalidShape, a.cu_seqlens_q.defined() ? "cu_seqlens_k" : "cu_seqlens_q",
+               ": varlen mode needs both cu_seqlens_q and cu_seqlens_k");
+  const int nd = varlen ? 3 : 4;
+  const int row = varlen ? 0 : 1;  // the sequence (token) dimension
+  IOATTN_TRY(check_tensor("q", q, nd, q.dtype, q, false));
+  IOATTN_TRY(check_tensor("k", k, nd, q.dtype, q, false));
+  IOATTN_TRY(check_tensor("v", v, nd, q.dtype, q, false));
+
+  const int64_t D = q.shape[nd - 1], Dv = v.shape[nd - 1];
+  const int64_t Hq = q.shape[nd - 2], Hk = k.shape[nd - 2];
+  if (D <= 0) return err(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
+  if (Dv <= 0) return err(ErrorCode::InvalidShape, "v: expected head_dim > 0, got ", Dv);
+  if (Hq <= 0) return err(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
+  if (Hk <= 0) return err(ErrorCode::InvalidShape, "k: expected heads > 0, got ", Hk);
+  IOATTN_TRY(expect_dim("k", k, nd - 1, D, "head_dim", "q"));
+  IOATTN_TRY(expect_dim("v", v, nd - 2, Hk, "heads", "k"));
+  IOATTN_TRY(expect_dim("v", v, row, k.shape[row], varlen ? "total_k" : "seqlen_k", "k"));
+  if (Hq % Hk != 0)
+    return err(ErrorCode::InvalidShape, "k: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
+  if (!varlen) {
+    IOATTN_TRY(expect_dim("k", k, 0, q.shape[0], "batch", "q"));
+    IOATTN_TRY(expect_dim("v", v, 0, q.shape[0], "batch", "q"));
+  }
+  for (int i = 0; i < nd; ++i) {
+    IOATTN_TRY(check_int_range("q", q.shape[i]));
+    IOATTN_TRY(check_int_range("k", k.shape[i]));
+  }
+
+  // Outputs, shaped like their inputs.
+  const TensorView& out = in.out;
+  IOATTN_TRY(check_tensor("out", out, nd, q.dtype, q, !backward));
+  for (int i = 0; i < nd - 1; ++i) IOATTN_TRY(expect_dim("out", out, i, q.shape[i], "size", "q"));
+  IOATTN_TRY(expect_dim("out", out, nd - 1, Dv, "head_dim", "v"));
+
+  int64_t batch = varlen ? a.cu_seqlens_q.shape[0] - 1 : q.shape[0];
+  if (varlen) {
+    for (auto [name, cu] : {std::pair<const char*, const TensorView*>{"cu_seqlens_q", &a.cu_seqlens_q},
+                            {"cu_seqlens_k", &a.cu_seqlens_k}}) {
+      IOATTN_TRY(check_tensor(name, *cu, 1, DType::I32, q, false));
+      if (cu->shape[0] < 1) return err(ErrorCode::InvalidShape, name, ": expected batch + 1 >= 1 entries, got 0");
+    }
+    if (a.cu_seqlens_k.shape[0] != a.cu_seqlens_q.shape[0])
+      return err(ErrorCode::InvalidShape, "cu_seqlens_k: expected ", a.cu_seqlens_q.shape[0],
+                 " entries like cu_seqlens_q, got ", a.cu_seqlens_k.shape[0]);
+    if (a.max_seqlen_q < 0) return err(ErrorCode::InvalidValue, "max_seqlen_q: expected >= 0, got ", a.max_seqlen_q);
+    if (a.max_seqlen_k < 0) return err(ErrorCode::InvalidValue, "max_seqlen_k: expected >= 0, got ", a.max_seqlen_k);
+  }
+
+  // LSE: fp32, contiguous. Optional in forward, required in backward.
+  const TensorView& lse = in.lse;
+  if (lse.defined() || backward) {
+    IOATTN_TRY(check_tensor("lse", lse, varlen ? 2 : 3, DType::F32, q, !backward));
+    if (varlen) {
+      IOATTN_TRY(expect_dim("lse", lse, 0, Hq, "heads", "q"));
+      IOATTN_TRY(expect_dim("lse", lse, 1, q.shape[0], "total_q", "q"));
+    } else {
+      IOATTN_TRY(expect_dim("lse", lse, 0, batch, "batch", "q"));
+      IOATTN_TRY(expect_dim("lse", lse, 1, Hq, "heads", "q"));
+      IOATTN_TRY(expect_dim("lse", lse, 2, q.shape[1], "seqlen_q", "q"));
+    }
+    if (!lse.is_contiguous()) return err(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
+  }
+
+  if (backward) {
+    IOATTN_TRY(check_tensor("dout", in.dout, nd, q.dtype, q, false));
+    for (int i = 0; i < nd; ++i) IOATTN_TRY(expect_dim("dout", in.dout, i, out.shape[i], "size", "out"));
+    const std::pair<const char*, const TensorView*> grads[] = {{"dq", &in.dq}, {"dk", &in.dk}, {"dv", &in.dv}};
+    const TensorView* likes[] = {&q, &k, &v};
+    const char* like_names[] = {"q", "k", "v"};
+    for (int g = 0; g < 3; ++g) {
+      IOATTN_TRY(check_tensor(grads[g].first, *grads[g].second, nd, q.dtype, q, true));
+      for (int i = 0; i < nd; ++i)
+        IOATTN_TRY(expect_dim(grads[g].first, *grads[g].second, i, likes[g]->shape[i], "size", like_names[g]));
+    }
+    // Gradients are written while inputs are read: no aliasing.
+    const TensorView* ins[] = {&q, &k, &v, &out, &in.dout, &lse};
+    const char* in_names[] = {"q", "k", "v", "out", "dout", "lse"};
+    for (int g = 0; g < 3; ++g) {
+      for (int i = 0; i < 6; ++i)
+        if (overlaps(*grads[g].second, *ins[i]))
+          return err(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", in_names[i]);
+      for (int h = g + 1; h < 3; ++h)
+        if (overlaps(*grads[g].second, *grads[h].second))
+          return err(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", grads[h].first);
+    }
+  } else {
+    const TensorView* ins[] = {&q, &k, &v};
+    const char* in_names[] = {"q", "k", "v"};
+    for (int i = 0; i < 3; ++i) {
+      if (overlaps(out, *ins[i])) return err(ErrorCode::InvalidStride, "out: must not overlap ", in_names[i]);
+      if (overlaps(lse, *ins[i])) return err(ErrorCode::InvalidStride, "lse: must not overlap ", in_names[i]);
+    }
+    if (overlaps(out, lse)) return err(ErrorCode::InvalidStride, "lse: must not overlap out");
+  }
+
+  // Scalars.
+  if (std::isinf(a.softmax_scale)) return err(ErrorCode::InvalidValue, "softmax_scale: expected a finite value");
+  if (a.window_left < -1) return err(ErrorCode::InvalidValue, "window_left: expected >= -1, got ", a.window_left);
+  if (a.window_right < -1) return err(ErrorCode::InvalidValue, "window_right: expected >= -1, got ", a.window_right);
+  if (a.causal && a.window_right > 0)
+    return err(ErrorCode::InvalidValue, "window_right: causal allows no key right of the diagonal, got ", a.window_right);
+  if (!(a.softcap >= 0.0f) || std::isinf(a.softcap))
+    return err(ErrorCode::InvalidValue, "softcap: expected a finite value >= 0, got ", a.softcap);
+  if (!(a.dropout_p >= 0.0f && a.dropout_p < 1.0f))
+    return err(ErrorCode::InvalidValue, "dropout_p: expected 0 <= p < 1, got ", a.dropout_p);
+  if (a.alibi_slopes.defined()) {
+    const TensorView& s = a.alibi_slopes;
+    if (s.ndim != 1 && s.ndim != 2)
+      return err(ErrorCode::InvalidShape, "alibi_slopes: expected shape (heads_q) or (batch, heads_q), got ", shape_str(s));
+    IOATTN_TRY(check_tensor("alibi_slopes", s, s.ndim, DType::F32, q, false));
+    IOATTN_TRY(expect_dim("alibi_slopes", s, s.ndim - 1, Hq, "heads", "q"));
+    if (s.ndim == 2) IOATTN_TRY(expect_dim("alibi_slopes", s, 0, batch, "batch", "q"));
+  }
+
+  Params p{};
+  p.dtype = q.dtype;
+  p.device = q.device;
+  p.device_index = q.device_index;
+  p.batch = static_cast<int>(batch);
+  p.heads_q = static_cast<int>(Hq);
+  p.heads_k = static_cast<int>(Hk);
+  p.head_dim = static_cast<int>(D);
+  p.head_dim_v = static_cast<int>(Dv);
+  p.group = static_cast<int>(Hq / Hk);
+  p.varlen = varlen;
+  p.seqlen_q = varlen ? a.max_seqlen_q : static_cast<int>(q.shape[1]);
+  p.seqlen_k = varlen ? a.max_seqlen_k : static_cast<int>(k.shape[1]);
+  p.cu_seqlens_q = varlen ? static_cast<const int32_t*>(a.cu_seqlens_q.data) : nullptr;
+  p.cu_seqlens_k = varlen ? static_cast<const int32_t*>(a.cu_seqlens_k.data) : nullptr;
+
+  auto strides = [&](const TensorView& t, int64_t* bs, int64_t* rs, int64_t* hs) {
+    *bs = varlen ? 0 : t.stride[0];
+    *rs = t.stride[row];
+    *hs = t.stride[nd - 2];
+  };
+  p.q = q.data; strides(q, &p.q_batch_stride, &p.q_row_stride, &p.q_head_stride);
+  p.k = k.data; strides(k, &p.k_batch_stride, &p.k_row_stride, &p.k_head_stride);
+  p.v = v.data; strides(v, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride);
+  p.out = out.data; strides(out, &p.o_batch_stride, &p.o_row_stride, &p.o_head_stride);
+  p.lse = static_cast<float*>(lse.data);
+  p.lse_batch_stride = varlen ? 0 : Hq * q.shape[1];
+  p.lse_head_stride = varlen ? q.shape[0] : q.shape[1];
+  if (backward) {
+    p.dout = in.dout.data; strides(in.dout, &p.do_batch_stride, &p.do_row_stride, &p.do_head_stride);
+    p.dq = in.dq.data; strides(in.dq, &p.dq_batch_stride, &p.dq_row_stride, &p.dq_head_stride);
+    p.dk = in.dk.data; strides(in.dk, &p.dk_batch_stride, &p.dk_row_stride, &p.dk_head_stride);
+    p.dv = in.dv.data; strides(in.dv, &p.dv_batch_stride, &p.dv_row_stride, &p.dv_head_stride);
+  }
+
+  p.scale = (a.softmax_scale > 0.0f) ? a.softmax_scale : 1.0f / std::sqrt(static_cast<float>(D));
+  p.scale_log2 = p.scale * 1.4426950408889634f;  // log2(e)
+  p.softcap = a.softcap;
+  p.window_left = a.window_left;
+  p.window_right = a.causal ? 0 : a.window_right;
+  p.causal = p.window_left < 0 && p.window_right == 0;
+  p.alibi_slopes = static_cast<const float*>(a.alibi_slopes.data);
+  p.alibi_batch_stride = (a.alibi_slopes.defined() && a.alibi_slopes.ndim == 2) ? a.alibi_slopes.stride[0] : 0;
+  p.dropout_p = a.dropout_p;
+  p.rp_dropout = 1.0f / (1.0f - a.dropout_p);
+  p.dropout_threshold = dropout_threshold(a.dropout_p);
+  p.seed = a.seed;
+  p.offset = a.offset;
+  p.deterministic = a.deterministic;
+  p.stream = a.stream;
+  p.workspace = a.workspace;
+  p.workspace_bytes = a.workspace_bytes;
+
+  // Varlen index ranges. Host-resident prefix sums are checked here; device-resident ones by the
+  // CUDA backend (it must copy them).
+  if (varlen) {
+    const int total_q = static_cast<int>(q.shape[0]), total_k = static_cast<int>(k.shape[0]);
+    if (q.device == DeviceType::CPU) {
+      IOATTN_TRY(check_cu_seqlens_host(p, total_q, total_k));
+    } else {
+      if (q.device != DeviceType::CUDA) return err(ErrorCode::DeviceMismatch, "q: unsupported device");
+      IOATTN_TRY(check_cu_seqlens_device(p, total_q, total_k));
+    }
+  }
+  *p_out = p;
+  return Status::Ok();
+}
+
+Status check_cu_seqlens_host(const Params& p, int total_q, int total_k) {
+  const std::pair<const char*, const int32_t*> cus[] = {{"cu_seqlens_q", p.cu_seqlens_q},
+                                                       {"cu_seqlens_k", p.cu_seqlens_k}};
+  const int totals[] = {total_q, total_k};
+  const int maxes[] = {p.seqlen_q, p.seqlen_k};
+  const char* max_names[] = {"max_seqlen_q", "max_seqlen_k"};
+  for (int t = 0; t < 2; ++t) {
+    const int32_t* cu = cus[t].second;
+    if (cu[0] != 0) return err(ErrorCode::InvalidIndex, cus[t].first, ": expected to start at 0, got ", cu[0]);
+    for (int b = 0; b < p.batch; ++b) {
+      const int64_t len = static_cast<int64_t>(cu[b + 1]) - cu[b];
+      if (len < 0)
+        return err(ErrorCode::InvalidIndex, cus[t].first, ": expected non-decreasing prefix sums, got ", cu[b],
+                   " then ", cu[b + 1], " at index ", b);
+      if (len > maxes[t])
+        return err(ErrorCode::InvalidIndex, max_names[t], ": sequence ", b, " has length ", len,
+                   ", more than ", max_names[t], " = ", maxes[t]);
+    }
+    if (cu[p.batch] > totals[t])
+      return err(ErrorCode::InvalidIndex, cus[t].first, ": last entry ", cu[p.batch], " exceeds the ", totals[t],
+                 " rows of ", t == 0 ? "q" : "k");
+  }
+  return Status::Ok();
+}
+
+}  // namespace ioattn

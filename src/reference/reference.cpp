@@ -1,0 +1,2 @@
+// Placeholder until the reference lands.
+#include "reference.h"
