@@ -52,6 +52,9 @@ int64_t TensorView::numel() const {
 }
 
 bool TensorView::is_contiguous() const {
+  // An empty tensor is contiguous whatever its strides (as in PyTorch, whose empty tensors carry
+  // strides computed with max(size, 1), e.g. (2, 1, 1) for shape (1, 2, 0)).
+  if (numel() == 0) return true;
   int64_t expect = 1;
   for (int i = ndim - 1; i >= 0; --i) {
     if (shape[i] != 1 && stride[i] != expect) return false;

@@ -22,6 +22,9 @@ struct Params {
   bool varlen;
   const int32_t* cu_seqlens_q;  // (batch + 1) or nullptr (dense)
   const int32_t* cu_seqlens_k;
+  // Varlen: rows of q and of k/v (q.shape[0], k.shape[0]); GPU kernels clamp every index read from
+  // cu_seqlens to these, since under stream capture the prefix sums cannot be checked on the host.
+  int total_q, total_k;
 
   // Tensors. Strides in elements; the last dimension is contiguous (stride 1). In varlen mode the
   // batch stride is 0 and the row index is cu_seqlens[b] + i.

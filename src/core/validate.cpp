@@ -256,6 +256,8 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
   p.seqlen_k = varlen ? a.max_seqlen_k : static_cast<int>(k.shape[1]);
   p.cu_seqlens_q = varlen ? static_cast<const int32_t*>(a.cu_seqlens_q.data) : nullptr;
   p.cu_seqlens_k = varlen ? static_cast<const int32_t*>(a.cu_seqlens_k.data) : nullptr;
+  p.total_q = varlen ? static_cast<int>(q.shape[0]) : 0;
+  p.total_k = varlen ? static_cast<int>(k.shape[0]) : 0;
 
   auto strides = [&](const TensorView& t, int64_t* bs, int64_t* rs, int64_t* hs) {
     *bs = varlen ? 0 : t.stride[0];

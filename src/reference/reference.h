@@ -29,7 +29,8 @@ Status backward(const TensorView& q, const TensorView& k, const TensorView& v, c
 
 // Standard attention as frameworks compute it in the input dtype `dt` (the error baseline of
 // DESIGN.md §1): S = Q Kᵀ accumulated in fp32 and rounded to dt, softmax in fp32 rounded to dt,
-// O = P V accumulated in fp32 rounded to dt. For fp32 inputs everything is fp32. Same outputs as
+// O = P V accumulated in fp32 rounded to dt. For fp32 inputs everything is fp32. The backward
+// rounds dP, dS, dQ, dK, dV likewise and takes D = dO·O from its own rounded O (DESIGN.md §1). Same outputs as
 // forward()/backward() (as double arrays holding the low-precision values).
 Status standard_forward(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
                         Result* r, int row_stride = 1);

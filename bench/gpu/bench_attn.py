@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Side-by-side GPU attention benchmark, by /work/shared/BENCHMARKS.md's protocol.
+
+Shapes: bf16, model width 2048 (heads = 2048 / head_dim), batch x seqlen = 16384 tokens, seqlen
+512 ... 16384, head dim 64 / 128 / 256, causal and not. In one run, on one device:
+
+  ioattn         through the `ioattn` CLI (`ioattn run --device cuda --json --backward`): CUDA events,
+                 one warm-up call, median of --repeat calls; backward timed by itself
+  SDPA backends  PyTorch scaled_dot_product_attention pinned to FLASH_ATTENTION (flash-attn 2),
+                 CUDNN_ATTENTION and EFFICIENT_ATTENTION; triton.testing.do_bench median;
+                 backward = time(forward + backward) - time(forward)
+  FlexAttention  torch.compile'd flex_attention (only with --flex: compiling costs minutes)
+
+TFLOP/s as the FlashAttention papers count: forward 4·B·H·Sq·Sk·d (halved for causal),
+backward 2.5x forward. Peak extra memory of forward + backward at the longest seqlen: for the
+PyTorch peers torch.cuda.max_memory_allocated() minus the inputs (so out, lse and gradients count);
+for ioattn the CLI's scratch + LSE plus the same out + gradient bytes, so the two are comparable.
+
+Writes bench/results/gpu-<device>-<date>.json (device, date, torch / CUDA / cuDNN versions, every
+measurement) and prints a table between BENCH TABLE / END TABLE lines (scripts/gpu_check.sh shows it).
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+try:
+    from triton.testing import do_bench
+except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
+    do_bench = None
+
+PEERS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+WIDTH, TOKENS = 2048, 16384
+
+
+def fwd_flops(b, h, sq, sk, d, causal):
+    f = 4.0 * b * h * sq * sk * d
+    return f / 2 if causal else f
+
+
+def bench_ms(fn, grad_to_none=None):
+    if do_bench is not None:
+        return do_bench(fn, grad_to_none=grad_to_none, return_mode="median")
+    # Fallback: CUDA events, warm-up, median of 30.
+    for _ in range(3):
+        fn()
+    ts = []
+    for _ in range(30):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    return sorted(ts)[len(ts) // 2]
+
+
+def time_torch(attn, q, k, v, causal, measure_memory):
+    """attn(q, k, v, causal) on BHSD tensors -> (fwd_ms, bwd_ms, peak_extra_bytes or None)."""
+    with torch.no_grad():
+        fwd = bench_ms(lambda: attn(q, k, v, causal))
+    qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    dout = torch.randn_like(q)
+
+    def fwd_bwd():
+        attn(qg, kg, vg, causal).backward(dout)
+
+    both = bench_ms(fwd_bwd, grad_to_none=[qg, kg, vg])
+    peak = None
+    if measure_memory:
+        qg.grad = kg.grad = vg.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fwd_bwd()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    return fwd, max(both - fwd, 0.0), peak
+
+
+def sdpa(backend):
+    def attn(q, k, v, causal):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return attn
+
+
+def flex():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    compiled = torch.compile(flex_attention)
+    masks = {}
+
+    def attn(q, k, v, causal):
+        if not causal:
+            return compiled(q, k, v)
+        key = (q.shape[-2], k.shape[-2])
+        if key not in masks:
+            masks[key] = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, key[0], key[1])
+        return compiled(q, k, v, block_mask=masks[key])
+    return attn
+
+
+def run_ioattn(cli, b, h, s, d, causal, repeat):
+    """One CLI run (fwd + bwd; fwd only if the build has no CUDA backward). Returns its JSON."""
+    base = [cli, "run", "--device", "cuda", "--dtype", "bf16", "--batch", str(b), "--heads", str(h),
+            "--seqlen", str(s), "--head-dim", str(d), "--json", "--repeat", str(repeat)]
+    if causal:
+        base.append("--causal")
+    for cmd in (base + ["--backward"], base):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        objs = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("{")]
+        if r.returncode == 0 and objs:
+            return json.loads(objs[-1])
+        err = (r.stderr or r.stdout).strip().splitlines()
+        last_err = err[-1] if err else f"exit {r.returncode}"
+    return {"error": last_err}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cli", default=shutil.which("ioattn") or "build-gpu/tools/ioattn", help="the ioattn CLI")
+    ap.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
+    ap.add_argument("--head-dims", default="64,128,256")
+    ap.add_argument("--causal", default="0,1", help="0, 1 or 0,1")
+    ap.add_argument("--peers", default="flash,cudnn,efficient")
+    ap.add_argument("--flex", action="store_true", help="also FlexAttention (torch.compile; slow to start)")
+    ap.add_argument("--repeat", type=int, default=30, help="ioattn CLI timed repetitions")
+    ap.add_argument("--out-dir", default="bench/results")
+    args = ap.parse_args()
+
+    dev = torch.cuda.get_device_properties(0)
+    seqlens = [int(x) for x in args.seqlens.split(",")]
+    head_dims = [int(x) for x in args.head_dims.split(",")]
+    causals = [bool(int(x)) for x in args.causal.split(",")]
+    peers = {n: sdpa(PEERS[n]) for n in args.peers.split(",") if n}
+    if args.flex:
+        peers["flex"] = flex()
+    have_cli = os.path.exists(args.cli)
+    if not have_cli:
+        print(f"warning: {args.cli} not found; ioattn is not timed", file=sys.stderr)
+
+    rows = []
+    longest = max(seqlens)
+    for d in head_dims:
+        h = WIDTH // d
+        for s in seqlens:
+            b = max(1, TOKENS // s)
+            for causal in causals:
+                flops = fwd_flops(b, h, s, s, d, causal)
+                row = {"head_dim": d, "seqlen": s, "batch": b, "heads": h, "causal": causal, "fwd_flops": flops}
+                mem = s == longest
+                torch.manual_seed(0)
+                q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+                for name, attn in peers.items():
+                    try:
+                        fwd, bwd, peak = time_torch(attn, q, k, v, causal, mem)
+                        row[name] = {"fwd_ms": fwd, "bwd_ms": bwd, "fwd_tflops": flops / fwd / 1e9,
+                                     "bwd_tflops": 2.5 * flops / bwd / 1e9 if bwd > 0 else None,
+                                     "peak_extra_bytes": peak}
+                    except Exception as e:  # a backend that does not support the shape
+                        row[name] = {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+                    torch.cuda.empty_cache()
+                del q, k, v
+                torch.cuda.empty_cache()
+                if have_cli:
+                    j = run_ioattn(args.cli, b, h, s, d, causal, args.repeat)
+                    if "error" not in j:
+                        tensor_bytes = b * s * h * d * 2
+                        j["peak_extra_bytes_with_outputs"] = j.get("peak_extra_bytes", 0) + tensor_bytes * (
+                            4 if j.get("bwd_ms") is not None else 1)
+                    row["ioattn"] = j
+                rows.append(row)
+                print(json.dumps({k2: row[k2] for k2 in ("head_dim", "seqlen", "causal")}), flush=True)
+
+    # Ratios.
+    def tf(r, name, key):
+        x = r.get(name, {})
+        return x.get(key) if isinstance(x, dict) else None
+
+    lines = []
+    hdr = (f"{'d':>4} {'seqlen':>6} {'causal':>6} | {'ioattn':>11} | " +
+           " | ".join(f"{n:>11}" for n in peers) + " | ratio/best  ratio/flash")
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for r in rows:
+        cells = []
+        for name in ["ioattn"] + list(peers):
+            f, bw = tf(r, name, "fwd_tflops"), tf(r, name, "bwd_tflops")
+            cells.append(f"{f:5.0f}/{bw:5.0f}" if f and bw else (f"{f:5.0f}/  -  " if f else f"{'n/a':>11}"))
+        ratios = {}
+        for key in ("fwd_tflops", "bwd_tflops"):
+            mine = tf(r, "ioattn", key)
+            best = max([tf(r, n, key) or 0 for n in peers] or [0])
+            fl = tf(r, "flash", key)
+            ratios[key] = (mine / best if mine and best else None, mine / fl if mine and fl else None)
+        r["ratio"] = {"fwd_vs_best": ratios["fwd_tflops"][0], "fwd_vs_flash": ratios["fwd_tflops"][1],
+                      "bwd_vs_best": ratios["bwd_tflops"][0], "bwd_vs_flash": ratios["bwd_tflops"][1]}
+
+        def fmt(x):
+            return f"{x:4.2f}" if x else " -  "
+        rb = f"{fmt(ratios['fwd_tflops'][0])}/{fmt(ratios['bwd_tflops'][0])}"
+        rf = f"{fmt(ratios['fwd_tflops'][1])}/{fmt(ratios['bwd_tflops'][1])}"
+        lines.append(f"{r['head_dim']:>4} {r['seqlen']:>6} {str(r['causal']):>6} | " + " | ".join(cells) +
+                     f" | {rb:>10}  {rf:>10}")
+    mem_lines = []
+    for r in rows:
+        if r["seqlen"] != longest:
+            continue
+        parts = []
+        for name in ["ioattn"] + list(peers):
+            x = r.get(name, {})
+            pk = x.get("peak_extra_bytes_with_outputs", x.get("peak_extra_bytes")) if isinstance(x, dict) else None
+            parts.append(f"{name} {pk / 2**20:.0f} MiB" if pk is not None else f"{name} n/a")
+        mem_lines.append(f"peak extra fwd+bwd memory d={r['head_dim']} seqlen={r['seqlen']} causal={r['causal']}: " +
+                         ", ".join(parts))
+
+    print("BENCH TABLE")
+    print("TFLOP/s fwd/bwd, bf16, heads = 2048/d, batch x seqlen = 16384")
+    for ln in lines + mem_lines:
+        print(ln)
+    print("END TABLE")
+
+    name = re.sub(r"[^A-Za-z0-9]+", "-", dev.name).strip("-").lower()
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, f"gpu-{name}-{date}.json")
+    meta = {"device": dev.name, "sm_count": dev.multi_processor_count, "date": datetime.datetime.now(
+        datetime.timezone.utc).isoformat(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(), "protocol": "BENCHMARKS.md: bf16, heads=2048/d, B*S=16384",
+        "rows": rows}
+    with open(path, "w") as f:
+        json.dump(meta, f, indent=1)
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds and installs the Python package `ioattn` into a venv and runs its CPU tests.
+#
+#   scripts/ci-python.sh            # venv at .venv (created if missing), CUDA build only with a GPU
+#   IOATTN_VENV=/path/venv  IOATTN_PY_CUDA=ON|OFF  IOATTN_JOBS=N  scripts/ci-python.sh
+#
+# Steps: (1) venv + dependencies from PyPI (torch, numpy, pytest, nanobind, scikit-build-core,
+# transformers), skipped when already importable; (2) `pip install --no-build-isolation .` (the C++
+# core + nanobind module through scikit-build-core, build tree build-py/); without a GPU the CUDA
+# backends are left out (-C cmake.define.IOATTN_WITH_CUDA=OFF): the main build compiles them
+# already and they could not run here; (3) pytest tests/python without test_cuda.py (the GPU
+# script runs that file). Exit status: pytest's.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${IOATTN_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+export CMAKE_BUILD_PARALLEL_LEVEL="${IOATTN_JOBS:-2}"
+start=$(date +%s)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating venv $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$PY" -c "import torch, numpy, pytest, nanobind, scikit_build_core, transformers" 2>/dev/null; then
+  echo "== installing dependencies (torch is the CUDA-enabled PyPI wheel: several GB on first install)"
+  "$PY" -m pip install -q --upgrade pip
+  "$PY" -m pip install -q torch numpy pytest nanobind scikit-build-core transformers
+fi
+
+if [ -z "${IOATTN_PY_CUDA:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    IOATTN_PY_CUDA=ON
+  else
+    IOATTN_PY_CUDA=OFF
+  fi
+fi
+echo "== pip install . (IOATTN_WITH_CUDA=$IOATTN_PY_CUDA)"
+"$PY" -m pip install -q --no-build-isolation "$ROOT" -C "cmake.define.IOATTN_WITH_CUDA=$IOATTN_PY_CUDA"
+built=$(date +%s)
+echo "== build + install: $((built - start)) s"
+
+cd "$ROOT"
+status=0
+"$PY" -m pytest tests/python -q -p no:cacheprovider --ignore=tests/python/test_cuda.py || status=$?
+echo "== pytest: $(( $(date +%s) - built )) s (total $(( $(date +%s) - start )) s), exit $status"
+exit $status

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The one GPU check, run on an H100/H200 machine from the repository root:
+#   1. configure + build the library, the `ioattn` CLI and ioattn_gpu_tests (CUDA on)
+#   2. run ioattn_gpu_tests (every feature against the float64 reference, graph capture, errors)
+#   3. compute-sanitizer memcheck and racecheck on the small shapes (Gpu/Small.*)
+#   4. the side-by-side benchmark (bench/gpu/bench_attn.py: ioattn vs PyTorch SDPA backends)
+#   5. a short summary table
+# Every step runs even if an earlier one failed (a build failure stops the rest); the exit status is
+# nonzero if any step failed. Logs go to $LOG_DIR.
+#
+# Environment (all optional):
+#   BUILD_DIR    build directory                     (default build-gpu)
+#   ARCH         CMAKE_CUDA_ARCHITECTURES            (default 90a; 80 for Ampere)
+#   HEAD_DIMS    IOATTN_CUDA_HEAD_DIMS               (default "64;128;256": what the benchmark needs)
+#   LOG_DIR      where logs and results are written  (default $BUILD_DIR/gpu_check)
+#   BENCH_ARGS   extra arguments for bench_attn.py   (e.g. "--seqlens 1024,4096,16384 --head-dims 128")
+#   SKIP_BENCH=1 / SKIP_SANITIZER=1                  skip those steps
+#   IOATTN_DEPS_PREFIX  a /usr-like prefix holding what the build needs that the GPU image may lack
+#                (GoogleTest, CLI11, nlohmann-json, OpenBLAS + cblas.h and its runtime libraries):
+#                added to CMAKE_PREFIX_PATH, CPATH and LD_LIBRARY_PATH
+#   TIMEOUT_TESTS / TIMEOUT_SANITIZER / TIMEOUT_BENCH  seconds per step (default 300 / 240 / 600)
+set -u
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+ARCH=${ARCH:-90a}
+HEAD_DIMS=${HEAD_DIMS:-64;128;256}
+LOG_DIR=${LOG_DIR:-$BUILD_DIR/gpu_check}
+BENCH_ARGS=${BENCH_ARGS:-}
+mkdir -p "$LOG_DIR"
+if [ -n "${IOATTN_DEPS_PREFIX:-}" ]; then
+  export CMAKE_PREFIX_PATH="$IOATTN_DEPS_PREFIX${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  export CPATH="$IOATTN_DEPS_PREFIX/include${CPATH:+:$CPATH}"
+  export LD_LIBRARY_PATH="$IOATTN_DEPS_PREFIX/lib/x86_64-linux-gnu:$IOATTN_DEPS_PREFIX/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
+declare -a STEP_NAMES STEP_RESULTS STEP_SECONDS
+record() {  # name, exit status, seconds, detail
+  STEP_NAMES+=("$1")
+  if [ "$2" -eq 0 ]; then STEP_RESULTS+=("PASS ${4:-}"); else STEP_RESULTS+=("FAIL (exit $2) ${4:-}"); fi
+  STEP_SECONDS+=("$3")
+}
+run_step() {  # name, log file, command...
+  local name=$1 log=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name: $*" | tee "$log"
+  "$@" >>"$log" 2>&1
+  local rc=$?
+  tail -n 25 "$log"
+  record "$name" $rc $((SECONDS - t0))
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee "$LOG_DIR/gpu.txt"
+
+# 1. Build.
+run_step configure "$LOG_DIR/configure.log" cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DIOATTN_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DIOATTN_CUDA_HEAD_DIMS="$HEAD_DIMS" \
+  -DIOATTN_BUILD_TESTS=ON -DIOATTN_BUILD_TOOLS=ON -DIOATTN_BUILD_BENCH=OFF -DIOATTN_CUDA_WARN_SPILLS=ON
+if [ $? -eq 0 ]; then
+  run_step build "$LOG_DIR/build.log" cmake --build "$BUILD_DIR" --target ioattn_gpu_tests ioattn_cli -j "$(nproc)"
+fi
+BUILD_RC=$?
+grep -h "spill" "$LOG_DIR/build.log" 2>/dev/null | sort | uniq -c | head -20 > "$LOG_DIR/spills.txt"
+TESTS="$BUILD_DIR/tests/gpu/ioattn_gpu_tests"
+CLI="$BUILD_DIR/tools/ioattn"
+
+if [ $BUILD_RC -eq 0 ]; then
+  # 2. Tests.
+  run_step gpu_tests "$LOG_DIR/gpu_tests.log" timeout "${TIMEOUT_TESTS:-300}" "$TESTS" --gtest_output=json:"$LOG_DIR/gpu_tests.json"
+  detail=$(grep -E "^\[  PASSED  \]|^\[  FAILED  \]|^\[  SKIPPED \] [0-9]" "$LOG_DIR/gpu_tests.log" | tr '\n' ' ')
+  STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $detail"
+
+  # 3. Sanitizers on the small shapes (10-100x slower than a plain run).
+  if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
+    run_step memcheck "$LOG_DIR/memcheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool memcheck --error-exitcode 1 \
+      --leak-check full "$TESTS" --gtest_filter='Gpu/Small.*:GpuContract.BadInputs*:GpuContract.BadDevice*'
+    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'ERROR SUMMARY' "$LOG_DIR/memcheck.log" | tail -1)"
+    run_step racecheck "$LOG_DIR/racecheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool racecheck --error-exitcode 1 \
+      "$TESTS" --gtest_filter='Gpu/Small.*'
+    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$LOG_DIR/racecheck.log" | tail -1)"
+  fi
+
+  # 4. Benchmark.
+  if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    # shellcheck disable=SC2086
+    run_step bench "$LOG_DIR/bench.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_attn.py --cli "$CLI" --out-dir bench/results $BENCH_ARGS
+  fi
+fi
+
+# 5. Summary.
+echo
+echo "==================== gpu_check summary ===================="
+printf "%-11s %6s  %s\n" step seconds result
+failed=0
+for i in "${!STEP_NAMES[@]}"; do
+  printf "%-11s %6s  %s\n" "${STEP_NAMES[$i]}" "${STEP_SECONDS[$i]}" "${STEP_RESULTS[$i]}"
+  case "${STEP_RESULTS[$i]}" in FAIL*) failed=1 ;; esac
+done
+[ -s "$LOG_DIR/spills.txt" ] && { echo "register spills reported by ptxas:"; cat "$LOG_DIR/spills.txt"; }
+if [ -f "$LOG_DIR/bench.log" ]; then
+  echo "benchmark (TFLOP/s fwd / bwd; ratios ioattn / best peer and / flash):"
+  sed -n '/^BENCH TABLE/,/^END TABLE/p' "$LOG_DIR/bench.log" | sed '1d;$d'
+fi
+echo "logs: $LOG_DIR"
+exit $failed

@@ -1,0 +1,262 @@
+// ioattn::cuda — the host side of the CUDA backend (declared in src/core/backends.h).
+//
+// Layers of src/cuda, top to bottom:
+//   backend.cu   (this file) select(): the one selector answering "can it run?" and "which kernel?";
+//                device guard, alignment and head-dim limits, workspace sizes, the varlen
+//                prefix-sum check, then the launcher call.
+//   sm80/        launch.h: launchers per architecture family; fwd_* (forward) and bwd_* (backward)
+//                kernels on mma.sync / ldmatrix / cp.async.
+//   common/      device helpers both directions share: mma and tile loads, score transforms
+//                (scale, softcap, ALiBi, masks, dropout), online softmax, varlen bounds.
+// Validation of everything device-independent already happened (src/core/validate.cpp).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <initializer_list>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/backends.h"
+#include "core/validate.h"
+#include "ioattn_cuda_head_dims.h"
+#include "sm80/fwd_config.h"
+#include "sm80/launch.h"
+
+namespace ioattn {
+namespace cuda {
+
+namespace sm80 {
+int padded_head_dim(int d) {
+#define IOATTN_PAD_CASE(D) \
+  if (d <= D) return D;
+  IOATTN_FOR_EACH_HEAD_DIM(IOATTN_PAD_CASE)  // ascending
+#undef IOATTN_PAD_CASE
+  return 0;
+}
+}  // namespace sm80
+
+namespace {
+
+template <class... T>
+Status err(ErrorCode c, T&&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return Status{c, os.str()};
+}
+
+Status cuda_error(const char* what, cudaError_t e) {
+  return err(ErrorCode::BackendError, what, ": ", cudaGetErrorString(e));
+}
+
+std::string instantiated_head_dims() {
+  std::string s;
+#define IOATTN_LIST_CASE(D) s += (s.empty() ? "" : ", ") + std::to_string(D);
+  IOATTN_FOR_EACH_HEAD_DIM(IOATTN_LIST_CASE)
+#undef IOATTN_LIST_CASE
+  return s;
+}
+
+// Makes p.device_index current for the duration of a call and restores the caller's device.
+// cudaGetDevice / cudaSetDevice are host-side and legal during stream capture.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    status_ = cudaGetDevice(&previous_);
+    if (status_ == cudaSuccess && previous_ != device) status_ = cudaSetDevice(device);
+    switched_ = status_ == cudaSuccess && previous_ != device;
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  Status status() const { return status_ == cudaSuccess ? Status::Ok() : cuda_error("selecting the device", status_); }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  cudaError_t status_;
+};
+
+// The kernels read and write whole 16-byte chunks (8 fp16/bf16 elements): base pointers must be
+// 16-byte aligned and every stride that is used (its dimension has more than one entry) a multiple
+// of 8 elements.
+struct StrideUse {
+  const char* dim;
+  int64_t stride;
+  bool used;
+};
+Status check_alignment(const char* name, const void* ptr, std::initializer_list<StrideUse> strides) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
+    return err(ErrorCode::Misaligned, name, ": the GPU kernels need a 16-byte aligned pointer, got ", ptr,
+               " (offset ", reinterpret_cast<uintptr_t>(ptr) % 16, " bytes)");
+  for (const StrideUse& s : strides)
+    if (s.used && s.stride % 8 != 0)
+      return err(ErrorCode::Misaligned, name, ": the GPU kernels need a ", s.dim,
+                 " stride that is a multiple of 8 elements (16 bytes), got ", s.stride);
+  return Status::Ok();
+}
+
+Status check_head_dim(const char* name, int d) {
+  if (d % 8 != 0 || d > 256)
+    return err(ErrorCode::Unsupported, name, ": head_dim ", d,
+               " is not supported on CUDA (multiples of 8 up to 256); the CPU backend takes any size");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status select(const Params& p, bool backward, std::string* kernel_name) {
+  if (p.device != DeviceType::CUDA)
+    return err(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
+  if (p.dtype == DType::F32)
+    return err(ErrorCode::Unsupported, "q: fp32 is CPU-only; use fp16/bf16 on CUDA");
+  if (p.dtype != DType::F16 && p.dtype != DType::BF16)
+    return err(ErrorCode::InvalidDType, "q: expected fp16 or bf16 on CUDA, got ", dtype_name(p.dtype));
+  if (Status s = check_head_dim("q", p.head_dim); !s.ok()) return s;
+  if (Status s = check_head_dim("v", p.head_dim_v); !s.ok()) return s;
+  const int d = sm80::padded_head_dim(std::max(p.head_dim, p.head_dim_v));
+  if (d == 0)
+    return err(ErrorCode::Unsupported, "q: head_dim ", std::max(p.head_dim, p.head_dim_v),
+               " needs a kernel this build did not instantiate (IOATTN_CUDA_HEAD_DIMS = ",
+               instantiated_head_dims(), ")");
+  const int devices = device_count();
+  if (p.device_index < 0 || p.device_index >= devices)
+    return err(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices,
+               " CUDA devices)");
+
+  const bool batched = !p.varlen && p.batch > 1;
+  const bool q_rows = p.varlen ? p.total_q > 1 : p.seqlen_q > 1;
+  const bool k_rows = p.varlen ? p.total_k > 1 : p.seqlen_k > 1;
+  const bool q_heads = p.heads_q > 1, k_heads = p.heads_k > 1;
+  auto q_like = [&](const char* name, const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
+    return check_alignment(name, ptr, {{"batch", bs, batched}, {"row", rs, q_rows}, {"head", hs, q_heads}});
+  };
+  auto k_like = [&](const char* name, const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
+    return check_alignment(name, ptr, {{"batch", bs, batched}, {"row", rs, k_rows}, {"head", hs, k_heads}});
+  };
+  if (Status s = q_like("q", p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride); !s.ok()) return s;
+  if (Status s = k_like("k", p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride); !s.ok()) return s;
+  if (Status s = k_like("v", p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride); !s.ok()) return s;
+  if (Status s = q_like("out", p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride); !s.ok()) return s;
+  if (backward) {
+    if (Status s = q_like("dout", p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride); !s.ok()) return s;
+    if (Status s = q_like("dq", p.dq, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride); !s.ok()) return s;
+    if (Status s = k_like("dk", p.dk, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride); !s.ok()) return s;
+    if (Status s = k_like("dv", p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride); !s.ok()) return s;
+  }
+
+  // Grid limits: batch is grid.y and the query blocks grid.z (65535 each).
+  const sm80::FwdTile tile = sm80::fwd_tile(d);
+  const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) + tile.block_m - 1) / tile.block_m;
+  if (p.batch > 65535)
+    return err(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the CUDA kernels' 65535");
+  if (m_blocks > 65535)
+    return err(ErrorCode::Unsupported, "q: seqlen_q ", p.seqlen_q, " exceeds the CUDA kernels' ",
+               65535LL * tile.block_m);
+
+  std::ostringstream name;
+  name << "sm80 " << (backward ? "backward" : "forward") << " (mma.sync), " << dtype_name(p.dtype) << ", head dim "
+       << d;
+  if (d != std::max(p.head_dim, p.head_dim_v)) name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
+  if (!backward) {
+    name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.warps << " warps";
+  } else {
+#ifndef IOATTN_HAVE_SM80_BWD
+    return err(ErrorCode::Unsupported, "backward: this build has no CUDA backward kernels (src/cuda/sm80/bwd_*.cu)");
+#endif
+    if (p.deterministic) name << ", deterministic";
+  }
+  if (kernel_name) *kernel_name = name.str();
+  return Status::Ok();
+}
+
+size_t workspace_size(const Params& p, bool backward) {
+#ifdef IOATTN_HAVE_SM80_BWD
+  if (backward) return sm80::bwd_workspace_bytes_sm80(p);
+#else
+  (void)p;
+  (void)backward;
+#endif
+  return 0;  // the forward needs no scratch
+}
+
+Status forward(const Params& p) {
+  if (Status s = select(p, false, nullptr); !s.ok()) return s;
+  DeviceGuard guard(p.device_index);
+  if (Status s = guard.status(); !s.ok()) return s;
+  return sm80::launch_fwd_sm80(p, static_cast<cudaStream_t>(p.stream));
+}
+
+Status backward(const Params& p) {
+  if (Status s = select(p, true, nullptr); !s.ok()) return s;
+#ifdef IOATTN_HAVE_SM80_BWD
+  const size_t need = workspace_size(p, true);
+  if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
+    return err(ErrorCode::WorkspaceTooSmall, "workspace: backward needs ", need,
+               " bytes of device memory (backward_workspace_size), got ", p.workspace ? p.workspace_bytes : 0);
+  DeviceGuard guard(p.device_index);
+  if (Status s = guard.status(); !s.ok()) return s;
+  return sm80::launch_bwd_sm80(p, static_cast<cudaStream_t>(p.stream), p.workspace);
+#else
+  return Status{ErrorCode::Unsupported, "backward: not built"};  // unreachable: select() said so
+#endif
+}
+
+// Device-resident cu_seqlens. Outside stream capture they are copied to the host on the caller's
+// stream (cudaMemcpyAsync + cudaStreamSynchronize: the one host synchronisation of a varlen call)
+// and checked like host ones: start at 0, non-decreasing, each length <= max_seqlen, last <= rows.
+// While the stream is being captured that copy is impossible (it would not run until replay), so
+// the check is skipped; the kernels then clamp every index read from cu_seqlens into the tensors
+// (src/cuda/common/seq.cuh), so a malformed prefix sum gives wrong values, never an out-of-bounds
+// access. Callers who capture should validate cu_seqlens once outside the graph.
+Status check_cu_seqlens(const Params& p, int total_q, int total_k) {
+  DeviceGuard guard(p.device_index);
+  if (Status s = guard.status(); !s.ok()) return s;
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing(stream, &capture);
+  if (e == cudaErrorStreamCaptureImplicit) {  // legacy stream while another stream captures globally
+    cudaGetLastError();
+    return Status::Ok();
+  }
+  if (e != cudaSuccess) return cuda_error("cu_seqlens: querying the stream's capture state", e);
+  if (capture != cudaStreamCaptureStatusNone) return Status::Ok();
+
+  std::vector<int32_t> hq(p.batch + 1), hk(p.batch + 1);
+  e = cudaMemcpyAsync(hq.data(), p.cu_seqlens_q, hq.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess)
+    e = cudaMemcpyAsync(hk.data(), p.cu_seqlens_k, hk.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) return cuda_error("cu_seqlens: copying the prefix sums to the host", e);
+  Params host = p;
+  host.cu_seqlens_q = hq.data();
+  host.cu_seqlens_k = hk.data();
+  return check_cu_seqlens_host(host, total_q, total_k);
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // no driver / no device: not an error for a build that also serves the CPU
+    return 0;
+  }
+  return n;
+}
+
+std::string devices() {
+  std::ostringstream os;
+  const int n = device_count();
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
+    char mem[32];
+    std::snprintf(mem, sizeof(mem), "%.1f GiB", prop.totalGlobalMem / 1073741824.0);
+    os << "cuda:" << i << " " << prop.name << " (sm_" << prop.major << prop.minor << ", " << prop.multiProcessorCount
+       << " SMs, " << mem << ")\n";
+  }
+  return os.str();
+}
+
+}  // namespace cuda
+}  // namespace ioattn

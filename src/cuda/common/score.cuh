@@ -1,0 +1,95 @@
+// What happens to a score between the QK^T product and the softmax, applied to mma accumulator
+// fragments (layout in mma.cuh): softmax scale, softcap, ALiBi, the window/causal mask and the
+// ragged key tail, and dropout on P. Scores leave here in log2 units (x = s * log2(e)), so the
+// softmax uses exp2f. Shared by the forward and backward kernels.
+#pragma once
+
+#include <cstdint>
+
+#include "core/mask.h"
+#include "core/params.h"
+#include "core/philox.h"
+
+namespace ioattn::cuda {
+
+constexpr float kLog2e = 1.4426950408889634f;  // log2(e): natural-log units -> log2 units
+constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   log2 units -> natural log (LSE)
+
+struct ScoreMod {
+  float scale_log2;  // no softcap: x = acc * scale * log2(e)
+  float cap_in;      // softcap:    x = cap_out * tanh(acc * cap_in),
+  float cap_out;     //             cap_in = scale / softcap, cap_out = softcap * log2(e)
+  float alibi_log2;  // slope_h * log2(e); 0 without ALiBi
+  bool softcap;
+  WindowMask mask;   // bottom-right aligned, shift = sk - sq of this sequence
+  int sk;            // keys j >= sk are the zero-filled tail of the last key block
+
+  static __device__ __forceinline__ ScoreMod make(const Params& p, int b, int h, int sq, int sk) {
+    ScoreMod m;
+    m.scale_log2 = p.scale_log2;
+    m.softcap = p.softcap > 0.0f;
+    m.cap_in = m.softcap ? p.scale / p.softcap : 0.0f;
+    m.cap_out = p.softcap * kLog2e;
+    m.alibi_log2 = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2e : 0.0f;
+    m.mask = WindowMask{p.window_left, p.window_right, sk - sq};
+    m.sk = sk;
+    return m;
+  }
+
+  // Does a key block [n0, n0 + n) need the element mask for query rows [m0, m_last]? Only blocks
+  // that cross the key tail or a window edge do; all others skip the per-element test.
+  __device__ __forceinline__ bool block_needs_mask(int m0, int m_last, int n0, int n) const {
+    if (n0 + n > sk) return true;
+    if (mask.left >= 0 && n0 < m_last + mask.shift - mask.left) return true;
+    if (mask.right >= 0 && n0 + n - 1 > m0 + mask.shift + mask.right) return true;
+    return false;
+  }
+
+  // Scores of kNTiles 16x8 fragments: rows row0 (c[0], c[1]) and row0 + 8 (c[2], c[3]), columns
+  // col0 + 8 nt + {0, 1}. Transforms in place to log2 units; kMask adds the element mask (-inf).
+  // tanhf (not tanh.approx) keeps softcap within the dtype's rounding of the reference.
+  template <bool kMask, int kNTiles>
+  __device__ __forceinline__ void apply(float (&s)[kNTiles][4], int row0, int col0) const {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = row0 + (e / 2) * 8, j = col0 + nt * 8 + (e % 2);
+        float x = softcap ? cap_out * tanhf(s[nt][e] * cap_in) : s[nt][e] * scale_log2;
+        if (alibi_log2 != 0.0f) x -= alibi_log2 * static_cast<float>(mask.alibi_distance(i, j));
+        if (kMask && (j >= sk || !mask.visible(i, j))) x = -INFINITY;
+        s[nt][e] = x;
+      }
+    }
+  }
+};
+
+// Dropout on P fragments with the mask of src/core/philox.h: one Philox call gives the words of
+// keys 4 (j / 4) .. + 3; a thread's two columns 2t, 2t + 1 share one call. Dropped elements become
+// 0; the 1 / (1 - p) scaling is folded into the final normalisation of O.
+struct Dropout {
+  uint64_t seed, offset;
+  uint32_t threshold;
+  int b, h, heads_q;
+
+  static __device__ __forceinline__ Dropout make(const Params& p, int b, int h) {
+    return Dropout{p.seed, p.offset, p.dropout_threshold, b, h, p.heads_q};
+  }
+
+  template <int kNTiles>
+  __device__ __forceinline__ void apply(float (&pf)[kNTiles][4], int row0, int col0) const {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      const int j = col0 + nt * 8;  // even: j and j + 1 are in the same group of four
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const Philox4 w = dropout_words(seed, offset, b, h, heads_q, row0 + r * 8, j >> 2);
+        const bool upper = (j & 2) != 0;  // selects, not w.x[j & 3]: no dynamic register indexing
+        if ((upper ? w.x[2] : w.x[0]) < threshold) pf[nt][2 * r] = 0.0f;
+        if ((upper ? w.x[3] : w.x[1]) < threshold) pf[nt][2 * r + 1] = 0.0f;
+      }
+    }
+  }
+};
+
+}  // namespace ioattn::cuda

@@ -1,0 +1,10 @@
+// The sm80 backward kernels for head dim 32 (both dtypes), compiled only when
+// IOATTN_CUDA_HEAD_DIMS lists 32 (see bwd_run.cuh).
+#include "ioattn_cuda_head_dims.h"
+#include "cuda/sm80/bwd_kernel.cuh"
+
+namespace ioattn::cuda::sm80 {
+#undef IOATTN_BWD_ONLY_32
+#define IOATTN_BWD_ONLY_32 IOATTN_BWD_RUNNERS(32)
+IOATTN_FOR_EACH_HEAD_DIM(IOATTN_BWD_INSTANTIATE)
+}  // namespace ioattn::cuda::sm80

@@ -1,0 +1,477 @@
+// Backward kernels of the sm80 path (mma.sync m16n8k16, ldmatrix, cp.async), FA2-style
+// (DESIGN.md §1). Four kernels, launched in order on the caller's stream by bwd_sm80.cu:
+//
+//   bwd_preprocess   D_i = Σ_d dO_id · O_id (fp32, workspace) and, in the atomic mode, zeroes the
+//                    fp32 dQ accumulator (workspace).
+//   bwd_dkdv         one CTA per (key block of kBlockN keys, kv head, batch). Holds K_j, V_j in
+//                    shared memory and loops over every (query head of the GQA group, query block
+//                    that can see key block j); recomputes P from Q, K and the forward's LSE;
+//                    accumulates dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q in registers. In the atomic mode
+//                    it also adds dS K into the fp32 dQ accumulator with atomicAdd.
+//   bwd_dq           deterministic mode only: one CTA per (query block, query head, batch) loops
+//                    over the visible key blocks and accumulates dQ = dS K in registers, in a fixed
+//                    order, then writes dq directly. It recomputes S and dP a second time (about
+//                    +40% FLOPs), the price of bitwise repeatability without a workspace of
+//                    per-key-block dQ slabs (which would be O(Sk/kBlockN · Sq · d)).
+//   bwd_convert_dq   atomic mode only: dq = scale · (fp32 accumulator), in the input dtype.
+//
+// GQA: the dkdv CTA loops over the query heads of its group itself, so dK/dV are summed in
+// registers in a fixed order: deterministic, no atomics, no dK/dV workspace, and K/V are read once
+// per group instead of once per query head.
+//
+// Tiles: kBlockM = kBlockN = 64 with 8 warps. The two 64×64 score products (S = Q Kᵀ, dP = dO Vᵀ)
+// give each warp a 16×32 tile (warps 4 along rows × 2 along columns); the three d-wide products
+// (dV and dK in the dkdv kernel; dQ) give each warp 16 rows × d/2 columns. Shared tiles are the
+// padded row-major SmemTiles of common/tile.cuh (conflict-free ldmatrix without a swizzle).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "core/params.h"
+#include "cuda/common/mma.cuh"
+#include "cuda/common/score.cuh"
+#include "cuda/common/seq.cuh"
+#include "cuda/common/tile.cuh"
+#include "cuda/sm80/bwd_run.cuh"
+#include "cuda/sm80/bwd_warp.cuh"
+#include "launch.h"
+
+namespace ioattn::cuda::sm80::bwd {
+
+// ---- Tile configuration ----------------------------------------------------------------------
+constexpr int kBlockM = 64;  // query rows per inner iteration
+constexpr int kBlockN = 64;  // keys per dkdv CTA: 64 keeps d = 256's dK + dV accumulators at 128 fp32 regs/thread
+constexpr int kWarps = 8;    // 4 along rows × 2 along columns of every product
+constexpr int kThreads = kWarps * 32;
+constexpr int kSmemLimitSm80 = 163 * 1024;  // opt-in maximum per CTA, A100
+constexpr int kSmemLimitSm90 = 227 * 1024;  // opt-in maximum per CTA, H100/H200
+
+// Shared memory per head dim. dkdv: K, V + stages × (Q, dO) + P, dS + stages × (LSE, D) rows.
+// Two Q/dO stages (the next query block loads while this one computes) fit every head dim on
+// sm_90 (d = 256: 216.5 KiB); on sm_80, d >= 192 falls back to one stage (see stages_for()).
+// dq (deterministic mode): Q, dO, K, V (one stage) + dS + (LSE, D).
+//   d     dkdv 1 stage   dkdv 2 stages   dq
+//   64        54.5 KiB        89.5 KiB    44.5 KiB
+//   128       90.5 KiB       158.5 KiB    80.5 KiB
+//   256      162.5 KiB       216.5 KiB   152.5 KiB
+template <int kHeadDim>
+struct Config {
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256,
+                "bwd splits d into two warp columns of 16-column mma steps: d % 32 == 0, d <= 256");
+  using TileD = SmemTile<kBlockM, kHeadDim>;  // Q, K, V, dO (kBlockM == kBlockN)
+  using TileS = SmemTile<kBlockM, kBlockN>;   // P, dS
+  static constexpr int smem_dkdv(int stages) {
+    return 2 * TileD::kBytes + stages * 2 * TileD::kBytes + 2 * TileS::kBytes + stages * 2 * kBlockM * 4;
+  }
+  static constexpr int kSmemDq = 4 * TileD::kBytes + TileS::kBytes + 2 * kBlockM * 4;
+  static_assert(smem_dkdv(1) <= kSmemLimitSm80, "one-stage dkdv must fit an sm_80 CTA");
+  static_assert(smem_dkdv(2) <= kSmemLimitSm90, "two-stage dkdv must fit an sm_90 CTA");
+  static_assert(kSmemDq <= kSmemLimitSm80, "dq must fit an sm_80 CTA");
+};
+
+// ---- Workspace (fp32) ------------------------------------------------------------------------
+// D (B, Hq, Sq) at offset 0, then, in the atomic mode, the dQ accumulator (B, Hq, Sq, d_pad) at
+// a 256-byte boundary. Sq is seqlen_q (the maximum in varlen mode): sequence b uses rows [0, sq_b).
+__host__ __device__ __forceinline__ int64_t row_index(const Params& p, int b, int h, int i) {
+  return (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
+}
+__host__ __device__ __forceinline__ int64_t dq_accum_offset(const Params& p) {
+  return (static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q + 63) / 64 * 64;
+}
+
+// First row of (b, h) in a strided tensor.
+template <class T>
+__device__ __forceinline__ T* head_base(T* ptr, int64_t batch_stride, int64_t row_stride, int64_t head_stride,
+                                        int b, int h, int64_t row0) {
+  return ptr + b * batch_stride + h * head_stride + row0 * row_stride;
+}
+
+// LSE in log2 units, +inf for rows that see no key and rows past the sequence (so that
+// exp2(x - lse) = 0 for them instead of exp2(+inf)), and D, for query rows [m0, m0 + 64) of (b, h).
+__device__ __forceinline__ void load_row_stats(float* s_lse, float* s_dsum, const Params& p, const float* dsum,
+                                               const SeqBounds& s, int b, int h, int m0) {
+  for (int r = threadIdx.x; r < kBlockM; r += kThreads) {
+    const int i = m0 + r;
+    float lse2 = INFINITY, d = 0.f;
+    if (i < s.sq) {
+      const float lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q_row0 + i];
+      lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+      d = dsum[row_index(p, b, h, i)];
+    }
+    s_lse[r] = lse2;
+    s_dsum[r] = d;
+  }
+}
+
+// ---- Visible ranges (bottom-right aligned masks) ---------------------------------------------
+// Query blocks [*m_begin, *m_end) holding a row that sees a key of [n0, n0 + kBlockN).
+// Key j is seen by rows j - shift - right <= i <= j - shift + left (shift = sk - sq).
+__device__ __forceinline__ void query_blocks_for_keys(const Params& p, const SeqBounds& s, int n0, int* m_begin,
+                                                      int* m_end) {
+  const int shift = s.sk - s.sq;
+  const int n_last = min(n0 + kBlockN, s.sk) - 1;
+  const int i_lo = p.window_right < 0 ? 0 : max(n0 - shift - p.window_right, 0);
+  const int i_hi = p.window_left < 0 ? s.sq - 1 : min(n_last - shift + p.window_left, s.sq - 1);
+  *m_begin = *m_end = 0;
+  if (s.sq > 0 && n_last >= n0 && i_lo <= i_hi) {
+    *m_begin = i_lo / kBlockM;
+    *m_end = i_hi / kBlockM + 1;
+  }
+}
+
+// Key blocks [*n_begin, *n_end) holding a key seen by a row of [m0, m0 + kBlockM).
+__device__ __forceinline__ void key_blocks_for_queries(const Params& p, const SeqBounds& s, int m0, int* n_begin,
+                                                       int* n_end) {
+  const WindowMask mask{p.window_left, p.window_right, s.sk - s.sq};
+  const int m_last = min(m0 + kBlockM, s.sq) - 1;
+  const int j_lo = mask.first_key(m0);
+  const int j_hi = mask.end_key(m_last, s.sk) - 1;
+  *n_begin = *n_end = 0;
+  if (m_last >= m0 && s.sk > 0 && j_lo <= j_hi) {
+    *n_begin = j_lo / kBlockN;
+    *n_end = j_hi / kBlockN + 1;
+  }
+}
+
+// ---- P and dS of one 64 × 64 block -----------------------------------------------------------
+// For the warp's 16 × 32 tile: S = Q Kᵀ and dP = dO Vᵀ on tensor cores, then
+//   P  = exp2(x − LSE·log2e) with x the transformed score (score.cuh: scale, softcap, ALiBi, mask),
+//   dS = P ∘ (dP∘Z·rp − D) ∘ (1 − tanh²(·) under softcap),
+// stored as T to s_ds, and P∘Z·rp to s_p (skipped when s_p is null: the dq kernel needs only dS).
+// m0, n0: sequence positions of the block's first row and key.
+template <class Cfg, class T>
+__device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T* sdO, const T* sV,
+                                              const float* s_lse, const float* s_dsum, T* s_p, T* s_ds,
+                                              const Params& p, const ScoreMod& mod, const Dropout& drop, int m0,
+                                              int n0, int m_last) {
+  using TileD = typename Cfg::TileD;
+  using TileS = typename Cfg::TileS;
+  constexpr int kKSteps = TileD::kCols / 16;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * 32;
+  const int g = lane / 4, t = lane % 4;
+  float s[4][4] = {}, dp[4][4] = {};
+  warp_gemm_abt<TileD, TileD, kKSteps, 4>(s, sQ, sK, row_w, col_w, lane);
+  warp_gemm_abt<TileD, TileD, kKSteps, 4>(dp, sdO, sV, row_w, col_w, lane);
+
+  const int i0 = m0 + row_w + g, j0 = n0 + col_w + 2 * t;  // this thread's first row and column
+  if (mod.block_needs_mask(m0, m_last, n0, kBlockN)) {
+    mod.apply<true>(s, i0, j0);
+  } else {
+    mod.apply<false>(s, i0, j0);
+  }
+  const bool dropout = p.dropout_p > 0.f;
+  if (dropout) drop.apply(dp, i0, j0);  // dP∘Z; the 1/(1-p) factor is applied below
+  const float rp = dropout ? p.rp_dropout : 1.f;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row_w + g + half * 8;
+    const float lse2 = s_lse[r], dsum = s_dsum[r];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float x = s[nt][half * 2 + e];
+        const float prob = exp2f(x - lse2);
+        float ds = prob * (dp[nt][half * 2 + e] * rp - dsum);
+        if (mod.softcap) {
+          // tanh of the capped score, recovered from x = cap_out · tanh − ALiBi; fmaxf keeps a
+          // masked x = −inf from making 0 · (−inf).
+          const int i = i0 + half * 8, j = j0 + nt * 8 + e;
+          const float th = (x + mod.alibi_log2 * static_cast<float>(mod.mask.alibi_distance(i, j))) / mod.cap_out;
+          ds *= fmaxf(1.f - th * th, 0.f);
+        }
+        s[nt][half * 2 + e] = prob;
+        dp[nt][half * 2 + e] = ds;
+      }
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int off = (row_w + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(s_ds + off) = pack2<T>(dp[nt][half * 2], dp[nt][half * 2 + 1]);
+    }
+  }
+  if (s_p == nullptr) return;
+  if (dropout) drop.apply(s, i0, j0);  // P∘Z
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int off = (row_w + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
+      *reinterpret_cast<uint32_t*>(s_p + off) = pack2<T>(s[nt][half * 2] * rp, s[nt][half * 2 + 1] * rp);
+    }
+  }
+}
+
+// ---- Kernels ---------------------------------------------------------------------------------
+
+// Grid (ceil(Sq / 64), Hq, B). One warp per row; each lane takes 8 columns (16 bytes) per step.
+template <int kHeadDim, class T>
+__global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum, float* dq_accum) {
+  constexpr int kChunks = kHeadDim / 8;
+  const int b = blockIdx.z, h = blockIdx.y;
+  const SeqBounds s = seq_bounds(p, b);
+  const T* o = head_base(static_cast<const T*>(p.out), p.o_batch_stride, p.o_row_stride, p.o_head_stride, b, h,
+                         s.q_row0);
+  const T* dout = head_base(static_cast<const T*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride,
+                            b, h, s.q_row0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int r = warp; r < kBlockM; r += kWarps) {
+    const int i = blockIdx.x * kBlockM + r;
+    if (i >= p.seqlen_q) break;
+    float acc = 0.f;
+    if (i < s.sq) {
+      for (int c = lane; c < kChunks && c * 8 < p.head_dim_v; c += 32) {
+        acc += dot8(o + i * p.o_row_stride + c * 8, dout + i * p.do_row_stride + c * 8);
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) dsum[row_index(p, b, h, i)] = acc;
+    if (dq_accum != nullptr) {
+      float4* row = reinterpret_cast<float4*>(dq_accum + row_index(p, b, h, i) * kHeadDim);
+      for (int c = lane; c < kHeadDim / 4; c += 32) row[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  }
+}
+
+// Grid (ceil(Sk / 64), Hk, B). dK, dV of one key block, summed over the group's query heads.
+template <int kHeadDim, class T>
+__global__ void __launch_bounds__(kThreads, 1)
+    bwd_dkdv(Params p, const float* dsum, float* dq_accum, int stages) {
+  using Cfg = Config<kHeadDim>;
+  using TileD = typename Cfg::TileD;
+  using TileS = typename Cfg::TileS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const SeqBounds s = seq_bounds(p, b);
+  const int n0 = blockIdx.x * kBlockN;
+  if (n0 >= s.sk) return;
+
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + TileD::kElems;
+  T* sQ = sV + TileD::kElems;               // [stages][64][d + 8]
+  T* sdO = sQ + stages * TileD::kElems;     // [stages][64][d + 8]
+  T* sP = sdO + stages * TileD::kElems;     // [64][72]
+  T* sdS = sP + TileS::kElems;              // [64][72]
+  float* s_lse = reinterpret_cast<float*>(sdS + TileS::kElems);  // [stages][64]
+  float* s_dsum = s_lse + stages * kBlockM;                       // [stages][64]
+
+  const int tid = threadIdx.x;
+  const int rows_k = min(kBlockN, s.sk - n0);
+  load_tile_async<TileD, kThreads>(sK, head_base(static_cast<const T*>(p.k), p.k_batch_stride, p.k_row_stride,
+                                                 p.k_head_stride, b, hk, s.k_row0 + n0),
+                                   p.k_row_stride, rows_k, p.head_dim, tid);
+  load_tile_async<TileD, kThreads>(sV, head_base(static_cast<const T*>(p.v), p.v_batch_stride, p.v_row_stride,
+                                                 p.v_head_stride, b, hk, s.k_row0 + n0),
+                                   p.v_row_stride, rows_k, p.head_dim_v, tid);
+
+  int m_begin, m_end;
+  query_blocks_for_keys(p, s, n0, &m_begin, &m_end);
+  const int n_m = m_end - m_begin;
+  const int iters = n_m * p.group;  // (query head of the group) × (query block), head-major
+
+  auto prefetch = [&](int it, int stage) {
+    const int h = hk * p.group + it / n_m;
+    const int m0 = (m_begin + it % n_m) * kBlockM;
+    const int rows = min(kBlockM, s.sq - m0);
+    load_tile_async<TileD, kThreads>(sQ + stage * TileD::kElems,
+                                     head_base(static_cast<const T*>(p.q), p.q_batch_stride, p.q_row_stride,
+                                               p.q_head_stride, b, h, s.q_row0 + m0),
+                                     p.q_row_stride, rows, p.head_dim, tid);
+    load_tile_async<TileD, kThreads>(sdO + stage * TileD::kElems,
+                                     head_base(static_cast<const T*>(p.dout), p.do_batch_stride, p.do_row_stride,
+                                               p.do_head_stride, b, h, s.q_row0 + m0),
+                                     p.do_row_stride, rows, p.head_dim_v, tid);
+    load_row_stats(s_lse + stage * kBlockM, s_dsum + stage * kBlockM, p, dsum, s, b, h, m0);
+  };
+  if (iters > 0) prefetch(0, 0);
+  cp_async_commit();
+
+  const int warp = tid / 32, lane = tid % 32;
+  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * (kHeadDim / 2);
+  constexpr int kNT = kHeadDim / 16;  // 8-column tiles in a warp's d/2 columns
+  float dk_acc[kNT][4] = {}, dv_acc[kNT][4] = {};
+
+  for (int it = 0; it < iters; ++it) {
+    const int stage = stages == 2 ? (it & 1) : 0;
+    __syncthreads();  // every read of the buffers the prefetch below overwrites is done
+    if (stages == 2 && it + 1 < iters) prefetch(it + 1, stage ^ 1);
+    cp_async_commit();
+    // Two stages: the group just committed is the next block's, the one before it this block's.
+    // One stage: this block's group (committed by the prefetch at the end of the last iteration,
+    // or before the loop) is the only one.
+    if (stages == 2) {
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // this stage's Q, dO, LSE, D (and K, V) are visible to every warp
+
+    const int h = hk * p.group + it / n_m;
+    const int m0 = (m_begin + it % n_m) * kBlockM;
+    const T* q_s = sQ + stage * TileD::kElems;
+    const T* do_s = sdO + stage * TileD::kElems;
+    scores_and_ds<Cfg>(q_s, sK, do_s, sV, s_lse + stage * kBlockM, s_dsum + stage * kBlockM, sP, sdS, p,
+                       ScoreMod::make(p, b, h, s.sq, s.sk), Dropout::make(p, b, h), m0, n0, m0 + kBlockM - 1);
+    __syncthreads();  // P and dS are complete
+
+    // dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q: (64 keys × d), k = the block's 64 query rows.
+    warp_gemm_atb<TileS, TileD, kBlockM / 16, kNT>(dv_acc, sP, do_s, row_w, col_w, lane);
+    warp_gemm_atb<TileS, TileD, kBlockM / 16, kNT>(dk_acc, sdS, q_s, row_w, col_w, lane);
+    if (dq_accum != nullptr) {
+      // dQ(64 rows × d) += dS K into the fp32 accumulator, unscaled (bwd_convert_dq scales).
+      warp_gemm_ab_atomic<TileS, TileD, kBlockN / 16, kNT / 2>(dq_accum + row_index(p, b, h, m0) * kHeadDim,
+                                                               kHeadDim, s.sq - m0, p.head_dim, sdS, sK, row_w,
+                                                               col_w, lane);
+    }
+    if (stages == 1 && it + 1 < iters) {
+      __syncthreads();
+      prefetch(it + 1, 0);
+    }
+  }
+  cp_async_wait<0>();  // K/V when there was no iteration
+
+  // dK = scale · Σ dSᵀ Q, dV = Σ (P∘Z·rp)ᵀ dO; key rows < sk, columns < head_dim(_v).
+  T* dk = head_base(static_cast<T*>(p.dk), p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, b, hk,
+                    s.k_row0 + n0);
+  T* dv = head_base(static_cast<T*>(p.dv), p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, b, hk,
+                    s.k_row0 + n0);
+  store_acc_tile<kNT>(dk, p.dk_row_stride, dk_acc, p.scale, row_w, rows_k, col_w, p.head_dim, lane);
+  store_acc_tile<kNT>(dv, p.dv_row_stride, dv_acc, 1.f, row_w, rows_k, col_w, p.head_dim_v, lane);
+}
+
+// Deterministic mode. Grid (ceil(Sq / 64), Hq, B): dQ of one query block, key blocks in order.
+template <int kHeadDim, class T>
+__global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsum) {
+  using Cfg = Config<kHeadDim>;
+  using TileD = typename Cfg::TileD;
+  using TileS = typename Cfg::TileS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int h = blockIdx.y, b = blockIdx.z;
+  const SeqBounds s = seq_bounds(p, b);
+  const int m0 = blockIdx.x * kBlockM;
+  if (m0 >= s.sq) return;
+  const int hk = h / p.group;
+
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sdO = sQ + TileD::kElems;
+  T* sK = sdO + TileD::kElems;
+  T* sV = sK + TileD::kElems;
+  T* sdS = sV + TileD::kElems;
+  float* s_lse = reinterpret_cast<float*>(sdS + TileS::kElems);
+  float* s_dsum = s_lse + kBlockM;
+
+  const int tid = threadIdx.x;
+  const int rows_q = min(kBlockM, s.sq - m0);
+  load_tile_async<TileD, kThreads>(sQ, head_base(static_cast<const T*>(p.q), p.q_batch_stride, p.q_row_stride,
+                                                 p.q_head_stride, b, h, s.q_row0 + m0),
+                                   p.q_row_stride, rows_q, p.head_dim, tid);
+  load_tile_async<TileD, kThreads>(sdO, head_base(static_cast<const T*>(p.dout), p.do_batch_stride,
+                                                  p.do_row_stride, p.do_head_stride, b, h, s.q_row0 + m0),
+                                   p.do_row_stride, rows_q, p.head_dim_v, tid);
+  load_row_stats(s_lse, s_dsum, p, dsum, s, b, h, m0);
+  const T* k = head_base(static_cast<const T*>(p.k), p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, hk,
+                         s.k_row0);
+  const T* v = head_base(static_cast<const T*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride, b, hk,
+                         s.k_row0);
+
+  int n_begin, n_end;
+  key_blocks_for_queries(p, s, m0, &n_begin, &n_end);
+  const int warp = tid / 32, lane = tid % 32;
+  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * (kHeadDim / 2);
+  constexpr int kNT = kHeadDim / 16;
+  float dq_acc[kNT][4] = {};
+  const ScoreMod mod = ScoreMod::make(p, b, h, s.sq, s.sk);
+  const Dropout drop = Dropout::make(p, b, h);
+  for (int n = n_begin; n < n_end; ++n) {
+    const int n0 = n * kBlockN;
+    __syncthreads();  // the previous block's reads of K, V and dS are done
+    load_tile_async<TileD, kThreads>(sK, k + static_cast<int64_t>(n0) * p.k_row_stride, p.k_row_stride,
+                                     s.sk - n0, p.head_dim, tid);
+    load_tile_async<TileD, kThreads>(sV, v + static_cast<int64_t>(n0) * p.v_row_stride, p.v_row_stride,
+                                     s.sk - n0, p.head_dim_v, tid);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    scores_and_ds<Cfg, T>(sQ, sK, sdO, sV, s_lse, s_dsum, nullptr, sdS, p, mod, drop, m0, n0, m0 + kBlockM - 1);
+    __syncthreads();
+    warp_gemm_ab<TileS, TileD, kBlockN / 16, kNT>(dq_acc, sdS, sK, row_w, col_w, lane);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();  // Q/dO when the loop was empty
+  T* dq = head_base(static_cast<T*>(p.dq), p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, b, h,
+                    s.q_row0 + m0);
+  store_acc_tile<kNT>(dq, p.dq_row_stride, dq_acc, p.scale, row_w, rows_q, col_w, p.head_dim, lane);
+}
+
+// Atomic mode. Grid (ceil(Sq / 64), Hq, B): dq = scale · accumulator, 8 columns per thread-step.
+template <int kHeadDim, class T>
+__global__ void __launch_bounds__(kThreads) bwd_convert_dq(Params p, const float* dq_accum) {
+  const int h = blockIdx.y, b = blockIdx.z;
+  const SeqBounds s = seq_bounds(p, b);
+  const int chunks = p.head_dim / 8;
+  T* dq = head_base(static_cast<T*>(p.dq), p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, b, h, s.q_row0);
+  for (int c = threadIdx.x; c < kBlockM * chunks; c += kThreads) {
+    const int i = blockIdx.x * kBlockM + c / chunks, col = (c % chunks) * 8;
+    if (i >= s.sq) continue;
+    store8_scaled(dq + i * p.dq_row_stride + col, dq_accum + row_index(p, b, h, i) * kHeadDim + col, p.scale);
+  }
+}
+
+}  // namespace ioattn::cuda::sm80::bwd
+
+namespace ioattn::cuda::sm80 {
+
+template <class T, int kHeadDim>
+Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
+  using namespace bwd;
+  using Cfg = Config<kHeadDim>;
+  if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
+  float* dsum = static_cast<float*>(workspace);
+  float* dq_accum = p.deterministic ? nullptr : dsum + dq_accum_offset(p);
+  const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  const int n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
+
+  // Two Q/dO stages where the device's per-CTA shared memory allows (every sm_90 head dim), else
+  // one. Attribute queries are host-side and legal during stream capture.
+  int device = 0, smem_optin = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int stages = smem_optin >= Cfg::smem_dkdv(2) ? 2 : 1;
+  const int smem_dkdv = Cfg::smem_dkdv(stages);
+  auto dkdv = bwd_dkdv<kHeadDim, T>;
+  auto dq = bwd_dq<kHeadDim, T>;
+  if (e == cudaSuccess) e = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_dkdv);
+  if (e == cudaSuccess && p.deterministic)
+    e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemDq);
+  if (e == cudaSuccess && m_blocks > 0) {
+    bwd_preprocess<kHeadDim, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess && n_blocks > 0) {
+    dkdv<<<dim3(n_blocks, p.heads_k, p.batch), kThreads, smem_dkdv, stream>>>(p, dsum, dq_accum, stages);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess && m_blocks > 0) {
+    if (p.deterministic) {
+      dq<<<dim3(m_blocks, p.heads_q, p.batch), kThreads, Cfg::kSmemDq, stream>>>(p, dsum);
+    } else {
+      bwd_convert_dq<kHeadDim, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
+    }
+    e = cudaGetLastError();
+  }
+  if (e != cudaSuccess)
+    return Status{ErrorCode::BackendError, std::string("cuda backward (sm80, head dim ") + std::to_string(kHeadDim) +
+                                               "): " + cudaGetErrorString(e)};
+  return Status::Ok();
+}
+
+}  // namespace ioattn::cuda::sm80

@@ -1,0 +1,40 @@
+// launch_bwd_sm80 / bwd_workspace_bytes_sm80: the dtype × head-dim switch over the instantiated
+// backward runners (bwd_kernel.cuh; one translation unit per head dim, bwd_hd<d>.cu).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <string>
+
+#include "ioattn_cuda_head_dims.h"
+#include "bwd_run.cuh"
+#include "launch.h"
+
+namespace ioattn::cuda::sm80 {
+
+// fp32 workspace: D (B·Hq·Sq floats) rounded up to 64 floats (256 bytes), then, in the atomic
+// (non-deterministic) mode, the dQ accumulator (B·Hq·Sq·d_pad floats). Deterministic mode writes
+// dq directly from registers and needs only D. Must match bwd::dq_accum_offset (bwd_kernel.cuh).
+size_t bwd_workspace_bytes_sm80(const Params& p) {
+  const int d = padded_head_dim(std::max(p.head_dim, p.head_dim_v));
+  const size_t rows = static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q;
+  if (rows == 0 || d == 0) return 0;
+  const size_t dsum = (rows + 63) / 64 * 64;
+  return (dsum + (p.deterministic ? 0 : rows * d)) * sizeof(float);
+}
+
+Status launch_bwd_sm80(const Params& p, cudaStream_t stream, void* workspace) {
+  const int d = padded_head_dim(std::max(p.head_dim, p.head_dim_v));
+  const bool bf16 = p.dtype == DType::BF16;
+  switch (d) {
+#define IOATTN_BWD_CASE(D) \
+  case D: return bf16 ? run_bwd<__nv_bfloat16, D>(p, stream, workspace) : run_bwd<__half, D>(p, stream, workspace);
+    IOATTN_FOR_EACH_HEAD_DIM(IOATTN_BWD_CASE)
+#undef IOATTN_BWD_CASE
+    default:
+      return Status{ErrorCode::Unsupported, "q: no backward kernel instantiated for head dim " +
+                                                std::to_string(p.head_dim) + " (IOATTN_CUDA_HEAD_DIMS)"};
+  }
+}
+
+}  // namespace ioattn::cuda::sm80

@@ -1,0 +1,164 @@
+// Warp-level pieces of the backward kernels that the forward does not need: the three product
+// shapes of the backward pass on padded shared tiles (tile.cuh), and fragment <-> global moves.
+//
+// A warp owns a 16-row slab of the output and kNT 8-column tiles of it; accumulators are in the
+// mma C layout (mma.cuh): acc[nt][0..1] = (row g, cols 8nt + 2t, +1), acc[nt][2..3] = row g + 8.
+//   abt:  C += A Bᵀ, A stored [m][k], B stored [n][k]   (S = Q Kᵀ, dP = dO Vᵀ)
+//   atb:  C += Aᵀ B, A stored [k][m], B stored [k][n]   (dV = Pᵀ dO, dK = dSᵀ Q)
+//   ab:   C += A B,  A stored [m][k], B stored [k][n]   (dQ = dS K)
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common/mma.cuh"
+#include "cuda/common/tile.cuh"
+
+namespace ioattn::cuda::sm80::bwd {
+
+// A fragment (16x16, m × k) of a tile stored k-major ([k][m], e.g. P stored [query][key] read as
+// Pᵀ): ldmatrix.trans of the four 8x8 blocks (m 0-7 | 8-15) × (k 0-7 | 8-15) in a[0..3] order.
+template <class Tile, class T>
+__device__ __forceinline__ void load_a_frag_trans(uint32_t (&a)[4], const T* smem, int k0, int m0, int lane) {
+  const int mat = lane / 8;
+  ldmatrix_x4_trans(a, smem + (k0 + (mat / 2) * 8 + lane % 8) * Tile::kPitch + m0 + (mat % 2) * 8);
+}
+
+// C(16 × 8 kNT) += A[m0.., k] · B[n0.., k]ᵀ over k in [0, 16 kKSteps).
+template <class TileA, class TileB, int kKSteps, int kNT, class T>
+__device__ __forceinline__ void warp_gemm_abt(float (&acc)[kNT][4], const T* sA, const T* sB, int m0, int n0,
+                                              int lane) {
+  static_assert(kNT % 2 == 0, "B fragments come in pairs of 8-column tiles");
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    uint32_t a[4];
+    load_a_frag<TileA>(a, sA, m0, ks * 16, lane);
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t b[4];
+      load_b_frags_nk<TileB>(b, sB, n0 + np * 16, ks * 16, lane);
+      mma_16816<T>(acc[2 * np], a, b[0], b[1]);
+      mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// C(16 × 8 kNT) += A[k, m0..]ᵀ · B[k, n0..] over k in [0, 16 kKSteps).
+template <class TileA, class TileB, int kKSteps, int kNT, class T>
+__device__ __forceinline__ void warp_gemm_atb(float (&acc)[kNT][4], const T* sA, const T* sB, int m0, int n0,
+                                              int lane) {
+  static_assert(kNT % 2 == 0, "B fragments come in pairs of 8-column tiles");
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    uint32_t a[4];
+    load_a_frag_trans<TileA>(a, sA, ks * 16, m0, lane);
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t b[4];
+      load_b_frags_kn<TileB>(b, sB, ks * 16, n0 + np * 16, lane);
+      mma_16816<T>(acc[2 * np], a, b[0], b[1]);
+      mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// C(16 × 8 kNT) += A[m0.., k] · B[k, n0..] over k in [0, 16 kKSteps).
+template <class TileA, class TileB, int kKSteps, int kNT, class T>
+__device__ __forceinline__ void warp_gemm_ab(float (&acc)[kNT][4], const T* sA, const T* sB, int m0, int n0,
+                                             int lane) {
+  static_assert(kNT % 2 == 0, "B fragments come in pairs of 8-column tiles");
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    uint32_t a[4];
+    load_a_frag<TileA>(a, sA, m0, ks * 16, lane);
+#pragma unroll
+    for (int np = 0; np < kNT / 2; ++np) {
+      uint32_t b[4];
+      load_b_frags_kn<TileB>(b, sB, ks * 16, n0 + np * 16, lane);
+      mma_16816<T>(acc[2 * np], a, b[0], b[1]);
+      mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// dst[m0.., n0..] += A[m0.., k] · B[k, n0..] (fp32, atomicAdd), 16 columns at a time so that only
+// 8 accumulators are live: the dQ update of the atomic mode. Rows >= rows_valid and columns >=
+// cols_valid are skipped. The A fragments (16 × 16 kKSteps) are loaded once for all columns.
+template <class TileA, class TileB, int kKSteps, int kNPairs, class T>
+__device__ __forceinline__ void warp_gemm_ab_atomic(float* dst, int ld, int rows_valid, int cols_valid,
+                                                    const T* sA, const T* sB, int m0, int n0, int lane) {
+  uint32_t a[kKSteps][4];
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) load_a_frag<TileA>(a[ks], sA, m0, ks * 16, lane);
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int np = 0; np < kNPairs; ++np) {
+    float acc[2][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      uint32_t b[4];
+      load_b_frags_kn<TileB>(b, sB, ks * 16, n0 + np * 16, lane);
+      mma_16816<T>(acc[0], a[ks], b[0], b[1]);
+      mma_16816<T>(acc[1], a[ks], b[2], b[3]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      const int col = n0 + np * 16 + nt * 8 + 2 * t;
+      if (col >= cols_valid) continue;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = m0 + g + half * 8;
+        if (row >= rows_valid) continue;
+        float* d = dst + static_cast<int64_t>(row) * ld + col;
+        atomicAdd(d, acc[nt][half * 2]);
+        atomicAdd(d + 1, acc[nt][half * 2 + 1]);
+      }
+    }
+  }
+}
+
+// Store a warp's accumulators, times `scale`, as T to a strided global slab: rows r0 + {g, g + 8}
+// (< rows_valid), columns c0 + 8 nt + {2t, 2t + 1} (< cols_valid; cols_valid is a multiple of 8,
+// so a pair is either wholly inside or wholly out). One 4-byte store per pair.
+template <int kNT, class T>
+__device__ __forceinline__ void store_acc_tile(T* dst, int64_t row_stride, const float (&acc)[kNT][4], float scale,
+                                               int r0, int rows_valid, int c0, int cols_valid, int lane) {
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int col = c0 + nt * 8 + 2 * t;
+    if (col >= cols_valid) continue;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = r0 + g + half * 8;
+      if (row >= rows_valid) continue;
+      *reinterpret_cast<uint32_t*>(dst + row * row_stride + col) =
+          pack2<T>(acc[nt][half * 2] * scale, acc[nt][half * 2 + 1] * scale);
+    }
+  }
+}
+
+// Σ_k x_k y_k of 8 contiguous 16-bit elements (one 16-byte load of each), in fp32.
+template <class T>
+__device__ __forceinline__ float dot8(const T* x, const T* y) {
+  const uint4 xv = *reinterpret_cast<const uint4*>(x), yv = *reinterpret_cast<const uint4*>(y);
+  const T* xe = reinterpret_cast<const T*>(&xv);
+  const T* ye = reinterpret_cast<const T*>(&yv);
+  float s = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) s += Half2Of<T>::to_float(xe[k]) * Half2Of<T>::to_float(ye[k]);
+  return s;
+}
+
+// dst[0..8) = T(scale · src[0..8)): two 16-byte fp32 loads, one 16-byte store.
+template <class T>
+__device__ __forceinline__ void store8_scaled(T* dst, const float* src, float scale) {
+  const float4 lo = *reinterpret_cast<const float4*>(src), hi = *reinterpret_cast<const float4*>(src + 4);
+  uint4 out;
+  out.x = pack2<T>(lo.x * scale, lo.y * scale);
+  out.y = pack2<T>(lo.z * scale, lo.w * scale);
+  out.z = pack2<T>(hi.x * scale, hi.y * scale);
+  out.w = pack2<T>(hi.z * scale, hi.w * scale);
+  *reinterpret_cast<uint4*>(dst) = out;
+}
+
+}  // namespace ioattn::cuda::sm80::bwd

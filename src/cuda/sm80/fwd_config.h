@@ -1,0 +1,51 @@
+// Tile configurations of the sm80 forward kernel (fwd_kernel.cuh), one row per head-dim range,
+// with the reason for each. Host-visible (no device code) so the backend's selector can size grids
+// and describe the choice without including the kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/params.h"
+
+namespace ioattn::cuda::sm80 {
+
+struct FwdTile {
+  int max_head_dim;  // rows apply to padded head dims <= this
+  int block_m;       // query rows per CTA (16 per warp)
+  int block_n;       // keys per streamed K/V tile
+  int warps;
+  const char* why;
+};
+
+// Shared memory = Q (block_m x d) + K + V (block_n x d each), rows padded by 16 bytes (tile.cuh).
+// Registers per thread: O accumulator d/2 floats, S accumulator block_n/2 floats.
+inline constexpr FwdTile kFwdTiles[] = {
+    {64, 128, 128, 8, "d<=64: O 32 + S 64 regs; 52 KB smem; a wide key block halves softmax rescales"},
+    {128, 128, 64, 8, "d<=128: O 64 + S 32 regs; 68 KB smem -> 2 CTAs/SM (16 warps) on A100 and H100"},
+    {256, 128, 64, 8, "d<=256: O 128 + S 32 regs; 132 KB smem -> 1 CTA/SM, fits A100's 163 KB opt-in"},
+};
+
+constexpr FwdTile fwd_tile(int head_dim) {
+  for (const FwdTile& t : kFwdTiles)
+    if (head_dim <= t.max_head_dim) return t;
+  return kFwdTiles[sizeof(kFwdTiles) / sizeof(kFwdTiles[0]) - 1];
+}
+
+// The row of one head dim as integral constants, usable in device code.
+template <int kHeadDim>
+struct FwdTileFor {
+  static constexpr int block_m = fwd_tile(kHeadDim).block_m;
+  static constexpr int block_n = fwd_tile(kHeadDim).block_n;
+  static constexpr int warps = fwd_tile(kHeadDim).warps;
+};
+
+constexpr int fwd_smem_bytes(int head_dim) {
+  const FwdTile t = fwd_tile(head_dim);
+  return (t.block_m + 2 * t.block_n) * (head_dim + 8) * 2;
+}
+
+// Defined in fwd_kernel.cuh, instantiated per head dim in generated files (src/cuda/CMakeLists.txt).
+template <class T, int kHeadDim>
+Status run_fwd(const Params& p, cudaStream_t stream);
+
+}  // namespace ioattn::cuda::sm80

@@ -1,0 +1,216 @@
+// The sm80 forward kernel (FlashAttention-2 scheme on mma.sync), and its launcher run_fwd<T, D>.
+//
+// One CTA per (query block of block_m rows, query head, batch); each warp owns 16 query rows.
+//   prologue   Q tile and the first K tile -> shared memory (cp.async, zero-filled tails)
+//   main loop  over the key blocks the mask lets this query block see (WindowMask range):
+//                wait K_n; start V_n                        (V_n load overlaps S = Q K_n^T)
+//                S = Q K_n^T   mma.m16n8k16, fp32 accumulators in registers
+//                scores -> log2 units: scale / softcap / ALiBi; element mask only on boundary blocks
+//                online softmax (m, l) in fp32 with exp2f; rescale O; dropout on P
+//                wait V_n; start K_{n+1}                    (K_{n+1} load overlaps O += P V_n)
+//                O += P V_n    P converted to 16 bits in registers (C fragment == A fragment)
+//   epilogue   O / l (and 1/(1-p) with dropout) -> input dtype, staged through the Q tile for
+//              16-byte coalesced stores; LSE = ln(sum) in fp32.
+// Fast intrinsics relied on: exp2f (ex2.approx, about 2 ulp) and log2f; tanhf is the accurate one.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "cuda/common/mma.cuh"
+#include "cuda/common/seq.cuh"
+#include "cuda/common/softmax.cuh"
+#include "cuda/common/tile.cuh"
+#include "fwd_config.h"
+
+namespace ioattn::cuda::sm80 {
+
+template <class T, int kD>
+__global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(const Params p) {
+  using Cfg = FwdTileFor<kD>;
+  constexpr int kBM = Cfg::block_m, kBN = Cfg::block_n, kThreads = Cfg::warps * 32;
+  constexpr int kNT = kBN / 8;  // 8-key tiles of S per warp:  S is (16, kBN)
+  constexpr int kDT = kD / 8;   // 8-column tiles of O per warp: O is (16, kD)
+  static_assert(kBM == 16 * Cfg::warps, "each warp owns 16 query rows");
+  static_assert(kD % 32 == 0 && kBN % 32 == 0, "tile.cuh's conflict-free layout and 16-wide mma steps");
+  using QTile = SmemTile<kBM, kD>;   // (block_m, d)
+  using KVTile = SmemTile<kBN, kD>;  // (block_n, d), K and V alike
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + QTile::kElems;
+  T* sV = sK + KVTile::kElems;
+
+  const int h = blockIdx.x, b = blockIdx.y;
+  // Reversed: under a causal mask the last query blocks see the most keys; start them first so the
+  // short ones fill the tail of the grid.
+  const int m_block = gridDim.z - 1 - blockIdx.z;
+  const SeqBounds sb = seq_bounds(p, b);
+  const int m0 = m_block * kBM;
+  if (m0 >= sb.sq) return;  // beyond this (varlen) sequence: the whole CTA leaves together
+  const int m_last = min(m0 + kBM, sb.sq) - 1;
+
+  const ScoreMod mod = ScoreMod::make(p, b, h, sb.sq, sb.sk);
+  const int key_begin = mod.mask.first_key(m0);
+  const int key_end = mod.mask.end_key(m_last, sb.sk);
+  const int n_begin = key_begin / kBN;
+  const int n_end = key_end > key_begin ? (key_end + kBN - 1) / kBN : n_begin;
+
+  const int hk = h / p.group;
+  const T* gQ = static_cast<const T*>(p.q) + b * p.q_batch_stride + (sb.q_row0 + m0) * p.q_row_stride +
+                h * p.q_head_stride;
+  const T* gK = static_cast<const T*>(p.k) + b * p.k_batch_stride + sb.k_row0 * p.k_row_stride +
+                hk * p.k_head_stride;
+  const T* gV = static_cast<const T*>(p.v) + b * p.v_batch_stride + sb.k_row0 * p.v_row_stride +
+                hk * p.v_head_stride;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int row0 = m0 + warp * 16 + lane / 4;  // sequence row of this thread's c[0], c[1]
+  const int col_in_tile = 2 * (lane % 4);      // key column of c[0] within an 8-key tile
+
+  OnlineSoftmax softmax;
+  softmax.init();
+  float o[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+
+  auto load_k = [&](int n) {
+    load_tile_async<KVTile, kThreads>(sK, gK + int64_t(n) * kBN * p.k_row_stride, p.k_row_stride,
+                                      sb.sk - n * kBN, p.head_dim, tid);
+  };
+  auto load_v = [&](int n) {
+    load_tile_async<KVTile, kThreads>(sV, gV + int64_t(n) * kBN * p.v_row_stride, p.v_row_stride,
+                                      sb.sk - n * kBN, p.head_dim_v, tid);
+  };
+
+  if (n_begin < n_end) {
+    load_tile_async<QTile, kThreads>(sQ, gQ, p.q_row_stride, sb.sq - m0, p.head_dim, tid);
+    load_k(n_begin);
+    cp_async_commit();
+  }
+  const Dropout dropout = Dropout::make(p, b, h);
+  const bool has_dropout = p.dropout_p > 0.0f;
+
+  for (int n = n_begin; n < n_end; ++n) {
+    cp_async_wait<0>();
+    __syncthreads();  // K_n (and Q) visible to all warps; every warp is done with V_{n-1}
+    load_v(n);
+    cp_async_commit();
+
+    float s[kNT][4];  // S = Q K_n^T: (16, kBN) per warp
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t a[4];
+      load_a_frag<QTile>(a, sQ, warp * 16, kk * 16, lane);
+#pragma unroll
+      for (int np = 0; np < kNT / 2; ++np) {
+        uint32_t bk[4];
+        load_b_frags_nk<KVTile>(bk, sK, np * 16, kk * 16, lane);
+        mma_16816<T>(s[2 * np], a, bk[0], bk[1]);
+        mma_16816<T>(s[2 * np + 1], a, bk[2], bk[3]);
+      }
+    }
+
+    const int col0 = n * kBN + col_in_tile;
+    if (mod.block_needs_mask(m0, m_last, n * kBN, kBN))
+      mod.apply<true>(s, row0, col0);
+    else
+      mod.apply<false>(s, row0, col0);
+    float alpha[2];
+    softmax.update(s, alpha);  // s now holds P (undropped: l and LSE use it)
+    if (has_dropout) dropout.apply(s, row0, col0);
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
+      o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V_n visible; every warp is done reading K_n
+    if (n + 1 < n_end) {
+      load_k(n + 1);
+      cp_async_commit();
+    }
+
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {  // O += P V_n, 16 keys per step
+      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dp = 0; dp < kDT / 2; ++dp) {
+        uint32_t bv[4];
+        load_b_frags_kn<KVTile>(bv, sV, kk * 16, dp * 16, lane);
+        mma_16816<T>(o[2 * dp], a, bv[0], bv[1]);
+        mma_16816<T>(o[2 * dp + 1], a, bv[2], bv[3]);
+      }
+    }
+  }
+
+  // Epilogue.
+  float o_scale[2], lse[2];
+  softmax.finalize(has_dropout ? p.rp_dropout : 1.0f, o_scale, lse);
+  __syncthreads();  // every warp is done with sQ / sV before sQ is reused for staging O
+  T* sO = sQ;       // (block_m, d)
+  const int r_local = warp * 16 + lane / 4;
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt) {
+    const int c = dt * 8 + col_in_tile;
+    *reinterpret_cast<uint32_t*>(sO + r_local * QTile::kPitch + c) =
+        pack2<T>(o[dt][0] * o_scale[0], o[dt][1] * o_scale[0]);
+    *reinterpret_cast<uint32_t*>(sO + (r_local + 8) * QTile::kPitch + c) =
+        pack2<T>(o[dt][2] * o_scale[1], o[dt][3] * o_scale[1]);
+  }
+  __syncthreads();
+  T* gO = static_cast<T*>(p.out) + b * p.o_batch_stride + (sb.q_row0 + m0) * p.o_row_stride + h * p.o_head_stride;
+  const int rows_valid = sb.sq - m0;
+  constexpr int kChunksPerRow = kD / 8;
+#pragma unroll
+  for (int c = tid; c < kBM * kChunksPerRow; c += kThreads) {
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+    if (r < rows_valid && col < p.head_dim_v)
+      *reinterpret_cast<uint4*>(gO + r * p.o_row_stride + col) =
+          *reinterpret_cast<const uint4*>(sO + r * QTile::kPitch + col);
+  }
+  if (p.lse != nullptr && lane % 4 == 0) {
+    float* gL = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + sb.q_row0;
+    if (row0 < sb.sq) gL[row0] = lse[0];
+    if (row0 + 8 < sb.sq) gL[row0 + 8] = lse[1];
+  }
+}
+
+template <class T, int kD>
+Status run_fwd(const Params& p, cudaStream_t stream) {
+  constexpr FwdTile kCfg = fwd_tile(kD);
+  constexpr int kSmem = fwd_smem_bytes(kD);
+  const int m_blocks = (p.seqlen_q + kCfg.block_m - 1) / kCfg.block_m;
+  if (m_blocks == 0 || p.batch == 0) return Status::Ok();  // nothing to write
+  auto kernel = fwd_kernel<T, kD>;
+  // The opt-in to more than 48 KB of dynamic shared memory is per function and device: set once per
+  // device (bit per device index), not on every call.
+  static std::atomic<uint64_t> configured{0};
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (e == cudaSuccess && !(configured.load(std::memory_order_acquire) & bit)) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
+  }
+  if (e == cudaSuccess) {
+    kernel<<<dim3(p.heads_q, p.batch, m_blocks), kCfg.warps * 32, kSmem, stream>>>(p);
+    e = cudaGetLastError();
+  }
+  if (e != cudaSuccess)
+    return Status{ErrorCode::BackendError, std::string("cuda forward (sm80, head dim ") + std::to_string(kD) +
+                                               "): " + cudaGetErrorString(e)};
+  return Status::Ok();
+}
+
+}  // namespace ioattn::cuda::sm80

@@ -1,0 +1,309 @@
+// Backward-specific GPU tests (part of ioattn_gpu_tests; test_cuda.cpp checks the gradients of
+// its Small/Features cases in the default mode). Here, per case, both backward modes:
+//   - atomic (default) and deterministic dq/dk/dv against the float64 reference under the error
+//     rule (tests/common/error_rule.h), poisoned outputs AND a poisoned workspace (the kernels must
+//     initialise what they accumulate into), every element written, nothing outside the views,
+//     dQ = 0 exactly on rows that see no key;
+//   - the deterministic mode bitwise identical over repeated runs;
+//   - the backward captured in a CUDA graph and replayed equals the eager call (no host sync, no
+//     allocation inside the call).
+// Set IOATTN_BWD_TIMING=1 to also time forward + backward on long sequences (BwdTiming).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "common/attention_case.h"
+#include "common/error_rule.h"
+#include "common/host_tensor.h"
+#include "device_buffer.h"
+#include "reference/reference.h"
+
+namespace ioattn::test {
+namespace {
+
+struct Grads {
+  HostTensor dq, dk, dv;
+};
+
+// Forward on the device (once per fixture), then backward calls into fresh poisoned gradients.
+struct BwdFixture {
+  Case c;
+  CaseInputs in;
+  DeviceInputs d;
+  HostTensor out, lse;
+  DeviceBuffer d_out, d_lse;
+  Status fwd;
+
+  explicit BwdFixture(const Case& cs)
+      : c(cs),
+        in(make_inputs(cs)),
+        d(in),
+        out(cs.dtype, in.out_shape, cs.layout),
+        lse(DType::F32, in.lse_shape),
+        d_out(poisoned(out)),
+        d_lse(poisoned(lse)) {
+    fwd = forward(d.q.view(), d.k.view(), d.v.view(), d_out.view(), d_lse.view(), d.args);
+  }
+  static const HostTensor& poisoned(HostTensor& t) {
+    t.poison();
+    return t;
+  }
+
+  // One backward call (optionally on `stream`, optionally captured and replayed as a graph).
+  Status run(bool deterministic, Grads* g, cudaStream_t stream = nullptr, bool graph = false) {
+    Args args = d.args;
+    args.deterministic = deterministic;
+    args.stream = stream;
+    size_t ws_bytes = 0;
+    Status s = backward_workspace_size(d.q.view(), d.k.view(), d.v.view(), args, &ws_bytes);
+    if (!s.ok()) return s;
+    DeviceScratch ws(ws_bytes);
+    if (ws_bytes) cudaMemset(ws.get(), 0xFF, ws_bytes);  // NaN everywhere: nothing may read it uninitialised
+    args.workspace = ws.get();
+    args.workspace_bytes = ws_bytes;
+    g->dq = HostTensor(c.dtype, in.q.shape(), c.layout);
+    g->dk = HostTensor(c.dtype, in.k.shape(), c.layout);
+    g->dv = HostTensor(c.dtype, in.v.shape(), c.layout);
+    g->dq.poison();
+    g->dk.poison();
+    g->dv.poison();
+    DeviceBuffer dq(g->dq), dk(g->dk), dv(g->dv);
+    auto call = [&] {
+      return backward(d.q.view(), d.k.view(), d.v.view(), d_out.view(), d.dout.view(), d_lse.view(), dq.view(),
+                      dk.view(), dv.view(), args);
+    };
+    if (graph) {
+      cudaGraph_t gr;
+      if (cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) != cudaSuccess)
+        return Status{ErrorCode::BackendError, "begin capture"};
+      s = call();
+      if (cudaStreamEndCapture(stream, &gr) != cudaSuccess) return Status{ErrorCode::BackendError, "end capture"};
+      if (!s.ok()) return s;
+      cudaGraphExec_t exec;
+      if (cudaGraphInstantiate(&exec, gr, 0) != cudaSuccess) return Status{ErrorCode::BackendError, "instantiate"};
+      for (int replay = 0; replay < 2; ++replay) cudaGraphLaunch(exec, stream);
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(gr);
+    } else {
+      s = call();
+      if (!s.ok()) return s;
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) return Status{ErrorCode::BackendError, cudaGetErrorString(e)};
+    dq.copy_to(g->dq);
+    dk.copy_to(g->dk);
+    dv.copy_to(g->dv);
+    return Status::Ok();
+  }
+};
+
+int64_t nonzero_dq_in_empty_rows(const Case& c, const std::vector<double>& lse, const std::vector<double>& dq) {
+  const int64_t rows = c.varlen() ? static_cast<int64_t>(lse.size() / c.hq) : c.sq;
+  const int batches = c.varlen() ? 1 : c.batch;
+  int64_t bad = 0;
+  for (int b = 0; b < batches; ++b)
+    for (int h = 0; h < c.hq; ++h)
+      for (int64_t i = 0; i < rows; ++i) {
+        const double l = lse[(static_cast<int64_t>(b) * c.hq + h) * rows + i];
+        if (!(std::isinf(l) && l < 0)) continue;
+        const int64_t base = ((static_cast<int64_t>(b) * rows + i) * c.hq + h) * c.d;
+        for (int dd = 0; dd < c.d; ++dd) bad += dq[base + dd] != 0.0 ? 1 : 0;
+      }
+  return bad;
+}
+
+void expect_grads(const Case& c, const std::string& mode, const Grads& g, const ref::Result& g64,
+                  const ref::Result& gstd, const ref::Result& f64) {
+  SCOPED_TRACE(mode);
+  EXPECT_EQ(g.dq.count_nan(), 0) << "dq unwritten or NaN";
+  EXPECT_EQ(g.dk.count_nan(), 0) << "dk unwritten or NaN";
+  EXPECT_EQ(g.dv.count_nan(), 0) << "dv unwritten or NaN";
+  EXPECT_TRUE(g.dq.gaps_poisoned() && g.dk.gaps_poisoned() && g.dv.gaps_poisoned()) << "wrote outside a view";
+  EXPECT_TRUE(within_rule("dq", c.dtype, g.dq.values(), g64.dq, gstd.dq));
+  EXPECT_TRUE(within_rule("dk", c.dtype, g.dk.values(), g64.dk, gstd.dk));
+  EXPECT_TRUE(within_rule("dv", c.dtype, g.dv.values(), g64.dv, gstd.dv));
+  EXPECT_EQ(nonzero_dq_in_empty_rows(c, f64.lse, g.dq.values()), 0) << "rows that see no key must give dQ = 0";
+}
+
+void check_case(const Case& c) {
+  SCOPED_TRACE(c.describe());
+  BwdFixture f(c);
+  if (f.fwd.code == ErrorCode::Unsupported) GTEST_SKIP() << f.fwd.message;  // head dim not instantiated
+  ASSERT_TRUE(f.fwd.ok()) << "forward: " << f.fwd.message;
+
+  ref::Result g64, gstd, f64;
+  ASSERT_TRUE(ref::backward(f.in.q.view(), f.in.k.view(), f.in.v.view(), f.in.dout.view(), f.in.args, &g64).ok());
+  ASSERT_TRUE(
+      ref::standard_backward(f.in.q.view(), f.in.k.view(), f.in.v.view(), f.in.dout.view(), f.in.args, &gstd).ok());
+  ASSERT_TRUE(ref::forward(f.in.q.view(), f.in.k.view(), f.in.v.view(), f.in.args, &f64).ok());
+
+  Grads atomic, det1, det2, det_graph;
+  Status s = f.run(false, &atomic);
+  ASSERT_TRUE(s.ok()) << "backward: " << error_code_name(s.code) << ": " << s.message;
+  expect_grads(c, "atomic dQ", atomic, g64, gstd, f64);
+
+  ASSERT_TRUE((s = f.run(true, &det1)).ok()) << "deterministic backward: " << s.message;
+  expect_grads(c, "deterministic", det1, g64, gstd, f64);
+  ASSERT_TRUE((s = f.run(true, &det2)).ok()) << s.message;
+  EXPECT_TRUE(det1.dq.bytes() == det2.dq.bytes()) << "deterministic dq differs between runs";
+  EXPECT_TRUE(det1.dk.bytes() == det2.dk.bytes()) << "deterministic dk differs between runs";
+  EXPECT_TRUE(det1.dv.bytes() == det2.dv.bytes()) << "deterministic dv differs between runs";
+  // dK and dV never use atomics (the CTA loops over the GQA group), so they agree across modes too.
+  EXPECT_TRUE(atomic.dk.bytes() == det1.dk.bytes() && atomic.dv.bytes() == det1.dv.bytes())
+      << "dk/dv differ between the atomic and the deterministic mode";
+
+  // Graph capture (global mode: an illegal call inside the library would break the capture).
+  // Replays must match the eager deterministic call bitwise. Varlen is left out: outside capture
+  // the library checks device cu_seqlens on the host, inside it skips that check, by design.
+  if (!c.varlen()) {
+    cudaStream_t stream;
+    ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+    s = f.run(true, &det_graph, stream, /*graph=*/true);
+    cudaStreamDestroy(stream);
+    ASSERT_TRUE(s.ok()) << "captured backward: " << s.message;
+    EXPECT_TRUE(det_graph.dq.bytes() == det1.dq.bytes() && det_graph.dk.bytes() == det1.dk.bytes() &&
+                det_graph.dv.bytes() == det1.dv.bytes())
+        << "graph replay differs from the eager deterministic call";
+  }
+}
+
+std::vector<Case> bwd_cases() {
+  std::vector<Case> v;
+  auto add = [&](Case c) {
+    c.seed = 7001 + 31 * v.size();
+    v.push_back(c);
+  };
+  Case c;
+  c.name = "fp16_d64_ragged"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 130; c.sk = 130; c.d = 64;
+  add(c);
+  c.name = "bf16_d128_sq_lt_sk"; c.dtype = DType::BF16; c.d = 128; c.sq = 67; c.sk = 193;
+  add(c);
+  c = {};
+  c.name = "bf16_d128_causal_sq_lt_sk"; c.dtype = DType::BF16; c.hq = 3; c.hk = 3; c.sq = 100; c.sk = 200; c.d = 128;
+  c.causal = true;
+  add(c);
+  c.name = "fp16_d64_causal_sq_gt_sk_empty_rows"; c.dtype = DType::F16; c.d = 64; c.sq = 200; c.sk = 77;
+  add(c);
+  c = {};
+  c.name = "bf16_d64_gqa3_window"; c.dtype = DType::BF16; c.batch = 2; c.hq = 6; c.hk = 2; c.sq = 150; c.sk = 150;
+  c.d = 64; c.window_left = 32; c.window_right = 8;
+  add(c);
+  c.name = "fp16_d128_mqa4_causal"; c.dtype = DType::F16; c.hq = 4; c.hk = 1; c.d = 128; c.window_left = -1;
+  c.window_right = -1; c.causal = true; c.sq = 129; c.sk = 129;
+  add(c);
+  c = {};
+  c.name = "fp16_d64_softcap_alibi_gqa"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 1; c.sq = 90; c.sk = 140;
+  c.d = 64; c.softcap = 5.0f; c.alibi = Alibi::PerBatchHead;
+  add(c);
+  c = {};
+  c.name = "bf16_d64_dropout_causal_gqa"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 140;
+  c.sk = 140; c.d = 64; c.dropout_p = 0.2f; c.causal = true;
+  add(c);
+  c.name = "fp16_d128_dropout_softcap"; c.dtype = DType::F16; c.d = 128; c.causal = false; c.softcap = 8.0f;
+  c.dropout_p = 0.1f; c.sq = 70; c.sk = 100;
+  add(c);
+  // Varlen with empty sequences on both sides; head dims that pad (40 -> 64, 96 -> 128 unless 96
+  // is instantiated).
+  c = {};
+  c.name = "fp16_d40_varlen_empty_causal_gqa"; c.dtype = DType::F16; c.hq = 4; c.hk = 2; c.d = 40; c.causal = true;
+  c.lens_q = {0, 70, 129, 5, 33}; c.lens_k = {10, 0, 140, 64, 33};
+  add(c);
+  c.name = "bf16_d96_varlen_window"; c.dtype = DType::BF16; c.d = 96; c.causal = false; c.window_left = 20;
+  c.window_right = 0; c.lens_q = {65, 0, 1, 128}; c.lens_k = {64, 7, 0, 200};
+  add(c);
+  c = {};
+  c.name = "bf16_d128_headmajor_layout"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 96; c.sk = 160;
+  c.d = 128; c.layout = Layout::HeadMajor;
+  add(c);
+  // d = 256: the largest shared-memory configuration (and the one-CTA-per-SM register budget).
+  c = {};
+  c.name = "bf16_d256_causal_gqa"; c.dtype = DType::BF16; c.hq = 2; c.hk = 1; c.sq = 130; c.sk = 130; c.d = 256;
+  c.causal = true;
+  add(c);
+  c.name = "fp16_d256_dropout"; c.dtype = DType::F16; c.causal = false; c.dropout_p = 0.15f; c.sq = 70; c.sk = 150;
+  add(c);
+  c = {};
+  c.name = "fp16_d64_seqlen1"; c.dtype = DType::F16; c.batch = 3; c.hq = 2; c.hk = 2; c.sq = 1; c.sk = 1; c.d = 64;
+  add(c);
+  return v;
+}
+
+class Bwd : public ::testing::TestWithParam<Case> {};
+TEST_P(Bwd, BothModesMatchReference) { check_case(GetParam()); }
+INSTANTIATE_TEST_SUITE_P(Gpu, Bwd, ::testing::ValuesIn(bwd_cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return sanitize(i.param.name); });
+
+// Forward + backward time on long sequences (only with IOATTN_BWD_TIMING=1), bf16, BSHD
+// contiguous, TFLOP/s with the FlashAttention convention (forward 4·B·H·S²·d, halved when causal;
+// backward 2.5× forward). Events around each call; one warm-up run, then the mean of 5.
+TEST(BwdTiming, LongSequences) {
+  if (std::getenv("IOATTN_BWD_TIMING") == nullptr) GTEST_SKIP() << "set IOATTN_BWD_TIMING=1";
+  struct Shape {
+    int batch, heads, seqlen, d;
+    bool causal;
+  };
+  const Shape shapes[] = {{8, 16, 1024, 64, false},  {8, 16, 1024, 64, true},   {2, 16, 4096, 64, false},
+                          {2, 16, 4096, 64, true},   {8, 16, 1024, 128, false}, {8, 16, 1024, 128, true},
+                          {2, 16, 4096, 128, false}, {2, 16, 4096, 128, true},  {4, 16, 2048, 256, false},
+                          {4, 16, 2048, 256, true}};
+  for (const Shape& sh : shapes) {
+    Case c;
+    c.name = "timing";
+    c.dtype = DType::BF16;
+    c.batch = sh.batch; c.hq = c.hk = sh.heads; c.sq = c.sk = sh.seqlen; c.d = sh.d; c.causal = sh.causal;
+    BwdFixture f(c);
+    if (f.fwd.code == ErrorCode::Unsupported) continue;
+    ASSERT_TRUE(f.fwd.ok()) << f.fwd.message;
+    for (bool det : {false, true}) {
+      Args args = f.d.args;
+      args.deterministic = det;
+      size_t ws_bytes = 0;
+      ASSERT_TRUE(backward_workspace_size(f.d.q.view(), f.d.k.view(), f.d.v.view(), args, &ws_bytes).ok());
+      DeviceScratch ws(ws_bytes);
+      args.workspace = ws.get();
+      args.workspace_bytes = ws_bytes;
+      HostTensor gq(c.dtype, f.in.q.shape()), gk(c.dtype, f.in.k.shape()), gv(c.dtype, f.in.v.shape());
+      DeviceBuffer dq(gq), dk(gk), dv(gv);
+      cudaEvent_t e0, e1, e2;
+      cudaEventCreate(&e0);
+      cudaEventCreate(&e1);
+      cudaEventCreate(&e2);
+      const int reps = 5;
+      float fwd_ms = 0, bwd_ms = 0;
+      for (int r = 0; r <= reps; ++r) {
+        cudaEventRecord(e0);
+        ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d_out.view(), f.d_lse.view(), args).ok());
+        cudaEventRecord(e1);
+        ASSERT_TRUE(backward(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d_out.view(), f.d.dout.view(),
+                             f.d_lse.view(), dq.view(), dk.view(), dv.view(), args)
+                        .ok());
+        cudaEventRecord(e2);
+        ASSERT_EQ(cudaEventSynchronize(e2), cudaSuccess);
+        float a = 0, b = 0;
+        cudaEventElapsedTime(&a, e0, e1);
+        cudaEventElapsedTime(&b, e1, e2);
+        if (r > 0) {
+          fwd_ms += a / reps;
+          bwd_ms += b / reps;
+        }
+      }
+      const double flops = 4.0 * sh.batch * sh.heads * static_cast<double>(sh.seqlen) * sh.seqlen * sh.d *
+                           (sh.causal ? 0.5 : 1.0);
+      std::printf("TIMING bf16 B=%d H=%d S=%d d=%d causal=%d deterministic=%d: fwd %.3f ms %.1f TFLOP/s | "
+                  "bwd %.3f ms %.1f TFLOP/s\n",
+                  sh.batch, sh.heads, sh.seqlen, sh.d, sh.causal, det, fwd_ms, flops / fwd_ms * 1e-9, bwd_ms,
+                  2.5 * flops / bwd_ms * 1e-9);
+      cudaEventDestroy(e0);
+      cudaEventDestroy(e1);
+      cudaEventDestroy(e2);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace ioattn::test

@@ -1,0 +1,419 @@
+// GPU tests of the CUDA backend (ioattn_gpu_tests; run by scripts/gpu_check.sh on a GPU machine,
+// labelled GPU for ctest so CI can exclude it). Every case: fresh random inputs (tests/common),
+// outputs poisoned with a NaN pattern before the call and checked fully written, nothing written
+// outside the views or into the inputs, O and LSE (and dQ/dK/dV when the build has the CUDA
+// backward) against the float64 reference under DESIGN.md §1's error rule (tests/common/error_rule.h).
+// Dropout is covered by the same comparison: the reference draws its mask from the same Philox
+// stream (src/core/philox.h), so any mask difference shows up as a large error.
+//
+// Suites: Small/* (short shapes, also run under compute-sanitizer), Features/* (every feature and
+// edge shape), Large/* (long sequences, reference on sampled rows), GpuContract.* (determinism,
+// graph capture, named errors on bad inputs).
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/attention_case.h"
+#include "common/error_rule.h"
+#include "common/host_tensor.h"
+#include "device_buffer.h"
+#include "reference/reference.h"
+
+namespace ioattn::test {
+namespace {
+
+bool not_instantiated(const Status& s) {
+  return s.code == ErrorCode::Unsupported && s.message.find("IOATTN_CUDA_HEAD_DIMS") != std::string::npos;
+}
+bool no_cuda_backward(const Status& s) {
+  return s.code == ErrorCode::Unsupported && s.message.find("no CUDA backward") != std::string::npos;
+}
+
+// Rows whose reference LSE is -inf must be exactly zero in x ((B, S, H, dim) or (T, H, dim)).
+int64_t nonzero_in_empty_rows(const Case& c, const std::vector<double>& lse, const std::vector<double>& x, int dim) {
+  int64_t bad = 0;
+  const int64_t rows = c.varlen() ? static_cast<int64_t>(lse.size() / c.hq) : c.sq;
+  const int batches = c.varlen() ? 1 : c.batch;
+  for (int b = 0; b < batches; ++b)
+    for (int h = 0; h < c.hq; ++h)
+      for (int64_t i = 0; i < rows; ++i) {
+        const double l = lse[(static_cast<int64_t>(b) * c.hq + h) * rows + i];
+        if (!(std::isinf(l) && l < 0)) continue;
+        const int64_t base = ((static_cast<int64_t>(b) * rows + i) * c.hq + h) * dim;
+        for (int d = 0; d < dim; ++d) bad += x[base + d] != 0.0 ? 1 : 0;
+      }
+  return bad;
+}
+
+// Forward (and backward) of one case on the GPU, checked against the reference. row_stride > 1
+// compares only every row_stride-th query row (long sequences: the float64 reference is O(N^2 d)).
+void run_gpu_case(const Case& c, int row_stride = 1) {
+  SCOPED_TRACE(c.describe());
+  CaseInputs in = make_inputs(c);
+  DeviceInputs d(in);
+
+  HostTensor out(c.dtype, in.out_shape, c.layout), lse(DType::F32, in.lse_shape);
+  out.poison();
+  lse.poison();
+  DeviceBuffer d_out(out), d_lse(lse);
+  Status s = forward(d.q.view(), d.k.view(), d.v.view(), d_out.view(), d_lse.view(), d.args);
+  if (not_instantiated(s)) GTEST_SKIP() << s.message;
+  ASSERT_TRUE(s.ok()) << "forward: " << error_code_name(s.code) << ": " << s.message;
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  d_out.copy_to(out);
+  d_lse.copy_to(lse);
+  EXPECT_EQ(out.count_nan(), 0) << "forward left elements of out unwritten (or wrote NaN)";
+  EXPECT_EQ(lse.count_nan(), 0) << "forward left elements of lse unwritten (or wrote NaN)";
+  EXPECT_TRUE(out.gaps_poisoned()) << "forward wrote outside the out view";
+
+  ref::Result r64, rstd;
+  ASSERT_TRUE(ref::forward(in.q.view(), in.k.view(), in.v.view(), in.args, &r64, row_stride).ok());
+  ASSERT_TRUE(ref::standard_forward(in.q.view(), in.k.view(), in.v.view(), in.args, &rstd, row_stride).ok());
+  const std::vector<double> o = out.values();
+  EXPECT_TRUE(within_rule("out", c.dtype, o, r64.out, rstd.out));
+  EXPECT_TRUE(within_rule("lse", DType::F32, lse.values(), r64.lse, rstd.lse));
+  EXPECT_EQ(nonzero_in_empty_rows(c, r64.lse, o, c.head_dim_v()), 0) << "rows that see no key must give O = 0";
+
+  if (c.backward && row_stride == 1) {
+    size_t ws_bytes = 0;
+    s = backward_workspace_size(d.q.view(), d.k.view(), d.v.view(), d.args, &ws_bytes);
+    if (no_cuda_backward(s)) {
+      std::printf("[  NOTE    ] %s: backward not built, gradients not checked\n", c.name.c_str());
+    } else {
+      ASSERT_TRUE(s.ok()) << "backward_workspace_size: " << s.message;
+      DeviceScratch ws(ws_bytes);
+      Args args = d.args;
+      args.workspace = ws.get();
+      args.workspace_bytes = ws_bytes;
+      HostTensor dq(c.dtype, in.q.shape(), c.layout), dk(c.dtype, in.k.shape(), c.layout),
+          dv(c.dtype, in.v.shape(), c.layout);
+      dq.poison();
+      dk.poison();
+      dv.poison();
+      DeviceBuffer d_dq(dq), d_dk(dk), d_dv(dv);
+      s = backward(d.q.view(), d.k.view(), d.v.view(), d_out.view(), d.dout.view(), d_lse.view(), d_dq.view(),
+                   d_dk.view(), d_dv.view(), args);
+      ASSERT_TRUE(s.ok()) << "backward: " << error_code_name(s.code) << ": " << s.message;
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      d_dq.copy_to(dq);
+      d_dk.copy_to(dk);
+      d_dv.copy_to(dv);
+      EXPECT_EQ(dq.count_nan() + dk.count_nan() + dv.count_nan(), 0) << "backward left gradients unwritten (or NaN)";
+      EXPECT_TRUE(dq.gaps_poisoned() && dk.gaps_poisoned() && dv.gaps_poisoned())
+          << "backward wrote outside a gradient view";
+      EXPECT_TRUE(d_out.bytes() == out.bytes() && d_lse.bytes() == lse.bytes()) << "backward modified out or lse";
+      ref::Result g64, gstd;
+      ASSERT_TRUE(ref::backward(in.q.view(), in.k.view(), in.v.view(), in.dout.view(), in.args, &g64).ok());
+      ASSERT_TRUE(ref::standard_backward(in.q.view(), in.k.view(), in.v.view(), in.dout.view(), in.args, &gstd).ok());
+      const std::vector<double> gq = dq.values();
+      EXPECT_TRUE(within_rule("dq", c.dtype, gq, g64.dq, gstd.dq));
+      EXPECT_TRUE(within_rule("dk", c.dtype, dk.values(), g64.dk, gstd.dk));
+      EXPECT_TRUE(within_rule("dv", c.dtype, dv.values(), g64.dv, gstd.dv));
+      EXPECT_EQ(nonzero_in_empty_rows(c, r64.lse, gq, c.d), 0) << "rows that see no key must give dQ = 0";
+    }
+  }
+  EXPECT_TRUE(d.q.bytes() == in.q.bytes() && d.k.bytes() == in.k.bytes() && d.v.bytes() == in.v.bytes() &&
+              d.dout.bytes() == in.dout.bytes())
+      << "an input was modified";
+}
+
+// ---- Case lists ---------------------------------------------------------------------------------
+
+Case make(std::string name, DType dt, int sq, int sk, int d) {
+  Case c;
+  c.name = sanitize(name + (dt == DType::BF16 ? "_bf16" : "_fp16"));
+  c.dtype = dt;
+  c.sq = sq;
+  c.sk = sk;
+  c.d = d;
+  c.hq = c.hk = 2;
+  c.seed = std::hash<std::string>{}(c.name) | 1;
+  return c;
+}
+
+std::vector<Case> small_cases() {
+  std::vector<Case> v;
+  for (DType dt : {DType::F16, DType::BF16}) {
+    v.push_back(make("basic", dt, 70, 90, 64));
+    Case c = make("causal_sq_gt_sk", dt, 90, 40, 64);  // rows 0..49 see no key
+    c.causal = true;
+    v.push_back(c);
+    c = make("window_gqa", dt, 65, 130, 128);
+    c.window_left = 20; c.window_right = 5; c.hq = 4; c.hk = 2;
+    v.push_back(c);
+    c = make("varlen_dropout_alibi", dt, 0, 0, 64);
+    c.lens_q = {0, 33, 129, 5}; c.lens_k = {7, 0, 100, 140}; c.causal = true; c.dropout_p = 0.2f;
+    c.alibi = Alibi::PerHead;
+    v.push_back(c);
+    c = make("softcap_headmajor", dt, 40, 64, 64);
+    c.softcap = 1.5f; c.layout = Layout::HeadMajor;
+    v.push_back(c);
+  }
+  return v;
+}
+
+std::vector<Case> feature_cases() {
+  std::vector<Case> v;
+  for (DType dt : {DType::F16, DType::BF16}) {
+    // Head dims: instantiated ones and ones that round up (zero-padded columns).
+    for (int d : {32, 40, 64, 72, 96, 128, 136, 192, 200, 256}) v.push_back(make("d" + std::to_string(d), dt, 150, 173, d));
+    // Ragged tails: one row / one key, block size +- 1, Sq != Sk both ways, causal and not.
+    const int shapes[][2] = {{1, 1}, {1, 300}, {300, 1}, {63, 65}, {127, 129}, {128, 128}, {129, 127}, {257, 100}, {100, 257}};
+    for (auto& sh : shapes)
+      for (bool causal : {false, true}) {
+        Case c = make("tail_" + std::to_string(sh[0]) + "x" + std::to_string(sh[1]) + (causal ? "_causal" : ""), dt,
+                      sh[0], sh[1], 128);
+        c.causal = causal;
+        c.batch = 2;
+        v.push_back(c);
+      }
+    // Windows (bottom-right aligned), including an empty-looking (0, 0) diagonal.
+    const int windows[][2] = {{32, 16}, {0, 0}, {64, -1}, {-1, 8}, {200, 0}};
+    for (auto& w : windows) {
+      Case c = make("window_" + std::to_string(w[0]) + "_" + std::to_string(w[1]), dt, 190, 230, 64);
+      c.window_left = w[0]; c.window_right = w[1];
+      v.push_back(c);
+    }
+    Case c = make("softcap", dt, 150, 150, 128);
+    c.softcap = 2.0f; c.scale = 0.3f;
+    v.push_back(c);
+    c = make("softcap_causal_alibi", dt, 150, 200, 64);
+    c.softcap = 5.0f; c.causal = true; c.alibi = Alibi::PerHead;
+    v.push_back(c);
+    c = make("alibi_batch_head", dt, 100, 140, 64);
+    c.alibi = Alibi::PerBatchHead; c.batch = 2;
+    v.push_back(c);
+    for (int d : {64, 128}) {
+      c = make("dropout_d" + std::to_string(d), dt, 140, 170, d);
+      c.dropout_p = 0.17f;
+      v.push_back(c);
+      c = make("dropout_causal_d" + std::to_string(d), dt, 170, 140, d);
+      c.dropout_p = 0.5f; c.causal = true; c.batch = 2;
+      v.push_back(c);
+    }
+    c = make("gqa", dt, 100, 120, 64);
+    c.hq = 6; c.hk = 2; c.causal = true;
+    v.push_back(c);
+    c = make("mqa", dt, 100, 120, 128);
+    c.hq = 4; c.hk = 1;
+    v.push_back(c);
+    c = make("varlen", dt, 0, 0, 64);
+    c.lens_q = {0, 17, 128, 129, 1, 300}; c.lens_k = {5, 0, 128, 200, 64, 300};
+    v.push_back(c);
+    c = make("varlen_causal_gqa", dt, 0, 0, 128);
+    c.lens_q = {200, 0, 64, 3}; c.lens_k = {150, 9, 64, 70}; c.causal = true; c.hq = 4; c.hk = 2;
+    v.push_back(c);
+    c = make("headmajor", dt, 130, 70, 64);
+    c.layout = Layout::HeadMajor; c.batch = 2;
+    v.push_back(c);
+    c = make("dv_lt_d", dt, 80, 90, 64);
+    c.dv = 32;
+    v.push_back(c);
+    c = make("dv_gt_d", dt, 80, 90, 32);
+    c.dv = 64;
+    v.push_back(c);
+  }
+  return v;
+}
+
+std::vector<Case> large_cases() {
+  std::vector<Case> v;
+  for (int d : {64, 128, 256}) {
+    Case c = make("long_causal_d" + std::to_string(d), DType::BF16, 2048, 2048, d);
+    c.causal = true; c.backward = false;
+    v.push_back(c);
+    c = make("long_d" + std::to_string(d), DType::F16, 1000, 3000, d);
+    c.backward = false;
+    v.push_back(c);
+  }
+  return v;
+}
+
+class Small : public ::testing::TestWithParam<Case> {};
+class Features : public ::testing::TestWithParam<Case> {};
+class Large : public ::testing::TestWithParam<Case> {};
+TEST_P(Small, MatchesReference) { run_gpu_case(GetParam()); }
+TEST_P(Features, MatchesReference) { run_gpu_case(GetParam()); }
+TEST_P(Large, MatchesReferenceOnSampledRows) { run_gpu_case(GetParam(), 37); }
+auto case_name = [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; };
+INSTANTIATE_TEST_SUITE_P(Gpu, Small, ::testing::ValuesIn(small_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Gpu, Features, ::testing::ValuesIn(feature_cases()), case_name);
+INSTANTIATE_TEST_SUITE_P(Gpu, Large, ::testing::ValuesIn(large_cases()), case_name);
+
+// ---- Contract: determinism, graph capture, errors -------------------------------------------------
+
+struct Fixture {
+  Case c;
+  CaseInputs in;
+  DeviceInputs d;
+  HostTensor out, lse;
+  explicit Fixture(const Case& cs)
+      : c(cs), in(make_inputs(cs)), d(in), out(cs.dtype, in.out_shape, cs.layout), lse(DType::F32, in.lse_shape) {
+    out.poison();
+    lse.poison();
+  }
+};
+
+TEST(GpuContract, ForwardIsBitwiseRepeatable) {
+  Case c = make("repeat", DType::BF16, 300, 300, 128);
+  c.dropout_p = 0.1f; c.causal = true;
+  Fixture f(c);
+  DeviceBuffer o1(f.out), l1(f.lse), o2(f.out), l2(f.lse);
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o1.view(), l1.view(), f.d.args).ok());
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o2.view(), l2.view(), f.d.args).ok());
+  EXPECT_TRUE(o1.bytes() == o2.bytes() && l1.bytes() == l2.bytes());
+}
+
+TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatable) {
+  Case c = make("det_bwd", DType::BF16, 257, 300, 64);
+  c.hq = 8; c.hk = 2; c.causal = true;
+  Fixture f(c);
+  f.d.args.deterministic = true;
+  DeviceBuffer o(f.out), l(f.lse);
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o.view(), l.view(), f.d.args).ok());
+  size_t ws_bytes = 0;
+  Status s = backward_workspace_size(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args, &ws_bytes);
+  if (no_cuda_backward(s)) GTEST_SKIP() << s.message;
+  ASSERT_TRUE(s.ok()) << s.message;
+  DeviceScratch ws(ws_bytes);
+  f.d.args.workspace = ws.get();
+  f.d.args.workspace_bytes = ws_bytes;
+  std::vector<uint8_t> first[3];
+  for (int run = 0; run < 3; ++run) {
+    HostTensor dq(c.dtype, f.in.q.shape()), dk(c.dtype, f.in.k.shape()), dv(c.dtype, f.in.v.shape());
+    DeviceBuffer gq(dq), gk(dk), gv(dv);
+    s = backward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o.view(), f.d.dout.view(), l.view(), gq.view(), gk.view(),
+                 gv.view(), f.d.args);
+    ASSERT_TRUE(s.ok()) << s.message;
+    if (run == 0) {
+      first[0] = gq.bytes(); first[1] = gk.bytes(); first[2] = gv.bytes();
+    } else {
+      EXPECT_TRUE(gq.bytes() == first[0]) << "dq differs in run " << run;
+      EXPECT_TRUE(gk.bytes() == first[1]) << "dk differs in run " << run;
+      EXPECT_TRUE(gv.bytes() == first[2]) << "dv differs in run " << run;
+    }
+  }
+}
+
+// Capture a forward call in a CUDA graph (global capture mode: any illegal call inside the library
+// would invalidate the capture), replay it twice and compare with an eager call bitwise.
+void check_graph_capture(const Case& c) {
+  Fixture f(c);
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  f.d.args.stream = stream;
+  DeviceBuffer eager_o(f.out), eager_l(f.lse), graph_o(f.out), graph_l(f.lse);
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), eager_o.view(), eager_l.view(), f.d.args).ok());
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  Status s = forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), graph_o.view(), graph_l.view(), f.d.args);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  ASSERT_TRUE(s.ok()) << s.message;
+  EXPECT_TRUE(graph_o.bytes() == f.out.bytes()) << "nothing may run before the graph is launched";
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 2; ++replay) {
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_TRUE(graph_o.bytes() == eager_o.bytes()) << "replay " << replay << ": out differs from the eager call";
+    EXPECT_TRUE(graph_l.bytes() == eager_l.bytes()) << "replay " << replay << ": lse differs from the eager call";
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+TEST(GpuContract, GraphCaptureDense) {
+  Case c = make("graph", DType::F16, 200, 333, 64);
+  c.causal = true; c.alibi = Alibi::PerHead; c.dropout_p = 0.1f;
+  check_graph_capture(c);
+}
+
+TEST(GpuContract, GraphCaptureVarlen) {  // the host-side cu_seqlens check is skipped under capture
+  Case c = make("graph_varlen", DType::BF16, 0, 0, 128);
+  c.lens_q = {10, 0, 300}; c.lens_k = {64, 20, 250};
+  check_graph_capture(c);
+}
+
+// A bad call returns the named error and writes nothing.
+void expect_error(const char* what, Fixture& f, const TensorView& q, const TensorView& k, const TensorView& v,
+                  ErrorCode want, const std::string& must_mention, const Args* args = nullptr) {
+  DeviceBuffer o(f.out), l(f.lse);
+  Status s = forward(q, k, v, o.view(), l.view(), args ? *args : f.d.args);
+  cudaDeviceSynchronize();
+  EXPECT_EQ(s.code, want) << what << ": got " << error_code_name(s.code) << ": " << s.message;
+  EXPECT_NE(s.message.find(must_mention), std::string::npos) << what << ": message should name '" << must_mention
+                                                              << "': " << s.message;
+  EXPECT_TRUE(o.bytes() == f.out.bytes() && l.bytes() == f.lse.bytes()) << what << ": an output was written";
+}
+
+TEST(GpuContract, BadInputsGiveNamedErrors) {
+  Fixture f(make("bad", DType::BF16, 64, 64, 64));
+  // k on the host while q is on the GPU.
+  expect_error("device mismatch", f, f.d.q.view(), f.in.k.view(), f.d.v.view(), ErrorCode::DeviceMismatch, "k:");
+  // q offset by one element: not 16-byte aligned.
+  TensorView q = f.d.q.view();
+  q.data = static_cast<uint16_t*>(q.data) + 1;
+  q.shape[1] -= 1;  // stay inside the allocation
+  {
+    Fixture g(make("bad_mis", DType::BF16, 63, 64, 64));
+    expect_error("misaligned q", g, q, f.d.k.view(), f.d.v.view(), ErrorCode::Misaligned, "q:");
+  }
+  // Non-contiguous last dimension.
+  TensorView kk = f.d.k.view();
+  kk.stride[3] = 2;
+  kk.shape[3] = 32;
+  TensorView vv = f.d.v.view();
+  {
+    Fixture g(make("bad_stride", DType::BF16, 64, 64, 32));
+    TensorView qq = f.d.q.view();
+    qq.shape[3] = 32;
+    qq.stride[3] = 1;
+    vv.shape[3] = 32;
+    expect_error("strided last dim", g, qq, kk, vv, ErrorCode::InvalidStride, "k:");
+  }
+  // Head dims the GPU does not take.
+  for (int d : {12, 264}) {
+    Fixture g(make("bad_d" + std::to_string(d), DType::BF16, 16, 16, d));
+    expect_error("head dim", g, g.d.q.view(), g.d.k.view(), g.d.v.view(), ErrorCode::Unsupported, "head_dim");
+  }
+  // fp32 on the GPU.
+  {
+    Case c = make("bad_fp32", DType::BF16, 16, 16, 64);
+    c.dtype = DType::F32;
+    Fixture g(c);
+    expect_error("fp32", g, g.d.q.view(), g.d.k.view(), g.d.v.view(), ErrorCode::Unsupported, "fp32 is CPU-only");
+  }
+}
+
+TEST(GpuContract, BadDeviceCuSeqlensAreRejected) {
+  Case c = make("bad_cu", DType::F16, 0, 0, 64);
+  c.lens_q = {10, 20, 30}; c.lens_k = {10, 20, 30};
+  Fixture f(c);
+  // Non-monotone: 0, 10, 5, 60.
+  HostTensor cu(DType::I32, {4});
+  const int vals[] = {0, 10, 5, 60};
+  for (int i = 0; i < 4; ++i) cu.set(i, vals[i]);
+  DeviceBuffer d_cu(cu);
+  Args a = f.d.args;
+  a.cu_seqlens_q = d_cu.view();
+  expect_error("non-monotone cu_seqlens_q", f, f.d.q.view(), f.d.k.view(), f.d.v.view(), ErrorCode::InvalidIndex,
+               "cu_seqlens_q", &a);
+  // Last entry beyond the rows of k.
+  const int vals2[] = {0, 10, 31, 61};  // lengths 10, 21, 30 <= max_seqlen_k; 61 > 60 rows
+  for (int i = 0; i < 4; ++i) cu.set(i, vals2[i]);
+  DeviceBuffer d_cu2(cu);
+  a = f.d.args;
+  a.cu_seqlens_k = d_cu2.view();
+  expect_error("cu_seqlens_k out of range", f, f.d.q.view(), f.d.k.view(), f.d.v.view(), ErrorCode::InvalidIndex,
+               "cu_seqlens_k", &a);
+}
+
+}  // namespace
+}  // namespace ioattn::test

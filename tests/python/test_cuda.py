@@ -1,0 +1,163 @@
+"""CUDA tests of the Python package (run by the GPU script, not collected by CPU CI):
+forward/backward against the float64 reference (computed on the CPU), head-dim padding, varlen,
+dropout (the same Philox mask as the CPU), SDPA, CUDA-graph capture, torch.compile, streams.
+
+    python -m pytest tests/python/test_cuda.py -q
+"""
+import pytest
+import torch
+
+import ioattn
+from helpers import compare, randn
+from reference import check, fwd_bwd_ref
+from test_flash_attn import MASKS, _alibi
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+GPU_DTYPES = [torch.float16, torch.bfloat16]
+CUDA = "cuda"
+cpu = lambda t: t.cpu()  # noqa: E731
+
+
+def test_built_with_cuda():
+    info = ioattn.build_info()
+    assert info["cuda_compiled"] and info["cuda_device_count"] >= 1, info
+
+
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("shape", [(2, 128, 128, 8, 8, 64), (1, 77, 300, 8, 2, 128), (2, 257, 99, 4, 1, 96),
+                                   (1, 1, 513, 8, 8, 256), (2, 40, 40, 4, 4, 20)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask", MASKS, ids=lambda m: f"c{int(m[0])}w{m[1][0]}_{m[1][1]}s{m[2]:g}a{int(m[3])}")
+def test_flash_attn_func_cuda(dtype, shape, mask):
+    b, sq, sk, hq, hk, d = shape
+    causal, window, softcap, use_alibi = mask
+    q, k, v = (randn(b, s, h, d, dtype=dtype, device=CUDA) for s, h in ((sq, hq), (sk, hk), (sk, hk)))
+    alibi = _alibi(b, hq, per_batch=False) if use_alibi else None
+
+    def call(q, k, v):
+        out, lse, _ = ioattn.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=softcap,
+                                             alibi_slopes=alibi.to(CUDA) if alibi is not None else None,
+                                             return_attn_probs=True)
+        return out, lse.cpu()
+
+    compare(call, q, k, v, dtype, dict(causal=causal, window=window, softcap=softcap, alibi=alibi), to_bshd=cpu)
+
+
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_varlen_cuda(dtype):
+    lens_q, lens_k = [5, 0, 130, 64], [7, 3, 130, 200]
+    cu = lambda lens: torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)  # noqa: E731
+    q = randn(sum(lens_q), 8, 64, dtype=dtype, device=CUDA)
+    k = randn(sum(lens_k), 2, 64, dtype=dtype, device=CUDA)
+    v = randn(sum(lens_k), 2, 64, dtype=dtype, device=CUDA)
+    out = ioattn.flash_attn_varlen_func(q, k, v, cu(lens_q).to(CUDA), cu(lens_k).to(CUDA), max(lens_q), max(lens_k),
+                                        causal=True)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    cq, ck = cu(lens_q).tolist(), cu(lens_k).tolist()
+    for i in range(len(lens_q)):
+        if lens_q[i] == 0:
+            continue
+        sq, sk = slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])
+        args = [t.detach()[s].unsqueeze(0).cpu() for t, s in ((q, sq), (k, sk), (v, sk), (dout, sq))]
+        r64, _, g64 = fwd_bwd_ref(*args, causal=True)
+        rstd, _, gstd = fwd_bwd_ref(*args, dtype=dtype, causal=True)
+        check("out", out.detach()[sq].unsqueeze(0).cpu(), r64, rstd, dtype)
+        for name, g, r, s, sl in zip(("dq", "dk", "dv"), grads, g64, gstd, (sq, sk, sk)):
+            check(name, g[sl].unsqueeze(0).cpu(), r, s, dtype)
+
+
+def test_dropout_cuda_uses_the_cpu_mask():
+    b, s, h, d, p = 2, 96, 4, 64, 0.2
+    q, k, v = (randn(b, s, h, d, dtype=torch.float16, device=CUDA) for _ in range(3))
+    state = torch.get_rng_state()
+    seed, offset = torch.randint(0, 2**62, (2,), dtype=torch.int64).tolist()
+    torch.set_rng_state(state)
+    out = ioattn.flash_attn_func(q, k, v, dropout_p=p, causal=True)
+    keep = torch.stack([ioattn.dropout_mask(seed, offset, p, i, h, s, s) for i in range(b)])
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    args = [t.detach().cpu() for t in (q, k, v, dout)]
+    r64, _, g64 = fwd_bwd_ref(*args, causal=True, keep=keep, dropout_p=p)
+    rstd, _, gstd = fwd_bwd_ref(*args, dtype=torch.float16, causal=True, keep=keep, dropout_p=p)
+    check("out", out.detach().cpu(), r64, rstd, torch.float16)
+    for name, g, r, s_ in zip(("dq", "dk", "dv"), grads, g64, gstd):
+        check(name, g.cpu(), r, s_, torch.float16)
+
+
+@pytest.mark.parametrize("lq,lk", [(128, 128), (200, 64), (64, 200)])
+def test_sdpa_cuda(lq, lk):
+    q = randn(2, 8, lq, 64, dtype=torch.bfloat16, device=CUDA)
+    k = randn(2, 2, lk, 64, dtype=torch.bfloat16, device=CUDA)
+    v = randn(2, 2, lk, 64, dtype=torch.bfloat16, device=CUDA)
+    out = ioattn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True,
+                                                           enable_gqa=True)
+    std = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    check("out", out.detach().cpu(), ref.detach().cpu(), std.detach().cpu(), torch.bfloat16)
+
+
+def test_cuda_graph_capture_forward_and_backward():
+    q, k, v = (randn(2, 256, 8, 64, dtype=torch.float16, device=CUDA) for _ in range(3))
+    dout = torch.randn(2, 256, 8, 64, dtype=torch.float16, device=CUDA)
+
+    def step():
+        out = ioattn.flash_attn_func(q, k, v, causal=True)
+        return (out,) + torch.autograd.grad(out, (q, k, v), dout)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            step()  # warm-up: allocator pools, lazy initialisation
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static = step()
+    with torch.no_grad():
+        for t in (q, k, v, dout):
+            t.copy_(torch.randn_like(t))
+    g.replay()
+    torch.cuda.synchronize()
+    want = step()
+    for a, b in zip(static, want):  # backward kernels may accumulate in a different order: allclose
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_side_stream_and_second_device():
+    q, k, v = (randn(1, 64, 4, 64, dtype=torch.float16, device=CUDA, requires_grad=False) for _ in range(3))
+    want = ioattn.flash_attn_func(q, k, v)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        got = ioattn.flash_attn_func(q, k, v)
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(got, want)
+    if torch.cuda.device_count() > 1:
+        q1, k1, v1 = (t.to("cuda:1") for t in (q, k, v))
+        assert torch.equal(ioattn.flash_attn_func(q1, k1, v1).cpu(), want.cpu())
+
+
+def test_torch_compile_cuda_fullgraph():
+    torch._dynamo.reset()
+    q, k, v = (randn(2, 128, 8, 64, dtype=torch.bfloat16, device=CUDA) for _ in range(3))
+
+    def f(q, k, v):
+        return ioattn.flash_attn_func(q, k, v, causal=True).float().square().sum()
+
+    for mode in ("default", "reduce-overhead"):
+        compiled = torch.compile(f, fullgraph=True, mode=mode)
+        for _ in range(3):
+            got = compiled(q, k, v)
+            g_got = torch.autograd.grad(got, (q, k, v))
+        want = f(q, k, v)
+        g_want = torch.autograd.grad(want, (q, k, v))
+        assert torch.allclose(got, want, rtol=1e-3)
+        for a, b in zip(g_got, g_want):
+            assert torch.allclose(a, b, rtol=1e-2, atol=1e-2)
+
+
+def test_device_mismatch_raises():
+    q = randn(1, 8, 2, 64, dtype=torch.float16, device=CUDA)
+    with pytest.raises(RuntimeError, match="k: expected device cuda"):
+        ioattn.flash_attn_func(q, q.cpu(), q)
