@@ -67,7 +67,7 @@ CLI="$BUILD_DIR/tools/ioattn"
 if [ $BUILD_RC -eq 0 ]; then
   # 2. Tests.
   run_step gpu_tests "$LOG_DIR/gpu_tests.log" timeout "${TIMEOUT_TESTS:-300}" "$TESTS" --gtest_output=json:"$LOG_DIR/gpu_tests.json"
-  detail=$(grep -E "^\[  PASSED  \]|^\[  FAILED  \]|^\[  SKIPPED \] [0-9]" "$LOG_DIR/gpu_tests.log" | tr '\n' ' ')
+  detail=$(grep -E "^\[  PASSED  \] [0-9]+ test|^\[  SKIPPED \] [0-9]+ test|^ *[0-9]+ FAILED TEST" "$LOG_DIR/gpu_tests.log" | tr '\n' ' ')
   STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $detail"
 
   # 3. Sanitizers on the small shapes (10-100x slower than a plain run).

@@ -180,15 +180,14 @@ json standard_bench(Shape& s, bool causal) {
           {"saved_bytes", bench::standard_saved_bytes(kBatch, kHeads, s.seqlen)}};
 }
 
-// Peak extra memory of one forward + backward at a long sequence (one head: the O(N) vs O(N²)
+// Peak extra memory of one forward + backward at a long sequence, bf16 (one head: the O(N) vs O(N²)
 // contrast needs no more), run once each.
-json memory_bench(int n, int d, DType dt) {
+json memory_bench(int n, int d) {
+  constexpr DType dt = DType::BF16;
   std::mt19937 rng(7);
   const size_t e = size_t(n) * d;
-  std::vector<float> x[4];
-  for (auto& t : x) t = random_normal(e, rng);
   std::vector<uint16_t> xb[4];
-  for (int i = 0; i < 4; ++i) xb[i] = to_bf16(x[i]);
+  for (auto& t : xb) t = to_bf16(random_normal(e, rng));
   std::vector<uint16_t> o(e), dq(e), dk(e), dv(e);
   std::vector<float> lse(n);
   auto view = [&](void* p) { return TensorView::contiguous(p, dt, {1, n, 1, d}); };
@@ -334,7 +333,7 @@ int main(int argc, char** argv) {
     }
   }
   std::fprintf(stderr, "memory ...\n");
-  res["memory"] = memory_bench(quick ? 16384 : 65536, 64, DType::BF16);
+  res["memory"] = memory_bench(quick ? 16384 : 65536, 64);
 
   std::ofstream f(out);
   f << res.dump(2) << "\n";

@@ -30,7 +30,7 @@ inline float exp_nonpositive(float x) {
 
 // Row-wise softmax of the N×N scores in place; causal rows see keys 0..i and zero the rest.
 void softmax_rows(float* s, int n, bool causal) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static, 64)  // interleaved chunks: causal rows grow with i
   for (int i = 0; i < n; ++i) {
     float* row = s + int64_t{i} * n;
     const int len = causal ? i + 1 : n;

@@ -36,7 +36,7 @@ def _alloc_like(t: Tensor, last: int, dtype: Optional[torch.dtype] = None) -> Te
     memory in the order of t's strides (largest first), the last dimension contiguous."""
     nd = t.dim()
     shape = list(t.shape[:-1]) + [last]
-    order = sorted(range(nd - 1), key=lambda i: (-int(t.stride(i)), i))
+    order = sorted(range(nd - 1), key=lambda i: (-t.stride(i), i))
     buf = torch.empty([shape[i] for i in order] + [last], dtype=dtype or t.dtype, device=t.device)
     inverse = [0] * (nd - 1)
     for pos, i in enumerate(order):
@@ -56,21 +56,25 @@ def _last_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
 
 
-def _gpu_pad(t: Tensor) -> Tensor:
+def _gpu_ready(t: Tensor) -> bool:
     """The GPU kernels read rows in 16-byte vectors: head dims must be multiples of 8 and row
-    starts 16-byte aligned. Like flash-attn, zero-pad the head dim (exact: zero columns change
-    neither Q·K nor the softmax, and give zero output columns) and copy misaligned tensors."""
+    starts 16-byte aligned."""
+    vec = 16 // t.element_size()
+    return (t.shape[-1] % 8 == 0 and t.data_ptr() % 16 == 0
+            and all(int(s) % vec == 0 for s in t.stride()[:-1]))
+
+
+def _gpu_pad(t: Tensor) -> Tensor:
+    """Like flash-attn, zero-pad the head dim to a multiple of 8 (exact: zero columns change neither
+    Q·K nor the softmax, and give zero output columns) and copy misaligned tensors."""
     d = t.shape[-1]
     if d % 8 != 0:
         return torch.nn.functional.pad(t, (0, 8 - d % 8))
-    vec = 16 // t.element_size()
-    if t.data_ptr() % 16 != 0 or any(int(s) % vec != 0 for s in t.stride()[:-1]):
-        return t.contiguous()
-    return t
+    return t if _gpu_ready(t) else t.clone(memory_format=torch.contiguous_format)
 
 
 def _needs_gpu_copy(*ts: Tensor) -> bool:
-    return any(_gpu_pad(t) is not t for t in ts)
+    return not all(_gpu_ready(t) for t in ts)
 
 
 def _rng_pair(rng_state: Optional[Tensor]) -> Tuple[int, int]:

@@ -23,12 +23,13 @@ namespace cpu {
 
 size_t fwd_scratch_floats(const Params& p) {
   const size_t d = p.head_dim, dv = p.head_dim_v;
-  return kFwdBlockQ * (d + dv + kFwdBlockK + 2) + kFwdBlockK * (d + dv);
+  return kFwdBlockQ * (d + dv + kFwdBlockK + 2) + kFwdBlockK * (d + dv + kPairPad);
 }
 
 size_t bwd_scratch_floats(const Params& p) {
   const size_t d = p.head_dim, dv = p.head_dim_v;
-  return 2 * kBwdBlockK * (d + dv) + kBwdBlockQ * (2 * d + dv) + 4 * static_cast<size_t>(kBwdBlockQ) * kBwdBlockK;
+  return 2 * kBwdBlockK * (d + dv) + kBwdBlockQ * (2 * d + dv) + 4 * static_cast<size_t>(kBwdBlockQ) * kBwdBlockK +
+         kBwdBlockK / 2 * (d + kPairPad) + kBwdBlockQ / 2 * (d + dv + 2 * kPairPad) + kBwdBlockK * kBwdBlockQ / 2;
 }
 
 namespace {
@@ -47,7 +48,7 @@ struct Isa {
   std::string features;
 };
 
-// The best kernels this CPU runs. IOATTN_CPU_ISA=avx2|generic caps the choice (to test the other
+// The best kernels this CPU runs. IOATTN_CPU_ISA=avx512|avx2|generic caps the choice (to test the other
 // builds on one machine); it never selects more than the CPU has.
 Isa choose_isa() {
   __builtin_cpu_init();
@@ -57,7 +58,10 @@ Isa choose_isa() {
   const char* cap = std::getenv("IOATTN_CPU_ISA");
   const std::string want = cap ? cap : "";
   Isa isa;
-  if (has_avx512 && (want.empty() || want == "avx512")) {
+  const bool has_bf16 = has_avx512 && __builtin_cpu_supports("avx512bf16");
+  if (has_bf16 && want.empty()) {
+    isa = {&avx512bf16::kernels(), "avx512f avx512bw avx512vl avx512dq avx512bf16 fma f16c"};
+  } else if (has_avx512 && (want.empty() || want == "avx512")) {
     isa = {&avx512::kernels(), "avx512f avx512bw avx512vl avx512dq fma f16c"};
   } else if (has_avx2 && want != "generic") {
     isa = {&avx2::kernels(), "avx2 fma f16c"};
@@ -160,7 +164,7 @@ Status backward(const Params& p) {
       const size_t n = static_cast<size_t>(p.group) * sq.sq * p.head_dim;
       Scratch<float> dq(n);  // (group, sq, D) fp32, owned by this task
       if (!dq.ok()) { no_memory = true; return; }
-      std::memset(dq.get(), 0, n * sizeof(float));
+      if (n) std::memset(dq.get(), 0, n * sizeof(float));
       for (int kb = 0; kb * kBwdBlockK < sq.sk; ++kb) k.bwd_kv_block(p, dsum.get(), b, kvh, kb, dq.get(), ws);
       for (int g = 0; g < p.group; ++g)
         k.store_dq(p, b, kvh * p.group + g, dq.get() + static_cast<size_t>(g) * sq.sq * p.head_dim);

@@ -18,5 +18,8 @@
 
 #pragma GCC target("avx2,fma,f16c")
 #define IOATTN_CPU_ISA avx2
+#define IOATTN_CPU_AVX512 0
+#define IOATTN_CPU_AVX2 1
+#define IOATTN_CPU_BF16 0
 #define IOATTN_CPU_ISA_NAME "avx2"
 #include "cpu/flash_kernels.h"

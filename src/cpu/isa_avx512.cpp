@@ -18,5 +18,8 @@
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")
 #define IOATTN_CPU_ISA avx512
+#define IOATTN_CPU_AVX512 1
+#define IOATTN_CPU_AVX2 1
+#define IOATTN_CPU_BF16 0
 #define IOATTN_CPU_ISA_NAME "avx512"
 #include "cpu/flash_kernels.h"

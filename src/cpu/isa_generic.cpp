@@ -17,5 +17,8 @@
 #include "cpu/kernels.h"
 
 #define IOATTN_CPU_ISA generic
+#define IOATTN_CPU_AVX512 0
+#define IOATTN_CPU_AVX2 0
+#define IOATTN_CPU_BF16 0
 #define IOATTN_CPU_ISA_NAME "generic"
 #include "cpu/flash_kernels.h"

@@ -4,7 +4,9 @@
 //   kernels.h          this file: tile sizes, task geometry, the table of per-ISA kernels.
 //   flash_kernels.h    the kernels themselves (forward block, backward key block, backward query
 //                      block): tiled online softmax around cblas_sgemm tile products. Compiled
-//                      three times, by isa_avx512.cpp, isa_avx2.cpp and isa_generic.cpp.
+//                      four times, by isa_avx512bf16.cpp, isa_avx512.cpp, isa_avx2.cpp and
+//                      isa_generic.cpp.
+//   bf16_dot.h         bf16 pair products (vdpbf16ps) for the avx512bf16 build.
 //   scratch.h/.cpp     the tracked allocator behind cpu_peak_scratch_bytes().
 #pragma once
 
@@ -36,6 +38,10 @@ constexpr int kFwdBlockK = 256;
 // 333 GFLOP/s backward (fused mode) against a 460 GFLOP/s sgemm.
 constexpr int kBwdBlockQ = 128;
 constexpr int kBwdBlockK = 128;
+// Extra columns of tiles in bf16 pair layouts (bf16_dot.h), which pad their columns to a multiple of 32.
+constexpr int kPairPad = 32;
+static_assert(kFwdBlockK % kPairPad == 0 && kBwdBlockK % kPairPad == 0, "bf16 pair tiles pad keys to a multiple of 32");
+static_assert(kBwdBlockQ % 2 == 0 && kBwdBlockK % 2 == 0, "bf16 pairs of queries / keys");
 static_assert(kFwdBlockK % 4 == 0 && kBwdBlockK % 4 == 0, "dropout words come four keys at a time");
 
 // ---- Task geometry (shared by backend.cpp and the kernels) -------------------------------------
@@ -65,7 +71,7 @@ inline size_t lse_count(const Params& p) {
 // Each works on one task and a per-thread scratch area of the size the *_scratch_floats functions
 // give; none allocates, none starts threads, and each writes only the output rows its task owns.
 struct Kernels {
-  const char* isa;  // "avx512", "avx2" or "generic"
+  const char* isa;  // "avx512bf16", "avx512", "avx2" or "generic"
   // Forward of rows [qb * kFwdBlockQ, +kFwdBlockQ) of query head h of sequence b: O and LSE.
   void (*fwd_block)(const Params& p, int b, int h, int qb, float* ws);
   // Dsum[lse_index(b, h, i)] = sum_d dO[i, d] * O[i, d] for every row i of (b, h).
@@ -83,6 +89,7 @@ struct Kernels {
 size_t fwd_scratch_floats(const Params& p);
 size_t bwd_scratch_floats(const Params& p);
 
+namespace avx512bf16 { const Kernels& kernels(); }
 namespace avx512 { const Kernels& kernels(); }
 namespace avx2 { const Kernels& kernels(); }
 namespace generic { const Kernels& kernels(); }

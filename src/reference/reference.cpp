@@ -19,11 +19,12 @@
 // so long sequences fit. Cost: O(B·Hq·Sq·Sk·d) like the problem itself.
 #include "reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <sstream>
 #include <string>
+#include <vector>
 
 #include "core/half.h"
 #include "core/philox.h"

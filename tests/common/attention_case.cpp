@@ -33,6 +33,7 @@ std::string Case::describe() const {
   }
   os << " d=" << d << " dv=" << head_dim_v();
   if (causal) os << " causal";
+  if (ref_row_stride > 1) os << " checked rows: every " << ref_row_stride << "th";
   if (window_left >= 0 || window_right >= 0) os << " window=(" << window_left << "," << window_right << ")";
   if (softcap > 0) os << " softcap=" << softcap;
   if (scale > 0) os << " scale=" << scale;
@@ -142,9 +143,10 @@ void run_case(const Case& c) {
   EXPECT_TRUE(out.gaps_poisoned()) << "forward wrote outside the out view";
 
   ref::Result r64, rstd;
-  s = ref::forward(in.q.view(), in.k.view(), in.v.view(), in.args, &r64);
+  ASSERT_TRUE(c.ref_row_stride == 1 || !c.backward) << "row sampling is for forward-only cases";
+  s = ref::forward(in.q.view(), in.k.view(), in.v.view(), in.args, &r64, c.ref_row_stride);
   ASSERT_TRUE(s.ok()) << s.message;
-  s = ref::standard_forward(in.q.view(), in.k.view(), in.v.view(), in.args, &rstd);
+  s = ref::standard_forward(in.q.view(), in.k.view(), in.v.view(), in.args, &rstd, c.ref_row_stride);
   ASSERT_TRUE(s.ok()) << s.message;
   const std::vector<double> o = out.values(), l = lse.values();
   EXPECT_TRUE(within_rule("out", c.dtype, o, r64.out, rstd.out));

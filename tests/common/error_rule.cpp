@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <sstream>
 
@@ -54,6 +56,9 @@ double max_abs_err(const std::vector<double>& a, const std::vector<double>& ref,
      << " elements";
   // A baseline that is not finite would make the bound vacuous: report it instead of passing.
   if (!std::isfinite(e_std)) return ::testing::AssertionFailure() << os.str() << " (standard baseline not finite)";
+  // IOATTN_TEST_PRINT_ERRORS=1 prints every comparison, to see the margins and not just failures.
+  static const bool print = std::getenv("IOATTN_TEST_PRINT_ERRORS") != nullptr;
+  if (print) std::printf("[ errors   ] %s, ratio %.3f\n", os.str().c_str(), bound > 0 ? e_lib / bound : 0.0);
   if (e_lib <= bound) return ::testing::AssertionSuccess() << os.str();
   return ::testing::AssertionFailure() << os.str();
 }

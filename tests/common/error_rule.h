@@ -39,7 +39,8 @@ double slack_units(DType dt, bool gradient);
 // the error +inf. `max_ref` receives max |ref| over the finite entries.
 double max_abs_err(const std::vector<double>& a, const std::vector<double>& ref, double* max_ref = nullptr);
 
-// The rule above as a gtest assertion with every number in its message.
+// The rule above as a gtest assertion with every number in its message. With the environment
+// variable IOATTN_TEST_PRINT_ERRORS set, every comparison is printed with its lib / bound ratio.
 // `gradient` selects the backward's slack (slack_units).
 ::testing::AssertionResult within_rule(const std::string& what, DType dt, const std::vector<double>& lib,
                                        const std::vector<double>& ref, const std::vector<double>& std_attn,

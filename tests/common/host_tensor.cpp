@@ -1,5 +1,6 @@
 #include "host_tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>

@@ -2,7 +2,9 @@
 // empty problems, dispatch description, and the O(N) extra memory of DESIGN.md §4.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
+#include <utility>
 
 #include "attention_case.h"
 #include "ioattn/ioattn.h"
@@ -45,9 +47,12 @@ TEST(Api, WorkspaceQueriesReturnZeroOnCpu) {
   }
 }
 
+// Bitwise equal gradients run after run, with few (batch·Hk = 4) and many (= 8) tasks: the backend's
+// two backward strategies (src/cpu/backend.cpp).
 TEST(Api, BackwardIsDeterministic) {
-  for (DType dt : {DType::F32, DType::BF16}) {
-    const Case c = gqa_case(257, dt);
+  for (auto [dt, batch] : {std::pair{DType::F32, 2}, std::pair{DType::BF16, 2}, std::pair{DType::F16, 4}}) {
+    Case c = gqa_case(257, dt);
+    c.batch = batch;
     CaseInputs in = make_inputs(c);
     in.args.deterministic = true;
     HostTensor out(dt, in.out_shape), lse(DType::F32, in.lse_shape);
@@ -113,6 +118,22 @@ TEST(Api, EmptyProblems) {
     // Keys no query sees (Sq = 0) get zero gradients.
     for (int64_t i = 0; i < dk.numel(); ++i) EXPECT_EQ(dk.get(i), 0.0);
     for (int64_t i = 0; i < dv.numel(); ++i) EXPECT_EQ(dv.get(i), 0.0);
+  }
+}
+
+// softmax_scale <= 0 or NaN means 1/sqrt(head_dim): bitwise the same call as passing 0.
+TEST(Api, DefaultScale) {
+  const Case c = gqa_case(70, DType::F32);
+  CaseInputs in = make_inputs(c);
+  HostTensor ref_out(c.dtype, in.out_shape);
+  in.args.softmax_scale = 0.0f;
+  ASSERT_TRUE(forward(in.q.view(), in.k.view(), in.v.view(), ref_out.view(), TensorView(), in.args).ok());
+  for (float s : {-1.0f, std::numeric_limits<float>::quiet_NaN(), 1.0f / 8.0f}) {  // d = 64: 1/sqrt(64)
+    HostTensor out(c.dtype, in.out_shape);
+    out.poison();
+    in.args.softmax_scale = s;
+    ASSERT_TRUE(forward(in.q.view(), in.k.view(), in.v.view(), out.view(), TensorView(), in.args).ok());
+    EXPECT_TRUE(out.bytes() == ref_out.bytes()) << "softmax_scale = " << s;
   }
 }
 

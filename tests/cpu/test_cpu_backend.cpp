@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "attention_case.h"
@@ -116,6 +117,12 @@ std::vector<Case> named_cases() {
   // Head dims, each dtype; odd ones and the GPU sizes. Then dv != d.
   for (int d : {1, 3, 5, 8, 17, 31, 64, 96, 128, 200, 256})
     for (DType dt : kAll) L.add(dense("headdim_" + std::to_string(d) + "_" + dt_tag(dt), dt, 1, 2, 1, 33, 47, d));
+  // Beyond the GPU's 256: any positive head dim is served on the CPU (DESIGN.md §2).
+  for (int d : {300, 512}) {
+    Case c = dense("headdim_" + std::to_string(d) + "_bf16_causal", DType::BF16, 1, 2, 1, 40, 33, d);
+    c.causal = true;
+    L.add(c);
+  }
   const int dvs[][2] = {{64, 32}, {17, 5}, {3, 64}, {128, 256}};
   n = 0;
   for (auto [d, dv] : dvs) {
@@ -204,6 +211,58 @@ std::vector<Case> named_cases() {
     c.scale = s;
     L.add(c);
   }
+  // Longer sequences: many tiles and threads. Backward in full at 520; forward-only beyond, with
+  // the reference sampling every 61st / 127th row (odd strides visit every residue of the tiles).
+  {
+    Case c = dense("long_520_causal_fp32", DType::F32, 1, 2, 1, 520, 520, 64);
+    c.causal = true;
+    L.add(c);
+    c = dense("long_520x777_window_dropout_bf16", DType::BF16, 1, 2, 2, 520, 777, 64);
+    c.window_left = 150;
+    c.window_right = 30;
+    c.dropout_p = 0.15f;
+    L.add(c);
+    c = dense("long_2053_causal_alibi_bf16_fwd", DType::BF16, 1, 4, 2, 2053, 2053, 128);
+    c.causal = true;
+    c.alibi = Alibi::PerHead;
+    c.backward = false;
+    c.ref_row_stride = 61;
+    L.add(c);
+    c = dense("long_4099_window_softcap_fp16_fwd", DType::F16, 1, 2, 1, 4099, 4099, 64);
+    c.window_left = 700;
+    c.window_right = 5;
+    c.softcap = 20.0f;
+    c.backward = false;
+    c.ref_row_stride = 127;
+    L.add(c);
+    c = dense("decode_1x8193_gqa_fp32", DType::F32, 2, 8, 1, 1, 8193, 128);  // one query row, long cache
+    c.causal = true;
+    L.add(c);
+  }
+  // Many (batch, kv head) tasks: the backend's backward switches strategy with the task count
+  // (per-task dQ accumulators once batch·Hk >= 8, src/cpu/backend.cpp), so cover both sides.
+  n = 0;
+  for (auto [b, hq, hk] : {std::tuple{4, 4, 2}, std::tuple{3, 6, 3}, std::tuple{8, 2, 1}, std::tuple{2, 16, 8}}) {
+    const DType dt = kAll[n++ % 3];
+    Case c = dense("many_tasks_b" + std::to_string(b) + "_hk" + std::to_string(hk) + "_" + dt_tag(dt), dt, b, hq, hk,
+                   n % 2 ? 129 : 65, n % 2 ? 65 : 257, 32);
+    c.causal = n != 2;
+    c.dropout_p = n == 3 ? 0.2f : 0.0f;
+    L.add(c);
+  }
+  {
+    Case v;
+    v.name = "many_tasks_varlen_bf16";
+    v.dtype = DType::BF16;
+    v.hq = 4;
+    v.hk = 2;
+    v.d = 64;
+    v.lens_q = {0, 129, 5, 64, 1, 0, 200, 33};
+    v.lens_k = {7, 130, 0, 64, 300, 0, 199, 1};
+    v.causal = true;
+    v.softcap = 10.0f;
+    L.add(v);
+  }
   // Everything at once.
   for (DType dt : kAll) {
     Case c = dense(std::string("all_features_") + dt_tag(dt), dt, 2, 4, 2, 129, 256, 64);
@@ -246,7 +305,7 @@ std::vector<Case> random_cases() {
   const std::vector<std::pair<int, int>> heads = {{1, 1}, {2, 1}, {2, 2}, {4, 2}, {3, 3}, {6, 2}, {4, 1}};
   const std::vector<Layout> lays = {Layout::Contiguous, Layout::Contiguous, Layout::HeadMajor, Layout::Padded};
   constexpr double kMaxWork = 6e6;  // B·Hq·Sq·Sk·(d + dv), about 0.1 s of reference time
-  for (int idx = 0; idx < 120; ++idx) {
+  for (int idx = 0; idx < 200; ++idx) {
     Case c;
     c.name = "grid_" + std::to_string(idx);
     for (;;) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -178,6 +179,11 @@ std::vector<Malformed> malformed_calls() {
       {"BwdDropoutOne", T, F, [](Call& c) { c.args.dropout_p = 1.0f; }, E::InvalidValue},
       {"BwdVarlenCuSeqlensNonMonotone", T, T, [](Call& c) { c.cu_k.set(1, 10); c.cu_k.set(2, 3); }, E::InvalidIndex},
   };
+}
+
+void PrintTo(const Malformed& m, std::ostream* os) {
+  *os << m.name << (m.backward ? " (backward" : " (forward") << (m.varlen ? ", varlen) -> " : ") -> ")
+      << error_code_name(m.expect);
 }
 
 class MalformedCall : public ::testing::TestWithParam<Malformed> {};

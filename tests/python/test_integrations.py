@@ -66,3 +66,26 @@ def test_flash_attn_shim():
     finally:
         flash_attn_shim.uninstall()
     assert ("flash_attn" in sys.modules) == had
+
+
+def test_huggingface_sliding_window_and_padding():
+    transformers = pytest.importorskip("transformers")
+    from ioattn.integrations import huggingface
+
+    huggingface.register()
+    models = {}
+    for impl in ("eager", "ioattn"):
+        cfg = transformers.MistralConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=1, sliding_window=6,
+                                         max_position_embeddings=128, attn_implementation=impl)
+        torch.manual_seed(0)
+        models[impl] = transformers.MistralForCausalLM(cfg).eval()
+    ids = torch.randint(0, 97, (2, 24))
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[1, :7] = 0
+    with torch.no_grad():
+        for m in (None, mask):
+            a = models["eager"](ids, attention_mask=m).logits
+            b = models["ioattn"](ids, attention_mask=m).logits
+            keep = slice(None) if m is None else m.bool()
+            assert (a[keep] - b[keep]).abs().max().item() < 1e-4

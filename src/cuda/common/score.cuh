@@ -47,16 +47,18 @@ struct ScoreMod {
 
   // Scores of kNTiles 16x8 fragments: rows row0 (c[0], c[1]) and row0 + 8 (c[2], c[3]), columns
   // col0 + 8 nt + {0, 1}. Transforms in place to log2 units; kMask adds the element mask (-inf).
-  // tanhf (not tanh.approx) keeps softcap within the dtype's rounding of the reference.
-  template <bool kMask, int kNTiles>
+  // kMods = false compiles softcap and ALiBi out (for kernels instantiated for calls without them:
+  // fewer live registers). tanhf (not tanh.approx) keeps softcap within the dtype's rounding.
+  template <bool kMask, bool kMods = true, int kNTiles>
   __device__ __forceinline__ void apply(float (&s)[kNTiles][4], int row0, int col0) const {
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + (e / 2) * 8, j = col0 + nt * 8 + (e % 2);
-        float x = softcap ? cap_out * tanhf(s[nt][e] * cap_in) : s[nt][e] * scale_log2;
-        if (alibi_log2 != 0.0f) x -= alibi_log2 * static_cast<float>(mask.alibi_distance(i, j));
+        float x = s[nt][e] * scale_log2;
+        if (kMods && softcap) x = cap_out * tanhf(s[nt][e] * cap_in);
+        if (kMods && alibi_log2 != 0.0f) x -= alibi_log2 * static_cast<float>(mask.alibi_distance(i, j));
         if (kMask && (j >= sk || !mask.visible(i, j))) x = -INFINITY;
         s[nt][e] = x;
       }

@@ -32,7 +32,7 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
                                                 int cols_valid, int tid) {
   constexpr int kChunksPerRow = Tile::kCols / 8;
   constexpr int kChunks = Tile::kRows * kChunksPerRow;
-#pragma unroll
+#pragma unroll 1
   for (int c = tid; c < kChunks; c += kThreads) {
     const int row = c / kChunksPerRow;
     const int col = (c % kChunksPerRow) * 8;

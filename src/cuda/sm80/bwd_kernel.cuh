@@ -10,19 +10,22 @@
 //                    it also adds dS K into the fp32 dQ accumulator with atomicAdd.
 //   bwd_dq           deterministic mode only: one CTA per (query block, query head, batch) loops
 //                    over the visible key blocks and accumulates dQ = dS K in registers, in a fixed
-//                    order, then writes dq directly. It recomputes S and dP a second time (about
-//                    +40% FLOPs), the price of bitwise repeatability without a workspace of
-//                    per-key-block dQ slabs (which would be O(Sk/kBlockN · Sq · d)).
+//                    order, then writes dq directly. It recomputes S and dP a second time (+40%
+//                    FLOPs; measured on H200, bf16, S = 4096: 1.56x the atomic mode's backward
+//                    time at d = 64, 1.22x at d = 128, 1.07x at d = 256 with S = 2048), the price of
+//                    bitwise repeatability without a workspace of per-key-block dQ slabs (which
+//                    would be O(Sk/kBlockN · Sq · d)).
 //   bwd_convert_dq   atomic mode only: dq = scale · (fp32 accumulator), in the input dtype.
 //
 // GQA: the dkdv CTA loops over the query heads of its group itself, so dK/dV are summed in
 // registers in a fixed order: deterministic, no atomics, no dK/dV workspace, and K/V are read once
 // per group instead of once per query head.
 //
-// Tiles: kBlockM = kBlockN = 64 with 8 warps. The two 64×64 score products (S = Q Kᵀ, dP = dO Vᵀ)
-// give each warp a 16×32 tile (warps 4 along rows × 2 along columns); the three d-wide products
-// (dV and dK in the dkdv kernel; dQ) give each warp 16 rows × d/2 columns. Shared tiles are the
-// padded row-major SmemTiles of common/tile.cuh (conflict-free ldmatrix without a swizzle).
+// Tiles (Config below): 64 query rows × kBlockN keys (128 for d <= 64, else 64) with 8 warps.
+// The score products S = Q Kᵀ and dP = dO Vᵀ (64 × kBlockN) give each warp 16 × kBlockN/2 (warps
+// 4 along rows × 2 along keys); dV, dK (kBlockN × d) give each warp 16 keys × the d columns of its
+// warp column (kBlockN/16 warps along keys); dQ (64 × d) gives each warp 16 rows × d/2. Shared
+// tiles are the padded row-major SmemTiles of common/tile.cuh (conflict-free ldmatrix, no swizzle).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -44,30 +47,49 @@ namespace ioattn::cuda::sm80::bwd {
 
 // ---- Tile configuration ----------------------------------------------------------------------
 constexpr int kBlockM = 64;  // query rows per inner iteration
-constexpr int kBlockN = 64;  // keys per dkdv CTA: 64 keeps d = 256's dK + dV accumulators at 128 fp32 regs/thread
-constexpr int kWarps = 8;    // 4 along rows × 2 along columns of every product
+constexpr int kWarps = 8;    // warp grids per product: see Config
 constexpr int kThreads = kWarps * 32;
 constexpr int kSmemLimitSm80 = 163 * 1024;  // opt-in maximum per CTA, A100
 constexpr int kSmemLimitSm90 = 227 * 1024;  // opt-in maximum per CTA, H100/H200
 
-// Shared memory per head dim. dkdv: K, V + stages × (Q, dO) + P, dS + stages × (LSE, D) rows.
-// Two Q/dO stages (the next query block loads while this one computes) fit every head dim on
-// sm_90 (d = 256: 216.5 KiB); on sm_80, d >= 192 falls back to one stage (see stages_for()).
-// dq (deterministic mode): Q, dO, K, V (one stage) + dS + (LSE, D).
-//   d     dkdv 1 stage   dkdv 2 stages   dq
-//   64        54.5 KiB        89.5 KiB    44.5 KiB
-//   128       90.5 KiB       158.5 KiB    80.5 KiB
-//   256      162.5 KiB       216.5 KiB   152.5 KiB
+// Keys per dkdv CTA. The dK + dV accumulators take 2 · kBlockN · d fp32 over 256 threads: 128 keys
+// at d = 64 is 64 regs/thread (and S + dP another 64), so the wider block (fewer Q/dO reloads per
+// key, fewer barriers per FLOP) fits; at d = 128 it would be 128 + 64 regs and spill, at d = 256
+// even 64 keys is 128 + 32 regs, so d > 64 uses 64.
+constexpr int block_n_for(int head_dim) { return head_dim <= 64 ? 128 : 64; }
+
+// Shared memory per head dim. dkdv: K, V (kBlockN rows) + stages × (Q, dO) (64 rows) + P, dS
+// (64 × kBlockN) + stages × (LSE, D) rows. Two Q/dO stages (the next query block loads while this
+// one computes) fit every head dim on sm_90 (d = 256: 217 KiB); on sm_80 (163 KiB), d >= 192 falls
+// back to one stage (run_bwd asks the device). dq (deterministic mode): Q, dO, K, V + dS.
+//   d    kBlockN   dkdv 1 stage   dkdv 2 stages   dq
+//   64     128        88.5 KiB      107.0 KiB      71.5 KiB
+//   96      64        70.5 KiB       97.0 KiB      61.5 KiB
+//   128     64        86.5 KiB      121.0 KiB      77.5 KiB
+//   192     64       118.5 KiB      169.0 KiB     109.5 KiB
+//   256     64       150.5 KiB      217.0 KiB     141.5 KiB
 template <int kHeadDim>
 struct Config {
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256,
                 "bwd splits d into two warp columns of 16-column mma steps: d % 32 == 0, d <= 256");
-  using TileD = SmemTile<kBlockM, kHeadDim>;  // Q, K, V, dO (kBlockM == kBlockN)
+  static constexpr int kBlockN = block_n_for(kHeadDim);
+  using TileQ = SmemTile<kBlockM, kHeadDim>;  // Q, dO
+  using TileK = SmemTile<kBlockN, kHeadDim>;  // K, V
   using TileS = SmemTile<kBlockM, kBlockN>;   // P, dS
+  // Warp grids (8 warps). S / dP: 4 × 2, warp tile 16 × kBlockN/2 (kSNT 8-column tiles).
+  static constexpr int kSNT = kBlockN / 16;
+  // dK / dV: kKVWarpsN along keys × kKVWarpsD along d, warp tile 16 × d/kKVWarpsD (kKVNT tiles).
+  static constexpr int kKVWarpsN = kBlockN / 16;
+  static constexpr int kKVWarpsD = kWarps / kKVWarpsN;
+  static constexpr int kKVNT = kHeadDim / kKVWarpsD / 8;
+  // dQ: 4 × 2, warp tile 16 × d/2 (kDQNT tiles).
+  static constexpr int kDQNT = kHeadDim / 16;
+  static_assert(kKVWarpsN * kKVWarpsD == kWarps && kKVNT % 2 == 0, "dK/dV warp grid must cover the tile");
+
   static constexpr int smem_dkdv(int stages) {
-    return 2 * TileD::kBytes + stages * 2 * TileD::kBytes + 2 * TileS::kBytes + stages * 2 * kBlockM * 4;
+    return 2 * TileK::kBytes + stages * 2 * TileQ::kBytes + 2 * TileS::kBytes + stages * 2 * kBlockM * 4;
   }
-  static constexpr int kSmemDq = 4 * TileD::kBytes + TileS::kBytes + 2 * kBlockM * 4;
+  static constexpr int kSmemDq = 2 * TileQ::kBytes + 2 * TileK::kBytes + TileS::kBytes + 2 * kBlockM * 4;
   static_assert(smem_dkdv(1) <= kSmemLimitSm80, "one-stage dkdv must fit an sm_80 CTA");
   static_assert(smem_dkdv(2) <= kSmemLimitSm90, "two-stage dkdv must fit an sm_90 CTA");
   static_assert(kSmemDq <= kSmemLimitSm80, "dq must fit an sm_80 CTA");
@@ -110,8 +132,8 @@ __device__ __forceinline__ void load_row_stats(float* s_lse, float* s_dsum, cons
 // ---- Visible ranges (bottom-right aligned masks) ---------------------------------------------
 // Query blocks [*m_begin, *m_end) holding a row that sees a key of [n0, n0 + kBlockN).
 // Key j is seen by rows j - shift - right <= i <= j - shift + left (shift = sk - sq).
-__device__ __forceinline__ void query_blocks_for_keys(const Params& p, const SeqBounds& s, int n0, int* m_begin,
-                                                      int* m_end) {
+__device__ __forceinline__ void query_blocks_for_keys(const Params& p, const SeqBounds& s, int n0, int kBlockN,
+                                                      int* m_begin, int* m_end) {
   const int shift = s.sk - s.sq;
   const int n_last = min(n0 + kBlockN, s.sk) - 1;
   const int i_lo = p.window_right < 0 ? 0 : max(n0 - shift - p.window_right, 0);
@@ -124,8 +146,8 @@ __device__ __forceinline__ void query_blocks_for_keys(const Params& p, const Seq
 }
 
 // Key blocks [*n_begin, *n_end) holding a key seen by a row of [m0, m0 + kBlockM).
-__device__ __forceinline__ void key_blocks_for_queries(const Params& p, const SeqBounds& s, int m0, int* n_begin,
-                                                       int* n_end) {
+__device__ __forceinline__ void key_blocks_for_queries(const Params& p, const SeqBounds& s, int m0, int kBlockN,
+                                                       int* n_begin, int* n_end) {
   const WindowMask mask{p.window_left, p.window_right, s.sk - s.sq};
   const int m_last = min(m0 + kBlockM, s.sq) - 1;
   const int j_lo = mask.first_key(m0);
@@ -148,18 +170,20 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
                                               const float* s_lse, const float* s_dsum, T* s_p, T* s_ds,
                                               const Params& p, const ScoreMod& mod, const Dropout& drop, int m0,
                                               int n0, int m_last) {
-  using TileD = typename Cfg::TileD;
+  using TileQ = typename Cfg::TileQ;
+  using TileK = typename Cfg::TileK;
   using TileS = typename Cfg::TileS;
-  constexpr int kKSteps = TileD::kCols / 16;
+  constexpr int kNT = Cfg::kSNT;
+  constexpr int kKSteps = TileQ::kCols / 16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * 32;
+  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * (Cfg::kBlockN / 2);
   const int g = lane / 4, t = lane % 4;
-  float s[4][4] = {}, dp[4][4] = {};
-  warp_gemm_abt<TileD, TileD, kKSteps, 4>(s, sQ, sK, row_w, col_w, lane);
-  warp_gemm_abt<TileD, TileD, kKSteps, 4>(dp, sdO, sV, row_w, col_w, lane);
+  float s[kNT][4] = {}, dp[kNT][4] = {};
+  warp_gemm_abt<TileQ, TileK, kKSteps, kNT>(s, sQ, sK, row_w, col_w, lane);
+  warp_gemm_abt<TileQ, TileK, kKSteps, kNT>(dp, sdO, sV, row_w, col_w, lane);
 
   const int i0 = m0 + row_w + g, j0 = n0 + col_w + 2 * t;  // this thread's first row and column
-  if (mod.block_needs_mask(m0, m_last, n0, kBlockN)) {
+  if (mod.block_needs_mask(m0, m_last, n0, Cfg::kBlockN)) {
     mod.apply<true>(s, i0, j0);
   } else {
     mod.apply<false>(s, i0, j0);
@@ -172,7 +196,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
     const int r = row_w + g + half * 8;
     const float lse2 = s_lse[r], dsum = s_dsum[r];
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const float x = s[nt][half * 2 + e];
@@ -191,7 +215,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
     }
   }
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int off = (row_w + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
@@ -201,7 +225,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
   if (s_p == nullptr) return;
   if (dropout) drop.apply(s, i0, j0);  // P∘Z
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int off = (row_w + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
@@ -242,39 +266,41 @@ __global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum
   }
 }
 
-// Grid (ceil(Sk / 64), Hk, B). dK, dV of one key block, summed over the group's query heads.
+// Grid (ceil(Sk / kBlockN), Hk, B). dK, dV of one key block, summed over the group's query heads.
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kThreads, 1)
     bwd_dkdv(Params p, const float* dsum, float* dq_accum, int stages) {
   using Cfg = Config<kHeadDim>;
-  using TileD = typename Cfg::TileD;
+  using TileQ = typename Cfg::TileQ;
+  using TileK = typename Cfg::TileK;
   using TileS = typename Cfg::TileS;
+  constexpr int kBlockN = Cfg::kBlockN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int hk = blockIdx.y, b = blockIdx.z;
   const SeqBounds s = seq_bounds(p, b);
   const int n0 = blockIdx.x * kBlockN;
   if (n0 >= s.sk) return;
 
-  T* sK = reinterpret_cast<T*>(smem_raw);
-  T* sV = sK + TileD::kElems;
-  T* sQ = sV + TileD::kElems;               // [stages][64][d + 8]
-  T* sdO = sQ + stages * TileD::kElems;     // [stages][64][d + 8]
-  T* sP = sdO + stages * TileD::kElems;     // [64][72]
-  T* sdS = sP + TileS::kElems;              // [64][72]
+  T* sK = reinterpret_cast<T*>(smem_raw);   // [kBlockN][d + 8]
+  T* sV = sK + TileK::kElems;               // [kBlockN][d + 8]
+  T* sQ = sV + TileK::kElems;               // [stages][64][d + 8]
+  T* sdO = sQ + stages * TileQ::kElems;     // [stages][64][d + 8]
+  T* sP = sdO + stages * TileQ::kElems;     // [64][kBlockN + 8]
+  T* sdS = sP + TileS::kElems;              // [64][kBlockN + 8]
   float* s_lse = reinterpret_cast<float*>(sdS + TileS::kElems);  // [stages][64]
   float* s_dsum = s_lse + stages * kBlockM;                       // [stages][64]
 
   const int tid = threadIdx.x;
   const int rows_k = min(kBlockN, s.sk - n0);
-  load_tile_async<TileD, kThreads>(sK, head_base(static_cast<const T*>(p.k), p.k_batch_stride, p.k_row_stride,
+  load_tile_async<TileK, kThreads>(sK, head_base(static_cast<const T*>(p.k), p.k_batch_stride, p.k_row_stride,
                                                  p.k_head_stride, b, hk, s.k_row0 + n0),
                                    p.k_row_stride, rows_k, p.head_dim, tid);
-  load_tile_async<TileD, kThreads>(sV, head_base(static_cast<const T*>(p.v), p.v_batch_stride, p.v_row_stride,
+  load_tile_async<TileK, kThreads>(sV, head_base(static_cast<const T*>(p.v), p.v_batch_stride, p.v_row_stride,
                                                  p.v_head_stride, b, hk, s.k_row0 + n0),
                                    p.v_row_stride, rows_k, p.head_dim_v, tid);
 
   int m_begin, m_end;
-  query_blocks_for_keys(p, s, n0, &m_begin, &m_end);
+  query_blocks_for_keys(p, s, n0, kBlockN, &m_begin, &m_end);
   const int n_m = m_end - m_begin;
   const int iters = n_m * p.group;  // (query head of the group) × (query block), head-major
 
@@ -282,11 +308,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int h = hk * p.group + it / n_m;
     const int m0 = (m_begin + it % n_m) * kBlockM;
     const int rows = min(kBlockM, s.sq - m0);
-    load_tile_async<TileD, kThreads>(sQ + stage * TileD::kElems,
+    load_tile_async<TileQ, kThreads>(sQ + stage * TileQ::kElems,
                                      head_base(static_cast<const T*>(p.q), p.q_batch_stride, p.q_row_stride,
                                                p.q_head_stride, b, h, s.q_row0 + m0),
                                      p.q_row_stride, rows, p.head_dim, tid);
-    load_tile_async<TileD, kThreads>(sdO + stage * TileD::kElems,
+    load_tile_async<TileQ, kThreads>(sdO + stage * TileQ::kElems,
                                      head_base(static_cast<const T*>(p.dout), p.do_batch_stride, p.do_row_stride,
                                                p.do_head_stride, b, h, s.q_row0 + m0),
                                      p.do_row_stride, rows, p.head_dim_v, tid);
@@ -296,45 +322,45 @@ __global__ void __launch_bounds__(kThreads, 1)
   cp_async_commit();
 
   const int warp = tid / 32, lane = tid % 32;
-  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * (kHeadDim / 2);
-  constexpr int kNT = kHeadDim / 16;  // 8-column tiles in a warp's d/2 columns
+  // dK/dV warp tile: keys kv_row .. + 16, columns kv_col .. + d / kKVWarpsD.
+  const int kv_row = (warp % Cfg::kKVWarpsN) * 16, kv_col = (warp / Cfg::kKVWarpsN) * (kHeadDim / Cfg::kKVWarpsD);
+  // dQ warp tile: rows dq_row .. + 16, columns dq_col .. + d/2.
+  const int dq_row = (warp % 4) * 16, dq_col = (warp / 4) * (kHeadDim / 2);
+  constexpr int kNT = Cfg::kKVNT;
   float dk_acc[kNT][4] = {}, dv_acc[kNT][4] = {};
 
   for (int it = 0; it < iters; ++it) {
     const int stage = stages == 2 ? (it & 1) : 0;
-    __syncthreads();  // every read of the buffers the prefetch below overwrites is done
-    if (stages == 2 && it + 1 < iters) prefetch(it + 1, stage ^ 1);
-    cp_async_commit();
-    // Two stages: the group just committed is the next block's, the one before it this block's.
-    // One stage: this block's group (committed by the prefetch at the end of the last iteration,
-    // or before the loop) is the only one.
-    if (stages == 2) {
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
+    cp_async_wait<0>();  // the only group in flight is this block's (and, at it = 0, K and V)
+    // (a) this stage's Q, dO, LSE, D are visible to every warp; (b) every warp is done with the
+    // previous iteration, so the other stage, P and dS may be overwritten.
+    __syncthreads();
+    if (stages == 2 && it + 1 < iters) {
+      prefetch(it + 1, stage ^ 1);  // overlaps with this block's five products
+      cp_async_commit();
     }
-    __syncthreads();  // this stage's Q, dO, LSE, D (and K, V) are visible to every warp
 
     const int h = hk * p.group + it / n_m;
     const int m0 = (m_begin + it % n_m) * kBlockM;
-    const T* q_s = sQ + stage * TileD::kElems;
-    const T* do_s = sdO + stage * TileD::kElems;
+    const T* q_s = sQ + stage * TileQ::kElems;
+    const T* do_s = sdO + stage * TileQ::kElems;
     scores_and_ds<Cfg>(q_s, sK, do_s, sV, s_lse + stage * kBlockM, s_dsum + stage * kBlockM, sP, sdS, p,
                        ScoreMod::make(p, b, h, s.sq, s.sk), Dropout::make(p, b, h), m0, n0, m0 + kBlockM - 1);
     __syncthreads();  // P and dS are complete
 
-    // dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q: (64 keys × d), k = the block's 64 query rows.
-    warp_gemm_atb<TileS, TileD, kBlockM / 16, kNT>(dv_acc, sP, do_s, row_w, col_w, lane);
-    warp_gemm_atb<TileS, TileD, kBlockM / 16, kNT>(dk_acc, sdS, q_s, row_w, col_w, lane);
+    // dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q: (kBlockN keys × d), k = the block's 64 query rows.
+    warp_gemm_atb<TileS, TileQ, kBlockM / 16, kNT>(dv_acc, sP, do_s, kv_row, kv_col, lane);
+    warp_gemm_atb<TileS, TileQ, kBlockM / 16, kNT>(dk_acc, sdS, q_s, kv_row, kv_col, lane);
     if (dq_accum != nullptr) {
       // dQ(64 rows × d) += dS K into the fp32 accumulator, unscaled (bwd_convert_dq scales).
-      warp_gemm_ab_atomic<TileS, TileD, kBlockN / 16, kNT / 2>(dq_accum + row_index(p, b, h, m0) * kHeadDim,
-                                                               kHeadDim, s.sq - m0, p.head_dim, sdS, sK, row_w,
-                                                               col_w, lane);
+      warp_gemm_ab_atomic<TileS, TileK, kBlockN / 16, kHeadDim / 32>(dq_accum + row_index(p, b, h, m0) * kHeadDim,
+                                                                     kHeadDim, s.sq - m0, p.head_dim, sdS, sK,
+                                                                     dq_row, dq_col, lane);
     }
     if (stages == 1 && it + 1 < iters) {
-      __syncthreads();
+      __syncthreads();  // one stage: the next block may only land once this one is consumed
       prefetch(it + 1, 0);
+      cp_async_commit();
     }
   }
   cp_async_wait<0>();  // K/V when there was no iteration
@@ -344,16 +370,18 @@ __global__ void __launch_bounds__(kThreads, 1)
                     s.k_row0 + n0);
   T* dv = head_base(static_cast<T*>(p.dv), p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, b, hk,
                     s.k_row0 + n0);
-  store_acc_tile<kNT>(dk, p.dk_row_stride, dk_acc, p.scale, row_w, rows_k, col_w, p.head_dim, lane);
-  store_acc_tile<kNT>(dv, p.dv_row_stride, dv_acc, 1.f, row_w, rows_k, col_w, p.head_dim_v, lane);
+  store_acc_tile<kNT>(dk, p.dk_row_stride, dk_acc, p.scale, kv_row, rows_k, kv_col, p.head_dim, lane);
+  store_acc_tile<kNT>(dv, p.dv_row_stride, dv_acc, 1.f, kv_row, rows_k, kv_col, p.head_dim_v, lane);
 }
 
 // Deterministic mode. Grid (ceil(Sq / 64), Hq, B): dQ of one query block, key blocks in order.
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsum) {
   using Cfg = Config<kHeadDim>;
-  using TileD = typename Cfg::TileD;
+  using TileQ = typename Cfg::TileQ;
+  using TileK = typename Cfg::TileK;
   using TileS = typename Cfg::TileS;
+  constexpr int kBlockN = Cfg::kBlockN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int h = blockIdx.y, b = blockIdx.z;
   const SeqBounds s = seq_bounds(p, b);
@@ -362,19 +390,19 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
   const int hk = h / p.group;
 
   T* sQ = reinterpret_cast<T*>(smem_raw);
-  T* sdO = sQ + TileD::kElems;
-  T* sK = sdO + TileD::kElems;
-  T* sV = sK + TileD::kElems;
-  T* sdS = sV + TileD::kElems;
+  T* sdO = sQ + TileQ::kElems;
+  T* sK = sdO + TileQ::kElems;
+  T* sV = sK + TileK::kElems;
+  T* sdS = sV + TileK::kElems;
   float* s_lse = reinterpret_cast<float*>(sdS + TileS::kElems);
   float* s_dsum = s_lse + kBlockM;
 
   const int tid = threadIdx.x;
   const int rows_q = min(kBlockM, s.sq - m0);
-  load_tile_async<TileD, kThreads>(sQ, head_base(static_cast<const T*>(p.q), p.q_batch_stride, p.q_row_stride,
+  load_tile_async<TileQ, kThreads>(sQ, head_base(static_cast<const T*>(p.q), p.q_batch_stride, p.q_row_stride,
                                                  p.q_head_stride, b, h, s.q_row0 + m0),
                                    p.q_row_stride, rows_q, p.head_dim, tid);
-  load_tile_async<TileD, kThreads>(sdO, head_base(static_cast<const T*>(p.dout), p.do_batch_stride,
+  load_tile_async<TileQ, kThreads>(sdO, head_base(static_cast<const T*>(p.dout), p.do_batch_stride,
                                                   p.do_row_stride, p.do_head_stride, b, h, s.q_row0 + m0),
                                    p.do_row_stride, rows_q, p.head_dim_v, tid);
   load_row_stats(s_lse, s_dsum, p, dsum, s, b, h, m0);
@@ -384,26 +412,26 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
                          s.k_row0);
 
   int n_begin, n_end;
-  key_blocks_for_queries(p, s, m0, &n_begin, &n_end);
+  key_blocks_for_queries(p, s, m0, kBlockN, &n_begin, &n_end);
   const int warp = tid / 32, lane = tid % 32;
   const int row_w = (warp % 4) * 16, col_w = (warp / 4) * (kHeadDim / 2);
-  constexpr int kNT = kHeadDim / 16;
+  constexpr int kNT = Cfg::kDQNT;
   float dq_acc[kNT][4] = {};
   const ScoreMod mod = ScoreMod::make(p, b, h, s.sq, s.sk);
   const Dropout drop = Dropout::make(p, b, h);
   for (int n = n_begin; n < n_end; ++n) {
     const int n0 = n * kBlockN;
     __syncthreads();  // the previous block's reads of K, V and dS are done
-    load_tile_async<TileD, kThreads>(sK, k + static_cast<int64_t>(n0) * p.k_row_stride, p.k_row_stride,
+    load_tile_async<TileK, kThreads>(sK, k + static_cast<int64_t>(n0) * p.k_row_stride, p.k_row_stride,
                                      s.sk - n0, p.head_dim, tid);
-    load_tile_async<TileD, kThreads>(sV, v + static_cast<int64_t>(n0) * p.v_row_stride, p.v_row_stride,
+    load_tile_async<TileK, kThreads>(sV, v + static_cast<int64_t>(n0) * p.v_row_stride, p.v_row_stride,
                                      s.sk - n0, p.head_dim_v, tid);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
     scores_and_ds<Cfg, T>(sQ, sK, sdO, sV, s_lse, s_dsum, nullptr, sdS, p, mod, drop, m0, n0, m0 + kBlockM - 1);
     __syncthreads();
-    warp_gemm_ab<TileS, TileD, kBlockN / 16, kNT>(dq_acc, sdS, sK, row_w, col_w, lane);
+    warp_gemm_ab<TileS, TileK, kBlockN / 16, kNT>(dq_acc, sdS, sK, row_w, col_w, lane);
   }
   cp_async_commit();
   cp_async_wait<0>();  // Q/dO when the loop was empty
@@ -438,7 +466,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   float* dsum = static_cast<float*>(workspace);
   float* dq_accum = p.deterministic ? nullptr : dsum + dq_accum_offset(p);
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
-  const int n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;
+  const int n_blocks = (p.seqlen_k + Cfg::kBlockN - 1) / Cfg::kBlockN;
 
   // Two Q/dO stages where the device's per-CTA shared memory allows (every sm_90 head dim), else
   // one. Attribute queries are host-side and legal during stream capture.

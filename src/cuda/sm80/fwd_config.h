@@ -11,18 +11,20 @@ namespace ioattn::cuda::sm80 {
 
 struct FwdTile {
   int max_head_dim;  // rows apply to padded head dims <= this
-  int block_m;       // query rows per CTA (16 per warp)
+  int block_m;       // query rows per CTA = 16 * m_tiles * warps
   int block_n;       // keys per streamed K/V tile
   int warps;
+  int m_tiles;       // 16-row mma tiles per warp: each K/V fragment loaded from shared memory feeds
+                     // m_tiles MMAs, so 2 halves the shared-memory traffic per MMA (FA2's layout)
   const char* why;
 };
 
 // Shared memory = Q (block_m x d) + K + V (block_n x d each), rows padded by 16 bytes (tile.cuh).
-// Registers per thread: O accumulator d/2 floats, S accumulator block_n/2 floats.
+// Registers per thread: O accumulator m_tiles * d/2 floats, S accumulator m_tiles * block_n/2.
 inline constexpr FwdTile kFwdTiles[] = {
-    {64, 128, 128, 8, "d<=64: O 32 + S 64 regs; 52 KB smem; a wide key block halves softmax rescales"},
-    {128, 128, 64, 8, "d<=128: O 64 + S 32 regs; 68 KB smem -> 2 CTAs/SM (16 warps) on A100 and H100"},
-    {256, 128, 64, 8, "d<=256: O 128 + S 32 regs; 132 KB smem -> 1 CTA/SM, fits A100's 163 KB opt-in"},
+    {64, 128, 64, 4, 2, "d<=64: O 64 + S 64 regs (128 keys spill); 36 KB smem, 2 CTAs/SM by registers"},
+    {128, 128, 64, 4, 2, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
+    {256, 128, 64, 8, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would spill); 132 KB smem, 1 CTA/SM"},
 };
 
 constexpr FwdTile fwd_tile(int head_dim) {
@@ -37,6 +39,7 @@ struct FwdTileFor {
   static constexpr int block_m = fwd_tile(kHeadDim).block_m;
   static constexpr int block_n = fwd_tile(kHeadDim).block_n;
   static constexpr int warps = fwd_tile(kHeadDim).warps;
+  static constexpr int m_tiles = fwd_tile(kHeadDim).m_tiles;
 };
 
 constexpr int fwd_smem_bytes(int head_dim) {

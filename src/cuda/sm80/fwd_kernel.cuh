@@ -1,6 +1,7 @@
 // The sm80 forward kernel (FlashAttention-2 scheme on mma.sync), and its launcher run_fwd<T, D>.
 //
-// One CTA per (query block of block_m rows, query head, batch); each warp owns 16 query rows.
+// One CTA per (query block of block_m rows, query head, batch); each warp owns 16 * m_tiles query
+// rows (tile table: fwd_config.h).
 //   prologue   Q tile and the first K tile -> shared memory (cp.async, zero-filled tails)
 //   main loop  over the key blocks the mask lets this query block see (WindowMask range):
 //                wait K_n; start V_n                        (V_n load overlaps S = Q K_n^T)
@@ -30,13 +31,17 @@
 
 namespace ioattn::cuda::sm80 {
 
-template <class T, int kD>
+// kMods: the call uses softcap, ALiBi or dropout. Calls without them run an instantiation with that
+// code compiled out: about 40 fewer live registers, which is what lets the tiles of fwd_config.h
+// run without spills.
+template <class T, int kD, bool kMods>
 __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(const Params p) {
   using Cfg = FwdTileFor<kD>;
   constexpr int kBM = Cfg::block_m, kBN = Cfg::block_n, kThreads = Cfg::warps * 32;
-  constexpr int kNT = kBN / 8;  // 8-key tiles of S per warp:  S is (16, kBN)
-  constexpr int kDT = kD / 8;   // 8-column tiles of O per warp: O is (16, kD)
-  static_assert(kBM == 16 * Cfg::warps, "each warp owns 16 query rows");
+  constexpr int kMT = Cfg::m_tiles;  // 16-row tiles per warp
+  constexpr int kNT = kBN / 8;       // 8-key tiles of S per m-tile:    S is (16 kMT, kBN) per warp
+  constexpr int kDT = kD / 8;        // 8-column tiles of O per m-tile: O is (16 kMT, kD) per warp
+  static_assert(kBM == 16 * kMT * Cfg::warps, "each warp owns 16 * m_tiles query rows");
   static_assert(kD % 32 == 0 && kBN % 32 == 0, "tile.cuh's conflict-free layout and 16-wide mma steps");
   using QTile = SmemTile<kBM, kD>;   // (block_m, d)
   using KVTile = SmemTile<kBN, kD>;  // (block_n, d), K and V alike
@@ -70,14 +75,18 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
                 hk * p.v_head_stride;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int row0 = m0 + warp * 16 + lane / 4;  // sequence row of this thread's c[0], c[1]
-  const int col_in_tile = 2 * (lane % 4);      // key column of c[0] within an 8-key tile
+  const int warp_row = warp * 16 * kMT;             // first row of this warp in the block
+  const int row0 = m0 + warp_row + lane / 4;        // sequence row of c[0], c[1] in m-tile 0
+  const int col_in_tile = 2 * (lane % 4);           // key column of c[0] within an 8-key tile
 
-  OnlineSoftmax softmax;
-  softmax.init();
-  float o[kDT][4];
+  OnlineSoftmax softmax[kMT];
+  float o[kMT][kDT][4];
 #pragma unroll
-  for (int dt = 0; dt < kDT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  for (int mt = 0; mt < kMT; ++mt) {
+    softmax[mt].init();
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+  }
 
   auto load_k = [&](int n) {
     load_tile_async<KVTile, kThreads>(sK, gK + int64_t(n) * kBN * p.k_row_stride, p.k_row_stride,
@@ -102,34 +111,45 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
     load_v(n);
     cp_async_commit();
 
-    float s[kNT][4];  // S = Q K_n^T: (16, kBN) per warp
+    float s[kMT][kNT][4];  // S = Q K_n^T
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t a[4];
-      load_a_frag<QTile>(a, sQ, warp * 16, kk * 16, lane);
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) load_a_frag<QTile>(a[mt], sQ, warp_row + mt * 16, kk * 16, lane);
 #pragma unroll
       for (int np = 0; np < kNT / 2; ++np) {
         uint32_t bk[4];
         load_b_frags_nk<KVTile>(bk, sK, np * 16, kk * 16, lane);
-        mma_16816<T>(s[2 * np], a, bk[0], bk[1]);
-        mma_16816<T>(s[2 * np + 1], a, bk[2], bk[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_16816<T>(s[mt][2 * np], a[mt], bk[0], bk[1]);
+          mma_16816<T>(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+        }
       }
     }
 
     const int col0 = n * kBN + col_in_tile;
-    if (mod.block_needs_mask(m0, m_last, n * kBN, kBN))
-      mod.apply<true>(s, row0, col0);
-    else
-      mod.apply<false>(s, row0, col0);
-    float alpha[2];
-    softmax.update(s, alpha);  // s now holds P (undropped: l and LSE use it)
-    if (has_dropout) dropout.apply(s, row0, col0);
+    const bool boundary = mod.block_needs_mask(m0, m_last, n * kBN, kBN);
 #pragma unroll
-    for (int dt = 0; dt < kDT; ++dt) {
-      o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
-      o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int row = row0 + mt * 16;
+      if (boundary)
+        mod.apply<true, kMods>(s[mt], row, col0);
+      else
+        mod.apply<false, kMods>(s[mt], row, col0);
+      float alpha[2];
+      softmax[mt].update(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
+      if (kMods && has_dropout) dropout.apply(s[mt], row, col0);
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        o[mt][dt][0] *= alpha[0]; o[mt][dt][1] *= alpha[0];
+        o[mt][dt][2] *= alpha[1]; o[mt][dt][3] *= alpha[1];
+      }
     }
 
     cp_async_wait<0>();
@@ -141,32 +161,45 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
 
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {  // O += P V_n, 16 keys per step
-      const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                             pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t a[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < kDT / 2; ++dp) {
         uint32_t bv[4];
         load_b_frags_kn<KVTile>(bv, sV, kk * 16, dp * 16, lane);
-        mma_16816<T>(o[2 * dp], a, bv[0], bv[1]);
-        mma_16816<T>(o[2 * dp + 1], a, bv[2], bv[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          mma_16816<T>(o[mt][2 * dp], a[mt], bv[0], bv[1]);
+          mma_16816<T>(o[mt][2 * dp + 1], a[mt], bv[2], bv[3]);
+        }
       }
     }
   }
 
-  // Epilogue.
-  float o_scale[2], lse[2];
-  softmax.finalize(has_dropout ? p.rp_dropout : 1.0f, o_scale, lse);
-  __syncthreads();  // every warp is done with sQ / sV before sQ is reused for staging O
-  T* sO = sQ;       // (block_m, d)
-  const int r_local = warp * 16 + lane / 4;
+  // Epilogue: O / l -> input dtype, staged through sQ (every warp is done with sQ / sV after the
+  // barrier) so the global stores are whole 16-byte row chunks.
+  __syncthreads();
+  T* sO = sQ;  // (block_m, d)
+  float lse[kMT][2];
 #pragma unroll
-  for (int dt = 0; dt < kDT; ++dt) {
-    const int c = dt * 8 + col_in_tile;
-    *reinterpret_cast<uint32_t*>(sO + r_local * QTile::kPitch + c) =
-        pack2<T>(o[dt][0] * o_scale[0], o[dt][1] * o_scale[0]);
-    *reinterpret_cast<uint32_t*>(sO + (r_local + 8) * QTile::kPitch + c) =
-        pack2<T>(o[dt][2] * o_scale[1], o[dt][3] * o_scale[1]);
+  for (int mt = 0; mt < kMT; ++mt) {
+    float o_scale[2];
+    softmax[mt].finalize(kMods && has_dropout ? p.rp_dropout : 1.0f, o_scale, lse[mt]);
+    const int r = warp_row + mt * 16 + lane / 4;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      const int c = dt * 8 + col_in_tile;
+      *reinterpret_cast<uint32_t*>(sO + r * QTile::kPitch + c) =
+          pack2<T>(o[mt][dt][0] * o_scale[0], o[mt][dt][1] * o_scale[0]);
+      *reinterpret_cast<uint32_t*>(sO + (r + 8) * QTile::kPitch + c) =
+          pack2<T>(o[mt][dt][2] * o_scale[1], o[mt][dt][3] * o_scale[1]);
+    }
   }
   __syncthreads();
   T* gO = static_cast<T*>(p.out) + b * p.o_batch_stride + (sb.q_row0 + m0) * p.o_row_stride + h * p.o_head_stride;
@@ -181,18 +214,20 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
   }
   if (p.lse != nullptr && lane % 4 == 0) {
     float* gL = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + sb.q_row0;
-    if (row0 < sb.sq) gL[row0] = lse[0];
-    if (row0 + 8 < sb.sq) gL[row0 + 8] = lse[1];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+      const int row = row0 + mt * 16;
+      if (row < sb.sq) gL[row] = lse[mt][0];
+      if (row + 8 < sb.sq) gL[row + 8] = lse[mt][1];
+    }
   }
 }
 
-template <class T, int kD>
-Status run_fwd(const Params& p, cudaStream_t stream) {
-  constexpr FwdTile kCfg = fwd_tile(kD);
+template <class T, int kD, bool kMods>
+cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks) {
+  using Cfg = FwdTileFor<kD>;
   constexpr int kSmem = fwd_smem_bytes(kD);
-  const int m_blocks = (p.seqlen_q + kCfg.block_m - 1) / kCfg.block_m;
-  if (m_blocks == 0 || p.batch == 0) return Status::Ok();  // nothing to write
-  auto kernel = fwd_kernel<T, kD>;
+  auto kernel = fwd_kernel<T, kD, kMods>;
   // The opt-in to more than 48 KB of dynamic shared memory is per function and device: set once per
   // device (bit per device index), not on every call.
   static std::atomic<uint64_t> configured{0};
@@ -203,10 +238,18 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
   }
-  if (e == cudaSuccess) {
-    kernel<<<dim3(p.heads_q, p.batch, m_blocks), kCfg.warps * 32, kSmem, stream>>>(p);
-    e = cudaGetLastError();
-  }
+  if (e != cudaSuccess) return e;
+  kernel<<<dim3(p.heads_q, p.batch, m_blocks), Cfg::warps * 32, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <class T, int kD>
+Status run_fwd(const Params& p, cudaStream_t stream) {
+  const int m_blocks = (p.seqlen_q + FwdTileFor<kD>::block_m - 1) / FwdTileFor<kD>::block_m;  // varlen: longest
+  if (m_blocks == 0 || p.batch == 0) return Status::Ok();  // nothing to write
+  const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
+  const cudaError_t e = mods ? launch_fwd_kernel<T, kD, true>(p, stream, m_blocks)
+                             : launch_fwd_kernel<T, kD, false>(p, stream, m_blocks);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError, std::string("cuda forward (sm80, head dim ") + std::to_string(kD) +
                                                "): " + cudaGetErrorString(e)};

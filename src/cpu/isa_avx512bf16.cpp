@@ -1,0 +1,26 @@
+// The CPU kernels (flash_kernels.h) compiled for one instruction set.
+// AVX-512 as isa_avx512.cpp plus BF16 (Cooper Lake, Sapphire Rapids, Zen 4+): the forward of bf16
+// inputs multiplies bf16 pairs with vdpbf16ps (bf16_dot.h).
+// All headers come before the target pragma, so library, std and libm code stay baseline and no
+// symbol built for this instruction set can leak to other callers; see flash_kernels.h.
+#include <cblas.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "core/half.h"
+#include "core/mask.h"
+#include "core/philox.h"
+#include "cpu/kernels.h"
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c,prefer-vector-width=512")
+#define IOATTN_CPU_ISA avx512bf16
+#define IOATTN_CPU_AVX512 1
+#define IOATTN_CPU_AVX2 1
+#define IOATTN_CPU_BF16 1
+#define IOATTN_CPU_ISA_NAME "avx512bf16"
+#include "cpu/flash_kernels.h"
