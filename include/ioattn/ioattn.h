@@ -146,4 +146,66 @@ BuildInfo build_info();
 size_t cpu_peak_scratch_bytes();
 void reset_cpu_peak_scratch_bytes();
 
+// ---- Decoding: attention over a KV cache (flash-attn 2's flash_attn_with_kvcache) --------------
+//
+// q (B, Sq, Hq, D) attends to the keys of a cache that optionally first receives new keys/values:
+//   cache layouts  contiguous  k_cache (B_cache, max_seqlen, Hk, D), v_cache (B_cache, max_seqlen, Hk, Dv);
+//                              batch row b reads cache row cache_batch_idx[b] (default b).
+//                  paged       k_cache (num_pages, page_size, Hk, D), v_cache likewise, page_size a
+//                              multiple of 16; block_table (B, max_pages_per_seq) int32 maps the
+//                              logical page n of sequence b to block_table[b, n].
+//   lengths        cache_seqlens[b] (int32, (B)) = keys already in the cache *before* this call (or
+//                  the scalar cache_seqlen when the tensor is absent). With k_new/v_new
+//                  (B, Snew, Hk, D/Dv), those rows are written in place to cache positions
+//                  [cache_seqlens[b], cache_seqlens[b] + Snew) first (the cache tensors are outputs
+//                  too), then attention runs over cache positions [cache_leftpad[b], cache_seqlens[b] + Snew).
+//                  cache_leftpad[b] (int32, optional, contiguous caches only) is the first valid
+//                  position: Sk_b = cache_seqlens[b] + Snew - cache_leftpad[b] keys are visible.
+//   rotary         rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2), dtype of q, rotary_dim <= D,
+//                  rotary_dim a multiple of 16, seqlen_ro >= the cache capacity: new key row j is
+//                  rotated at position cache_seqlens[b] + j; query row i at cache_seqlens[b] + i when
+//                  causal or windowed, else at cache_seqlens[b] (every query is "the next token").
+//                  interleaved = true rotates pairs (0, 1), (2, 3), ...; false rotates (i, i + rotary_dim/2)
+//                  (GPT-NeoX). Computed in fp32 and rounded to the dtype (q and the written keys).
+//   masks          causal / window / softcap / ALiBi / GQA as in forward(), bottom-right aligned
+//                  against Sk_b: query i of Sq sees keys j <= i + Sk_b - Sq under causal.
+//   outputs        out (B, Sq, Hq, Dv); lse (B, Hq, Sq) fp32 optional.
+//   split-KV       num_splits = 0 picks the number of key-range splits from the shape and the
+//                  processor count (GPU: multiprocessors, CPU: threads); n > 0 forces (at most) n.
+// Index tensors (cache_seqlens, cache_batch_idx, cache_leftpad, block_table) live on q's device.
+// Validation rejects, with named errors and before anything is written: lengths past the cache
+// capacity, leftpad > cache_seqlens, batch indices outside the cache, block-table entries (of the
+// pages a sequence uses) outside [0, num_pages). On the GPU those checks copy the index tensors to
+// the host unless the stream is being captured; kernels clamp every index they read regardless.
+struct KVCacheArgs {
+  TensorView k_new, v_new;           // optional, both or neither
+  TensorView rotary_cos, rotary_sin; // optional, both or neither (needs k_new or any q)
+  bool rotary_interleaved = false;   // flash-attn 2's default
+  TensorView cache_seqlens;          // int32 (B); absent: every sequence has cache_seqlen keys
+  int cache_seqlen = 0;
+  TensorView cache_batch_idx;        // int32 (B), optional, contiguous caches only
+  TensorView cache_leftpad;          // int32 (B), optional, contiguous caches only
+  TensorView block_table;            // int32 (B, max_pages_per_seq): paged cache
+  float softmax_scale = 0.0f;        // <= 0: 1/sqrt(D)
+  bool causal = false;
+  int window_left = -1, window_right = -1;
+  float softcap = 0.0f;
+  TensorView alibi_slopes;           // fp32 (Hq) or (B, Hq)
+  int num_splits = 0;                // 0 = heuristic
+  // GPU: stream and caller workspace of forward_kvcache_workspace_size() bytes, as in Args.
+  void* stream = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+Status forward_kvcache(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                       const TensorView& out, const TensorView& lse, const KVCacheArgs& args);
+// Device scratch forward_kvcache needs (split-KV partial results; 0 on the CPU). Validates like the
+// call (the index tensors' contents included).
+Status forward_kvcache_workspace_size(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                                      const KVCacheArgs& args, size_t* bytes);
+// The number of key splits and kernel forward_kvcache would use (for tools and tests).
+std::string describe_kvcache_choice(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                                    const KVCacheArgs& args);
+
 }  // namespace ioattn

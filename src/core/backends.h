@@ -31,4 +31,19 @@ int device_count();
 std::string devices();
 }  // namespace cuda
 
+// ---- Decoding over a KV cache (forward_kvcache; Params.kvcache set) ----
+namespace cpu {
+// Appends k_new/v_new (with rotary) and runs split-KV attention over the cache (src/cpu/decode.cpp).
+Status forward_kvcache(const Params& p);
+}  // namespace cpu
+namespace cuda {
+// "can it run / which kernel" for decode; *splits gets the split count it will use.
+Status select_kvcache(const Params& p, std::string* kernel_name, int* splits);
+size_t kvcache_workspace_size(const Params& p);
+Status forward_kvcache(const Params& p);
+// Copies the index tensors (cache_seqlens, cache_batch_idx, cache_leftpad, block_table) to the
+// host and checks them, unless the stream is capturing (then kernels' clamping is the guard).
+Status check_kvcache_indices(const Params& p);
+}  // namespace cuda
+
 }  // namespace ioattn

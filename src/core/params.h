@@ -61,6 +61,31 @@ struct Params {
   bool deterministic;
   void* stream;
   void* workspace; size_t workspace_bytes;
+  // ---- KV cache (forward_kvcache, src/core/validate_kvcache.cpp); zero / nullptr otherwise ----
+  // The cache is q/k/v's k and v above (k_batch_stride = the stride between cache rows or pages);
+  // seqlen_k is the cache capacity. The per-sequence visible key count is
+  // cache_seqlens[b] + seqlen_new - cache_leftpad[b]. Index tensors may be device-resident and
+  // unchecked (stream capture): device code clamps every index read from them.
+  bool kvcache;
+  void* k_cache; void* v_cache;          // the same memory as k, v: written by the append
+  const int32_t* cache_seqlens;          // (batch) or nullptr: then cache_seqlen for all
+  int cache_seqlen;
+  const int32_t* cache_batch_idx;        // (batch) or nullptr (identity); contiguous caches only
+  const int32_t* cache_leftpad;          // (batch) or nullptr (0)
+  int cache_batch;                       // contiguous: k_cache.shape[0]; paged: num_pages
+  // Paged cache: logical page n of sequence b is block_table[b * block_table_batch_stride + n].
+  const int32_t* block_table; int64_t block_table_batch_stride;
+  int page_size, max_pages;              // page_size = 0: contiguous cache
+  // New keys / values appended at [cache_seqlens[b], + seqlen_new) before attention.
+  const void* k_new; int64_t knew_batch_stride, knew_row_stride, knew_head_stride;
+  const void* v_new; int64_t vnew_batch_stride, vnew_row_stride, vnew_head_stride;
+  int seqlen_new;
+  // Rotary: cos/sin (rotary_seqlen, rotary_dim / 2), dtype of q, row stride rotary_row_stride.
+  const void* rotary_cos; const void* rotary_sin; int64_t rotary_row_stride;
+  int rotary_dim, rotary_seqlen;         // rotary_dim = 0: off
+  bool rotary_interleaved;
+  int num_splits;                        // requested key splits; 0 = heuristic
 };
+
 
 }  // namespace ioattn

@@ -6,6 +6,8 @@
 //                      block): tiled online softmax around cblas_sgemm tile products. Compiled
 //                      four times, by isa_avx512bf16.cpp, isa_avx512.cpp, isa_avx2.cpp and
 //                      isa_generic.cpp.
+//   tile_ops.h         what the kernels are made of: vector exp / tanh, dtype conversion, row
+//                      loads and stores, score transform, in-tile masks, Philox dropout.
 //   bf16_dot.h         bf16 pair products (vdpbf16ps) for the avx512bf16 build.
 //   scratch.h/.cpp     the tracked allocator behind cpu_peak_scratch_bytes().
 #pragma once
