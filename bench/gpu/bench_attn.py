@@ -120,12 +120,46 @@ def run_ioattn(cli, b, h, s, d, causal, repeat):
         base.append("--causal")
     for cmd in (base + ["--backward"], base):
         r = subprocess.run(cmd, capture_output=True, text=True)
-        objs = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("{")]
-        if r.returncode == 0 and objs:
-            return json.loads(objs[-1])
+        start = r.stdout.find("{")  # the CLI prints one (indented, multi-line) JSON object
+        if r.returncode == 0 and start >= 0:
+            return json.JSONDecoder().raw_decode(r.stdout[start:])[0]
         err = (r.stderr or r.stdout).strip().splitlines()
         last_err = err[-1] if err else f"exit {r.returncode}"
     return {"error": last_err}
+
+
+def tf(r, name, key):
+    x = r.get(name, {})
+    return x.get(key) if isinstance(x, dict) else None
+
+
+def header(peers):
+    h = (f"{'d':>4} {'seqlen':>6} {'causal':>6} | {'ioattn':>11} | " + " | ".join(f"{n:>11}" for n in peers) +
+         " | ratio/best  ratio/flash")
+    return h + "\n" + "-" * len(h)
+
+
+def table_line(r, peers):
+    """One table row (TFLOP/s fwd/bwd per implementation, ratios); also stores the ratios in r."""
+    cells = []
+    for name in ["ioattn"] + list(peers):
+        f, bw = tf(r, name, "fwd_tflops"), tf(r, name, "bwd_tflops")
+        cells.append(f"{f:5.0f}/{bw:5.0f}" if f and bw else (f"{f:5.0f}/  -  " if f else f"{'n/a':>11}"))
+    ratios = {}
+    for key in ("fwd_tflops", "bwd_tflops"):
+        mine = tf(r, "ioattn", key)
+        best = max([tf(r, n, key) or 0 for n in peers] or [0])
+        fl = tf(r, "flash", key)
+        ratios[key] = (mine / best if mine and best else None, mine / fl if mine and fl else None)
+    r["ratio"] = {"fwd_vs_best": ratios["fwd_tflops"][0], "fwd_vs_flash": ratios["fwd_tflops"][1],
+                  "bwd_vs_best": ratios["bwd_tflops"][0], "bwd_vs_flash": ratios["bwd_tflops"][1]}
+
+    def fmt(x):
+        return f"{x:4.2f}" if x else " -  "
+    rb = f"{fmt(ratios['fwd_tflops'][0])}/{fmt(ratios['bwd_tflops'][0])}"
+    rf = f"{fmt(ratios['fwd_tflops'][1])}/{fmt(ratios['bwd_tflops'][1])}"
+    return (f"{r['head_dim']:>4} {r['seqlen']:>6} {str(r['causal']):>6} | " + " | ".join(cells) +
+            f" | {rb:>10}  {rf:>10}")
 
 
 def main():
@@ -182,38 +216,14 @@ def main():
                             4 if j.get("bwd_ms") is not None else 1)
                     row["ioattn"] = j
                 rows.append(row)
-                print(json.dumps({k2: row[k2] for k2 in ("head_dim", "seqlen", "causal")}), flush=True)
+                if len(rows) == 1:
+                    print(header(peers), flush=True)
+                print(table_line(row, peers), flush=True)
 
-    # Ratios.
-    def tf(r, name, key):
-        x = r.get(name, {})
-        return x.get(key) if isinstance(x, dict) else None
-
-    lines = []
-    hdr = (f"{'d':>4} {'seqlen':>6} {'causal':>6} | {'ioattn':>11} | " +
-           " | ".join(f"{n:>11}" for n in peers) + " | ratio/best  ratio/flash")
-    lines.append(hdr)
-    lines.append("-" * len(hdr))
-    for r in rows:
-        cells = []
-        for name in ["ioattn"] + list(peers):
-            f, bw = tf(r, name, "fwd_tflops"), tf(r, name, "bwd_tflops")
-            cells.append(f"{f:5.0f}/{bw:5.0f}" if f and bw else (f"{f:5.0f}/  -  " if f else f"{'n/a':>11}"))
-        ratios = {}
-        for key in ("fwd_tflops", "bwd_tflops"):
-            mine = tf(r, "ioattn", key)
-            best = max([tf(r, n, key) or 0 for n in peers] or [0])
-            fl = tf(r, "flash", key)
-            ratios[key] = (mine / best if mine and best else None, mine / fl if mine and fl else None)
-        r["ratio"] = {"fwd_vs_best": ratios["fwd_tflops"][0], "fwd_vs_flash": ratios["fwd_tflops"][1],
-                      "bwd_vs_best": ratios["bwd_tflops"][0], "bwd_vs_flash": ratios["bwd_tflops"][1]}
-
-        def fmt(x):
-            return f"{x:4.2f}" if x else " -  "
-        rb = f"{fmt(ratios['fwd_tflops'][0])}/{fmt(ratios['bwd_tflops'][0])}"
-        rf = f"{fmt(ratios['fwd_tflops'][1])}/{fmt(ratios['bwd_tflops'][1])}"
-        lines.append(f"{r['head_dim']:>4} {r['seqlen']:>6} {str(r['causal']):>6} | " + " | ".join(cells) +
-                     f" | {rb:>10}  {rf:>10}")
+    print("BENCH TABLE")
+    print("TFLOP/s fwd/bwd, bf16, heads = 2048/d, batch x seqlen = 16384")
+    for ln in [header(peers)] + [table_line(r, peers) for r in rows]:
+        print(ln)
     mem_lines = []
     for r in rows:
         if r["seqlen"] != longest:
@@ -226,9 +236,7 @@ def main():
         mem_lines.append(f"peak extra fwd+bwd memory d={r['head_dim']} seqlen={r['seqlen']} causal={r['causal']}: " +
                          ", ".join(parts))
 
-    print("BENCH TABLE")
-    print("TFLOP/s fwd/bwd, bf16, heads = 2048/d, batch x seqlen = 16384")
-    for ln in lines + mem_lines:
+    for ln in mem_lines:
         print(ln)
     print("END TABLE")
 

@@ -2,7 +2,8 @@
 
 Drop-in APIs:
   flash-attn 2:   ioattn.flash_attn_func, flash_attn_qkvpacked_func, flash_attn_kvpacked_func,
-                  flash_attn_varlen_func, flash_attn_varlen_qkvpacked_func, flash_attn_varlen_kvpacked_func
+                  flash_attn_varlen_func, flash_attn_varlen_qkvpacked_func, flash_attn_varlen_kvpacked_func,
+                  flash_attn_with_kvcache
                   (same arguments, defaults, layouts and returns; see ioattn.flash_attn_interface)
   PyTorch SDPA:   ioattn.scaled_dot_product_attention (torch.nn.functional's signature, BHSD, top-left causal)
 Both run as the PyTorch custom operators torch.ops.ioattn.fwd / torch.ops.ioattn.bwd (autograd,
@@ -22,6 +23,7 @@ from .flash_attn_interface import (
     flash_attn_varlen_func,
     flash_attn_varlen_kvpacked_func,
     flash_attn_varlen_qkvpacked_func,
+    flash_attn_with_kvcache,
 )
 from .ops import attention
 from .sdpa import scaled_dot_product_attention
@@ -62,5 +64,6 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_varlen_kvpacked_func",
     "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
     "scaled_dot_product_attention",
 ]

@@ -20,7 +20,9 @@ _DTYPE_CODES = {
 }
 # What each argument holds, for error messages on dtypes the C++ core has no code for (the core
 # checks the rest: int32 where float16 belongs, ...).
-_EXPECTED_DTYPE = {"cu_seqlens_q": "int32", "cu_seqlens_k": "int32", "alibi_slopes": "float32"}
+_EXPECTED_DTYPE = {name: "int32" for name in ("cu_seqlens_q", "cu_seqlens_k", "cache_seqlens", "cache_batch_idx",
+                                               "cache_leftpad", "block_table")}
+_EXPECTED_DTYPE["alibi_slopes"] = "float32"
 _DEVICE_CODES = {"cpu": _C.DEVICE_CPU, "cuda": _C.DEVICE_CUDA}
 
 
@@ -96,3 +98,28 @@ def _device_guard(t: torch.Tensor):
     if t.device.type == "cuda" and t.device.index is not None and t.device.index != torch.cuda.current_device():
         return torch.cuda.device(t.device.index)
     return _NullGuard()
+
+
+def _kv_args(k, v, rotary_cos, rotary_sin, rotary_interleaved, cache_seqlens, cache_seqlen, cache_batch_idx,
+             cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,
+             num_splits) -> tuple:
+    return (describe("k", k), describe("v", v), describe("rotary_cos", rotary_cos), describe("rotary_sin", rotary_sin),
+            bool(rotary_interleaved), describe("cache_seqlens", cache_seqlens), int(cache_seqlen),
+            describe("cache_batch_idx", cache_batch_idx), describe("cache_leftpad", cache_leftpad),
+            describe("block_table", block_table), describe("alibi_slopes", alibi_slopes), float(softmax_scale),
+            bool(causal), int(window_left), int(window_right), float(softcap), int(num_splits))
+
+
+def forward_kvcache(q, k_cache, v_cache, out, lse, **kw) -> None:
+    """Decoding over a KV cache: writes out and lse, and appends kw['k'] / kw['v'] to the cache."""
+    args = _kv_args(**kw)
+    stream, ws = 0, None
+    if q.device.type == "cuda":
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        nbytes = _C.kvcache_workspace_size(describe("q", q), describe("k_cache", k_cache),
+                                           describe("v_cache", v_cache), *args, stream, 0, 0)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=q.device) if nbytes > 0 else None
+    with _device_guard(q):
+        _C.forward_kvcache(describe("q", q), describe("k_cache", k_cache), describe("v_cache", v_cache),
+                           describe("out", out), describe("lse", lse), *args, stream,
+                           ws.data_ptr() if ws is not None else 0, ws.numel() if ws is not None else 0)

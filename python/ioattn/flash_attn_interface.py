@@ -17,14 +17,17 @@ dropout it is the probability matrix (B, Hq, Sq, Sk) (varlen: (B, Hq, max_seqlen
 zero outside each sequence; flash-attn rounds the last two sizes up to 128, ioattn does not), with
 dropped entries negated. It is computed densely from the LSE (O(N^2) memory): for tests only.
 
-Differences from flash-attn: block_table (paged KV cache) in flash_attn_varlen_func is not supported
-yet and raises NotImplementedError; flash_attn_with_kvcache is not provided.
+flash_attn_with_kvcache (decoding over a contiguous or paged KV cache) is ioattn.kvcache's.
+
+Difference from flash-attn: block_table (a paged KV cache) in flash_attn_varlen_func is not
+supported and raises NotImplementedError (flash_attn_with_kvcache takes paged caches).
 """
 from __future__ import annotations
 
 import torch
 
 from . import _probs
+from .kvcache import flash_attn_with_kvcache
 from .ops import _check_tensor, attention
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_varlen_qkvpacked_func",
     "flash_attn_varlen_kvpacked_func",
+    "flash_attn_with_kvcache",
 ]
 
 

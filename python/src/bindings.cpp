@@ -169,6 +169,76 @@ std::string describe_forward_choice(nb::handle q, nb::handle k, nb::handle v, IO
   return ioattn::describe_forward_choice(tq, tk, tv, make_args(IOATTN_ARGS_FORWARD));
 }
 
+// ---- decoding over a KV cache --------------------------------------------------------------------
+
+#define IOATTN_KV_PARAMS                                                                                   \
+  nb::handle k_new, nb::handle v_new, nb::handle rotary_cos, nb::handle rotary_sin, bool rotary_interleaved, \
+      nb::handle cache_seqlens, int cache_seqlen, nb::handle cache_batch_idx, nb::handle cache_leftpad,        \
+      nb::handle block_table, nb::handle alibi_slopes, float softmax_scale, bool causal, int window_left,     \
+      int window_right, float softcap, int num_splits, uintptr_t stream, uintptr_t workspace,                 \
+      size_t workspace_bytes
+#define IOATTN_KV_FORWARD                                                                                 \
+  k_new, v_new, rotary_cos, rotary_sin, rotary_interleaved, cache_seqlens, cache_seqlen, cache_batch_idx,  \
+      cache_leftpad, block_table, alibi_slopes, softmax_scale, causal, window_left, window_right, softcap,   \
+      num_splits, stream, workspace, workspace_bytes
+#define IOATTN_KV_NAMES                                                                                      \
+  nb::arg("k_new").none(), nb::arg("v_new").none(), nb::arg("rotary_cos").none(), nb::arg("rotary_sin").none(), \
+      nb::arg("rotary_interleaved"), nb::arg("cache_seqlens").none(), nb::arg("cache_seqlen"),                \
+      nb::arg("cache_batch_idx").none(), nb::arg("cache_leftpad").none(), nb::arg("block_table").none(),      \
+      nb::arg("alibi_slopes").none(), nb::arg("softmax_scale"), nb::arg("causal"), nb::arg("window_left"),    \
+      nb::arg("window_right"), nb::arg("softcap"), nb::arg("num_splits"), nb::arg("stream"),                  \
+      nb::arg("workspace"), nb::arg("workspace_bytes")
+
+ioattn::KVCacheArgs make_kv_args(IOATTN_KV_PARAMS) {
+  ioattn::KVCacheArgs a;
+  a.k_new = to_view("k", k_new);
+  a.v_new = to_view("v", v_new);
+  a.rotary_cos = to_view("rotary_cos", rotary_cos);
+  a.rotary_sin = to_view("rotary_sin", rotary_sin);
+  a.rotary_interleaved = rotary_interleaved;
+  a.cache_seqlens = to_view("cache_seqlens", cache_seqlens);
+  a.cache_seqlen = cache_seqlen;
+  a.cache_batch_idx = to_view("cache_batch_idx", cache_batch_idx);
+  a.cache_leftpad = to_view("cache_leftpad", cache_leftpad);
+  a.block_table = to_view("block_table", block_table);
+  a.alibi_slopes = to_view("alibi_slopes", alibi_slopes);
+  a.softmax_scale = softmax_scale;
+  a.causal = causal;
+  a.window_left = window_left;
+  a.window_right = window_right;
+  a.softcap = softcap;
+  a.num_splits = num_splits;
+  a.stream = reinterpret_cast<void*>(stream);
+  a.workspace = reinterpret_cast<void*>(workspace);
+  a.workspace_bytes = workspace_bytes;
+  return a;
+}
+
+void forward_kvcache(nb::handle q, nb::handle k_cache, nb::handle v_cache, nb::handle out, nb::handle lse,
+                     IOATTN_KV_PARAMS) {
+  const ioattn::TensorView tq = to_view("q", q), tk = to_view("k_cache", k_cache), tv = to_view("v_cache", v_cache);
+  const ioattn::TensorView tout = to_view("out", out), tlse = to_view("lse", lse);
+  const ioattn::KVCacheArgs a = make_kv_args(IOATTN_KV_FORWARD);
+  ioattn::Status s;
+  {
+    nb::gil_scoped_release release;
+    s = ioattn::forward_kvcache(tq, tk, tv, tout, tlse, a);
+  }
+  check(s);
+}
+
+size_t kvcache_workspace_size(nb::handle q, nb::handle k_cache, nb::handle v_cache, IOATTN_KV_PARAMS) {
+  const ioattn::TensorView tq = to_view("q", q), tk = to_view("k_cache", k_cache), tv = to_view("v_cache", v_cache);
+  size_t bytes = 0;
+  check(ioattn::forward_kvcache_workspace_size(tq, tk, tv, make_kv_args(IOATTN_KV_FORWARD), &bytes));
+  return bytes;
+}
+
+std::string describe_kvcache_choice(nb::handle q, nb::handle k_cache, nb::handle v_cache, IOATTN_KV_PARAMS) {
+  const ioattn::TensorView tq = to_view("q", q), tk = to_view("k_cache", k_cache), tv = to_view("v_cache", v_cache);
+  return ioattn::describe_kvcache_choice(tq, tk, tv, make_kv_args(IOATTN_KV_FORWARD));
+}
+
 nb::dict build_info() {
   const ioattn::BuildInfo b = ioattn::build_info();
   nb::dict d;
@@ -194,6 +264,13 @@ NB_MODULE(_C, m) {
         IOATTN_ARGS_NAMES, "Device scratch bytes the call needs in `workspace` (0 on the CPU).");
   m.def("describe_forward_choice", &describe_forward_choice, nb::arg("q"), nb::arg("k"), nb::arg("v"),
         IOATTN_ARGS_NAMES, "Which backend and kernel would serve this forward call, and why.");
+  m.def("forward_kvcache", &forward_kvcache, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("out"),
+        nb::arg("lse").none(), IOATTN_KV_NAMES,
+        "Decoding over a (contiguous or paged) KV cache; appends k_new/v_new to the cache in place.");
+  m.def("kvcache_workspace_size", &kvcache_workspace_size, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
+        IOATTN_KV_NAMES, "Device scratch bytes forward_kvcache needs (0 on the CPU).");
+  m.def("describe_kvcache_choice", &describe_kvcache_choice, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
+        IOATTN_KV_NAMES, "The number of key splits and kernel forward_kvcache would use.");
   m.def("build_info", &build_info, "Backends compiled in and devices found.");
   m.def("cpu_peak_scratch_bytes", &ioattn::cpu_peak_scratch_bytes);
   m.def("reset_cpu_peak_scratch_bytes", &ioattn::reset_cpu_peak_scratch_bytes);

@@ -5,6 +5,7 @@
 
 #include "backends.h"
 #include "validate.h"
+#include "validate_kvcache.h"
 
 namespace ioattn {
 
@@ -215,6 +216,72 @@ BuildInfo build_info() {
   b.cuda_devices = cuda::devices();
 #endif
   return b;
+}
+
+// ---- Decoding over a KV cache (forward_kvcache) ---------------------------------------------------
+
+namespace {
+// The workspace query and describe validate like the call, with a stand-in out (never touched).
+Status validate_kvcache_for_query(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                                  const KVCacheArgs& args, Params* p) {
+  static char stand_in alignas(16)[16];
+  KVCacheInputs in{q, k_cache, v_cache, q, TensorView{}, args};
+  in.out.data = stand_in;
+  if (q.ndim == 4 && v_cache.ndim == 4) {
+    in.out.shape[3] = v_cache.shape[3];
+    int64_t st = 1;
+    for (int d = 3; d >= 0; --d) {
+      in.out.stride[d] = st;
+      st *= in.out.shape[d] > 0 ? in.out.shape[d] : 1;
+    }
+  }
+  return validate_kvcache(in, p);
+}
+}  // namespace
+
+Status forward_kvcache(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                       const TensorView& out, const TensorView& lse, const KVCacheArgs& args) {
+  Params p;
+  Status s = validate_kvcache(KVCacheInputs{q, k_cache, v_cache, out, lse, args}, &p);
+  if (!s.ok()) return s;
+  if (p.device == DeviceType::CPU) return cpu::forward_kvcache(p);
+#ifdef IOATTN_WITH_CUDA
+  return cuda::forward_kvcache(p);
+#else
+  return no_cuda();
+#endif
+}
+
+Status forward_kvcache_workspace_size(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                                      const KVCacheArgs& args, size_t* bytes) {
+  *bytes = 0;
+  Params p;
+  Status s = validate_kvcache_for_query(q, k_cache, v_cache, args, &p);
+  if (!s.ok()) return s;
+  if (p.device == DeviceType::CPU) return Status::Ok();
+#ifdef IOATTN_WITH_CUDA
+  s = cuda::select_kvcache(p, nullptr, nullptr);
+  if (!s.ok()) return s;
+  *bytes = cuda::kvcache_workspace_size(p);
+  return Status::Ok();
+#else
+  return no_cuda();
+#endif
+}
+
+std::string describe_kvcache_choice(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                                    const KVCacheArgs& args) {
+  Params p;
+  Status s = validate_kvcache_for_query(q, k_cache, v_cache, args, &p);
+  if (!s.ok()) return std::string("none: ") + s.message;
+  if (p.device == DeviceType::CPU) return "cpu: split-KV decode (" + cpu::features() + ")";
+#ifdef IOATTN_WITH_CUDA
+  std::string name;
+  s = cuda::select_kvcache(p, &name, nullptr);
+  return s.ok() ? "cuda: " + name : "none: " + s.message;
+#else
+  return "none: built without CUDA";
+#endif
 }
 
 }  // namespace ioattn

@@ -14,6 +14,8 @@ namespace ioattn {
 IOATTN_HD int clamp_int(int x, int lo, int hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
 struct KVSeq {
+  int64_t q0;     // first query row: 0 (dense q, the batch stride applies) or cu_seqlens_q[b] (paged varlen)
+  int sq;         // query rows of the sequence
   int cache_row;  // contiguous cache: the cache batch row (cache_batch_idx[b] or b)
   int start;      // first visible cache position (cache_leftpad[b])
   int old_len;    // cache_seqlens[b]: position where the new rows go
@@ -21,10 +23,26 @@ struct KVSeq {
   int sk;         // visible keys: end - start
 };
 
+// Dense decode (forward_kvcache): lengths from cache_seqlens. Paged varlen prefill
+// (forward_paged, p.varlen): query rows and key counts from the prefix sums cu_seqlens_q / _k.
 IOATTN_HD KVSeq kv_seq(const Params& p, int b) {
   const int capacity = p.seqlen_k;
-  const int room = capacity - p.seqlen_new > 0 ? capacity - p.seqlen_new : 0;
   KVSeq s;
+  if (p.varlen) {
+    const int q0 = clamp_int(p.cu_seqlens_q[b], 0, p.total_q), q1 = clamp_int(p.cu_seqlens_q[b + 1], q0, p.total_q);
+    const int64_t keys = static_cast<int64_t>(p.cu_seqlens_k[b + 1]) - p.cu_seqlens_k[b];
+    s.q0 = q0;
+    s.sq = q1 - q0 < p.seqlen_q ? q1 - q0 : p.seqlen_q;
+    s.cache_row = b;
+    s.start = 0;
+    s.old_len = keys < 0 ? 0 : (keys > capacity ? capacity : static_cast<int>(keys));
+    s.end = s.old_len;
+    s.sk = s.old_len;
+    return s;
+  }
+  const int room = capacity - p.seqlen_new > 0 ? capacity - p.seqlen_new : 0;
+  s.q0 = 0;
+  s.sq = p.seqlen_q;
   s.cache_row = p.cache_batch_idx ? clamp_int(p.cache_batch_idx[b], 0, p.cache_batch - 1) : b;
   s.old_len = clamp_int(p.cache_seqlens ? p.cache_seqlens[b] : p.cache_seqlen, 0, room);
   s.start = p.cache_leftpad ? clamp_int(p.cache_leftpad[b], 0, s.old_len) : 0;

@@ -21,6 +21,8 @@ extern "C" char* openblas_get_corename(void);
 namespace ioattn {
 namespace cpu {
 
+// Per-thread scratch: must cover fwd_tiles() and bwd_tiles() of flash_kernels.h (the checker and
+// AddressSanitizer runs of every ISA build exercise both).
 size_t fwd_scratch_floats(const Params& p) {
   const size_t d = p.head_dim, dv = p.head_dim_v;
   return kFwdBlockQ * (d + dv + kFwdBlockK + 2) + kFwdBlockK * (d + dv + kPairPad);
@@ -28,7 +30,7 @@ size_t fwd_scratch_floats(const Params& p) {
 
 size_t bwd_scratch_floats(const Params& p) {
   const size_t d = p.head_dim, dv = p.head_dim_v;
-  return 2 * kBwdBlockK * (d + dv) + kBwdBlockQ * (2 * d + dv) + 4 * static_cast<size_t>(kBwdBlockQ) * kBwdBlockK +
+  return kBwdBlockK * (3 * d + 2 * dv) + kBwdBlockQ * (2 * d + dv) + 4 * static_cast<size_t>(kBwdBlockQ) * kBwdBlockK +
          kBwdBlockK / 2 * (d + kPairPad) + kBwdBlockQ / 2 * (d + dv + 2 * kPairPad) + kBwdBlockK * kBwdBlockQ / 2;
 }
 

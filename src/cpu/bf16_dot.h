@@ -1,20 +1,22 @@
-// bf16 tile products on AVX-512 BF16 (vdpbf16ps): C (+)= A Bᵀ-like products of bf16 pairs with
-// fp32 accumulation, for the forward's S = Q Kᵀ and O += P V when the inputs are bf16. Included by
-// flash_kernels.h in the avx512bf16 build only (inside its namespace).
+// bf16 tile products on AVX-512 BF16 (vdpbf16ps): products of bf16 pairs with fp32 accumulation,
+// for all seven tile products of the forward and backward when the inputs are bf16. Included by
+// tile_ops.h in the avx512bf16 build only (inside its namespace).
 //
 // vdpbf16ps multiplies the two bf16 halves of each 32-bit lane of a and b and adds both products to
 // the fp32 lane of c. So operands are "pairs": 32-bit words holding two consecutive elements of
-// the reduction dimension (d for Q Kᵀ, keys for P V), low half first:
+// the reduction dimension (d for Q Kᵀ and dO Vᵀ, keys for P V and dS K, queries for Pᵀ dO and
+// dSᵀ Q), low half first:
 //   A (m x k2 pairs, row-major, lda in words)   one broadcast word per row and step
 //   B (k2 x n pairs, ldb words, n padded to 32) two 16-lane vectors per step
-// Micro-tile 8 rows x 32 columns: 16 zmm accumulators, 2 B vectors, 1 broadcast.
+// Micro-tile 12 rows x 32 columns: 24 zmm accumulators, 2 B vectors, 1 broadcast (the driver,
+// for_tiles, is gemm_avx512.h's).
 
 #if !IOATTN_CPU_BF16
 #error "bf16_dot.h needs the avx512bf16 target"
 #endif
 
 constexpr int kBf16Cols = 32;  // B's columns are padded to a multiple of this
-constexpr int kBf16Rows = 8;
+constexpr int kBf16Rows = 12;
 
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -22,6 +24,7 @@ template <int R>
 void bf16_micro(int k2, const uint32_t* a, int lda, const uint32_t* b, int ldb, float* c, int ldc, __mmask16 m0,
                 __mmask16 m1, bool accumulate) {
   __m512 c0[R], c1[R];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     c0[r] = accumulate ? _mm512_maskz_loadu_ps(m0, c + r * ldc) : _mm512_setzero_ps();
     c1[r] = accumulate ? _mm512_maskz_loadu_ps(m1, c + r * ldc + 16) : _mm512_setzero_ps();
@@ -29,12 +32,14 @@ void bf16_micro(int k2, const uint32_t* a, int lda, const uint32_t* b, int ldb, 
   for (int t = 0; t < k2; ++t) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + static_cast<size_t>(t) * ldb);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + static_cast<size_t>(t) * ldb + 16);
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[static_cast<size_t>(r) * lda + t]));
       c0[r] = _mm512_dpbf16_ps(c0[r], av, b0);
       c1[r] = _mm512_dpbf16_ps(c1[r], av, b1);
     }
   }
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
     _mm512_mask_storeu_ps(c + r * ldc, m0, c0[r]);
     _mm512_mask_storeu_ps(c + r * ldc + 16, m1, c1[r]);
@@ -44,27 +49,10 @@ void bf16_micro(int k2, const uint32_t* a, int lda, const uint32_t* b, int ldb, 
 // C (m x n, ldc) = A·B (or += with accumulate); columns >= n of C are not touched.
 void bf16_gemm(int m, int n, int k2, const uint32_t* a, int lda, const uint32_t* b, int ldb, float* c, int ldc,
                bool accumulate) {
-  for (int j = 0; j < n; j += kBf16Cols) {
-    const int w = std::min(kBf16Cols, n - j);
-    const __mmask16 m0 = static_cast<__mmask16>(w >= 16 ? 0xFFFF : (1u << w) - 1);
-    const __mmask16 m1 = static_cast<__mmask16>(w <= 16 ? 0 : (w >= 32 ? 0xFFFF : (1u << (w - 16)) - 1));
-    int i = 0;
-    for (; i + kBf16Rows <= m; i += kBf16Rows)
-      bf16_micro<kBf16Rows>(k2, a + static_cast<size_t>(i) * lda, lda, b + j, ldb, c + static_cast<size_t>(i) * ldc + j,
-                            ldc, m0, m1, accumulate);
-    const uint32_t* ai = a + static_cast<size_t>(i) * lda;
-    float* ci = c + static_cast<size_t>(i) * ldc + j;
-    switch (m - i) {
-      case 7: bf16_micro<7>(k2, ai, lda, b + j, ldb, ci, ldc, m0, m1, accumulate); break;
-      case 6: bf16_micro<6>(k2, ai, lda, b + j, ldb, ci, ldc, m0, m1, accumulate); break;
-      case 5: bf16_micro<5>(k2, ai, lda, b + j, ldb, ci, ldc, m0, m1, accumulate); break;
-      case 4: bf16_micro<4>(k2, ai, lda, b + j, ldb, ci, ldc, m0, m1, accumulate); break;
-      case 3: bf16_micro<3>(k2, ai, lda, b + j, ldb, ci, ldc, m0, m1, accumulate); break;
-      case 2: bf16_micro<2>(k2, ai, lda, b + j, ldb, ci, ldc, m0, m1, accumulate); break;
-      case 1: bf16_micro<1>(k2, ai, lda, b + j, ldb, ci, ldc, m0, m1, accumulate); break;
-      default: break;
-    }
-  }
+  for_tiles<kBf16Rows>(m, n, [&](auto rows, int i, int j, __mmask16 m0, __mmask16 m1) {
+    bf16_micro<decltype(rows)::value>(k2, a + static_cast<size_t>(i) * lda, lda, b + j, ldb,
+                                      c + static_cast<size_t>(i) * ldc + j, ldc, m0, m1, accumulate);
+  });
 }
 
 // Rows of bf16 (rows x cols, row_stride elements apart) as pairs along the row: (rows x ceil(cols/2))

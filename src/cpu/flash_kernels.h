@@ -6,8 +6,8 @@
 //
 // The algorithm (FlashAttention-2, DESIGN.md §1, §4), per task:
 //   forward, task (b, h, query block):   Q block (BQ x D) stays hot; for each key block in the
-//     block's visible range:  S = Q Kᵀ (sgemm, BQ x BK)  ->  scale / softcap / ALiBi / mask  ->
-//     online softmax {m, l} per row, rescale O by exp(m_old - m_new)  ->  O += P V (sgemm).
+//     block's visible range:  S = Q Kᵀ (BQ x BK)  ->  scale / softcap / ALiBi / mask  ->
+//     online softmax {m, l} per row, rescale O by exp(m_old - m_new)  ->  O += P V.
 //     At the end O /= l and LSE = m + log l. Extra memory: the per-thread tiles, O(BQ·BK + (BQ + BK)·D).
 //   backward, recomputing P = exp(S - LSE) per tile (nothing N x N is stored):
 //     task (b, kv head, key block) owns dK, dV of its keys: for each query head of the group and
@@ -15,19 +15,22 @@
 //     (times 1 - tanh² with softcap), dK += dSᵀ Q, and in the fused mode dQ += dS K into an fp32
 //     accumulator the task owns. In the two-pass mode task (b, h, query block) computes dQ.
 //
-// Tile products go through cblas_sgemm on fp32 tiles. Inside an OpenMP parallel region the
-// OpenMP build of OpenBLAS runs each call single-threaded (checked: two threads each calling
-// 128x256x128 sgemm reach 2x the per-thread rate, 240 GFLOP/s with the Haswell kernels OpenBLAS
-// 0.3.21 picks on this EPYC, 443 with OPENBLAS_CORETYPE=SkylakeX; one 2048³ sgemm on both cores:
-// 265 / 498). fp32 inputs whose row stride BLAS accepts are used in place; bf16 / fp16 tiles are
-// widened to fp32 once per tile (the widening costs 1/(2·BQ) of the tile's flops).
-// bf16 inputs on CPUs with AVX-512 BF16 (the avx512bf16 build) skip the widening: every tile
-// product runs on bf16 pairs with vdpbf16ps (bf16_dot.h), P and dS rounded to bf16 as flash-attn
-// does on the GPU. Measured in user cycles (perf stat, one thread, B=1 H=8 S=2048 D=128, the shared
-// machine's wall clock being too noisy), forward / backward flops per cycle:
-//   bf16 pairs (vdpbf16ps)                    53 / 79
-//   widen + sgemm, OpenBLAS Haswell kernels   19 / 27   (what OpenBLAS 0.3.21 picks on this EPYC)
-//   fp32 sgemm, OPENBLAS_CORETYPE=SkylakeX    33 / 42
+// Tile products (tile_ops.h: mm, mm_bt), by build:
+//   avx512bf16, bf16 inputs (head dim >= 16): bf16 pairs with vdpbf16ps (bf16_dot.h), Q, K, V, dO
+//     read as they are, P and dS rounded to bf16 as flash-attn does on the GPU, fp32 sums.
+//   avx512 / avx512bf16 otherwise: fp32 tiles (bf16 / fp16 widened once per tile) through our
+//     AVX-512 micro-kernel (gemm_avx512.h).
+//   avx2, generic: fp32 tiles through cblas_sgemm. Inside an OpenMP parallel region the OpenMP
+//     build of OpenBLAS runs each call single-threaded (checked: two threads each calling
+//     128x256x128 sgemm reach twice the one-thread rate), so the tasks own the cores.
+// Measured in user cycles (perf stat, one thread, B=1 H=8 S=2048 D=128: the shared machine's wall
+// clock is too noisy), forward / backward flops per cycle:
+//   bf16 pairs (vdpbf16ps)                               72 / 81
+//   bf16 widened + AVX-512 micro-kernel                  49 / 53
+//   fp32, AVX-512 micro-kernel                           46 / 50
+//   fp32, cblas_sgemm with OPENBLAS_CORETYPE=SkylakeX    43 / 40
+//   fp32, cblas_sgemm as OpenBLAS 0.3.21 runs on this    19 / 23   (it does not know the CPU and
+//     EPYC by default                                               falls back to Haswell kernels)
 // Tile sizes, with the measurements that chose them, are in kernels.h.
 
 // The including file also defines IOATTN_CPU_AVX512 (AVX-512 F/BW/VL/DQ), IOATTN_CPU_AVX2 (AVX2, FMA,
@@ -50,10 +53,8 @@ namespace {
 #include "cpu/tile_ops.h"
 
 // ---- Forward tile products -------------------------------------------------------------------------
-// S = Q Kᵀ and O += P V of one tile. fp32 sgemm on fp32 (or widened) tiles; with bf16 inputs on a
-// CPU with AVX-512 BF16, vdpbf16ps on bf16 pairs (bf16_dot.h): Q, K and V are read as they are
-// (products exact, sums fp32) and P is rounded to bf16 for P V, as flash-attn does on the GPU.
-// Cycles measured for both paths: see the top of this file.
+// S = Q Kᵀ and O += P V of one tile, on fp32 tiles or (bf16 on AVX-512 BF16) bf16 pairs: Q, K and V
+// read as they are (products exact, sums fp32) and P rounded to bf16 for P V. See the top of this file.
 
 // Q block as the A operand: fp32 rows (Mat) or, on the bf16 path, pair words reinterpreted (ld in words).
 Mat fwd_q(const Params& p, const void* q, int nq, float* buf) {
@@ -77,8 +78,7 @@ void fwd_qk(const Params& p, const Mat& Q, const void* k, int nq, int nk, float*
     return;
   }
 #endif
-  const Mat K = load_rows(p.dtype, k, p.k_row_stride, nk, p.head_dim, kbuf);
-  gemm(false, true, nq, nk, p.head_dim, Q.ptr, Q.ld, K.ptr, K.ld, 0.0f, s, lds);
+  mm_bt(nq, nk, p.head_dim, Q, load_bt(p.dtype, k, p.k_row_stride, nk, p.head_dim, kbuf), s, lds);
 }
 
 // O (nq x Dv) += P V for the values at v; P is (nq x nk, ld lds) and may be overwritten.
@@ -94,7 +94,7 @@ void fwd_pv(const Params& p, float* P, int lds, const void* v, int nq, int nk, f
   }
 #endif
   const Mat V = load_rows(p.dtype, v, p.v_row_stride, nk, p.head_dim_v, vbuf);
-  gemm(false, false, nq, p.head_dim_v, nk, P, lds, V.ptr, V.ld, 1.0f, o, p.head_dim_v);
+  mm(nq, p.head_dim_v, nk, P, lds, 1, V.ptr, V.ld, o, p.head_dim_v, true);
 }
 
 // ---- Forward ----------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ void fwd_block(const Params& p, int b, int h, int qb, float* ws) {
 
 // ---- Backward ---------------------------------------------------------------------------------------
 struct BwdTiles {
-  float *k, *v, *dk, *dv, *q, *dout, *dq, *s, *dp, *pd, *g;
+  float *k, *kt, *v, *dk, *dv, *q, *dout, *dq, *s, *dp, *pd, *g;
   uint32_t *kj, *qi, *doi, *tp;  // bf16 path only: operands paired along keys or queries
 };
 
@@ -189,7 +189,8 @@ BwdTiles bwd_tiles(const Params& p, float* ws) {
   // On the bf16 path k, v, q and dout hold pairs along the head dim instead (bf16_dot.h), which
   // fit the same space: K, V as (ceil(D/2), BK), Q, dO as (BQ, ceil(D/2)).
   t.k = ws;                          // (BK, D)   K tile
-  t.v = t.k + kBwdBlockK * d;        // (BK, Dv)  V tile
+  t.kt = t.k + kBwdBlockK * d;       // (D, BK)   Kᵀ (or K again, see load_bt)
+  t.v = t.kt + kBwdBlockK * d;       // (BK, Dv)  V tile (Vᵀ on AVX-512)
   t.dk = t.v + kBwdBlockK * dv;      // (BK, D)   dK accumulator (unscaled)
   t.dv = t.dk + kBwdBlockK * d;      // (BK, Dv)  dV accumulator
   t.q = t.dv + kBwdBlockK * dv;      // (BQ, D)   Q tile
@@ -214,17 +215,14 @@ void bwd_rowdot(const Params& p, int b, int h, float* dsum, float* ws) {
   for (int i = 0; i < sq.sq; ++i) {
     widen_row(p.dtype, at(p, p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride, b, sq.q0 + i, h), o, Dv);
     widen_row(p.dtype, at(p, p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, b, sq.q0 + i, h), d, Dv);
-    float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-    for (int c = 0; c < Dv; ++c) acc += o[c] * d[c];
-    dsum[lse_index(p, b, h, sq, i)] = acc;
+    dsum[lse_index(p, b, h, sq, i)] = row_dot(o, d, Dv);
   }
 }
 
-// The operands of one backward step in the forms its five products read: fp32 rows (sgemm path)
+// The operands of one backward step in the forms its five products read: fp32 tiles
 // or, for bf16 inputs on AVX-512 BF16, bf16 pair layouts (bf16_dot.h) built once per tile.
 struct KvTile {
-  Mat K, V;                       // fp32: (nk, D), (nk, Dv)
+  Mat K, Kt, Vt;                  // fp32: K rows (nk, D); Kᵀ and Vᵀ as load_bt gives them
   const uint32_t *kd, *vd, *kj;   // bf16: K, V paired along d (B of Q Kᵀ, dO Vᵀ); K paired along keys (B of dS K)
   int ld_kd, ld_vd, ld_kj;
 };
@@ -250,7 +248,8 @@ KvTile load_kv(const Params& p, const void* k, const void* v, int nk, BwdTiles& 
   }
 #endif
   kv.K = load_rows(p.dtype, k, p.k_row_stride, nk, p.head_dim, t.k);
-  kv.V = load_rows(p.dtype, v, p.v_row_stride, nk, p.head_dim_v, t.v);
+  kv.Kt = load_bt(p.dtype, k, p.k_row_stride, nk, p.head_dim, t.kt);
+  kv.Vt = load_bt(p.dtype, v, p.v_row_stride, nk, p.head_dim_v, t.v);
   return kv;
 }
 
@@ -284,7 +283,7 @@ void prod_s(const Params& p, const QTile& q, const KvTile& kv, int nq, int nk, f
 #if IOATTN_CPU_BF16
   if (bf16_products(p)) return bf16_gemm(nq, nk, (p.head_dim + 1) / 2, q.qd, q.ld_qd, kv.kd, kv.ld_kd, s, kBwdLd, false);
 #endif
-  gemm(false, true, nq, nk, p.head_dim, q.Q.ptr, q.Q.ld, kv.K.ptr, kv.K.ld, 0.0f, s, kBwdLd);
+  mm_bt(nq, nk, p.head_dim, q.Q, kv.Kt, s, kBwdLd);
 }
 
 void prod_dp(const Params& p, const QTile& q, const KvTile& kv, int nq, int nk, float* dp) {  // dP = dO Vᵀ
@@ -292,7 +291,7 @@ void prod_dp(const Params& p, const QTile& q, const KvTile& kv, int nq, int nk, 
   if (bf16_products(p))
     return bf16_gemm(nq, nk, (p.head_dim_v + 1) / 2, q.dod, q.ld_dod, kv.vd, kv.ld_vd, dp, kBwdLd, false);
 #endif
-  gemm(false, true, nq, nk, p.head_dim_v, q.dO.ptr, q.dO.ld, kv.V.ptr, kv.V.ld, 0.0f, dp, kBwdLd);
+  mm_bt(nq, nk, p.head_dim_v, q.dO, kv.Vt, dp, kBwdLd);
 }
 
 void prod_dv(const Params& p, const float* pd, const QTile& q, int nq, int nk, BwdTiles& t) {  // dV += Pdᵀ dO
@@ -302,7 +301,7 @@ void prod_dv(const Params& p, const float* pd, const QTile& q, int nq, int nk, B
     return bf16_gemm(nk, p.head_dim_v, (nq + 1) / 2, t.tp, (nq + 1) / 2, q.doi, q.ld_doi, t.dv, p.head_dim_v, true);
   }
 #endif
-  gemm(true, false, nk, p.head_dim_v, nq, pd, kBwdLd, q.dO.ptr, q.dO.ld, 1.0f, t.dv, p.head_dim_v);
+  mm(nk, p.head_dim_v, nq, pd, 1, kBwdLd, q.dO.ptr, q.dO.ld, t.dv, p.head_dim_v, true);
 }
 
 void prod_dk(const Params& p, const float* ds, const QTile& q, int nq, int nk, BwdTiles& t) {  // dK += dSᵀ Q
@@ -312,7 +311,7 @@ void prod_dk(const Params& p, const float* ds, const QTile& q, int nq, int nk, B
     return bf16_gemm(nk, p.head_dim, (nq + 1) / 2, t.tp, (nq + 1) / 2, q.qi, q.ld_qi, t.dk, p.head_dim, true);
   }
 #endif
-  gemm(true, false, nk, p.head_dim, nq, ds, kBwdLd, q.Q.ptr, q.Q.ld, 1.0f, t.dk, p.head_dim);
+  mm(nk, p.head_dim, nq, ds, 1, kBwdLd, q.Q.ptr, q.Q.ld, t.dk, p.head_dim, true);
 }
 
 // dQ (nq, D, ld D) += dS K. Last use of dS: the bf16 path overwrites it with its pairs.
@@ -324,7 +323,7 @@ void prod_dq(const Params& p, float* ds, const KvTile& kv, int nq, int nk, float
                      p.head_dim, true);
   }
 #endif
-  gemm(false, false, nq, p.head_dim, nk, ds, kBwdLd, kv.K.ptr, kv.K.ld, 1.0f, dq, p.head_dim);
+  mm(nq, p.head_dim, nk, ds, kBwdLd, 1, kv.K.ptr, kv.K.ld, dq, p.head_dim, true);
 }
 
 // One (query block) x (key block) step of the backward: recompute P, accumulate dV (when dv_acc),
@@ -347,7 +346,17 @@ void bwd_tile(const Params& p, const ScoreFn& f, const WindowMask& mask, int b, 
   }
   if (dv_acc) prod_dv(p, pd, q, nq, nk, t);
   prod_dp(p, q, kv, nq, nk, t.dp);
-  probs_to_dscores(p, nq, nk, t.s, pd, G, drow, t.dp, kBwdLd);
+  // D_i = dO_i·O_i = sum_j Pd_ij dP_ij. For a row whose visible keys all lie in this tile the sum
+  // is taken here, from the same dP: then dS cancels exactly where it should (a row that sees one
+  // key has P = 1 and dS = 0, where dO·O and a dP from another summation order differ by an ulp).
+  float d_tile[kBwdBlockQ];
+  for (int r = 0; r < nq; ++r) {
+    const int i = i0 + r;
+    d_tile[r] = drow[r];
+    if (mask.first_key(i) >= j0 && mask.end_key(i, sq.sk) <= j0 + nk)
+      d_tile[r] = row_dot(pd + static_cast<size_t>(r) * kBwdLd, t.dp + static_cast<size_t>(r) * kBwdLd, nk);
+  }
+  probs_to_dscores(p, nq, nk, t.s, pd, G, d_tile, t.dp, kBwdLd);
 }
 
 // Queries [*ib, *ie) of a sequence that see at least one key of [j0, j1).
@@ -408,7 +417,10 @@ void bwd_dq_block(const Params& p, const float* dsum, int b, int h, int qb, floa
   const QTile q = load_qdo(p, at(p, p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride, b, sq.q0 + i0, h),
                            at(p, p.dout, p.do_batch_stride, p.do_row_stride, p.do_head_stride, b, sq.q0 + i0, h), nq, t);
   fill(t.dq, nq * D, 0.0f);
-  const int kbeg = std::min(mask.first_key(i0), sq.sk), kend = mask.end_key(i0 + nq - 1, sq.sk);
+  // Key tiles on the kv pass's grid (multiples of kBwdBlockK), so both passes see the same tiles
+  // (and the same in-tile D above).
+  const int kbeg = std::min(mask.first_key(i0), sq.sk) / kBwdBlockK * kBwdBlockK;
+  const int kend = mask.end_key(i0 + nq - 1, sq.sk);
   for (int j0 = kbeg; j0 < kend; j0 += kBwdBlockK) {
     const int nk = std::min(kBwdBlockK, kend - j0);
     const KvTile kv = load_kv(p, at(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, b, sq.k0 + j0, hk),

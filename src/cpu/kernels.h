@@ -21,13 +21,15 @@ namespace ioattn {
 namespace cpu {
 
 // ---- Tile sizes --------------------------------------------------------------------------------
-// Measured on the 2-core AVX-512 EPYC of the dev machine, OpenBLAS 0.3.21 (openmp) with
-// OPENBLAS_CORETYPE=SkylakeX, fp32, S=2048, D=128, one thread (the shared machine is too noisy for
-// two), forward GFLOP/s next to a 2048³ sgemm at ~250 on the same core:
+// Chosen on the 2-core AVX-512 EPYC of the dev machine when the products still went through
+// OpenBLAS 0.3.21 (OPENBLAS_CORETYPE=SkylakeX), fp32, S=2048, D=128, one thread (the shared
+// machine is too noisy for two), forward GFLOP/s next to a 2048³ sgemm at ~250 on the same core:
 //   BQ x BK    64x256  128x128  128x256  128x512  256x256  256x512
 //   fwd        155-160 174-187  167-174  189      188-198  136-148
 // The tile products spend ~15% of their time in OpenBLAS's packing of the operands (perf), which
-// larger BQ amortises; at 256x512 the S tile (512 KiB) plus K/V tiles spill the 1 MiB L2.
+// larger BQ amortises; at 256x512 the S tile (512 KiB) plus K/V tiles spill the 1 MiB L2. With
+// the AVX-512 micro-kernel (no packing) 128x256, 256x128, 256x256 and 256x512 all come within 2%
+// in user cycles, fp32 and bf16 pairs alike.
 // Forward: a Q block of kFwdBlockQ rows stays in L2 while K/V blocks of kFwdBlockK keys stream
 // past it; S = Q Kᵀ is (kFwdBlockQ x kFwdBlockK) fp32 (256 KiB).
 constexpr int kFwdBlockQ = 256;

@@ -1,5 +1,5 @@
 // Tile operations of the CPU kernels: vector math (exp, tanh, reductions), dtype conversion, row
-// loads and stores, the sgemm wrapper, the score transform, masks within a tile, Philox dropout
+// loads and stores, the tile products, the score transform, masks within a tile, Philox dropout
 // and the probability / gradient element-wise steps. Included by flash_kernels.h inside its
 // per-ISA namespace (so it is compiled once per instruction set, like the kernels); not a
 // standalone header.
@@ -59,6 +59,13 @@ float row_max(const float* x, int n) {
 #pragma omp simd reduction(max : m)
   for (int j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
   return m;
+}
+
+float row_dot(const float* x, const float* y, int n) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int j = 0; j < n; ++j) s += x[j] * y[j];
+  return s;
 }
 
 // x[j] = exp(x[j] - sub), returns the sum.
@@ -174,18 +181,53 @@ void* at(const Params& p, void* base, int64_t bs, int64_t rs, int64_t hs, int b,
   return static_cast<char*>(base) + (b * bs + row * rs + h * hs) * static_cast<int64_t>(dtype_size(p.dtype));
 }
 
-// Writes rows x rows of an fp32 (rows x cols, ld) matrix times a into the strided output.
+// Writes an fp32 (rows x cols, ld) matrix times a into `rows` strided output rows, in dtype dt.
 void store_rows(DType dt, const float* src, int ld, float a, void* base, int64_t row_stride, int rows, int cols) {
   const size_t row_bytes = static_cast<size_t>(row_stride) * dtype_size(dt);
   for (int r = 0; r < rows; ++r)
     narrow_row(dt, src + static_cast<size_t>(r) * ld, a, static_cast<char*>(base) + r * row_bytes, cols);
 }
 
-// C (m x n, ldc) = alpha · op(A) op(B) + beta · C, row-major.
-void gemm(bool trans_a, bool trans_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-          float beta, float* c, int ldc) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, m, n, k,
-              1.0f, a, lda, b, ldb, beta, c, ldc);
+#if IOATTN_CPU_AVX512
+#include "cpu/gemm_avx512.h"
+#endif
+
+// The two forms of tile product the kernels use, on fp32 tiles: AVX-512 builds run them on
+// gemm_avx512.h's micro-kernel, the others on cblas_sgemm (single-threaded inside our OpenMP
+// region, see flash_kernels.h).
+//
+// C (m x n, ldc) = A·B (+ C with accumulate). A: element (r, t) at a[r * a_rs + t * a_cs], so a
+// row-major matrix (a_cs = 1) or the transpose of one (a_rs = 1: Pᵀ, dSᵀ); B: (k x n) rows, ldb.
+void mm(int m, int n, int k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int ldb, float* c, int ldc,
+        bool accumulate) {
+#if IOATTN_CPU_AVX512
+  f32_gemm(m, n, k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate);
+#else
+  const bool trans_a = a_cs != 1;
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a,
+              static_cast<int>(trans_a ? a_cs : a_rs), b, ldb, accumulate ? 1.0f : 0.0f, c, ldc);
+#endif
+}
+
+// The B operand of C = A·Bᵀ (S = Q Kᵀ, dP = dO Vᵀ), from `n` rows of `k` elements of B: AVX-512
+// builds store Bᵀ (k x n, ld n) so the micro-kernel streams its rows; the others keep B's rows (fp32
+// in place when possible) for sgemm's transposed mode.
+Mat load_bt(DType dt, const void* src, int64_t row_stride, int n, int k, float* buf) {
+#if IOATTN_CPU_AVX512
+  load_transposed(dt, src, row_stride, n, k, buf);
+  return Mat{buf, n};
+#else
+  return load_rows(dt, src, row_stride, n, k, buf);
+#endif
+}
+
+// C (m x n, ldc) = A·Bᵀ, A (m x k) rows, Bt from load_bt.
+void mm_bt(int m, int n, int k, const Mat& a, const Mat& bt, float* c, int ldc) {
+#if IOATTN_CPU_AVX512
+  f32_gemm(m, n, k, a.ptr, a.ld, 1, bt.ptr, bt.ld, c, ldc, false);
+#else
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a.ptr, a.ld, bt.ptr, bt.ld, 0.0f, c, ldc);
+#endif
 }
 
 #if IOATTN_CPU_BF16
@@ -194,7 +236,7 @@ void gemm(bool trans_a, bool trans_b, int m, int n, int k, const float* a, int l
 // bf16 (as flash-attn does on the GPU) keeps the error below that of standard bf16 attention, but
 // at head dims 1 and 2 only barely (max error up to 1.84x standard's over 120 random cases, 1.3x at
 // 3, <= 1.25x from 8 up, against the float64 reference), and tiny head dims gain nothing from the
-// pair kernels: those take the widen + sgemm path.
+// pair kernels: those take the fp32 path.
 constexpr int kBf16MinHeadDim = 16;
 bool bf16_products(const Params& p) {
   return p.dtype == DType::BF16 && p.head_dim >= kBf16MinHeadDim && p.head_dim_v >= kBf16MinHeadDim;

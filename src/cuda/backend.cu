@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <initializer_list>
 #include <sstream>
@@ -20,6 +21,7 @@
 
 #include "core/backends.h"
 #include "core/validate.h"
+#include "core/validate_kvcache.h"
 #include "ioattn_cuda_head_dims.h"
 #include "sm80/fwd_config.h"
 #include "sm80/launch.h"
@@ -203,36 +205,85 @@ Status backward(const Params& p) {
 #endif
 }
 
-// Device-resident cu_seqlens. Outside stream capture they are copied to the host on the caller's
-// stream (cudaMemcpyAsync + cudaStreamSynchronize: the one host synchronisation of a varlen call)
-// and checked like host ones: start at 0, non-decreasing, each length <= max_seqlen, last <= rows.
-// While the stream is being captured that copy is impossible (it would not run until replay), so
-// the check is skipped; the kernels then clamp every index read from cu_seqlens into the tensors
-// (src/cuda/common/seq.cuh), so a malformed prefix sum gives wrong values, never an out-of-bounds
-// access. Callers who capture should validate cu_seqlens once outside the graph.
+namespace {
+
+// Whether work queued on `stream` now would run only at graph replay (stream capture). A legacy
+// stream queried while another stream captures in global mode reports cudaErrorStreamCaptureImplicit:
+// that counts as capturing too (a synchronous copy there would invalidate the capture).
+Status is_capturing(cudaStream_t stream, bool* capturing) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t e = cudaStreamIsCapturing(stream, &status);
+  if (e == cudaErrorStreamCaptureImplicit) {
+    cudaGetLastError();
+    *capturing = true;
+    return Status::Ok();
+  }
+  if (e != cudaSuccess) return cuda_error("querying the stream's capture state", e);
+  *capturing = status != cudaStreamCaptureStatusNone;
+  return Status::Ok();
+}
+
+// Device int32 arrays -> host vectors on the caller's stream, then one stream synchronisation.
+struct HostCopy {
+  const int32_t** param;  // the Params field to redirect to the host copy
+  size_t count;
+  std::vector<int32_t> data;
+};
+Status copy_to_host(std::vector<HostCopy>& copies, cudaStream_t stream, const char* what) {
+  cudaError_t e = cudaSuccess;
+  for (HostCopy& c : copies) {
+    if (*c.param == nullptr || c.count == 0) continue;
+    c.data.resize(c.count);
+    e = cudaMemcpyAsync(c.data.data(), *c.param, c.count * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+    if (e != cudaSuccess) break;
+  }
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) return err(ErrorCode::BackendError, what, ": copying the indices to the host: ", cudaGetErrorString(e));
+  for (HostCopy& c : copies)
+    if (!c.data.empty()) *c.param = c.data.data();
+  return Status::Ok();
+}
+
+}  // namespace
+
+// Device-resident index tensors (varlen cu_seqlens; the KV cache's cache_seqlens, cache_batch_idx,
+// cache_leftpad and block_table). Outside stream capture they are copied to the host on the
+// caller's stream (cudaMemcpyAsync + cudaStreamSynchronize: the one host synchronisation of such a
+// call) and checked by the same host checks as CPU tensors (src/core/validate*.cpp). While the
+// stream is being captured that copy is impossible (it would run only at replay), so the check is
+// skipped and the kernels' clamping is the guard: every index read from these tensors is clamped
+// into the tensors' bounds (src/cuda/common/seq.cuh), so malformed indices give wrong values for
+// the sequences concerned, never an out-of-bounds access. Callers who capture should validate
+// their indices once outside the graph.
 Status check_cu_seqlens(const Params& p, int total_q, int total_k) {
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  cudaError_t e = cudaStreamIsCapturing(stream, &capture);
-  if (e == cudaErrorStreamCaptureImplicit) {  // legacy stream while another stream captures globally
-    cudaGetLastError();
-    return Status::Ok();
-  }
-  if (e != cudaSuccess) return cuda_error("cu_seqlens: querying the stream's capture state", e);
-  if (capture != cudaStreamCaptureStatusNone) return Status::Ok();
-
-  std::vector<int32_t> hq(p.batch + 1), hk(p.batch + 1);
-  e = cudaMemcpyAsync(hq.data(), p.cu_seqlens_q, hq.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
-  if (e == cudaSuccess)
-    e = cudaMemcpyAsync(hk.data(), p.cu_seqlens_k, hk.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
-  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-  if (e != cudaSuccess) return cuda_error("cu_seqlens: copying the prefix sums to the host", e);
+  bool capturing = false;
+  if (Status s = is_capturing(stream, &capturing); !s.ok() || capturing) return s;
   Params host = p;
-  host.cu_seqlens_q = hq.data();
-  host.cu_seqlens_k = hk.data();
+  const size_t n = static_cast<size_t>(p.batch) + 1;
+  std::vector<HostCopy> copies = {{&host.cu_seqlens_q, n, {}}, {&host.cu_seqlens_k, n, {}}};
+  if (Status s = copy_to_host(copies, stream, "cu_seqlens"); !s.ok()) return s;
   return check_cu_seqlens_host(host, total_q, total_k);
+}
+
+Status check_kvcache_indices(const Params& p) {
+  DeviceGuard guard(p.device_index);
+  if (Status s = guard.status(); !s.ok()) return s;
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  bool capturing = false;
+  if (Status s = is_capturing(stream, &capturing); !s.ok() || capturing) return s;
+  Params host = p;
+  const size_t batch = static_cast<size_t>(p.batch);
+  // The block table is read row by row: (batch - 1) * row stride + max_pages entries.
+  const size_t table = batch == 0 ? 0 : (batch - 1) * static_cast<size_t>(p.block_table_batch_stride) + p.max_pages;
+  std::vector<HostCopy> copies = {{&host.cache_seqlens, batch, {}},
+                                  {&host.cache_batch_idx, batch, {}},
+                                  {&host.cache_leftpad, batch, {}},
+                                  {&host.block_table, table, {}}};
+  if (Status s = copy_to_host(copies, stream, "kv cache"); !s.ok()) return s;
+  return check_kvcache_indices_host(host);
 }
 
 int device_count() {

@@ -1,0 +1,298 @@
+// Decoding over a KV cache on the CPU (forward_kvcache, flash-attn 2's flash_attn_with_kvcache):
+//   1. append: k_new / v_new rows are written into the cache at [cache_seqlens[b], + Snew), the
+//      keys rotated first when rotary tables are given (fp32, rounded to the dtype);
+//   2. split-KV attention: task (b, kv head, split) holds the query rows of the whole GQA group
+//      (Sq x group rows, so each cache row is widened once for the group), streams blocks of
+//      kKeyBlock keys of its key range through the page table, and keeps an online-softmax state
+//      per row (src/core/softmax_state.h);
+//   3. combine: with more than one split the normalised partials (o_s, lse_s) of each row are
+//      merged by LSE (LseMerge), the same rule as the GPU's combine kernel.
+// Decode rows are few (Sq·group per task), so the products are row-times-block loops the compiler
+// vectorises, not the sgemm tiles of the prefill forward (src/cpu/flash_kernels.h): with one query
+// row an sgemm call would be a GEMV with packing overhead.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+
+#include "core/backends.h"
+#include "core/half.h"
+#include "core/kvcache.h"
+#include "core/mask.h"
+#include "core/softmax_state.h"
+#include "cpu/scratch.h"
+
+namespace ioattn {
+namespace cpu {
+namespace {
+
+// Keys widened to fp32 per step: 64 keys x D=128 of K and V are 64 KiB, L2-resident.
+constexpr int kKeyBlock = 64;
+constexpr float kLog2e = 1.4426950408889634f;
+
+float load(const void* base, DType t, int64_t i) {
+  switch (t) {
+    case DType::F16: return fp16_to_float(static_cast<const uint16_t*>(base)[i]);
+    case DType::BF16: return bf16_to_float(static_cast<const uint16_t*>(base)[i]);
+    default: return static_cast<const float*>(base)[i];
+  }
+}
+void store(void* base, DType t, int64_t i, float x) {
+  switch (t) {
+    case DType::F16: static_cast<uint16_t*>(base)[i] = float_to_fp16(x); break;
+    case DType::BF16: static_cast<uint16_t*>(base)[i] = float_to_bf16(x); break;
+    default: static_cast<float*>(base)[i] = x; break;
+  }
+}
+// x rounded to the dtype (what a store and a load give).
+float round_to(DType t, float x) {
+  switch (t) {
+    case DType::F16: return fp16_to_float(float_to_fp16(x));
+    case DType::BF16: return bf16_to_float(float_to_bf16(x));
+    default: return x;
+  }
+}
+void load_row(const void* base, DType t, int64_t offset, int n, float* dst) {
+  for (int d = 0; d < n; ++d) dst[d] = load(base, t, offset + d);
+}
+
+// Row x (n elements at `src`, already fp32) rotated at table row `pos` into dst, rounded to the
+// dtype; elements past rotary_dim are copied.
+void rotate_row(const Params& p, const float* src, int n, int pos, float* dst) {
+  pos = clamp_int(pos, 0, p.rotary_seqlen - 1);
+  for (int d = 0; d < n; ++d) {
+    if (d >= p.rotary_dim) { dst[d] = src[d]; continue; }
+    const RotaryIndex r = rotary_index(d, p.rotary_dim, p.rotary_interleaved);
+    const int64_t cs = pos * p.rotary_row_stride + r.angle;
+    dst[d] = round_to(p.dtype, rotate(src[d], src[r.partner], load(p.rotary_cos, p.dtype, cs),
+                                      load(p.rotary_sin, p.dtype, cs), r.sign));
+  }
+}
+
+// Step 1: the append. Rows of one (b, j) are written by one iteration: no two iterations touch the
+// same cache element (validation rejects two sequences appending to one contiguous cache row).
+Status append(const Params& p) {
+  const int64_t n = static_cast<int64_t>(p.batch) * p.seqlen_new;
+  std::atomic<bool> failed{false};
+#pragma omp parallel
+  {
+    Scratch<float> buf(2 * static_cast<size_t>(p.head_dim));
+    if (!buf.ok()) failed = true;
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n; ++t) {
+      if (failed.load(std::memory_order_relaxed)) continue;
+      const int b = static_cast<int>(t / p.seqlen_new), j = static_cast<int>(t % p.seqlen_new);
+      const KVSeq s = kv_seq(p, b);
+      const KVLoc loc = kv_loc(p, b, s, s.old_len + j);
+      for (int hk = 0; hk < p.heads_k; ++hk) {
+        const int64_t ksrc = b * p.knew_batch_stride + j * p.knew_row_stride + hk * p.knew_head_stride;
+        const int64_t kdst = loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + hk * p.k_head_stride;
+        float* row = buf.get();
+        float* rot = row + p.head_dim;
+        load_row(p.k_new, p.dtype, ksrc, p.head_dim, row);
+        const float* kout = row;
+        if (p.rotary_dim > 0) {
+          rotate_row(p, row, p.head_dim, s.old_len + j, rot);
+          kout = rot;
+        }
+        for (int d = 0; d < p.head_dim; ++d) store(p.k_cache, p.dtype, kdst + d, kout[d]);
+        const int64_t vsrc = b * p.vnew_batch_stride + j * p.vnew_row_stride + hk * p.vnew_head_stride;
+        const int64_t vdst = loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + hk * p.v_head_stride;
+        if (p.dtype == DType::F32) {
+          std::memcpy(static_cast<float*>(p.v_cache) + vdst, static_cast<const float*>(p.v_new) + vsrc,
+                      sizeof(float) * p.head_dim_v);
+        } else {
+          std::memcpy(static_cast<uint16_t*>(p.v_cache) + vdst, static_cast<const uint16_t*>(p.v_new) + vsrc,
+                      sizeof(uint16_t) * p.head_dim_v);
+        }
+      }
+    }
+  }
+  return failed ? Status{ErrorCode::BackendError, "cpu: out of memory for the append"} : Status::Ok();
+}
+
+// The split count: tasks are (b, kv head); the key range of the longest sequence splits into at
+// most one piece per key block.
+int num_splits(const Params& p) {
+  int max_sk = 0;
+  for (int b = 0; b < p.batch; ++b) max_sk = std::max(max_sk, kv_seq(p, b).sk);
+  const int key_blocks = std::max(1, (max_sk + kKeyBlock - 1) / kKeyBlock);
+  if (p.num_splits > 0) return std::min(p.num_splits, key_blocks);
+  return choose_num_splits(static_cast<long long>(p.batch) * p.heads_k, omp_get_max_threads(), key_blocks, 64);
+}
+
+struct Partials {
+  float* o;    // (splits, B, Hq, Sq, Dv), normalised per split
+  float* lse;  // (splits, B, Hq, Sq)
+};
+int64_t row_index(const Params& p, int b, int h, int i) {
+  return (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
+}
+
+// Step 2: task (b, hk, split). Rows r = i * group + g are query row i of head hk * group + g.
+// ws: q rows (R x D), o rows (R x Dv), states (R x 2), K block (kKeyBlock x D), V block
+// (kKeyBlock x Dv), scores (kKeyBlock), one row buffer (D).
+size_t task_floats(const Params& p) {
+  const size_t R = static_cast<size_t>(p.seqlen_q) * p.group;
+  return R * (p.head_dim + p.head_dim_v + 2) + kKeyBlock * (p.head_dim + p.head_dim_v + 1) + p.head_dim;
+}
+
+void attend(const Params& p, int b, int hk, int split, int splits, float* ws, const Partials& part) {
+  const KVSeq s = kv_seq(p, b);
+  const int R = s.sq * p.group, D = p.head_dim, Dv = p.head_dim_v;
+  float* q = ws;
+  float* o = q + static_cast<size_t>(R) * D;
+  SoftmaxState* st = reinterpret_cast<SoftmaxState*>(o + static_cast<size_t>(R) * Dv);
+  float* kb = reinterpret_cast<float*>(st + R);
+  float* vb = kb + kKeyBlock * D;
+  float* sc = vb + kKeyBlock * Dv;
+  float* tmp = sc + kKeyBlock;
+
+  const WindowMask mask{p.window_left, p.window_right, s.sk - s.sq};
+  // This split's keys: an equal share of the key blocks of [0, sk), as on the GPU.
+  const int blocks = (s.sk + kKeyBlock - 1) / kKeyBlock;
+  const int per_split = (blocks + splits - 1) / splits;
+  const int k_begin = std::min(s.sk, split * per_split * kKeyBlock);
+  const int k_end = std::min(s.sk, (split + 1) * per_split * kKeyBlock);
+
+  for (int r = 0; r < R; ++r) {
+    const int i = r / p.group, h = hk * p.group + r % p.group;
+    const int64_t off = b * p.q_batch_stride + (s.q0 + i) * p.q_row_stride + h * p.q_head_stride;
+    if (p.rotary_dim > 0) {
+      load_row(p.q, p.dtype, off, D, tmp);
+      rotate_row(p, tmp, D, rotary_q_position(p, s, i), q + static_cast<size_t>(r) * D);
+    } else {
+      load_row(p.q, p.dtype, off, D, q + static_cast<size_t>(r) * D);
+    }
+    std::fill(o + static_cast<size_t>(r) * Dv, o + static_cast<size_t>(r + 1) * Dv, 0.0f);
+    st[r] = SoftmaxState::empty();
+  }
+  const bool softcap = p.softcap > 0.0f;
+  const float cap_in = softcap ? p.scale / p.softcap : 0.0f, cap_out = p.softcap * kLog2e;
+
+  for (int n0 = k_begin; n0 < k_end; n0 += kKeyBlock) {
+    const int nk = std::min(kKeyBlock, k_end - n0);
+    for (int n = 0; n < nk; ++n) {
+      const KVLoc loc = kv_loc(p, b, s, s.start + n0 + n);
+      load_row(p.k, p.dtype, loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + hk * p.k_head_stride, D,
+               kb + static_cast<size_t>(n) * D);
+      load_row(p.v, p.dtype, loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + hk * p.v_head_stride, Dv,
+               vb + static_cast<size_t>(n) * Dv);
+    }
+    for (int r = 0; r < R; ++r) {
+      const int i = r / p.group, h = hk * p.group + r % p.group;
+      const int lo = std::max(mask.first_key(i), n0), hi = std::min(mask.end_key(i, s.sk), n0 + nk);
+      if (lo >= hi) continue;
+      const float* qr = q + static_cast<size_t>(r) * D;
+      const float alibi = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2e : 0.0f;
+      float mx = -INFINITY;
+      for (int j = lo; j < hi; ++j) {
+        const float* kr = kb + static_cast<size_t>(j - n0) * D;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < D; ++d) dot += qr[d] * kr[d];
+        float x = softcap ? cap_out * std::tanh(dot * cap_in) : dot * p.scale_log2;
+        if (alibi != 0.0f) x -= alibi * static_cast<float>(mask.alibi_distance(i, j));
+        sc[j - n0] = x;
+        mx = std::max(mx, x);
+      }
+      float* orow = o + static_cast<size_t>(r) * Dv;
+      const float alpha = st[r].raise_max(mx);
+      for (int d = 0; d < Dv; ++d) orow[d] *= alpha;
+      for (int j = lo; j < hi; ++j) {
+        const float pj = st[r].prob(sc[j - n0]);
+        st[r].l += pj;
+        const float* vr = vb + static_cast<size_t>(j - n0) * Dv;
+#pragma omp simd
+        for (int d = 0; d < Dv; ++d) orow[d] += pj * vr[d];
+      }
+    }
+  }
+
+  for (int r = 0; r < R; ++r) {
+    const int i = r / p.group, h = hk * p.group + r % p.group;
+    const float* orow = o + static_cast<size_t>(r) * Dv;
+    const float inv = st[r].out_scale();
+    if (splits == 1) {
+      const int64_t off = b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
+      for (int d = 0; d < Dv; ++d) store(p.out, p.dtype, off + d, orow[d] * inv);
+      if (p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = st[r].lse();
+    } else {
+      const int64_t row = static_cast<int64_t>(split) * p.batch * p.heads_q * p.seqlen_q + row_index(p, b, h, i);
+      for (int d = 0; d < Dv; ++d) part.o[row * Dv + d] = orow[d] * inv;
+      part.lse[row] = st[r].lse();
+    }
+  }
+}
+
+// Step 3: merge the splits of row (b, h, i).
+void combine(const Params& p, int splits, const Partials& part, int64_t row) {
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+  const int i = static_cast<int>(row % p.seqlen_q);
+  const int h = static_cast<int>(row / p.seqlen_q % p.heads_q);
+  const int b = static_cast<int>(row / p.seqlen_q / p.heads_q);
+  const KVSeq s = kv_seq(p, b);
+  if (i >= s.sq) return;  // paged varlen: past this sequence's queries
+  float mx = -INFINITY;
+  for (int sp = 0; sp < splits; ++sp) mx = std::max(mx, part.lse[sp * rows + row]);
+  LseMerge m = LseMerge::begin(mx);
+  const int Dv = p.head_dim_v;
+  float acc[256];
+  const int64_t off = b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
+  for (int d0 = 0; d0 < Dv; d0 += 256) {  // Dv is unbounded on the CPU: chunks of 256
+    const int nd = std::min(256, Dv - d0);
+    std::fill(acc, acc + nd, 0.0f);
+    m.sum = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) {
+      const float w = m.add(part.lse[sp * rows + row]);
+      if (w == 0.0f) continue;
+      const float* src = part.o + (sp * rows + row) * Dv + d0;
+      for (int d = 0; d < nd; ++d) acc[d] += w * src[d];
+    }
+    const float inv = m.out_scale();
+    for (int d = 0; d < nd; ++d) store(p.out, p.dtype, off + d0 + d, acc[d] * inv);
+  }
+  if (p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = m.lse();
+}
+
+}  // namespace
+
+Status forward_kvcache(const Params& p) {
+  if (p.seqlen_new > 0) {
+    Status s = append(p);
+    if (!s.ok()) return s;
+  }
+  if (p.batch == 0 || p.seqlen_q == 0) return Status::Ok();
+  const int splits = num_splits(p);
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+  Scratch<float> part_o(splits > 1 ? static_cast<size_t>(splits * rows * p.head_dim_v) : 0);
+  Scratch<float> part_lse(splits > 1 ? static_cast<size_t>(splits * rows) : 0);
+  if (!part_o.ok() || !part_lse.ok()) return Status{ErrorCode::BackendError, "cpu: out of memory for split-KV partials"};
+  const Partials part{part_o.get(), part_lse.get()};
+  const int64_t tasks = static_cast<int64_t>(p.batch) * p.heads_k * splits;
+  std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(tasks, omp_get_max_threads())))
+  {
+    Scratch<float> ws(task_floats(p));
+    if (!ws.ok()) failed = true;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      if (failed.load(std::memory_order_relaxed)) continue;
+      const int split = static_cast<int>(t % splits);
+      const int hk = static_cast<int>(t / splits % p.heads_k);
+      const int b = static_cast<int>(t / splits / p.heads_k);
+      attend(p, b, hk, split, splits, ws.get(), part);
+    }
+  }
+  if (failed) return Status{ErrorCode::BackendError, "cpu: out of memory for decode tiles"};
+  if (splits > 1) {
+#pragma omp parallel for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) combine(p, splits, part, row);
+  }
+  return Status::Ok();
+}
+
+}  // namespace cpu
+}  // namespace ioattn

@@ -1,0 +1,223 @@
+// Host side of the GPU decode path (forward_kvcache; declared in src/core/backends.h):
+// select_kvcache() answers "can it run?" and "which kernel, how many splits?", the launcher runs
+// append -> attend -> combine on the caller's stream with the caller's workspace (no allocation, no
+// host synchronisation). Device-resident index tensors are checked by check_kvcache_indices()
+// in backend.cu (during validation). The kernels are in decode_kernels.cuh.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <sstream>
+#include <string>
+
+#include "core/backends.h"
+#include "core/softmax_state.h"
+#include "decode_kernels.cuh"
+
+namespace ioattn::cuda {
+namespace {
+
+template <class... A>
+Status err(ErrorCode c, A&&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return Status{c, os.str()};
+}
+Status cuda_error(const char* what, cudaError_t e) {
+  return err(ErrorCode::BackendError, what, ": ", cudaGetErrorString(e));
+}
+
+// Makes the tensors' device current for the call and restores the caller's afterwards.
+class ScopedDevice {
+ public:
+  explicit ScopedDevice(int device) {
+    e_ = cudaGetDevice(&previous_);
+    if (e_ == cudaSuccess && previous_ != device) {
+      e_ = cudaSetDevice(device);
+      switched_ = e_ == cudaSuccess;
+    }
+  }
+  ~ScopedDevice() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  cudaError_t error() const { return e_; }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  cudaError_t e_;
+};
+
+int padded_dim(int d) { return d <= 64 ? 64 : (d <= 128 ? 128 : 256); }
+
+// Per padded head dim: the block's packed rows, its shared memory and how many blocks fit on one
+// multiprocessor (sm80/sm90: 164/227 KiB of shared memory; the attend kernel is smem-bound).
+struct Config {
+  int kd, block_m, block_n;
+  size_t smem;
+};
+Config config_for(int kd) {
+  switch (kd) {
+    case 64: return {64, decode::Tile<64>::kM, decode::Tile<64>::kN, decode::Tile<64>::kSmemBytes};
+    case 128: return {128, decode::Tile<128>::kM, decode::Tile<128>::kN, decode::Tile<128>::kSmemBytes};
+    default: return {256, decode::Tile<256>::kM, decode::Tile<256>::kN, decode::Tile<256>::kSmemBytes};
+  }
+}
+
+struct DeviceLimits {
+  int sms = 0;
+  size_t smem_per_sm = 0;
+};
+DeviceLimits limits(int device) {
+  DeviceLimits l;
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) l.sms = v;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) == cudaSuccess)
+    l.smem_per_sm = static_cast<size_t>(v);
+  cudaGetLastError();
+  return l;
+}
+
+int64_t m_blocks(const Params& p, const Config& c) {
+  return (static_cast<int64_t>(p.seqlen_q) * p.group + c.block_m - 1) / c.block_m;
+}
+
+// Splits from the shape: the heuristic of softmax_state.h over (batch x kv heads x row blocks)
+// work units against the resident blocks of the whole GPU, with the key tiles of the cache
+// capacity (the per-sequence lengths are on the device; the capacity bounds them). Capped at 128
+// splits (flash-attn 2's bound), and at the key tiles.
+int splits_for(const Params& p, const Config& c, const DeviceLimits& l) {
+  const int key_tiles = std::max(1, (p.seqlen_k + c.block_n - 1) / c.block_n);
+  constexpr int kMaxSplits = 128;
+  if (p.num_splits > 0) return std::min({p.num_splits, key_tiles, kMaxSplits});
+  const int per_sm = l.smem_per_sm > 0 ? std::max<int>(1, static_cast<int>(l.smem_per_sm / (c.smem + 1024))) : 1;
+  const long long work = static_cast<long long>(p.batch) * p.heads_k * m_blocks(p, c);
+  return choose_num_splits(work, std::max(1, l.sms) * per_sm, key_tiles, kMaxSplits);
+}
+
+size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+size_t partial_lse_bytes(const Params& p, int splits) {
+  return align16(sizeof(float) * splits * static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q);
+}
+size_t workspace_for(const Params& p, int splits) {
+  if (splits <= 1) return 0;
+  return partial_lse_bytes(p, splits) +
+         sizeof(float) * splits * static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q * p.head_dim_v;
+}
+
+template <class T, int kD>
+cudaError_t launch_attend(const Params& p, int splits, float* part_o, float* part_lse, cudaStream_t stream) {
+  using C = decode::Tile<kD>;
+  // Opt in to more than 48 KiB of dynamic shared memory (a function attribute, not a stream
+  // operation: legal during capture).
+  cudaError_t e = cudaFuncSetAttribute(decode::attend_kernel<T, kD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(C::kSmemBytes));
+  if (e != cudaSuccess) return e;
+  const dim3 grid(splits, static_cast<unsigned>(p.heads_k * ((p.seqlen_q * p.group + C::kM - 1) / C::kM)), p.batch);
+  decode::attend_kernel<T, kD><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, splits, part_o, part_lse);
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t launch_all(const Params& p, int kd, int splits, cudaStream_t stream) {
+  if (p.seqlen_new > 0 && p.batch > 0) {
+    decode::append_kernel<T><<<dim3(p.batch * p.seqlen_new, p.heads_k), 128, 0, stream>>>(p);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
+  if (p.batch == 0 || p.seqlen_q == 0) return cudaSuccess;
+  float* part_lse = static_cast<float*>(p.workspace);
+  float* part_o = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) + partial_lse_bytes(p, splits))
+                             : nullptr;
+  cudaError_t e;
+  switch (kd) {
+    case 64: e = launch_attend<T, 64>(p, splits, part_o, part_lse, stream); break;
+    case 128: e = launch_attend<T, 128>(p, splits, part_o, part_lse, stream); break;
+    default: e = launch_attend<T, 256>(p, splits, part_o, part_lse, stream); break;
+  }
+  if (e != cudaSuccess || splits == 1) return e;
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+  const unsigned blocks = static_cast<unsigned>((rows + decode::kCombineWarps - 1) / decode::kCombineWarps);
+  decode::combine_kernel<T><<<blocks, decode::kCombineWarps * 32, 0, stream>>>(p, splits, part_o, part_lse);
+  return cudaGetLastError();
+}
+
+Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, int64_t row, int64_t head,
+                             const Params& p) {
+  if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
+    return err(ErrorCode::Misaligned, name, ": the GPU decode kernels copy 16-byte chunks and need a 16-byte aligned "
+               "pointer, got offset ", reinterpret_cast<uintptr_t>(ptr) % 16);
+  const std::pair<const char*, int64_t> strides[] = {{p.page_size ? "page" : "batch", p.cache_batch > 1 ? outer : 0},
+                                                     {"row", row}, {"head", p.heads_k > 1 ? head : 0}};
+  for (auto [dim, s] : strides)
+    if (s % 8 != 0)
+      return err(ErrorCode::Misaligned, name, ": the GPU decode kernels need a ", dim,
+                 " stride that is a multiple of 8 elements (16 bytes), got ", s);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out) {
+  if (p.device != DeviceType::CUDA) return err(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
+  if (p.dtype == DType::F32) return err(ErrorCode::Unsupported, "q: fp32 is CPU-only; use fp16/bf16 on CUDA");
+  if (p.dtype != DType::F16 && p.dtype != DType::BF16)
+    return err(ErrorCode::InvalidDType, "q: expected fp16 or bf16 on CUDA, got ", dtype_name(p.dtype));
+  for (auto [name, d] : {std::pair<const char*, int>{"q", p.head_dim}, {"v_cache", p.head_dim_v}})
+    if (d % 8 != 0 || d > 256)
+      return err(ErrorCode::Unsupported, name, ": head_dim ", d,
+                 " is not supported by the CUDA decode kernels (multiples of 8 up to 256); the CPU backend takes any size");
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
+    cudaGetLastError();
+    devices = 0;
+  }
+  if (p.device_index < 0 || p.device_index >= devices)
+    return err(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices, " CUDA devices)");
+  if (Status s = check_cache_alignment("k_cache", p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, p); !s.ok())
+    return s;
+  if (Status s = check_cache_alignment("v_cache", p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, p); !s.ok())
+    return s;
+  const Config c = config_for(padded_dim(std::max(p.head_dim, p.head_dim_v)));
+  if (p.batch > 65535) return err(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the decode kernels' 65535");
+  if (static_cast<int64_t>(p.heads_k) * m_blocks(p, c) > 65535)
+    return err(ErrorCode::Unsupported, "q: heads_k x ceil(seqlen_q x group / ", c.block_m, ") = ",
+               static_cast<int64_t>(p.heads_k) * m_blocks(p, c), " exceeds the decode kernels' 65535 row blocks");
+  if (static_cast<int64_t>(p.batch) * p.seqlen_new > 2147483647LL)
+    return err(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
+  const int splits = splits_for(p, c, limits(p.device_index));
+  if (splits_out) *splits_out = splits;
+  if (kernel_name) {
+    std::ostringstream os;
+    os << "decode split-KV (CUDA cores, cp.async), " << dtype_name(p.dtype) << ", head dim " << c.kd << ", tile "
+       << c.block_m << " packed rows x " << c.block_n << " keys, " << splits << (splits == 1 ? " split" : " splits")
+       << (p.page_size ? ", paged" : ", contiguous") << (p.num_splits > 0 ? " (num_splits given)" : " (heuristic)");
+    *kernel_name = os.str();
+  }
+  return Status::Ok();
+}
+
+size_t kvcache_workspace_size(const Params& p) {
+  int splits = 1;
+  if (!select_kvcache(p, nullptr, &splits).ok()) return 0;
+  return workspace_for(p, splits);
+}
+
+Status forward_kvcache(const Params& p) {
+  int splits = 1;
+  if (Status s = select_kvcache(p, nullptr, &splits); !s.ok()) return s;
+  const size_t need = workspace_for(p, splits);
+  if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
+    return err(ErrorCode::WorkspaceTooSmall, "workspace: forward_kvcache needs ", need,
+               " bytes of device memory (forward_kvcache_workspace_size) for ", splits, " splits, got ",
+               p.workspace ? p.workspace_bytes : 0);
+  ScopedDevice guard(p.device_index);
+  if (guard.error() != cudaSuccess) return cuda_error("selecting the device", guard.error());
+  const int kd = padded_dim(std::max(p.head_dim, p.head_dim_v));
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, kd, splits, stream)
+                                              : launch_all<__nv_bfloat16>(p, kd, splits, stream);
+  if (e != cudaSuccess) return cuda_error("forward_kvcache: launching the decode kernels", e);
+  return Status::Ok();
+}
+
+}  // namespace ioattn::cuda

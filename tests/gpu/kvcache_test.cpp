@@ -1,0 +1,290 @@
+// forward_kvcache on the GPU (src/cuda/decode/): the shared KV-cache cases (tests/common/
+// kvcache_case.h) through device copies against the float64 reference, head dims 64/128/256 and
+// padded ones, GQA packing across row blocks, paged == contiguous bit for bit, split counts,
+// named errors from device-resident index tensors with nothing written, workspace and CUDA graph
+// capture. Each failure message names the case, the tensor and the numbers.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "common/kvcache_case.h"
+#include "device_buffer.h"
+
+namespace ioattn::test {
+namespace {
+
+#define CUDA_OK(expr)                                                                   \
+  do {                                                                                  \
+    const cudaError_t e_ = (expr);                                                      \
+    ASSERT_EQ(e_, cudaSuccess) << #expr << ": " << cudaGetErrorString(e_);              \
+  } while (0)
+
+bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+// Device copies of every input of a case, and the args pointing at them.
+struct DeviceKV {
+  DeviceBuffer q, k_cache, v_cache, k_new, v_new, cos, sin, seqlens, batch_idx, leftpad, block_table, slopes;
+  KVCacheArgs args;
+  DeviceKV(const KVCase& c, const KVInputs& in)
+      : q(in.q), k_cache(in.k_cache), v_cache(in.v_cache), k_new(in.k_new), v_new(in.v_new), cos(in.cos),
+        sin(in.sin), seqlens(in.seqlens), batch_idx(in.batch_idx), leftpad(in.leftpad), block_table(in.block_table),
+        slopes(in.slopes), args(in.args(c)) {
+    auto swap = [](TensorView& t, const DeviceBuffer& d) {
+      if (t.defined()) t = d.view();
+    };
+    swap(args.k_new, k_new);
+    swap(args.v_new, v_new);
+    swap(args.rotary_cos, cos);
+    swap(args.rotary_sin, sin);
+    swap(args.cache_seqlens, seqlens);
+    swap(args.cache_batch_idx, batch_idx);
+    swap(args.cache_leftpad, leftpad);
+    swap(args.block_table, block_table);
+    swap(args.alibi_slopes, slopes);
+  }
+};
+
+KVRun run_gpu(const KVCase& c, const KVInputs& in) {
+  KVRun r;
+  r.out = HostTensor(c.dtype, in.out_shape);
+  r.lse = HostTensor(DType::F32, in.lse_shape);
+  r.out.poison();
+  r.lse.poison();
+  DeviceKV d(c, in);
+  DeviceBuffer out(r.out), lse(r.lse);
+  size_t bytes = 0;
+  r.status = forward_kvcache_workspace_size(d.q.view(), d.k_cache.view(), d.v_cache.view(), d.args, &bytes);
+  if (!r.status.ok()) return r;
+  DeviceScratch ws(bytes);
+  d.args.workspace = ws.get();
+  d.args.workspace_bytes = bytes;
+  r.status = forward_kvcache(d.q.view(), d.k_cache.view(), d.v_cache.view(), out.view(), lse.view(), d.args);
+  const cudaError_t e = cudaDeviceSynchronize();
+  if (r.status.ok() && e != cudaSuccess)
+    r.status = Status{ErrorCode::BackendError, std::string("after forward_kvcache: ") + cudaGetErrorString(e)};
+  out.copy_to(r.out);
+  lse.copy_to(r.lse);
+  r.k_cache = in.k_cache;
+  r.v_cache = in.v_cache;
+  d.k_cache.copy_to(r.k_cache);
+  d.v_cache.copy_to(r.v_cache);
+  return r;
+}
+
+KVCase base(const std::string& name, DType dt, int d) {
+  KVCase c;
+  c.name = name;
+  c.dtype = dt;
+  c.d = d;
+  return c;
+}
+
+std::vector<KVCase> gpu_cases() {
+  std::vector<KVCase> v;
+  for (DType dt : {DType::F16, DType::BF16}) {
+    const std::string t = dt == DType::F16 ? "F16" : "BF16";
+    for (int d : {64, 128, 256}) {  // the three instantiated tiles, GQA group 4, random lengths
+      KVCase c = base("Decode" + t + "D" + std::to_string(d), dt, d);
+      c.batch = 4; c.hq = 16; c.hk = 4; c.capacity = 700;
+      v.push_back(c);
+    }
+    { KVCase c = base("PagedCausalRotary" + t, dt, 128); c.page_size = 16; c.capacity = 320; c.hq = 8; c.hk = 2;
+      c.sq = 3; c.snew = 3; c.causal = true; c.rotary_dim = 64; v.push_back(c); }
+    { KVCase c = base("RotaryInterleavedNonCausal" + t, dt, 64); c.sq = 2; c.snew = 2; c.rotary_dim = 64;
+      c.interleaved = true; v.push_back(c); }
+  }
+  // Padded head dims (80 -> the 128 tile, 200 -> 256) and Dv != D.
+  { KVCase c = base("PaddedD80", DType::F16, 80); c.capacity = 300; v.push_back(c); }
+  { KVCase c = base("PaddedD200Dv72", DType::BF16, 200); c.dv = 72; c.capacity = 300; v.push_back(c); }
+  { KVCase c = base("D32Dv64", DType::F16, 32); c.dv = 64; v.push_back(c); }
+  // GQA packing: 16 rows exactly, 32 rows over two row blocks, 12 rows over two blocks of 8 (D=256).
+  { KVCase c = base("Group16", DType::F16, 128); c.hq = 16; c.hk = 1; c.capacity = 500; v.push_back(c); }
+  { KVCase c = base("Group8Sq4Causal", DType::BF16, 128); c.hq = 16; c.hk = 2; c.sq = 4; c.snew = 4; c.causal = true;
+    v.push_back(c); }
+  { KVCase c = base("D256Group4Sq3", DType::F16, 256); c.hq = 8; c.hk = 2; c.sq = 3; c.snew = 1; c.causal = true;
+    v.push_back(c); }
+  // Masks and score modifiers.
+  { KVCase c = base("WindowSoftcapAlibi", DType::F16, 64); c.page_size = 32; c.capacity = 256; c.sq = 2; c.snew = 2;
+    c.window_left = 50; c.window_right = 1; c.softcap = 10.0f; c.alibi = true; v.push_back(c); }
+  { KVCase c = base("BatchIdxLeftpadRotary", DType::BF16, 128); c.batch = 3; c.batch_idx = true; c.leftpad = true;
+    c.causal = true; c.sq = 2; c.snew = 2; c.rotary_dim = 32; v.push_back(c); }
+  { KVCase c = base("EmptyCache", DType::F16, 64); c.snew = 0; c.seqlens = {0}; v.push_back(c); }
+  { KVCase c = base("PartlyEmptyCausal", DType::F16, 64); c.snew = 0; c.seqlens = {0, 37}; c.sq = 3; c.causal = true;
+    v.push_back(c); }
+  { KVCase c = base("NoAppendScalar", DType::BF16, 128); c.snew = 0; c.scalar_seqlen = true; c.seqlens = {129}; v.push_back(c); }
+  { KVCase c = base("FullCache", DType::F16, 128); c.seqlens = {699}; c.capacity = 700; v.push_back(c); }
+  // Split-KV: forced counts (more than the key tiles too) and the heuristic on a long cache.
+  { KVCase c = base("Splits5", DType::F16, 128); c.capacity = 1500; c.seqlens = {1400, 90}; c.num_splits = 5; v.push_back(c); }
+  { KVCase c = base("Splits64", DType::BF16, 64); c.capacity = 600; c.seqlens = {300, 5}; c.num_splits = 64; v.push_back(c); }
+  { KVCase c = base("LongHeuristic", DType::BF16, 128); c.batch = 1; c.hq = 32; c.hk = 8; c.capacity = 16384;
+    c.seqlens = {16000}; c.rotary_dim = 128; v.push_back(c); }
+  // Paged prefill (chunked): 200 new rows onto a cache of 50, causal, many row blocks.
+  { KVCase c = base("PagedPrefill", DType::F16, 128); c.page_size = 64; c.capacity = 256; c.hq = 4; c.hk = 2;
+    c.sq = 200; c.snew = 200; c.seqlens = {50, 0}; c.causal = true; c.rotary_dim = 128; v.push_back(c); }
+  return v;
+}
+
+class KVCache : public ::testing::TestWithParam<KVCase> {
+ protected:
+  void SetUp() override {
+    if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  }
+};
+TEST_P(KVCache, MatchesReference) { ASSERT_NO_FATAL_FAILURE(check_kv_case(GetParam(), run_gpu)); }
+INSTANTIATE_TEST_SUITE_P(Gpu, KVCache, ::testing::ValuesIn(gpu_cases()), kv_case_name);
+
+TEST(KVCacheGpu, PagedEqualsContiguousBitwise) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KVCase c = base("Twin", DType::BF16, 128);
+  c.batch = 3; c.capacity = 512; c.sq = 2; c.snew = 2; c.causal = true; c.rotary_dim = 64; c.hq = 8; c.hk = 2;
+  KVRun contiguous, paged16, paged256;
+  ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run_gpu, &contiguous));
+  ASSERT_NO_FATAL_FAILURE(check_kv_case(paged_twin(c, 16), run_gpu, &paged16));
+  ASSERT_NO_FATAL_FAILURE(check_kv_case(paged_twin(c, 256), run_gpu, &paged256));
+  EXPECT_TRUE(contiguous.out.bytes() == paged16.out.bytes()) << "page size 16: out differs from the contiguous cache";
+  EXPECT_TRUE(contiguous.lse.bytes() == paged16.lse.bytes()) << "page size 16: lse differs from the contiguous cache";
+  EXPECT_TRUE(contiguous.out.bytes() == paged256.out.bytes()) << "page size 256: out differs from the contiguous cache";
+  EXPECT_TRUE(contiguous.lse.bytes() == paged256.lse.bytes()) << "page size 256: lse differs from the contiguous cache";
+}
+
+TEST(KVCacheGpu, SplitCountsAgree) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KVCase c = base("SplitSweep", DType::F16, 128);
+  c.capacity = 3000; c.seqlens = {2900, 1000}; c.hq = 8; c.hk = 2;
+  for (int splits : {1, 2, 7, 24, 0}) {
+    c.num_splits = splits;
+    c.name = "SplitSweep" + std::to_string(splits);
+    ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run_gpu)) << "num_splits " << splits;
+  }
+}
+
+// Device-resident index tensors are checked on the host (no capture): named errors, out / lse
+// still poisoned and the cache unchanged.
+void expect_rejected(const KVCase& c, KVInputs& in, ErrorCode code, const std::string& needle) {
+  DeviceKV d(c, in);
+  HostTensor out(c.dtype, in.out_shape), lse(DType::F32, in.lse_shape);
+  out.poison();
+  lse.poison();
+  DeviceBuffer dout(out), dlse(lse);
+  const std::vector<uint8_t> k0 = d.k_cache.bytes(), v0 = d.v_cache.bytes(), o0 = dout.bytes(), l0 = dlse.bytes();
+  DeviceScratch ws(1 << 24);
+  d.args.workspace = ws.get();
+  d.args.workspace_bytes = 1 << 24;
+  const Status s = forward_kvcache(d.q.view(), d.k_cache.view(), d.v_cache.view(), dout.view(), dlse.view(), d.args);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(s.code, code) << c.name << ": got " << error_code_name(s.code) << ": " << s.message;
+  EXPECT_NE(s.message.find(needle), std::string::npos) << c.name << ": message should name '" << needle << "': " << s.message;
+  EXPECT_TRUE(d.k_cache.bytes() == k0 && d.v_cache.bytes() == v0) << c.name << ": a rejected call modified the cache";
+  EXPECT_TRUE(dout.bytes() == o0 && dlse.bytes() == l0) << c.name << ": a rejected call wrote out or lse";
+}
+
+TEST(KVCacheGpu, BadIndicesRejected) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KVCase paged = base("BadPaged", DType::F16, 64);
+  paged.page_size = 16; paged.capacity = 64; paged.seqlens = {30, 40}; paged.snew = 2;
+  {
+    KVInputs in = make_kv_inputs(paged);
+    in.block_table.set(1, static_cast<int>(in.k_cache.shape()[0]));
+    expect_rejected(paged, in, ErrorCode::InvalidIndex, "block_table");
+  }
+  {
+    KVInputs in = make_kv_inputs(paged);
+    in.seqlens.set(1, 63);
+    expect_rejected(paged, in, ErrorCode::InvalidIndex, "cache_seqlens");
+  }
+  KVCase contiguous = base("BadContiguous", DType::F16, 64);
+  contiguous.capacity = 64; contiguous.seqlens = {30, 40}; contiguous.snew = 2; contiguous.batch_idx = true;
+  contiguous.leftpad = true;
+  {
+    KVInputs in = make_kv_inputs(contiguous);
+    in.batch_idx.set(0, 3);
+    expect_rejected(contiguous, in, ErrorCode::InvalidIndex, "cache_batch_idx");
+  }
+  {
+    KVInputs in = make_kv_inputs(contiguous);
+    in.leftpad.set(1, 41);
+    expect_rejected(contiguous, in, ErrorCode::InvalidIndex, "cache_leftpad");
+  }
+}
+
+TEST(KVCacheGpu, MisalignedCacheAndSmallWorkspace) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KVCase c = base("Contract", DType::F16, 64);
+  c.capacity = 4096; c.seqlens = {4000, 4000}; c.batch = 2; c.hq = 2; c.hk = 1; c.num_splits = 8;
+  KVInputs in = make_kv_inputs(c);
+  DeviceKV d(c, in);
+  HostTensor out(c.dtype, in.out_shape), lse(DType::F32, in.lse_shape);
+  DeviceBuffer dout(out), dlse(lse);
+  size_t bytes = 0;
+  Status s = forward_kvcache_workspace_size(d.q.view(), d.k_cache.view(), d.v_cache.view(), d.args, &bytes);
+  ASSERT_TRUE(s.ok()) << s.message;
+  EXPECT_GT(bytes, 0u) << "8 splits need partial results in the workspace";
+  s = forward_kvcache(d.q.view(), d.k_cache.view(), d.v_cache.view(), dout.view(), dlse.view(), d.args);
+  EXPECT_EQ(s.code, ErrorCode::WorkspaceTooSmall) << s.message;
+  TensorView shifted = d.k_cache.view();
+  shifted.data = static_cast<char*>(shifted.data) + 2;  // one fp16 element: not 16-byte aligned (query only)
+  DeviceScratch ws(bytes);
+  d.args.workspace = ws.get();
+  d.args.workspace_bytes = bytes;
+  KVCacheArgs one = d.args;
+  s = forward_kvcache_workspace_size(d.q.view(), shifted, d.v_cache.view(), one, &bytes);
+  EXPECT_EQ(s.code, ErrorCode::Misaligned) << error_code_name(s.code) << ": " << s.message;
+  EXPECT_NE(s.message.find("k_cache"), std::string::npos) << s.message;
+  std::string name = describe_kvcache_choice(d.q.view(), d.k_cache.view(), d.v_cache.view(), d.args);
+  EXPECT_NE(name.find("8 splits"), std::string::npos) << name;
+}
+
+// Captured in a CUDA graph (no host synchronisation inside the call): replay gives the eager
+// result bit for bit. The append writes the same rows each replay, so replays are idempotent.
+TEST(KVCacheGpu, GraphCaptureMatchesEager) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KVCase c = base("Graph", DType::F16, 128);
+  c.batch = 2; c.hq = 8; c.hk = 2; c.capacity = 2048; c.seqlens = {2000, 700}; c.snew = 1; c.rotary_dim = 64;
+  c.page_size = 32;
+  KVInputs in = make_kv_inputs(c);
+  KVRun eager = run_gpu(c, in);
+  ASSERT_TRUE(eager.status.ok()) << eager.status.message;
+
+  DeviceKV d(c, in);
+  HostTensor out(c.dtype, in.out_shape), lse(DType::F32, in.lse_shape);
+  out.poison();
+  lse.poison();
+  DeviceBuffer dout(out), dlse(lse);
+  size_t bytes = 0;
+  ASSERT_TRUE(forward_kvcache_workspace_size(d.q.view(), d.k_cache.view(), d.v_cache.view(), d.args, &bytes).ok());
+  DeviceScratch ws(bytes);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  d.args.stream = stream;
+  d.args.workspace = ws.get();
+  d.args.workspace_bytes = bytes;
+  cudaGraph_t graph;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  const Status s = forward_kvcache(d.q.view(), d.k_cache.view(), d.v_cache.view(), dout.view(), dlse.view(), d.args);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  ASSERT_TRUE(s.ok()) << "during capture: " << s.message;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  dout.copy_to(out);
+  dlse.copy_to(lse);
+  EXPECT_TRUE(out.bytes() == eager.out.bytes()) << "graph replay out differs from the eager call";
+  EXPECT_TRUE(lse.bytes() == eager.lse.bytes()) << "graph replay lse differs from the eager call";
+  HostTensor kc = in.k_cache;
+  d.k_cache.copy_to(kc);
+  EXPECT_TRUE(kc.bytes() == eager.k_cache.bytes()) << "graph replay left a different k_cache";
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+}  // namespace
+}  // namespace ioattn::test
