@@ -208,4 +208,17 @@ Status forward_kvcache_workspace_size(const TensorView& q, const TensorView& k_c
 std::string describe_kvcache_choice(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                                     const KVCacheArgs& args);
 
+// ---- Paged prefill (flash-attn 2's flash_attn_varlen_func with block_table) -------------------
+// q (Tq, Hq, D) packed as in forward() (args.cu_seqlens_q, args.max_seqlen_q); the keys of sequence
+// b are the first cu_seqlens_k[b + 1] - cu_seqlens_k[b] positions of its pages: k_cache / v_cache
+// (num_pages, page_size, Hk, D / Dv), page_size a multiple of 16, block_table (B, max_pages) int32
+// (only the pages a sequence uses must be valid). Every key count must be <= args.max_seqlen_k and
+// <= max_pages x page_size. Masks (bottom-right per sequence), softcap, ALiBi and GQA as forward();
+// no dropout (Unsupported). out (Tq, Hq, Dv), lse (Hq, Tq) optional. Runs on the split-KV decode
+// kernels (forward_kvcache's), so the cache is read in place, page by page.
+Status forward_paged(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                     const TensorView& block_table, const TensorView& out, const TensorView& lse, const Args& args);
+Status forward_paged_workspace_size(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                                    const TensorView& block_table, const Args& args, size_t* bytes);
+
 }  // namespace ioattn

@@ -284,4 +284,47 @@ std::string describe_kvcache_choice(const TensorView& q, const TensorView& k_cac
 #endif
 }
 
+// ---- Paged prefill (forward_paged): the decode path with varlen queries -----------------------
+
+Status forward_paged(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                     const TensorView& block_table, const TensorView& out, const TensorView& lse, const Args& args) {
+  Params p;
+  Status s = validate_paged(PagedInputs{q, k_cache, v_cache, block_table, out, lse, args}, &p);
+  if (!s.ok()) return s;
+  if (p.device == DeviceType::CPU) return cpu::forward_kvcache(p);
+#ifdef IOATTN_WITH_CUDA
+  return cuda::forward_kvcache(p);
+#else
+  return no_cuda();
+#endif
+}
+
+Status forward_paged_workspace_size(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
+                                    const TensorView& block_table, const Args& args, size_t* bytes) {
+  *bytes = 0;
+  static char stand_in alignas(16)[16];
+  PagedInputs in{q, k_cache, v_cache, block_table, q, TensorView{}, args};
+  in.out.data = stand_in;  // shapes only: never read or written
+  if (q.ndim == 3 && v_cache.ndim == 4) {
+    in.out.shape[2] = v_cache.shape[3];
+    int64_t st = 1;
+    for (int d = 2; d >= 0; --d) {
+      in.out.stride[d] = st;
+      st *= in.out.shape[d] > 0 ? in.out.shape[d] : 1;
+    }
+  }
+  Params p;
+  Status s = validate_paged(in, &p);
+  if (!s.ok()) return s;
+  if (p.device == DeviceType::CPU) return Status::Ok();
+#ifdef IOATTN_WITH_CUDA
+  s = cuda::select_kvcache(p, nullptr, nullptr);
+  if (!s.ok()) return s;
+  *bytes = cuda::kvcache_workspace_size(p);
+  return Status::Ok();
+#else
+  return no_cuda();
+#endif
+}
+
 }  // namespace ioattn

@@ -44,6 +44,9 @@ Status forward_kvcache(const Params& p);
 // Copies the index tensors (cache_seqlens, cache_batch_idx, cache_leftpad, block_table) to the
 // host and checks them, unless the stream is capturing (then kernels' clamping is the guard).
 Status check_kvcache_indices(const Params& p);
+// forward_paged: copies cu_seqlens_q/k and the block table to the host and checks them (prefix
+// sums, key counts within the capacity, pages in range), unless the stream is capturing.
+Status check_paged_indices(const Params& p, int max_seqlen_k);
 }  // namespace cuda
 
 }  // namespace ioattn

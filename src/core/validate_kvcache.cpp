@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends.h"
+#include "validate.h"
 
 namespace ioattn {
 namespace {
@@ -98,6 +99,63 @@ Status check_index_vector(const char* name, const TensorView& t, int64_t batch, 
   return expect_dim(name, t, 0, batch, "batch", "q");
 }
 
+// Score modifiers shared by forward_kvcache and forward_paged (the checks of forward()).
+struct ScoreArgs {
+  float softmax_scale;
+  bool causal;
+  int window_left, window_right;
+  float softcap;
+  const TensorView& alibi_slopes;
+};
+
+Status check_scores(const ScoreArgs& a, int64_t B, int64_t Hq, const TensorView& q) {
+  if (std::isinf(a.softmax_scale)) return err(ErrorCode::InvalidValue, "softmax_scale: expected a finite value");
+  if (a.window_left < -1) return err(ErrorCode::InvalidValue, "window_left: expected >= -1, got ", a.window_left);
+  if (a.window_right < -1) return err(ErrorCode::InvalidValue, "window_right: expected >= -1, got ", a.window_right);
+  if (a.causal && a.window_right > 0)
+    return err(ErrorCode::InvalidValue, "window_right: causal allows no key right of the diagonal, got ", a.window_right);
+  if (!(a.softcap >= 0.0f) || std::isinf(a.softcap))
+    return err(ErrorCode::InvalidValue, "softcap: expected a finite value >= 0, got ", a.softcap);
+  if (a.alibi_slopes.defined()) {
+    const TensorView& s = a.alibi_slopes;
+    if (s.ndim != 1 && s.ndim != 2)
+      return err(ErrorCode::InvalidShape, "alibi_slopes: expected shape (heads_q) or (batch, heads_q), got ", shape_str(s));
+    IOATTN_TRY(check_tensor("alibi_slopes", s, s.ndim, DType::F32, q));
+    IOATTN_TRY(expect_dim("alibi_slopes", s, s.ndim - 1, Hq, "heads", "q"));
+    if (s.ndim == 2) IOATTN_TRY(expect_dim("alibi_slopes", s, 0, B, "batch", "q"));
+  }
+  return Status::Ok();
+}
+
+void fill_scores(const ScoreArgs& a, int64_t D, Params* p) {
+  p->scale = (a.softmax_scale > 0.0f) ? a.softmax_scale : 1.0f / std::sqrt(static_cast<float>(D));
+  p->scale_log2 = p->scale * 1.4426950408889634f;
+  p->softcap = a.softcap;
+  p->window_left = a.window_left;
+  p->window_right = a.causal ? 0 : a.window_right;
+  p->causal = p->window_left < 0 && p->window_right == 0;
+  p->alibi_slopes = static_cast<const float*>(a.alibi_slopes.data);
+  p->alibi_batch_stride = (a.alibi_slopes.defined() && a.alibi_slopes.ndim == 2) ? a.alibi_slopes.stride[0] : 0;
+  p->rp_dropout = 1.0f;
+}
+
+// A paged cache: page size (dimension 1 of the cache) a positive multiple of 16, at least one page,
+// block_table (B, max_pages) int32. Returns the capacity per sequence in *capacity.
+Status check_paged(const TensorView& kc, const TensorView& block_table, int64_t B, const TensorView& q,
+                   int64_t* capacity) {
+  IOATTN_TRY(check_tensor("block_table", block_table, 2, DType::I32, q));
+  IOATTN_TRY(expect_dim("block_table", block_table, 0, B, "batch", "q"));
+  const int64_t page_size = kc.shape[1];
+  if (page_size <= 0 || page_size % 16 != 0)
+    return err(ErrorCode::InvalidShape, "k_cache: a paged cache needs a page size (dimension 1) that is a positive "
+               "multiple of 16, got ", page_size);
+  if (kc.shape[0] <= 0) return err(ErrorCode::InvalidShape, "k_cache: a paged cache needs at least one page");
+  *capacity = page_size * block_table.shape[1];
+  if (*capacity > std::numeric_limits<int32_t>::max())
+    return err(ErrorCode::InvalidShape, "block_table: capacity ", *capacity, " exceeds 2^31 - 1");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
@@ -126,15 +184,9 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
   const bool paged = a.block_table.defined();
   int64_t capacity = kc.shape[1], page_size = 0, max_pages = 0;
   if (paged) {
-    IOATTN_TRY(check_tensor("block_table", a.block_table, 2, DType::I32, q));
-    IOATTN_TRY(expect_dim("block_table", a.block_table, 0, B, "batch", "q"));
+    IOATTN_TRY(check_paged(kc, a.block_table, B, q, &capacity));
     page_size = kc.shape[1];
     max_pages = a.block_table.shape[1];
-    if (page_size <= 0 || page_size % 16 != 0)
-      return err(ErrorCode::InvalidShape, "k_cache: a paged cache needs a page size (dimension 1) that is a positive "
-                 "multiple of 16, got ", page_size);
-    if (kc.shape[0] <= 0) return err(ErrorCode::InvalidShape, "k_cache: a paged cache needs at least one page");
-    capacity = page_size * max_pages;
     if (a.cache_batch_idx.defined())
       return err(ErrorCode::InvalidValue, "cache_batch_idx: not supported with a paged cache (block_table maps "
                  "sequences to pages)");
@@ -228,23 +280,9 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
     }
   }
 
-  // Scalars, as forward().
-  if (std::isinf(a.softmax_scale)) return err(ErrorCode::InvalidValue, "softmax_scale: expected a finite value");
-  if (a.window_left < -1) return err(ErrorCode::InvalidValue, "window_left: expected >= -1, got ", a.window_left);
-  if (a.window_right < -1) return err(ErrorCode::InvalidValue, "window_right: expected >= -1, got ", a.window_right);
-  if (a.causal && a.window_right > 0)
-    return err(ErrorCode::InvalidValue, "window_right: causal allows no key right of the diagonal, got ", a.window_right);
-  if (!(a.softcap >= 0.0f) || std::isinf(a.softcap))
-    return err(ErrorCode::InvalidValue, "softcap: expected a finite value >= 0, got ", a.softcap);
+  const ScoreArgs score{a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes};
+  IOATTN_TRY(check_scores(score, B, Hq, q));
   if (a.num_splits < 0) return err(ErrorCode::InvalidValue, "num_splits: expected >= 0 (0 = heuristic), got ", a.num_splits);
-  if (a.alibi_slopes.defined()) {
-    const TensorView& s = a.alibi_slopes;
-    if (s.ndim != 1 && s.ndim != 2)
-      return err(ErrorCode::InvalidShape, "alibi_slopes: expected shape (heads_q) or (batch, heads_q), got ", shape_str(s));
-    IOATTN_TRY(check_tensor("alibi_slopes", s, s.ndim, DType::F32, q));
-    IOATTN_TRY(expect_dim("alibi_slopes", s, s.ndim - 1, Hq, "heads", "q"));
-    if (s.ndim == 2) IOATTN_TRY(expect_dim("alibi_slopes", s, 0, B, "batch", "q"));
-  }
 
   Params p{};
   p.dtype = q.dtype;
@@ -265,15 +303,7 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
   p.lse = static_cast<float*>(lse.data);
   p.lse_batch_stride = Hq * Sq;
   p.lse_head_stride = Sq;
-  p.scale = (a.softmax_scale > 0.0f) ? a.softmax_scale : 1.0f / std::sqrt(static_cast<float>(D));
-  p.scale_log2 = p.scale * 1.4426950408889634f;
-  p.softcap = a.softcap;
-  p.window_left = a.window_left;
-  p.window_right = a.causal ? 0 : a.window_right;
-  p.causal = p.window_left < 0 && p.window_right == 0;
-  p.alibi_slopes = static_cast<const float*>(a.alibi_slopes.data);
-  p.alibi_batch_stride = (a.alibi_slopes.defined() && a.alibi_slopes.ndim == 2) ? a.alibi_slopes.stride[0] : 0;
-  p.rp_dropout = 1.0f;
+  fill_scores(score, D, &p);
   p.stream = a.stream;
   p.workspace = a.workspace;
   p.workspace_bytes = a.workspace_bytes;
@@ -326,8 +356,9 @@ Status check_kvcache_indices_host(const Params& p) {
   std::vector<int> writer;  // contiguous cache row -> sequence appending to it (-1: none)
   if (p.seqlen_new > 0 && p.page_size == 0) writer.assign(p.cache_batch, -1);
   for (int b = 0; b < p.batch; ++b) {
-    const int64_t len = p.cache_seqlens ? p.cache_seqlens[b] : p.cache_seqlen;
-    const char* len_name = p.cache_seqlens ? "cache_seqlens" : "cache_seqlen";
+    const int64_t len = p.varlen ? static_cast<int64_t>(p.cu_seqlens_k[b + 1]) - p.cu_seqlens_k[b]
+                                 : (p.cache_seqlens ? p.cache_seqlens[b] : p.cache_seqlen);
+    const char* len_name = p.varlen ? "cu_seqlens_k" : (p.cache_seqlens ? "cache_seqlens" : "cache_seqlen");
     if (len < 0) return err(ErrorCode::InvalidIndex, len_name, ": sequence ", b, " has length ", len, ", expected >= 0");
     if (len + p.seqlen_new > capacity)
       return err(ErrorCode::InvalidIndex, len_name, ": sequence ", b, " has ", len, " cached + ", p.seqlen_new,
@@ -365,6 +396,118 @@ Status check_kvcache_indices_host(const Params& p) {
     }
   }
   return Status::Ok();
+}
+
+Status validate_paged(const PagedInputs& in, Params* p_out) {
+  const TensorView &q = in.q, &kc = in.k_cache, &vc = in.v_cache, &out = in.out, &lse = in.lse;
+  const Args& a = in.args;
+  if (!q.defined()) return err(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
+  if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
+    return err(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
+  if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
+    return err(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+  IOATTN_TRY(check_tensor("q", q, 3, q.dtype, q));
+  IOATTN_TRY(check_tensor("k_cache", kc, 4, q.dtype, q));
+  IOATTN_TRY(check_tensor("v_cache", vc, 4, q.dtype, q));
+  const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hk = kc.shape[2], Dv = vc.shape[3];
+  if (D <= 0) return err(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
+  if (Dv <= 0) return err(ErrorCode::InvalidShape, "v_cache: expected head_dim > 0, got ", Dv);
+  if (Hq <= 0) return err(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
+  if (Hk <= 0) return err(ErrorCode::InvalidShape, "k_cache: expected heads > 0, got ", Hk);
+  IOATTN_TRY(expect_dim("k_cache", kc, 3, D, "head_dim", "q"));
+  for (int i = 0; i < 3; ++i) IOATTN_TRY(expect_dim("v_cache", vc, i, kc.shape[i], "size", "k_cache"));
+  if (Hq % Hk != 0)
+    return err(ErrorCode::InvalidShape, "k_cache: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
+  if (!a.cu_seqlens_q.defined() || !a.cu_seqlens_k.defined())
+    return err(ErrorCode::InvalidShape, a.cu_seqlens_q.defined() ? "cu_seqlens_k" : "cu_seqlens_q",
+               ": paged prefill is varlen: it needs cu_seqlens_q and cu_seqlens_k");
+  IOATTN_TRY(check_tensor("cu_seqlens_q", a.cu_seqlens_q, 1, DType::I32, q));
+  IOATTN_TRY(check_tensor("cu_seqlens_k", a.cu_seqlens_k, 1, DType::I32, q));
+  if (a.cu_seqlens_q.shape[0] < 1) return err(ErrorCode::InvalidShape, "cu_seqlens_q: expected batch + 1 >= 1 entries, got 0");
+  IOATTN_TRY(expect_dim("cu_seqlens_k", a.cu_seqlens_k, 0, a.cu_seqlens_q.shape[0], "entries", "cu_seqlens_q"));
+  const int64_t B = a.cu_seqlens_q.shape[0] - 1;
+  if (a.max_seqlen_q < 0) return err(ErrorCode::InvalidValue, "max_seqlen_q: expected >= 0, got ", a.max_seqlen_q);
+  if (a.max_seqlen_k < 0) return err(ErrorCode::InvalidValue, "max_seqlen_k: expected >= 0, got ", a.max_seqlen_k);
+  int64_t capacity = 0;
+  IOATTN_TRY(check_paged(kc, in.block_table, B, q, &capacity));
+  if (a.dropout_p != 0.0f)
+    return err(ErrorCode::Unsupported, "dropout_p: not supported with a paged cache (inference path), got ", a.dropout_p);
+
+  IOATTN_TRY(check_tensor("out", out, 3, q.dtype, q));
+  for (int i = 0; i < 2; ++i) IOATTN_TRY(expect_dim("out", out, i, q.shape[i], "size", "q"));
+  IOATTN_TRY(expect_dim("out", out, 2, Dv, "head_dim", "v_cache"));
+  if (self_overlapping(out)) return err(ErrorCode::InvalidStride, "out: output strides make elements overlap");
+  if (lse.defined()) {
+    IOATTN_TRY(check_tensor("lse", lse, 2, DType::F32, q));
+    IOATTN_TRY(expect_dim("lse", lse, 0, Hq, "heads", "q"));
+    IOATTN_TRY(expect_dim("lse", lse, 1, Tq, "total_q", "q"));
+    if (!lse.is_contiguous()) return err(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
+  }
+  const TensorView* ins[] = {&q, &kc, &vc};
+  const char* names[] = {"q", "k_cache", "v_cache"};
+  for (int i = 0; i < 3; ++i) {
+    if (overlaps(out, *ins[i])) return err(ErrorCode::InvalidStride, "out: must not overlap ", names[i]);
+    if (overlaps(lse, *ins[i])) return err(ErrorCode::InvalidStride, "lse: must not overlap ", names[i]);
+  }
+  if (overlaps(out, lse)) return err(ErrorCode::InvalidStride, "lse: must not overlap out");
+  const ScoreArgs score{a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes};
+  IOATTN_TRY(check_scores(score, B, Hq, q));
+
+  Params p{};
+  p.dtype = q.dtype;
+  p.device = q.device;
+  p.device_index = q.device_index;
+  p.batch = static_cast<int>(B);
+  p.heads_q = static_cast<int>(Hq);
+  p.heads_k = static_cast<int>(Hk);
+  p.head_dim = static_cast<int>(D);
+  p.head_dim_v = static_cast<int>(Dv);
+  p.group = static_cast<int>(Hq / Hk);
+  p.varlen = true;
+  p.seqlen_q = a.max_seqlen_q;
+  p.seqlen_k = static_cast<int>(capacity);
+  p.cu_seqlens_q = static_cast<const int32_t*>(a.cu_seqlens_q.data);
+  p.cu_seqlens_k = static_cast<const int32_t*>(a.cu_seqlens_k.data);
+  p.total_q = static_cast<int>(Tq);
+  p.total_k = std::numeric_limits<int32_t>::max();  // keys are not packed: no row bound from k
+  p.q = q.data; p.q_batch_stride = 0; p.q_row_stride = q.stride[0]; p.q_head_stride = q.stride[1];
+  p.k = kc.data; p.k_batch_stride = kc.stride[0]; p.k_row_stride = kc.stride[1]; p.k_head_stride = kc.stride[2];
+  p.v = vc.data; p.v_batch_stride = vc.stride[0]; p.v_row_stride = vc.stride[1]; p.v_head_stride = vc.stride[2];
+  p.out = out.data; p.o_batch_stride = 0; p.o_row_stride = out.stride[0]; p.o_head_stride = out.stride[1];
+  p.lse = static_cast<float*>(lse.data);
+  p.lse_batch_stride = 0;
+  p.lse_head_stride = Tq;
+  fill_scores(score, D, &p);
+  p.stream = a.stream;
+  p.workspace = a.workspace;
+  p.workspace_bytes = a.workspace_bytes;
+  p.kvcache = true;
+  p.cache_batch = static_cast<int>(kc.shape[0]);
+  p.block_table = static_cast<const int32_t*>(in.block_table.data);
+  p.block_table_batch_stride = in.block_table.stride[0];
+  p.page_size = static_cast<int>(kc.shape[1]);
+  p.max_pages = static_cast<int>(in.block_table.shape[1]);
+
+  if (q.device == DeviceType::CPU) {
+    IOATTN_TRY(check_paged_indices_host(p, a.max_seqlen_k));
+  } else {
+#ifdef IOATTN_WITH_CUDA
+    IOATTN_TRY(cuda::check_paged_indices(p, a.max_seqlen_k));
+#else
+    return err(ErrorCode::Unsupported, "q: tensors are on a CUDA device but ioattn was built without CUDA");
+#endif
+  }
+  *p_out = p;
+  return Status::Ok();
+}
+
+Status check_paged_indices_host(const Params& p, int max_seqlen_k) {
+  // Prefix sums against max_seqlen_q / max_seqlen_k (the kernels' p.seqlen_k is the capacity),
+  // then the key counts against the capacity and the pages they use.
+  Params bounds = p;
+  bounds.seqlen_k = max_seqlen_k;
+  IOATTN_TRY(check_cu_seqlens_host(bounds, p.total_q, p.total_k));
+  return check_kvcache_indices_host(p);
 }
 
 }  // namespace ioattn

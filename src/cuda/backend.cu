@@ -162,7 +162,8 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
        << d;
   if (d != std::max(p.head_dim, p.head_dim_v)) name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
   if (!backward) {
-    name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.warps << " warps";
+    name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.warps << " warps x " << tile.m_tiles
+         << " m-tiles";
   } else {
 #ifndef IOATTN_HAVE_SM80_BWD
     return err(ErrorCode::Unsupported, "backward: this build has no CUDA backward kernels (src/cuda/sm80/bwd_*.cu)");

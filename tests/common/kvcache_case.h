@@ -25,6 +25,7 @@
 #include "host_tensor.h"
 #include "ioattn/ioattn.h"
 #include "reference/kvcache_reference.h"
+#include "reference/reference.h"
 
 namespace ioattn::test {
 
@@ -236,6 +237,115 @@ inline KVCase paged_twin(KVCase c, int page_size) {
   c.batch_idx = false;
   c.leftpad = false;
   return c;
+}
+
+// ---- Paged prefill (forward_paged) ------------------------------------------------------------
+// Varlen queries over keys that live in pages: the packed keys (Tk, Hk, D) of a varlen problem are
+// scattered into a shuffled page pool, and forward_paged must match the float64 reference of the
+// packed problem (ref::forward in varlen mode).
+struct PagedCase {
+  std::string name;
+  DType dtype = DType::F16;
+  std::vector<int> lens_q, lens_k;
+  int hq = 4, hk = 2, d = 64, dv = 0;
+  int page_size = 16;
+  bool causal = false;
+  int window_left = -1, window_right = -1;
+  float softcap = 0.0f;
+  bool alibi = false;
+  uint64_t seed = 7;
+  int head_dim_v() const { return dv > 0 ? dv : d; }
+};
+inline std::string paged_case_name(const ::testing::TestParamInfo<PagedCase>& info) { return info.param.name; }
+inline void PrintTo(const PagedCase& c, std::ostream* os) { *os << c.name; }
+
+struct PagedCaseInputs {
+  HostTensor q, k, v, k_cache, v_cache, block_table, cu_q, cu_k, slopes;
+  int max_q = 0, max_k = 0;
+  Args args(const PagedCase& c) const {  // host views of cu_seqlens and slopes
+    Args a;
+    a.cu_seqlens_q = cu_q.view();
+    a.cu_seqlens_k = cu_k.view();
+    a.max_seqlen_q = max_q;
+    a.max_seqlen_k = max_k;
+    a.causal = c.causal;
+    a.window_left = c.window_left;
+    a.window_right = c.window_right;
+    a.softcap = c.softcap;
+    if (c.alibi) a.alibi_slopes = slopes.view();
+    return a;
+  }
+};
+
+inline PagedCaseInputs make_paged_inputs(const PagedCase& c) {
+  std::mt19937_64 rng(c.seed);
+  PagedCaseInputs in;
+  const int B = static_cast<int>(c.lens_q.size()), D = c.d, Dv = c.head_dim_v();
+  int tq = 0, tk = 0, per_seq = 1;
+  in.cu_q = HostTensor(DType::I32, {B + 1});
+  in.cu_k = HostTensor(DType::I32, {B + 1});
+  in.cu_q.set(0, 0);
+  in.cu_k.set(0, 0);
+  for (int b = 0; b < B; ++b) {
+    tq += c.lens_q[b];
+    tk += c.lens_k[b];
+    in.cu_q.set(b + 1, tq);
+    in.cu_k.set(b + 1, tk);
+    in.max_q = std::max(in.max_q, c.lens_q[b]);
+    in.max_k = std::max(in.max_k, c.lens_k[b]);
+    per_seq = std::max(per_seq, (c.lens_k[b] + c.page_size - 1) / c.page_size);
+  }
+  in.q = HostTensor(c.dtype, {std::max(tq, 1), c.hq, D});
+  in.k = HostTensor(c.dtype, {std::max(tk, 1), c.hk, D});
+  in.v = HostTensor(c.dtype, {std::max(tk, 1), c.hk, Dv});
+  in.q.fill_normal(rng);
+  in.k.fill_normal(rng);
+  in.v.fill_normal(rng);
+  const int pages = B * per_seq + 2;
+  in.k_cache = HostTensor(c.dtype, {pages, c.page_size, c.hk, D});
+  in.v_cache = HostTensor(c.dtype, {pages, c.page_size, c.hk, Dv});
+  in.k_cache.fill_normal(rng);
+  in.v_cache.fill_normal(rng);
+  std::vector<int> perm(pages);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  in.block_table = HostTensor(DType::I32, {B, per_seq});
+  int k0 = 0;
+  for (int b = 0; b < B; ++b) {
+    for (int n = 0; n < per_seq; ++n) in.block_table.set(b * per_seq + n, perm[b * per_seq + n]);
+    for (int j = 0; j < c.lens_k[b]; ++j) {
+      const int64_t dst = int64_t(perm[b * per_seq + j / c.page_size]) * c.page_size + j % c.page_size;
+      for (int64_t e = 0; e < int64_t(c.hk) * D; ++e) in.k_cache.set(dst * c.hk * D + e, in.k.get((k0 + j) * int64_t(c.hk) * D + e));
+      for (int64_t e = 0; e < int64_t(c.hk) * Dv; ++e)
+        in.v_cache.set(dst * c.hk * Dv + e, in.v.get((k0 + j) * int64_t(c.hk) * Dv + e));
+    }
+    k0 += c.lens_k[b];
+  }
+  if (c.alibi) {
+    in.slopes = HostTensor(DType::F32, {c.hq});
+    for (int h = 0; h < c.hq; ++h) in.slopes.set(h, std::pow(2.0, -8.0 * (h + 1) / c.hq));
+  }
+  return in;
+}
+
+// Runs forward_paged on a case's inputs; returns out (Tq, Hq, Dv) and lse (Hq, Tq), poisoned first.
+using PagedRunner = std::function<KVRun(const PagedCase&, const PagedCaseInputs&)>;
+
+inline void check_paged_case(const PagedCase& c, const PagedRunner& run) {
+  const PagedCaseInputs in = make_paged_inputs(c);
+  const Args args = in.args(c);
+  ref::Result r64, rstd;
+  ASSERT_TRUE(ref::forward(in.q.view(), in.k.view(), in.v.view(), args, &r64).ok());
+  ASSERT_TRUE(ref::standard_forward(in.q.view(), in.k.view(), in.v.view(), args, &rstd).ok());
+  KVRun got = run(c, in);
+  ASSERT_TRUE(got.status.ok()) << error_code_name(got.status.code) << ": " << got.status.message;
+  const int64_t tq = in.q.shape()[0];
+  const bool any_q = std::accumulate(c.lens_q.begin(), c.lens_q.end(), 0) > 0;
+  if (!any_q) return;
+  EXPECT_EQ(got.out.count_nan(), 0) << "forward_paged left elements of out unwritten (or wrote NaN), Tq " << tq;
+  EXPECT_EQ(got.lse.count_nan(), 0) << "forward_paged left elements of lse unwritten (or wrote NaN)";
+  EXPECT_TRUE(within_rule("out", c.dtype, got.out.values(), r64.out, rstd.out));
+  EXPECT_TRUE(within_rule("lse", DType::F32, got.lse.values(), r64.lse, rstd.lse));
 }
 
 }  // namespace ioattn::test

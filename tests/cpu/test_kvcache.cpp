@@ -251,5 +251,76 @@ TEST(KVCacheCpuApi, WorkspaceAndDescribe) {
             std::string::npos);
 }
 
+// ---- Paged prefill (forward_paged) ------------------------------------------------------------
+
+KVRun run_paged_cpu(const PagedCase& c, const PagedCaseInputs& in) {
+  KVRun r;
+  const int64_t tq = in.q.shape()[0];
+  r.out = HostTensor(c.dtype, {tq, c.hq, c.head_dim_v()});
+  r.lse = HostTensor(DType::F32, {c.hq, tq});
+  r.out.poison();
+  r.lse.poison();
+  r.status = forward_paged(in.q.view(), in.k_cache.view(), in.v_cache.view(), in.block_table.view(), r.out.view(),
+                           r.lse.view(), in.args(c));
+  return r;
+}
+
+std::vector<PagedCase> paged_cases() {
+  std::vector<PagedCase> v;
+  { PagedCase c; c.name = "ChunkedCausalF16"; c.lens_q = {5, 0, 17}; c.lens_k = {40, 0, 17}; c.causal = true; v.push_back(c); }
+  { PagedCase c; c.name = "SelfPrefillGqa4BF16"; c.dtype = DType::BF16; c.lens_q = {33, 64}; c.lens_k = {33, 64};
+    c.hq = 8; c.hk = 2; c.page_size = 32; c.causal = true; v.push_back(c); }
+  { PagedCase c; c.name = "WindowSoftcapAlibiF32"; c.dtype = DType::F32; c.d = 40; c.dv = 24; c.lens_q = {3, 9};
+    c.lens_k = {100, 9}; c.window_left = 20; c.window_right = 3; c.softcap = 4.0f; c.alibi = true; v.push_back(c); }
+  { PagedCase c; c.name = "VarlenDecode"; c.lens_q = {1, 1, 1}; c.lens_k = {50, 0, 130}; v.push_back(c); }
+  return v;
+}
+
+class PagedPrefillCpu : public ::testing::TestWithParam<PagedCase> {};
+TEST_P(PagedPrefillCpu, MatchesPackedReference) { ASSERT_NO_FATAL_FAILURE(check_paged_case(GetParam(), run_paged_cpu)); }
+INSTANTIATE_TEST_SUITE_P(Cpu, PagedPrefillCpu, ::testing::ValuesIn(paged_cases()), paged_case_name);
+
+TEST(PagedPrefillCpuErrors, NamedErrorsNothingWritten) {
+  PagedCase c;
+  c.lens_q = {4, 6};
+  c.lens_k = {20, 40};
+  auto expect = [&](PagedCaseInputs& in, const Args& a, ErrorCode code, const std::string& needle) {
+    const int64_t tq = in.q.shape()[0];
+    HostTensor out(c.dtype, {tq, c.hq, c.head_dim_v()}), lse(DType::F32, {c.hq, tq});
+    out.poison();
+    lse.poison();
+    const std::vector<uint8_t> o0 = out.bytes(), l0 = lse.bytes();
+    const Status s = forward_paged(in.q.view(), in.k_cache.view(), in.v_cache.view(), in.block_table.view(),
+                                   out.view(), lse.view(), a);
+    EXPECT_EQ(s.code, code) << error_code_name(s.code) << ": " << s.message;
+    EXPECT_NE(s.message.find(needle), std::string::npos) << "message should name '" << needle << "': " << s.message;
+    EXPECT_TRUE(out.bytes() == o0 && lse.bytes() == l0) << "a rejected call wrote out or lse";
+  };
+  {
+    PagedCaseInputs in = make_paged_inputs(c);
+    in.block_table.set(3 + 1, 1000);  // sequence 1, page 1 (used by its 40 keys)
+    expect(in, in.args(c), ErrorCode::InvalidIndex, "block_table");
+  }
+  {
+    PagedCaseInputs in = make_paged_inputs(c);
+    in.cu_k.set(2, 20 + 49);  // 49 keys > capacity 3 pages x 16
+    Args a = in.args(c);
+    a.max_seqlen_k = 49;
+    expect(in, a, ErrorCode::InvalidIndex, "cu_seqlens_k");
+  }
+  {
+    PagedCaseInputs in = make_paged_inputs(c);
+    Args a = in.args(c);
+    a.max_seqlen_k = 30;  // sequence 1 has 40 keys
+    expect(in, a, ErrorCode::InvalidIndex, "max_seqlen_k");
+    a = in.args(c);
+    a.dropout_p = 0.1f;
+    expect(in, a, ErrorCode::Unsupported, "dropout_p");
+    a = in.args(c);
+    a.cu_seqlens_k = TensorView{};
+    expect(in, a, ErrorCode::InvalidShape, "cu_seqlens_k");
+  }
+}
+
 }  // namespace
 }  // namespace ioattn::test

@@ -1,17 +1,20 @@
 // Host side of the GPU decode path (forward_kvcache; declared in src/core/backends.h):
 // select_kvcache() answers "can it run?" and "which kernel, how many splits?", the launcher runs
 // append -> attend -> combine on the caller's stream with the caller's workspace (no allocation, no
-// host synchronisation). Device-resident index tensors are checked by check_kvcache_indices()
-// in backend.cu (during validation). The kernels are in decode_kernels.cuh.
+// host synchronisation). Device-resident index tensors are checked during validation:
+// forward_kvcache's by check_kvcache_indices() in backend.cu, forward_paged's by
+// check_paged_indices() here. The kernels are in decode_kernels.cuh.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <initializer_list>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "core/backends.h"
 #include "core/softmax_state.h"
+#include "core/validate_kvcache.h"
 #include "decode_kernels.cuh"
 
 namespace ioattn::cuda {
@@ -218,6 +221,40 @@ Status forward_kvcache(const Params& p) {
                                               : launch_all<__nv_bfloat16>(p, kd, splits, stream);
   if (e != cudaSuccess) return cuda_error("forward_kvcache: launching the decode kernels", e);
   return Status::Ok();
+}
+
+// forward_paged's device-resident indices (cu_seqlens_q / _k and the block table), as backend.cu
+// does for forward_kvcache: outside stream capture they are copied to the host on the caller's
+// stream and checked there (the one host synchronisation of the call); under capture the kernels'
+// clamping (src/core/kvcache.h) is the guard.
+Status check_paged_indices(const Params& p, int max_seqlen_k) {
+  ScopedDevice guard(p.device_index);
+  if (guard.error() != cudaSuccess) return cuda_error("selecting the device", guard.error());
+  const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing(stream, &capture);
+  if (e == cudaErrorStreamCaptureImplicit) {  // legacy stream while another stream captures globally
+    cudaGetLastError();
+    return Status::Ok();
+  }
+  if (e != cudaSuccess) return cuda_error("paged indices: querying the stream's capture state", e);
+  if (capture != cudaStreamCaptureStatusNone) return Status::Ok();
+  const size_t n = static_cast<size_t>(p.batch);
+  std::vector<int32_t> cu_q(n + 1), cu_k(n + 1), table(n * static_cast<size_t>(p.max_pages));
+  e = cudaMemcpyAsync(cu_q.data(), p.cu_seqlens_q, cu_q.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess)
+    e = cudaMemcpyAsync(cu_k.data(), p.cu_seqlens_k, cu_k.size() * sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
+  for (size_t b = 0; b < n && p.max_pages > 0 && e == cudaSuccess; ++b)  // rows may be strided
+    e = cudaMemcpyAsync(table.data() + b * p.max_pages, p.block_table + b * p.block_table_batch_stride,
+                        sizeof(int32_t) * p.max_pages, cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) return cuda_error("paged indices: copying the indices to the host", e);
+  Params host = p;
+  host.cu_seqlens_q = cu_q.data();
+  host.cu_seqlens_k = cu_k.data();
+  host.block_table = table.data();
+  host.block_table_batch_stride = p.max_pages;
+  return check_paged_indices_host(host, max_seqlen_k);
 }
 
 }  // namespace ioattn::cuda
