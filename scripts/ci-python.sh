@@ -6,9 +6,9 @@
 #
 # Steps: (1) venv + dependencies from PyPI (torch, numpy, pytest, nanobind, scikit-build-core,
 # transformers), skipped when already importable; (2) `pip install --no-build-isolation .` (the C++
-# core + nanobind module through scikit-build-core, build tree build-py/); without a GPU the CUDA
-# backends are left out (-C cmake.define.IOATTN_WITH_CUDA=OFF): the main build compiles them
-# already and they could not run here; (3) pytest tests/python without test_cuda.py (the GPU
+# core + nanobind module through scikit-build-core, build tree build-py/; extra CMake options via
+# CMAKE_ARGS); without a GPU the CUDA backends are left out (IOATTN_WITH_CUDA=OFF): the main build
+# compiles them already and they could not run here; (3) pytest tests/python without test_cuda.py (the GPU
 # script runs that file). Exit status: pytest's.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +36,8 @@ if [ -z "${IOATTN_PY_CUDA:-}" ]; then
   fi
 fi
 echo "== pip install . (IOATTN_WITH_CUDA=$IOATTN_PY_CUDA)"
-"$PY" -m pip install -q --no-build-isolation "$ROOT" -C "cmake.define.IOATTN_WITH_CUDA=$IOATTN_PY_CUDA"
+# CMAKE_ARGS rather than -C cmake.define.*: older pip / scikit-build-core pairs reject the latter.
+CMAKE_ARGS="${CMAKE_ARGS:-} -DIOATTN_WITH_CUDA=$IOATTN_PY_CUDA" "$PY" -m pip install -q --no-build-isolation "$ROOT"
 built=$(date +%s)
 echo "== build + install: $((built - start)) s"
 

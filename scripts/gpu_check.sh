@@ -19,8 +19,32 @@
 #                (GoogleTest, CLI11, nlohmann-json, OpenBLAS + cblas.h and its runtime libraries):
 #                added to CMAKE_PREFIX_PATH, CPATH and LD_LIBRARY_PATH
 #   TIMEOUT_TESTS / TIMEOUT_SANITIZER / TIMEOUT_BENCH  seconds per step (default 300 / 240 / 600)
+#
+# The GPU image has CUDA, CMake, ninja and PyTorch but not the C++ dev packages. On the development
+# machine (Debian, packages installed), `scripts/gpu_check.sh --make-deps-prefix DIR` copies them
+# into DIR/usr (about 42 MB; use a path that .gitignore covers, e.g. build-gpu-deps), to be carried
+# to the GPU machine and named by IOATTN_DEPS_PREFIX=DIR/usr.
 set -u
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--make-deps-prefix" ]; then
+  D="${2:?usage: $0 --make-deps-prefix DIR}/usr"
+  L=/usr/lib/x86_64-linux-gnu
+  set -e
+  mkdir -p "$D/include" "$D/lib/x86_64-linux-gnu/cmake" "$D/share/cmake"
+  cp -r /usr/include/gtest /usr/include/gmock /usr/include/CLI /usr/include/nlohmann "$D/include/"
+  for h in cblas.h openblas_config.h f77blas.h cblas_mangling.h; do
+    cp -L "/usr/include/x86_64-linux-gnu/$h" "$D/include/"  # resolves Debian's alternatives links
+  done
+  cp -r $L/cmake/GTest "$D/lib/x86_64-linux-gnu/cmake/"
+  cp $L/libgtest*.a $L/libgmock*.a "$D/lib/x86_64-linux-gnu/"
+  cp -r /usr/share/cmake/CLI11 /usr/share/cmake/nlohmann_json "$D/share/cmake/"
+  cp -L $L/openblas-openmp/libopenblas.so.0 "$D/lib/x86_64-linux-gnu/libopenblas.so.0"
+  ln -sf libopenblas.so.0 "$D/lib/x86_64-linux-gnu/libopenblas.so"
+  cp -L /lib/x86_64-linux-gnu/libgfortran.so.5 /lib/x86_64-linux-gnu/libquadmath.so.0 "$D/lib/x86_64-linux-gnu/"
+  du -sh "$D"
+  exit 0
+fi
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 ARCH=${ARCH:-90a}
 HEAD_DIMS=${HEAD_DIMS:-64;128;256}

@@ -106,6 +106,14 @@ Status check_head_dim(const char* name, int d) {
   return Status::Ok();
 }
 
+Status check_device_index(const Params& p) {
+  const int devices = device_count();
+  if (p.device_index < 0 || p.device_index >= devices)
+    return err(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices,
+               " CUDA devices)");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status select(const Params& p, bool backward, std::string* kernel_name) {
@@ -122,10 +130,7 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
     return err(ErrorCode::Unsupported, "q: head_dim ", std::max(p.head_dim, p.head_dim_v),
                " needs a kernel this build did not instantiate (IOATTN_CUDA_HEAD_DIMS = ",
                instantiated_head_dims(), ")");
-  const int devices = device_count();
-  if (p.device_index < 0 || p.device_index >= devices)
-    return err(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices,
-               " CUDA devices)");
+  if (Status s = check_device_index(p); !s.ok()) return s;
 
   const bool batched = !p.varlen && p.batch > 1;
   const bool q_rows = p.varlen ? p.total_q > 1 : p.seqlen_q > 1;
@@ -257,6 +262,7 @@ Status copy_to_host(std::vector<HostCopy>& copies, cudaStream_t stream, const ch
 // the sequences concerned, never an out-of-bounds access. Callers who capture should validate
 // their indices once outside the graph.
 Status check_cu_seqlens(const Params& p, int total_q, int total_k) {
+  if (Status s = check_device_index(p); !s.ok()) return s;
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
@@ -270,6 +276,7 @@ Status check_cu_seqlens(const Params& p, int total_q, int total_k) {
 }
 
 Status check_kvcache_indices(const Params& p) {
+  if (Status s = check_device_index(p); !s.ok()) return s;
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);

@@ -136,6 +136,9 @@ __global__ void __launch_bounds__(Tile<kD>::kThreads) attend_kernel(const Params
   const KVSeq s = kv_seq(p, b);
   const int rows = s.sq * p.group;
   if (r0 >= rows) return;  // paged varlen: a shorter sequence (block-uniform, before any barrier)
+  // Rows of this block that exist: decode with a GQA group of 4 fills 4 of the 16; the loops below
+  // skip the rest with block-uniform branches, so the work follows the real row count.
+  const int nrows = min(kM, rows - r0);
   const WindowMask mask{p.window_left, p.window_right, s.sk - s.sq};
 
   // This block's keys: the split's share of the tiles of [0, sk), cut to the rows' visible range
@@ -214,6 +217,7 @@ __global__ void __launch_bounds__(Tile<kD>::kThreads) attend_kernel(const Params
       for (int k = 0; k < 8; ++k) kf[k] = to_float(ke[k]);
 #pragma unroll
       for (int r = 0; r < kM; ++r) {
+        if (r >= nrows) break;
         const float4 qa = *reinterpret_cast<const float4*>(sq + r * kD + d0);
         const float4 qb = *reinterpret_cast<const float4*>(sq + r * kD + d0 + 4);
         x[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
@@ -222,6 +226,7 @@ __global__ void __launch_bounds__(Tile<kD>::kThreads) attend_kernel(const Params
     }
 #pragma unroll
     for (int r = 0; r < kM; ++r) {
+      if (r >= nrows) break;
       const int rg = r0 + r, i = rg / p.group;
       float v = softcap ? cap_out * tanhf(x[r] * cap_in) : x[r] * p.scale_log2;
       v -= salibi[r] * static_cast<float>(mask.alibi_distance(i, j));
@@ -245,6 +250,7 @@ __global__ void __launch_bounds__(Tile<kD>::kThreads) attend_kernel(const Params
       load_floats<T, kDL>(sv + (warp * 32 + nn) * kPitch + lane * kDL, vf);
 #pragma unroll
       for (int r = 0; r < kM; ++r) {
+        if (r >= nrows) break;
         const float pr = sp[(warp * kM + r) * 32 + nn];
 #pragma unroll
         for (int k = 0; k < kDL; ++k) o[r][k] += pr * vf[k];
