@@ -8,8 +8,8 @@
 // FLOPs as the FlashAttention papers count them: forward 4·B·H·N²·d, halved for causal; backward
 // 2.5× forward. Standard attention computes every score even when causal, and is credited the same
 // FLOPs, as PyTorch's math path is in the GPU tables. Timing: one warm-up, then the median of at
-// least 2 runs and until 1 s has passed (at most 10). ioattn's backward is timed as its own call
-// (given O and LSE); standard attention's as time(forward + backward) − time(forward).
+// least 3 runs and until 1 s has passed (at most 10). Backward times are of the backward alone:
+// ioattn's backward call (given O and LSE); standard attention's backward products given its P.
 // Raw results go to bench/results/cpu-<date>.json; a table with ratios goes to stdout.
 #include <cblas.h>
 #include <omp.h>
@@ -48,19 +48,27 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Median seconds of fn over at least 2 runs and at least 1 s (at most 10), after one warm-up.
-double time_s(const std::function<void()>& fn) {
-  fn();
+// Median over at least 3 runs and at least 1 s (at most 10), after one warm-up, of what `run`
+// returns: the seconds of the part it times.
+double median_s(const std::function<double()>& run) {
+  run();
   std::vector<double> t;
   double total = 0;
-  while (t.size() < 2 || (total < 1.0 && t.size() < 10)) {
-    const double t0 = now_s();
-    fn();
-    t.push_back(now_s() - t0);
+  while (t.size() < 3 || (total < 1.0 && t.size() < 10)) {
+    t.push_back(run());
     total += t.back();
   }
   std::sort(t.begin(), t.end());
   return t.size() % 2 ? t[t.size() / 2] : 0.5 * (t[t.size() / 2 - 1] + t[t.size() / 2]);
+}
+
+// Median wall seconds of fn (as above).
+double time_s(const std::function<void()>& fn) {
+  return median_s([&] {
+    const double t0 = now_s();
+    fn();
+    return now_s() - t0;
+  });
 }
 
 std::string cpu_model() {
@@ -171,8 +179,7 @@ json standard_bench(Shape& s, bool causal) {
   p.out = s.s_out.data(); p.dq = s.s_dq.data(); p.dk = s.s_dk.data(); p.dv = s.s_dv.data();
   bench::StandardAttention attn;
   const double fwd = time_s([&] { attn.forward(p); });
-  const double fwdbwd = time_s([&] { attn.forward_backward(p); });
-  const double bwd = std::max(fwdbwd - fwd, 1e-9);
+  const double bwd = median_s([&] { return attn.forward_backward(p); });
   const double flops = attn_fwd_flops(s.seqlen, s.d, causal);
   return {{"impl", "standard_blas"}, {"dtype", "fp32"}, {"batch", kBatch}, {"heads", kHeads}, {"seqlen", s.seqlen},
           {"head_dim", s.d}, {"causal", causal}, {"fwd_ms", fwd * 1e3}, {"fwd_gflops", flops / fwd / 1e9},

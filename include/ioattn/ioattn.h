@@ -161,8 +161,8 @@ void reset_cpu_peak_scratch_bytes();
 //                  too), then attention runs over cache positions [cache_leftpad[b], cache_seqlens[b] + Snew).
 //                  cache_leftpad[b] (int32, optional, contiguous caches only) is the first valid
 //                  position: Sk_b = cache_seqlens[b] + Snew - cache_leftpad[b] keys are visible.
-//   rotary         rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2), dtype of q, rotary_dim <= D,
-//                  rotary_dim a multiple of 16, seqlen_ro >= the cache capacity: new key row j is
+//   rotary         rotary_cos / rotary_sin (seqlen_ro, rotary_dim / 2), dtype of q, rotary_dim <= D
+//                  (any even size), seqlen_ro >= the cache capacity: new key row j is
 //                  rotated at position cache_seqlens[b] + j; query row i at cache_seqlens[b] + i when
 //                  causal or windowed, else at cache_seqlens[b] (every query is "the next token").
 //                  interleaved = true rotates pairs (0, 1), (2, 3), ...; false rotates (i, i + rotary_dim/2)
@@ -177,10 +177,14 @@ void reset_cpu_peak_scratch_bytes();
 // capacity, leftpad > cache_seqlens, batch indices outside the cache, block-table entries (of the
 // pages a sequence uses) outside [0, num_pages). On the GPU those checks copy the index tensors to
 // the host unless the stream is being captured; kernels clamp every index they read regardless.
+// Two sequences appending to one contiguous cache row are rejected; with a paged cache the pages a
+// call writes must not be shared between sequences (not checked: shared prefix pages are read-only).
+// GPU: fp16/bf16, head dims multiples of 8 up to 256, cache base 16-byte aligned and its used
+// strides multiples of 8 elements (Misaligned otherwise); CPU: fp32 too, any head dim.
 struct KVCacheArgs {
   TensorView k_new, v_new;           // optional, both or neither
-  TensorView rotary_cos, rotary_sin; // optional, both or neither (needs k_new or any q)
-  bool rotary_interleaved = false;   // flash-attn 2's default
+  TensorView rotary_cos, rotary_sin; // optional, both or neither; without k_new only q is rotated
+  bool rotary_interleaved = true;    // flash-attn 2's default (GPT-J pairs)
   TensorView cache_seqlens;          // int32 (B); absent: every sequence has cache_seqlen keys
   int cache_seqlen = 0;
   TensorView cache_batch_idx;        // int32 (B), optional, contiguous caches only

@@ -38,7 +38,9 @@ def build_info() -> dict:
 
 
 def describe_forward_choice(q, k, v, **kwargs) -> str:
-    """Which backend and kernel would serve flash_attn_func(q, k, v, **kwargs), and why."""
+    """Which backend and kernel would serve flash_attn_func(q, k, v, **kwargs), and why. kwargs are
+    flash_attn_func's (and cu_seqlens_q/k, max_seqlen_q/k for varlen); those that do not change the
+    choice (deterministic, return_attn_probs) are ignored."""
     from . import _backend
     from .ops import _scale, _window
 

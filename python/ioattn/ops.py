@@ -227,8 +227,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, cu_seqlens_q: Optional[Tensor]
     if varlen:
         _check_tensor("cu_seqlens_q", cu_seqlens_q, 1)
         _check_tensor("cu_seqlens_k", cu_seqlens_k, 1)
+        # The core reads them as plain arrays; a strided view (e.g. every other entry) is copied.
+        cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
     if alibi_slopes is not None:
         _check_tensor("alibi_slopes", alibi_slopes)
+        alibi_slopes = alibi_slopes.contiguous()
     p = float(dropout_p)
     if not (0.0 <= p < 1.0):
         raise ValueError(f"dropout_p: expected 0 <= dropout_p < 1, got {dropout_p}")

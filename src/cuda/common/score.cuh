@@ -64,6 +64,21 @@ struct ScoreMod {
       }
     }
   }
+
+  // The element mask alone (-inf outside the window and past the key tail), scores left in raw
+  // units: for calls without softcap and ALiBi, where the scale is folded into the exponent
+  // (OnlineSoftmax::update's `scale`; the backward's exp2(fma(x, scale_log2, -lse))).
+  template <int kNTiles>
+  __device__ __forceinline__ void apply_mask(float (&s)[kNTiles][4], int row0, int col0) const {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = row0 + (e / 2) * 8, j = col0 + nt * 8 + (e % 2);
+        if (j >= sk || !mask.visible(i, j)) s[nt][e] = -INFINITY;
+      }
+    }
+  }
 };
 
 // Dropout on P fragments with the mask of src/core/philox.h: one Philox call gives the words of

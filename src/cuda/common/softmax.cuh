@@ -17,25 +17,32 @@ struct OnlineSoftmax {
     l[0] = l[1] = 0.0f;
   }
 
-  // x: one key block of scores (log2 units) -> P = exp2(x - m_new) in place. alpha[r] is the factor
-  // the output accumulator of row r must be rescaled by (exp2(m_old - m_new)).
+  // x: one key block of scores whose log2-unit value is x * scale -> P = exp2(x * scale - m_new) in
+  // place. scale > 0 (validate.cpp: a given softmax_scale is > 0, else 1/sqrt(d)), so the maximum
+  // can be taken on x before scaling: rounding is monotone, max(round(x_i * scale)) ==
+  // round(max(x_i) * scale), the same m as scaling first. Folding the scale into the exponent makes
+  // it one FFMA per element instead of FMUL + FADD (FA2's trick). Callers whose scores are already
+  // in log2 units (softcap / ALiBi transforms) pass scale = 1, where x * 1 - m is exactly x - m.
+  // Masked scores are -inf in either unit. alpha[r] is the factor the output accumulator of row r
+  // must be rescaled by (exp2(m_old - m_new)).
   template <int kNTiles>
-  __device__ __forceinline__ void update(float (&x)[kNTiles][4], float (&alpha)[2]) {
+  __device__ __forceinline__ void update(float (&x)[kNTiles][4], float (&alpha)[2], float scale = 1.0f) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = m[r];
+      float mx = -INFINITY;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = fmaxf(m[r], mx * scale);  // log2 units; -inf * scale stays -inf
       const float base = mx == -INFINITY ? 0.0f : mx;
       alpha[r] = exp2f(m[r] - base);  // 0 while the row had no key (m = -inf)
       m[r] = mx;
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
-        x[nt][2 * r] = exp2f(x[nt][2 * r] - base);
-        x[nt][2 * r + 1] = exp2f(x[nt][2 * r + 1] - base);
+        x[nt][2 * r] = exp2f(fmaf(x[nt][2 * r], scale, -base));
+        x[nt][2 * r + 1] = exp2f(fmaf(x[nt][2 * r + 1], scale, -base));
         sum += x[nt][2 * r] + x[nt][2 * r + 1];
       }
       l[r] = l[r] * alpha[r] + sum;

@@ -51,10 +51,15 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
   T* sK = sQ + QTile::kElems;
   T* sV = sK + KVTile::kElems;
 
-  const int h = blockIdx.x, b = blockIdx.y;
-  // Reversed: under a causal mask the last query blocks see the most keys; start them first so the
-  // short ones fill the tail of the grid.
-  const int m_block = gridDim.z - 1 - blockIdx.z;
+  // Grid x = (head, query block) with the query block fastest-varying, y = batch (FA2's order):
+  // the CTAs resident at one time are the query blocks of one or two heads, which stream the same
+  // K/V tiles, so K/V are read from HBM about once per head and then hit in L2. (Head-fastest
+  // order put every head's K/V in flight at once: at d = 128, S = 16k that is 128 MB, more than
+  // L2.) Query blocks reversed: under a causal mask the last ones see the most keys; start them
+  // first so the short ones fill the tail of each head's wave.
+  const int m_blocks = (p.seqlen_q + kBM - 1) / kBM;  // as run_fwd sized the grid (varlen: longest)
+  const int h = blockIdx.x / m_blocks, b = blockIdx.y;
+  const int m_block = m_blocks - 1 - static_cast<int>(blockIdx.x % m_blocks);
   const SeqBounds sb = seq_bounds(p, b);
   const int m0 = m_block * kBM;
   if (m0 >= sb.sq) return;  // beyond this (varlen) sequence: the whole CTA leaves together
@@ -138,12 +143,17 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
       const int row = row0 + mt * 16;
-      if (boundary)
-        mod.apply<true, kMods>(s[mt], row, col0);
-      else
-        mod.apply<false, kMods>(s[mt], row, col0);
       float alpha[2];
-      softmax[mt].update(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
+      if (kMods) {  // scores to log2 units here (softcap / ALiBi are not linear in the score)
+        if (boundary)
+          mod.apply<true, true>(s[mt], row, col0);
+        else
+          mod.apply<false, true>(s[mt], row, col0);
+        softmax[mt].update(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
+      } else {  // raw scores; the scale is folded into the exponent (one FFMA per element)
+        if (boundary) mod.apply_mask(s[mt], row, col0);
+        softmax[mt].update(s[mt], alpha, mod.scale_log2);
+      }
       if (kMods && has_dropout) dropout.apply(s[mt], row, col0);
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
@@ -239,7 +249,7 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
     if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
   }
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(p.heads_q, p.batch, m_blocks), Cfg::warps * 32, kSmem, stream>>>(p);
+  kernel<<<dim3(static_cast<unsigned>(m_blocks) * p.heads_q, p.batch), Cfg::warps * 32, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -247,6 +257,10 @@ template <class T, int kD>
 Status run_fwd(const Params& p, cudaStream_t stream) {
   const int m_blocks = (p.seqlen_q + FwdTileFor<kD>::block_m - 1) / FwdTileFor<kD>::block_m;  // varlen: longest
   if (m_blocks == 0 || p.batch == 0) return Status::Ok();  // nothing to write
+  // Grid x holds (head, query block) pairs: bounded by 2^31 - 1 (batch and m_blocks are checked
+  // against 65535 by select()).
+  if (static_cast<int64_t>(m_blocks) * p.heads_q > 0x7fffffff)
+    return Status{ErrorCode::Unsupported, "q: heads x query blocks exceeds the CUDA grid limit (2^31 - 1)"};
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
   const cudaError_t e = mods ? launch_fwd_kernel<T, kD, true>(p, stream, m_blocks)
                              : launch_fwd_kernel<T, kD, false>(p, stream, m_blocks);
