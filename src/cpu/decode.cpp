@@ -10,6 +10,9 @@
 // Decode rows are few (Sq·group per task), so the products are row-times-block loops the compiler
 // vectorises, not the sgemm tiles of the prefill forward (src/cpu/flash_kernels.h): with one query
 // row an sgemm call would be a GEMV with packing overhead.
+// forward_paged (paged prefill: varlen queries, keys through a block table, no append) runs here
+// too: kv_seq() gives each sequence's query rows and key count from the prefix sums. Its rows can
+// be many (Sq·group), which this row-by-row path serves correctly but without sgemm tiles.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -59,10 +62,9 @@ float round_to(DType t, float x) {
 // The decode loops are row-times-block: widen a cache row, dot it with each query row, add a scaled
 // V row to each output row. This file is compiled for the baseline target, so these few kernels are
 // cloned per instruction set (target_clones: the loader picks the best at run time), and fp16 rows
-// are widened with F16C where the CPU has it. Measured (2-core EPYC, B=1 Hq=32 Hk=8 D=128, 8000
-// cached fp16 keys, 32 MB of K/V per call): ~18-20 ms either way on the shared machine, where the
-// time goes to reading the cache (widening ~26%) and to OpenMP waits; the clones matter more on a
-// quiet machine with the cache in L3.
+// are widened with F16C where the CPU has it. Measured on the shared 2-core dev machine (B=1 Hq=32
+// Hk=8 D=128, 8000 cached fp16 keys, 32 MB of K/V per call): 15 ms on one thread (2.2 GB/s of
+// K/V), bound by reading the cache; the machine was too loaded for a two-thread number.
 
 // fp16 -> fp32 with F16C, 8 at a time (tails scalar).
 __attribute__((target("avx,f16c"))) void widen_f16_f16c(const uint16_t* src, int n, float* dst) {

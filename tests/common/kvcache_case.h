@@ -47,6 +47,9 @@ struct KVCase {
   float softcap = 0.0f;
   bool alibi = false;               // per (batch, head) slopes
   int num_splits = 0;
+  // Memory layout of q, k_new, v_new, the caches and out (Padded also pads the block table rows):
+  // strided views must be read and written through their strides only.
+  Layout layout = Layout::Contiguous;
   uint64_t seed = 1;
 
   int head_dim_v() const { return dv > 0 ? dv : d; }
@@ -90,11 +93,12 @@ inline KVInputs make_kv_inputs(const KVCase& c) {
   HostTensor lk(c.dtype, {B, cap, c.hk, D}), lv(c.dtype, {B, cap, c.hk, Dv});
   lk.fill_normal(rng);
   lv.fill_normal(rng);
-  in.q = HostTensor(c.dtype, {B, c.sq, c.hq, D});
+  const Layout L = c.layout;
+  in.q = HostTensor(c.dtype, {B, c.sq, c.hq, D}, L);
   in.q.fill_normal(rng);
   const int snew_rows = std::max(c.snew, 1);  // a 0-row tensor has no storage: keep one (unused)
-  in.k_new = HostTensor(c.dtype, {B, snew_rows, c.hk, D});
-  in.v_new = HostTensor(c.dtype, {B, snew_rows, c.hk, Dv});
+  in.k_new = HostTensor(c.dtype, {B, snew_rows, c.hk, D}, L);
+  in.v_new = HostTensor(c.dtype, {B, snew_rows, c.hk, Dv}, L);
   in.k_new.fill_normal(rng);
   in.v_new.fill_normal(rng);
   in.len.resize(B);
@@ -114,14 +118,14 @@ inline KVInputs make_kv_inputs(const KVCase& c) {
   if (c.page_size > 0) {
     const int per_seq = cap / c.page_size;
     const int pages = B * per_seq + 3;  // 3 spare pages nobody maps
-    in.k_cache = HostTensor(c.dtype, {pages, c.page_size, c.hk, D});
-    in.v_cache = HostTensor(c.dtype, {pages, c.page_size, c.hk, Dv});
+    in.k_cache = HostTensor(c.dtype, {pages, c.page_size, c.hk, D}, L);
+    in.v_cache = HostTensor(c.dtype, {pages, c.page_size, c.hk, Dv}, L);
     in.k_cache.fill_normal(rng);
     in.v_cache.fill_normal(rng);
     std::vector<int> perm(pages);
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), rng);
-    in.block_table = HostTensor(DType::I32, {B, per_seq});
+    in.block_table = HostTensor(DType::I32, {B, per_seq}, L == Layout::Padded ? Layout::Padded : Layout::Contiguous);
     for (int b = 0; b < B; ++b)
       for (int n = 0; n < per_seq; ++n) {
         const int page = perm[b * per_seq + n];
@@ -134,8 +138,8 @@ inline KVInputs make_kv_inputs(const KVCase& c) {
       }
   } else {
     const int rows = c.batch_idx ? B + 1 : B;
-    in.k_cache = HostTensor(c.dtype, {rows, cap, c.hk, D});
-    in.v_cache = HostTensor(c.dtype, {rows, cap, c.hk, Dv});
+    in.k_cache = HostTensor(c.dtype, {rows, cap, c.hk, D}, L);
+    in.v_cache = HostTensor(c.dtype, {rows, cap, c.hk, Dv}, L);
     in.k_cache.fill_normal(rng);
     in.v_cache.fill_normal(rng);
     std::vector<int> perm(rows);
@@ -209,6 +213,7 @@ inline void check_kv_case(const KVCase& c, const KVRunner& run, KVRun* result = 
   ASSERT_TRUE(got.status.ok()) << error_code_name(got.status.code) << ": " << got.status.message;
   EXPECT_EQ(got.out.count_nan(), 0) << "forward_kvcache left elements of out unwritten (or wrote NaN)";
   EXPECT_EQ(got.lse.count_nan(), 0) << "forward_kvcache left elements of lse unwritten (or wrote NaN)";
+  EXPECT_TRUE(got.out.gaps_poisoned()) << "forward_kvcache wrote outside the out view (" << layout_name(c.layout) << ")";
   EXPECT_TRUE(within_rule("out", c.dtype, got.out.values(), r64.out, rstd.out));
   EXPECT_TRUE(within_rule("lse", DType::F32, got.lse.values(), r64.lse, rstd.lse));
   // Rows that see no key: O exactly 0 and LSE = -inf.

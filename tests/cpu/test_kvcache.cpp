@@ -16,7 +16,7 @@ namespace {
 KVRun run_cpu(const KVCase& c, const KVInputs& in0) {
   KVInputs in = in0;  // the call writes the cache: work on a copy, keep the inputs for the reference
   KVRun r;
-  r.out = HostTensor(c.dtype, in.out_shape);
+  r.out = HostTensor(c.dtype, in.out_shape, c.layout);
   r.lse = HostTensor(DType::F32, in.lse_shape);
   r.out.poison();
   r.lse.poison();
@@ -61,6 +61,12 @@ std::vector<KVCase> cases() {
   { KVCase c = base("PagedPrefillCausal", DType::BF16); c.batch = 2; c.page_size = 16; c.capacity = 96; c.sq = 64;
     c.snew = 64; c.seqlens = {0, 20}; c.causal = true; c.rotary_dim = 32; v.push_back(c); }
   { KVCase c = base("MqaGroup16", DType::F16); c.hq = 16; c.hk = 1; c.sq = 2; c.snew = 2; c.causal = true; v.push_back(c); }
+  { KVCase c = base("WideDvSplitsF32", DType::F32); c.d = 20; c.dv = 300; c.capacity = 300; c.num_splits = 3;
+    c.seqlens = {250, 120}; v.push_back(c); }  // the combine's 256-wide chunks of Dv
+  { KVCase c = base("PaddedStridesPagedRotary", DType::BF16); c.layout = Layout::Padded; c.page_size = 16;
+    c.capacity = 96; c.sq = 2; c.snew = 2; c.causal = true; c.rotary_dim = 32; c.interleaved = true; v.push_back(c); }
+  { KVCase c = base("HeadMajorBatchIdx", DType::F16); c.layout = Layout::HeadMajor; c.batch_idx = true; c.leftpad = true;
+    c.sq = 3; c.snew = 1; c.window_left = 30; c.window_right = 5; v.push_back(c); }
   return v;
 }
 

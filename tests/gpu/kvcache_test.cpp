@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -52,7 +54,7 @@ struct DeviceKV {
 
 KVRun run_gpu(const KVCase& c, const KVInputs& in) {
   KVRun r;
-  r.out = HostTensor(c.dtype, in.out_shape);
+  r.out = HostTensor(c.dtype, in.out_shape, c.layout);
   r.lse = HostTensor(DType::F32, in.lse_shape);
   r.out.poison();
   r.lse.poison();
@@ -124,6 +126,11 @@ std::vector<KVCase> gpu_cases() {
   { KVCase c = base("Splits64", DType::BF16, 64); c.capacity = 600; c.seqlens = {300, 5}; c.num_splits = 64; v.push_back(c); }
   { KVCase c = base("LongHeuristic", DType::BF16, 128); c.batch = 1; c.hq = 32; c.hk = 8; c.capacity = 16384;
     c.seqlens = {16000}; c.rotary_dim = 128; v.push_back(c); }
+  // Head-major (BHSD) q, k_new, caches and out: strides that are multiples of 8, not contiguous rows.
+  { KVCase c = base("HeadMajorPagedRotary", DType::BF16, 128); c.layout = Layout::HeadMajor; c.page_size = 32;
+    c.capacity = 256; c.hq = 8; c.hk = 2; c.sq = 2; c.snew = 2; c.causal = true; c.rotary_dim = 128; v.push_back(c); }
+  { KVCase c = base("HeadMajorBatchIdxSplits", DType::F16, 64); c.layout = Layout::HeadMajor; c.batch_idx = true;
+    c.leftpad = true; c.capacity = 900; c.num_splits = 4; v.push_back(c); }
   // Paged prefill (chunked): 200 new rows onto a cache of 50, causal, many row blocks.
   { KVCase c = base("PagedPrefill", DType::F16, 128); c.page_size = 64; c.capacity = 256; c.hq = 4; c.hk = 2;
     c.sq = 200; c.snew = 200; c.seqlens = {50, 0}; c.causal = true; c.rotary_dim = 128; v.push_back(c); }
@@ -350,6 +357,95 @@ TEST(PagedPrefillGpu, BadBlockTableRejected) {
   EXPECT_EQ(r.status.code, ErrorCode::InvalidIndex) << error_code_name(r.status.code) << ": " << r.status.message;
   EXPECT_NE(r.status.message.find("block_table"), std::string::npos) << r.status.message;
   EXPECT_EQ(r.out.count_nan(), r.out.numel()) << "a rejected call wrote out";
+}
+
+// ---- Timing (informational, no assertion on speed) ----------------------------------------------
+// Decode bandwidth on typical shapes: the K/V bytes a call must read over its time (events, 20
+// calls after a warm-up), for the split heuristic and for num_splits = 1. Printed for the log of
+// the GPU run; IOATTN_SKIP_TIMING=1 skips it.
+TEST(KVCacheGpuTiming, DecodeBandwidth) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  if (std::getenv("IOATTN_SKIP_TIMING")) GTEST_SKIP() << "IOATTN_SKIP_TIMING set";
+  struct Shape { int batch, hq, hk, d, len, page; };
+  const Shape shapes[] = {{1, 32, 8, 128, 32768, 0}, {8, 32, 8, 128, 8192, 0}, {64, 32, 8, 128, 2048, 0},
+                          {16, 64, 8, 128, 4096, 256}, {4, 32, 32, 128, 8192, 0}, {8, 16, 2, 256, 8192, 64}};
+  for (const Shape& sh : shapes) {
+    const int64_t cap = sh.len + 64;
+    const int64_t per_seq = sh.page ? (cap + sh.page - 1) / sh.page : 0;
+    const int64_t rows = sh.page ? sh.batch * per_seq : sh.batch, rlen = sh.page ? sh.page : cap;
+    const size_t kv_elems = static_cast<size_t>(rows) * rlen * sh.hk * sh.d;
+    void *q, *kc, *vc, *out, *bt = nullptr;
+    CUDA_OK(cudaMalloc(&q, sizeof(uint16_t) * sh.batch * sh.hq * sh.d));
+    CUDA_OK(cudaMalloc(&kc, sizeof(uint16_t) * kv_elems));
+    CUDA_OK(cudaMalloc(&vc, sizeof(uint16_t) * kv_elems));
+    CUDA_OK(cudaMalloc(&out, sizeof(uint16_t) * sh.batch * sh.hq * sh.d));
+    CUDA_OK(cudaMemset(q, 0x2c, sizeof(uint16_t) * sh.batch * sh.hq * sh.d));  // fp16 0x2c2c ~ 0.06
+    CUDA_OK(cudaMemset(kc, 0x2c, sizeof(uint16_t) * kv_elems));
+    CUDA_OK(cudaMemset(vc, 0x2c, sizeof(uint16_t) * kv_elems));
+    std::vector<int32_t> table(static_cast<size_t>(sh.batch) * std::max<int64_t>(per_seq, 1));
+    for (size_t e = 0; e < table.size(); ++e) table[e] = static_cast<int32_t>(e);
+    if (sh.page) {
+      CUDA_OK(cudaMalloc(&bt, sizeof(int32_t) * table.size()));
+      CUDA_OK(cudaMemcpy(bt, table.data(), sizeof(int32_t) * table.size(), cudaMemcpyHostToDevice));
+    }
+    auto dev = [](void* p, std::initializer_list<int64_t> shape, DType dt = DType::F16) {
+      return TensorView::contiguous(p, dt, shape, DeviceType::CUDA, 0);
+    };
+    const TensorView tq = dev(q, {sh.batch, 1, sh.hq, sh.d}), to = dev(out, {sh.batch, 1, sh.hq, sh.d});
+    const TensorView tk = dev(kc, {rows, rlen, sh.hk, sh.d}), tv = dev(vc, {rows, rlen, sh.hk, sh.d});
+    for (int splits : {0, 1}) {
+      KVCacheArgs a;
+      a.cache_seqlen = sh.len;
+      a.num_splits = splits;
+      if (sh.page) a.block_table = dev(bt, {sh.batch, per_seq}, DType::I32);
+      size_t bytes = 0;
+      Status s = forward_kvcache_workspace_size(tq, tk, tv, a, &bytes);
+      ASSERT_TRUE(s.ok()) << s.message;
+      DeviceScratch ws(bytes);
+      a.workspace = ws.get();
+      a.workspace_bytes = bytes;
+      cudaStream_t stream;
+      CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      a.stream = stream;
+      s = forward_kvcache(tq, tk, tv, to, TensorView{}, a);  // warm-up (and the index checks)
+      ASSERT_TRUE(s.ok()) << s.message;
+      // Replayed from a graph: under capture the host-side index check (a synchronisation) is
+      // skipped, so the events time the kernels alone.
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      s = forward_kvcache(tq, tk, tv, to, TensorView{}, a);
+      CUDA_OK(cudaStreamEndCapture(stream, &graph));
+      ASSERT_TRUE(s.ok()) << s.message;
+      CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+      cudaEvent_t t0, t1;
+      CUDA_OK(cudaEventCreate(&t0));
+      CUDA_OK(cudaEventCreate(&t1));
+      constexpr int kReps = 20;
+      CUDA_OK(cudaGraphLaunch(exec, stream));
+      CUDA_OK(cudaEventRecord(t0, stream));
+      for (int r = 0; r < kReps; ++r) CUDA_OK(cudaGraphLaunch(exec, stream));
+      CUDA_OK(cudaEventRecord(t1, stream));
+      CUDA_OK(cudaEventSynchronize(t1));
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+      cudaStreamDestroy(stream);
+      float ms = 0;
+      CUDA_OK(cudaEventElapsedTime(&ms, t0, t1));
+      const double us = 1000.0 * ms / kReps;
+      const double kv_bytes = 2.0 * sh.batch * sh.len * sh.hk * sh.d * sizeof(uint16_t);
+      std::printf("[ timing   ] decode B=%d Hq=%d Hk=%d D=%d len=%d %s: %8.1f us  %7.1f GB/s  (%s)\n", sh.batch, sh.hq,
+                  sh.hk, sh.d, sh.len, sh.page ? ("paged" + std::to_string(sh.page)).c_str() : "contiguous", us,
+                  kv_bytes / us / 1e3, describe_kvcache_choice(tq, tk, tv, a).c_str());
+      cudaEventDestroy(t0);
+      cudaEventDestroy(t1);
+    }
+    cudaFree(q);
+    cudaFree(kc);
+    cudaFree(vc);
+    cudaFree(out);
+    if (bt) cudaFree(bt);
+  }
 }
 
 }  // namespace

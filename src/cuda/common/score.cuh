@@ -1,7 +1,7 @@
 // What happens to a score between the QK^T product and the softmax, applied to mma accumulator
 // fragments (layout in mma.cuh): softmax scale, softcap, ALiBi, the window/causal mask and the
 // ragged key tail, and dropout on P. Scores leave here in log2 units (x = s * log2(e)), so the
-// softmax uses exp2f. Shared by the forward and backward kernels.
+// softmax uses exp2 (fast_exp2, softmax.cuh). Shared by the forward and backward kernels.
 #pragma once
 
 #include <cstdint>

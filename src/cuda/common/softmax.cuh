@@ -8,6 +8,19 @@
 
 namespace ioattn::cuda {
 
+// 2^x with ex2.approx.ftz.f32: one MUFU.EX2. exp2f without -ftz=true compiles to ex2.approx.f32,
+// which ptxas expands to about four instructions (range test and pre/post scaling so that results
+// below 2^-126 come out subnormal instead of 0); FA2 gets the one-instruction form from
+// --use_fast_math. Flushing is harmless for attention probabilities: a P below 2^-126 next to the
+// row maximum's P = 1 is below fp32's resolution of the row sum and of fp16's range, and bf16's
+// subnormal products with V vanish in the fp32 accumulator. Same ~2 ulp accuracy as exp2f
+// otherwise; exp2(-inf) = +0, so masked scores still give exactly 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 struct OnlineSoftmax {
   float m[2];  // running row maximum, log2 units (quad-uniform)
   float l[2];  // running sum of exp2(x - m): this thread's columns only, summed over the quad at the end
@@ -18,31 +31,36 @@ struct OnlineSoftmax {
   }
 
   // x: one key block of scores whose log2-unit value is x * scale -> P = exp2(x * scale - m_new) in
-  // place. scale > 0 (validate.cpp: a given softmax_scale is > 0, else 1/sqrt(d)), so the maximum
-  // can be taken on x before scaling: rounding is monotone, max(round(x_i * scale)) ==
-  // round(max(x_i) * scale), the same m as scaling first. Folding the scale into the exponent makes
-  // it one FFMA per element instead of FMUL + FADD (FA2's trick). Callers whose scores are already
-  // in log2 units (softcap / ALiBi transforms) pass scale = 1, where x * 1 - m is exactly x - m.
-  // Masked scores are -inf in either unit. alpha[r] is the factor the output accumulator of row r
-  // must be rescaled by (exp2(m_old - m_new)).
-  template <int kNTiles>
+  // place; alpha[r] is the factor the output accumulator of row r must be rescaled by
+  // (exp2(m_old - m_new)). kScaled = false: x is already in log2 units (scale unused; callers whose
+  // softcap / ALiBi transforms are not linear in the score). kScaled = true: x is the raw score and
+  // scale > 0 (validate.cpp: a given softmax_scale is > 0, else 1/sqrt(d)), so the maximum can be
+  // taken before scaling (rounding is monotone: max(round(x_i * scale)) == round(max(x_i) * scale),
+  // the same m as scaling first), and the scale folds into the exponent: one FFMA per element
+  // instead of FMUL + FADD (FA2's trick). Masked scores are -inf in either unit.
+  template <bool kScaled = false, int kNTiles>
   __device__ __forceinline__ void update(float (&x)[kNTiles][4], float (&alpha)[2], float scale = 1.0f) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
+      float mx = kScaled ? -INFINITY : m[r];
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      mx = fmaxf(m[r], mx * scale);  // log2 units; -inf * scale stays -inf
+      if (kScaled) mx = fmaxf(m[r], mx * scale);  // to log2 units; -inf * scale stays -inf
       const float base = mx == -INFINITY ? 0.0f : mx;
-      alpha[r] = exp2f(m[r] - base);  // 0 while the row had no key (m = -inf)
+      alpha[r] = fast_exp2(m[r] - base);  // 0 while the row had no key (m = -inf)
       m[r] = mx;
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
-        x[nt][2 * r] = exp2f(fmaf(x[nt][2 * r], scale, -base));
-        x[nt][2 * r + 1] = exp2f(fmaf(x[nt][2 * r + 1], scale, -base));
+        if (kScaled) {
+          x[nt][2 * r] = fast_exp2(fmaf(x[nt][2 * r], scale, -base));
+          x[nt][2 * r + 1] = fast_exp2(fmaf(x[nt][2 * r + 1], scale, -base));
+        } else {
+          x[nt][2 * r] = fast_exp2(x[nt][2 * r] - base);
+          x[nt][2 * r + 1] = fast_exp2(x[nt][2 * r + 1] - base);
+        }
         sum += x[nt][2 * r] + x[nt][2 * r + 1];
       }
       l[r] = l[r] * alpha[r] + sum;

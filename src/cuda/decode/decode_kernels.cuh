@@ -8,9 +8,13 @@
 //            per row; the warps' states merge through shared memory at the end (the same merge
 //            as the splits'). Split s covers an equal share of the key tiles of [0, Sk_b).
 //   combine  one warp per (b, h, i) merges the splits' normalised partials by LSE.
-// Why CUDA cores, not mma.sync: with Sq·group <= 16 rows a block's product is a 16 x 128 x D tile,
-// memory-bound at decode lengths (each key byte feeds 2·kM flops); the score step reads K from
-// shared memory once per lane and key with 16-byte loads.
+// Why CUDA cores, not mma.sync (yet): a decode block holds Sq·group real rows, typically 4-8 of
+// the 16, and the loops skip the absent ones; per K/V byte (2 bytes per element, K and V) that is
+// about rows/2 FMAs, i.e. 2-4 FMA per byte against the ~15 bytes/clock/SM of HBM on H100/H200 and
+// 128 FMA/clock/SM: memory-bound up to ~16 rows. The score step reads K from shared memory once
+// per lane and key with 16-byte loads (row pitch kD + 8: conflict-free). Blocks with many rows
+// (paged prefill, Sq·group >> 16) would gain from mma.sync tiles (common/mma.cuh, tile.cuh); that
+// is the next step for forward_paged's speed, not needed for its correctness.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -38,6 +38,7 @@
 #include "cuda/common/mma.cuh"
 #include "cuda/common/score.cuh"
 #include "cuda/common/seq.cuh"
+#include "cuda/common/softmax.cuh"
 #include "cuda/common/tile.cuh"
 #include "cuda/sm80/bwd_run.cuh"
 #include "cuda/sm80/bwd_warp.cuh"
@@ -165,7 +166,12 @@ __device__ __forceinline__ void key_blocks_for_queries(const Params& p, const Se
 //   dS = P ∘ (dP∘Z·rp − D) ∘ (1 − tanh²(·) under softcap),
 // stored as T to s_ds, and P∘Z·rp to s_p (skipped when s_p is null: the dq kernel needs only dS).
 // m0, n0: sequence positions of the block's first row and key.
-template <class Cfg, class T>
+// kMods = false (calls without softcap, ALiBi and dropout, checked by run_bwd) compiles those out:
+// fewer instructions in the element-wise part and fewer live registers. Its scores stay raw and
+// the scale is folded into the exponent, exp2(fma(s, scale·log2e, −LSE·log2e)): one FFMA per
+// element instead of FMUL + FADD. With kMods the scores are in log2 units (score.cuh) and the
+// multiplier is 1, where fma(x, 1, −lse) is exactly x − lse: unchanged from before.
+template <class Cfg, bool kMods, class T>
 __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T* sdO, const T* sV,
                                               const float* s_lse, const float* s_dsum, T* s_p, T* s_ds,
                                               const Params& p, const ScoreMod& mod, const Dropout& drop, int m0,
@@ -183,12 +189,18 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
   warp_gemm_abt<TileQ, TileK, kKSteps, kNT>(dp, sdO, sV, row_w, col_w, lane);
 
   const int i0 = m0 + row_w + g, j0 = n0 + col_w + 2 * t;  // this thread's first row and column
-  if (mod.block_needs_mask(m0, m_last, n0, Cfg::kBlockN)) {
-    mod.apply<true>(s, i0, j0);
-  } else {
-    mod.apply<false>(s, i0, j0);
+  const bool masked = mod.block_needs_mask(m0, m_last, n0, Cfg::kBlockN);
+  if (kMods) {
+    if (masked) {
+      mod.apply<true>(s, i0, j0);
+    } else {
+      mod.apply<false>(s, i0, j0);
+    }
+  } else if (masked) {
+    mod.apply_mask(s, i0, j0);  // raw scores, −inf where masked
   }
-  const bool dropout = p.dropout_p > 0.f;
+  const float x_scale = kMods ? 1.f : mod.scale_log2;
+  const bool dropout = kMods && p.dropout_p > 0.f;
   if (dropout) drop.apply(dp, i0, j0);  // dP∘Z; the 1/(1-p) factor is applied below
   const float rp = dropout ? p.rp_dropout : 1.f;
 #pragma unroll
@@ -200,9 +212,9 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const float x = s[nt][half * 2 + e];
-        const float prob = exp2f(x - lse2);
+        const float prob = fast_exp2(fmaf(x, x_scale, -lse2));  // softmax.cuh: one MUFU.EX2
         float ds = prob * (dp[nt][half * 2 + e] * rp - dsum);
-        if (mod.softcap) {
+        if (kMods && mod.softcap) {
           // tanh of the capped score, recovered from x = cap_out · tanh − ALiBi; fmaxf keeps a
           // masked x = −inf from making 0 · (−inf).
           const int i = i0 + half * 8, j = j0 + nt * 8 + e;
@@ -267,7 +279,8 @@ __global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum
 }
 
 // Grid (ceil(Sk / kBlockN), Hk, B). dK, dV of one key block, summed over the group's query heads.
-template <int kHeadDim, class T>
+// kMods: softcap, ALiBi or dropout compiled in (see scores_and_ds).
+template <int kHeadDim, class T, bool kMods>
 __global__ void __launch_bounds__(kThreads, 1)
     bwd_dkdv(Params p, const float* dsum, float* dq_accum, int stages) {
   using Cfg = Config<kHeadDim>;
@@ -344,7 +357,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int m0 = (m_begin + it % n_m) * kBlockM;
     const T* q_s = sQ + stage * TileQ::kElems;
     const T* do_s = sdO + stage * TileQ::kElems;
-    scores_and_ds<Cfg>(q_s, sK, do_s, sV, s_lse + stage * kBlockM, s_dsum + stage * kBlockM, sP, sdS, p,
+    scores_and_ds<Cfg, kMods>(q_s, sK, do_s, sV, s_lse + stage * kBlockM, s_dsum + stage * kBlockM, sP, sdS, p,
                        ScoreMod::make(p, b, h, s.sq, s.sk), Dropout::make(p, b, h), m0, n0, m0 + kBlockM - 1);
     __syncthreads();  // P and dS are complete
 
@@ -375,7 +388,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // Deterministic mode. Grid (ceil(Sq / 64), Hq, B): dQ of one query block, key blocks in order.
-template <int kHeadDim, class T>
+template <int kHeadDim, class T, bool kMods>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsum) {
   using Cfg = Config<kHeadDim>;
   using TileQ = typename Cfg::TileQ;
@@ -429,7 +442,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    scores_and_ds<Cfg, T>(sQ, sK, sdO, sV, s_lse, s_dsum, nullptr, sdS, p, mod, drop, m0, n0, m0 + kBlockM - 1);
+    scores_and_ds<Cfg, kMods, T>(sQ, sK, sdO, sV, s_lse, s_dsum, nullptr, sdS, p, mod, drop, m0, n0, m0 + kBlockM - 1);
     __syncthreads();
     warp_gemm_ab<TileS, TileK, kBlockN / 16, kNT>(dq_acc, sdS, sK, row_w, col_w, lane);
   }
@@ -475,8 +488,11 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   const int stages = smem_optin >= Cfg::smem_dkdv(2) ? 2 : 1;
   const int smem_dkdv = Cfg::smem_dkdv(stages);
-  auto dkdv = bwd_dkdv<kHeadDim, T>;
-  auto dq = bwd_dq<kHeadDim, T>;
+  // Calls without softcap, ALiBi and dropout (the common case) run the instantiation with them
+  // compiled out (scores_and_ds).
+  const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
+  auto dkdv = mods ? bwd_dkdv<kHeadDim, T, true> : bwd_dkdv<kHeadDim, T, false>;
+  auto dq = mods ? bwd_dq<kHeadDim, T, true> : bwd_dq<kHeadDim, T, false>;
   if (e == cudaSuccess) e = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_dkdv);
   if (e == cudaSuccess && p.deterministic)
     e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemDq);

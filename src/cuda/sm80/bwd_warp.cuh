@@ -80,6 +80,20 @@ __device__ __forceinline__ void warp_gemm_ab(float (&acc)[kNT][4], const T* sA, 
   }
 }
 
+// d[0] += x, d[1] += y (fp32, global). sm_90 has a vector reduction (red.global.add.v2.f32, CUDA's
+// float2 atomicAdd): one instruction and one L2 request per pair instead of two. d is 8-byte
+// aligned: the dQ accumulator rows start at multiples of d_pad floats from a 256-byte offset into
+// the workspace (bwd_preprocess already stores float4 to them, so the workspace is 16-byte
+// aligned), and columns are even. sm_80 falls back to two scalar atomics.
+__device__ __forceinline__ void atomic_add2(float* d, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(d), make_float2(x, y));
+#else
+  atomicAdd(d, x);
+  atomicAdd(d + 1, y);
+#endif
+}
+
 // dst[m0.., n0..] += A[m0.., k] · B[k, n0..] (fp32, atomicAdd), 16 columns at a time so that only
 // 8 accumulators are live: the dQ update of the atomic mode. Rows >= rows_valid and columns >=
 // cols_valid are skipped. The A fragments (16 × 16 kKSteps) are loaded once for all columns.
@@ -108,9 +122,7 @@ __device__ __forceinline__ void warp_gemm_ab_atomic(float* dst, int ld, int rows
       for (int half = 0; half < 2; ++half) {
         const int row = m0 + g + half * 8;
         if (row >= rows_valid) continue;
-        float* d = dst + static_cast<int64_t>(row) * ld + col;
-        atomicAdd(d, acc[nt][half * 2]);
-        atomicAdd(d + 1, acc[nt][half * 2 + 1]);
+        atomic_add2(dst + static_cast<int64_t>(row) * ld + col, acc[nt][half * 2], acc[nt][half * 2 + 1]);
       }
     }
   }

@@ -7,12 +7,13 @@
 //                wait K_n; start V_n                        (V_n load overlaps S = Q K_n^T)
 //                S = Q K_n^T   mma.m16n8k16, fp32 accumulators in registers
 //                scores -> log2 units: scale / softcap / ALiBi; element mask only on boundary blocks
-//                online softmax (m, l) in fp32 with exp2f; rescale O; dropout on P
+//                online softmax (m, l) in fp32 with exp2 (fast_exp2); rescale O; dropout on P
 //                wait V_n; start K_{n+1}                    (K_{n+1} load overlaps O += P V_n)
 //                O += P V_n    P converted to 16 bits in registers (C fragment == A fragment)
 //   epilogue   O / l (and 1/(1-p) with dropout) -> input dtype, staged through the Q tile for
 //              16-byte coalesced stores; LSE = ln(sum) in fp32.
-// Fast intrinsics relied on: exp2f (ex2.approx, about 2 ulp) and log2f; tanhf is the accurate one.
+// Fast intrinsics relied on: ex2.approx.ftz (fast_exp2 in common/softmax.cuh, about 2 ulp, results
+// below 2^-126 flushed to 0) and log2f; tanhf is the accurate one.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -51,15 +52,16 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
   T* sK = sQ + QTile::kElems;
   T* sV = sK + KVTile::kElems;
 
-  // Grid x = (head, query block) with the query block fastest-varying, y = batch (FA2's order):
-  // the CTAs resident at one time are the query blocks of one or two heads, which stream the same
-  // K/V tiles, so K/V are read from HBM about once per head and then hit in L2. (Head-fastest
-  // order put every head's K/V in flight at once: at d = 128, S = 16k that is 128 MB, more than
-  // L2.) Query blocks reversed: under a causal mask the last ones see the most keys; start them
-  // first so the short ones fill the tail of each head's wave.
-  const int m_blocks = (p.seqlen_q + kBM - 1) / kBM;  // as run_fwd sized the grid (varlen: longest)
-  const int h = blockIdx.x / m_blocks, b = blockIdx.y;
-  const int m_block = m_blocks - 1 - static_cast<int>(blockIdx.x % m_blocks);
+  // Grid (query block, head, batch), the query block fastest-varying (FA2's order): the CTAs
+  // resident at one time are the query blocks of one or two heads, which stream the same K/V tiles,
+  // so K/V come from HBM about once per head and then hit in L2. (Head-fastest order put every
+  // head's K/V in flight at once: at d = 128, S = 16k that is 128 MB, more than L2.) Indices are
+  // plain blockIdx reads (no division): ptxas rematerialises them instead of keeping them live,
+  // which a flattened (head, block) index cost 40-50 bytes of spills at d = 128.
+  // Query blocks reversed: under a causal mask the last ones see the most keys; start them first
+  // so the short ones fill the tail of each head's wave.
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int m_block = gridDim.x - 1 - blockIdx.x;
   const SeqBounds sb = seq_bounds(p, b);
   const int m0 = m_block * kBM;
   if (m0 >= sb.sq) return;  // beyond this (varlen) sequence: the whole CTA leaves together
@@ -152,7 +154,7 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
         softmax[mt].update(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
       } else {  // raw scores; the scale is folded into the exponent (one FFMA per element)
         if (boundary) mod.apply_mask(s[mt], row, col0);
-        softmax[mt].update(s[mt], alpha, mod.scale_log2);
+        softmax[mt].update<true>(s[mt], alpha, mod.scale_log2);
       }
       if (kMods && has_dropout) dropout.apply(s[mt], row, col0);
 #pragma unroll
@@ -161,6 +163,19 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
         o[mt][dt][2] *= alpha[1]; o[mt][dt][3] *= alpha[1];
       }
     }
+
+    // P to 16 bits now, all of it (FA2 does the same): the fp32 scores die here, so the O += P V
+    // product below holds O, P packed (half the registers of S) and one V fragment.
+    uint32_t pk[kMT][kBN / 16][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        pk[mt][kk][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pk[mt][kk][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pk[mt][kk][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pk[mt][kk][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 
     cp_async_wait<0>();
     __syncthreads();  // V_n visible; every warp is done reading K_n
@@ -171,22 +186,14 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
 
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) {  // O += P V_n, 16 keys per step
-      uint32_t a[kMT][4];
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
 #pragma unroll
       for (int dp = 0; dp < kDT / 2; ++dp) {
         uint32_t bv[4];
         load_b_frags_kn<KVTile>(bv, sV, kk * 16, dp * 16, lane);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
-          mma_16816<T>(o[mt][2 * dp], a[mt], bv[0], bv[1]);
-          mma_16816<T>(o[mt][2 * dp + 1], a[mt], bv[2], bv[3]);
+          mma_16816<T>(o[mt][2 * dp], pk[mt][kk], bv[0], bv[1]);
+          mma_16816<T>(o[mt][2 * dp + 1], pk[mt][kk], bv[2], bv[3]);
         }
       }
     }
@@ -249,7 +256,7 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
     if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
   }
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(static_cast<unsigned>(m_blocks) * p.heads_q, p.batch), Cfg::warps * 32, kSmem, stream>>>(p);
+  kernel<<<dim3(m_blocks, p.heads_q, p.batch), Cfg::warps * 32, kSmem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -257,10 +264,11 @@ template <class T, int kD>
 Status run_fwd(const Params& p, cudaStream_t stream) {
   const int m_blocks = (p.seqlen_q + FwdTileFor<kD>::block_m - 1) / FwdTileFor<kD>::block_m;  // varlen: longest
   if (m_blocks == 0 || p.batch == 0) return Status::Ok();  // nothing to write
-  // Grid x holds (head, query block) pairs: bounded by 2^31 - 1 (batch and m_blocks are checked
-  // against 65535 by select()).
-  if (static_cast<int64_t>(m_blocks) * p.heads_q > 0x7fffffff)
-    return Status{ErrorCode::Unsupported, "q: heads x query blocks exceeds the CUDA grid limit (2^31 - 1)"};
+  // Heads are grid y (65535 at most, as in the backward's grids); select() bounds batch (grid z)
+  // and the query-block count.
+  if (p.heads_q > 65535)
+    return Status{ErrorCode::Unsupported, "q: " + std::to_string(p.heads_q) +
+                                              " heads exceed the CUDA kernels' 65535 (grid y)"};
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
   const cudaError_t e = mods ? launch_fwd_kernel<T, kD, true>(p, stream, m_blocks)
                              : launch_fwd_kernel<T, kD, false>(p, stream, m_blocks);
