@@ -177,6 +177,7 @@ static Status workspace_size(const TensorView& q, const TensorView& k, const Ten
   *bytes = cuda::workspace_size(p, backward);
   return Status::Ok();
 #else
+  (void)backward;
   return no_cuda();
 #endif
 }

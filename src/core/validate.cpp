@@ -10,124 +10,25 @@
 #include <vector>
 
 #include "backends.h"
+#include "checks.h"
 #include "philox.h"
 
 namespace ioattn {
-namespace {
-
-template <class... T>
-Status err(ErrorCode c, T&&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return Status{c, os.str()};
-}
-
-std::string shape_str(const TensorView& t) {
-  std::ostringstream os;
-  os << "(";
-  for (int i = 0; i < t.ndim; ++i) os << (i ? ", " : "") << t.shape[i];
-  os << ")";
-  return os.str();
-}
-
-const char* device_name(DeviceType d) { return d == DeviceType::CPU ? "cpu" : "cuda"; }
-
-// Byte range [lo, hi) a view touches (strides are non-negative, checked before).
-void byte_range(const TensorView& t, uintptr_t* lo, uintptr_t* hi) {
-  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
-  uintptr_t last = 0;
-  bool empty = false;
-  for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] == 0) empty = true;
-    else last += static_cast<uintptr_t>(t.shape[i] - 1) * static_cast<uintptr_t>(t.stride[i]);
-  }
-  *lo = base;
-  *hi = empty ? base : base + (last + 1) * dtype_size(t.dtype);
-}
-
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (!a.defined() || !b.defined()) return false;
-  uintptr_t alo, ahi, blo, bhi;
-  byte_range(a, &alo, &ahi);
-  byte_range(b, &blo, &bhi);
-  return alo < bhi && blo < ahi;
-}
-
-// An output view must not write one element twice: sorted by stride, each stride reaches past the
-// extent of the dimensions below it.
-bool self_overlapping(const TensorView& t) {
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
-  for (int i = 0; i < t.ndim; ++i)
-    if (t.shape[i] > 1) dims.emplace_back(t.stride[i], t.shape[i]);
-  std::sort(dims.begin(), dims.end());
-  int64_t extent = 1;
-  for (auto [s, n] : dims) {
-    if (s < extent) return true;
-    extent = s * (n - 1) + extent;
-  }
-  return false;
-}
-
-// Common checks of one tensor argument: present, rank, dtype, device, strides.
-Status check_tensor(const char* name, const TensorView& t, int ndim, DType dtype, const TensorView& like,
-                    bool output) {
-  if (!t.defined()) return err(ErrorCode::InvalidShape, name, ": expected a tensor, got none (null data)");
-  if (t.ndim != ndim)
-    return err(ErrorCode::InvalidShape, name, ": expected ", ndim, " dimensions, got ", t.ndim, " ", shape_str(t));
-  if (t.dtype != dtype)
-    return err(ErrorCode::InvalidDType, name, ": expected dtype ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
-  if (t.device != like.device || t.device_index != like.device_index)
-    return err(ErrorCode::DeviceMismatch, name, ": expected device ", device_name(like.device), ":",
-               like.device_index, " like q, got ", device_name(t.device), ":", t.device_index);
-  for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] < 0) return err(ErrorCode::InvalidShape, name, ": negative size in dimension ", i);
-    if (t.stride[i] < 0) return err(ErrorCode::InvalidStride, name, ": negative stride in dimension ", i);
-  }
-  if (t.shape[t.ndim - 1] > 1 && t.stride[t.ndim - 1] != 1)
-    return err(ErrorCode::InvalidStride, name, ": expected a contiguous last dimension (stride 1), got stride ",
-               t.stride[t.ndim - 1]);
-  if (output && self_overlapping(t))
-    return err(ErrorCode::InvalidStride, name, ": output strides make elements overlap");
-  return Status::Ok();
-}
-
-Status expect_dim(const char* name, const TensorView& t, int dim, int64_t want, const char* what,
-                  const char* like) {
-  if (t.shape[dim] != want)
-    return err(ErrorCode::InvalidShape, name, ": expected ", what, " ", want, " like ", like, ", got ", t.shape[dim],
-               " (shape ", shape_str(t), ")");
-  return Status::Ok();
-}
-
-#define IOATTN_TRY(expr)             \
-  do {                               \
-    Status s_ = (expr);              \
-    if (!s_.ok()) return s_;         \
-  } while (0)
-
-constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-
-Status check_int_range(const char* name, int64_t v) {
-  if (v > kIntMax) return err(ErrorCode::InvalidShape, name, ": ", v, " exceeds the supported 2^31 - 1");
-  return Status::Ok();
-}
-
-}  // namespace
 
 Status validate(const Inputs& in, bool backward, Params* p_out) {
   const TensorView& q = in.q;
   const TensorView& k = in.k;
   const TensorView& v = in.v;
   const Args& a = in.args;
-  if (!q.defined()) return err(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
+  if (!q.defined()) return make_error(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
   if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
-    return err(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
+    return make_error(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
   if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
-    return err(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+    return make_error(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
 
   const bool varlen = a.cu_seqlens_q.defined() || a.cu_seqlens_k.defined();
   if (varlen && !(a.cu_seqlens_q.defined() && a.cu_seqlens_k.defined()))
-    return err(ErrorCode::InvalidShape, a.cu_seqlens_q.defined() ? "cu_seqlens_k" : "cu_seqlens_q",
+    return make_error(ErrorCode::InvalidShape, a.cu_seqlens_q.defined() ? "cu_seqlens_k" : "cu_seqlens_q",
                ": varlen mode needs both cu_seqlens_q and cu_seqlens_k");
   const int nd = varlen ? 3 : 4;
   const int row = varlen ? 0 : 1;  // the sequence (token) dimension
@@ -137,22 +38,18 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
 
   const int64_t D = q.shape[nd - 1], Dv = v.shape[nd - 1];
   const int64_t Hq = q.shape[nd - 2], Hk = k.shape[nd - 2];
-  if (D <= 0) return err(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
-  if (Dv <= 0) return err(ErrorCode::InvalidShape, "v: expected head_dim > 0, got ", Dv);
-  if (Hq <= 0) return err(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
-  if (Hk <= 0) return err(ErrorCode::InvalidShape, "k: expected heads > 0, got ", Hk);
+  if (D <= 0) return make_error(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
+  if (Dv <= 0) return make_error(ErrorCode::InvalidShape, "v: expected head_dim > 0, got ", Dv);
+  if (Hq <= 0) return make_error(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
+  if (Hk <= 0) return make_error(ErrorCode::InvalidShape, "k: expected heads > 0, got ", Hk);
   IOATTN_TRY(expect_dim("k", k, nd - 1, D, "head_dim", "q"));
   IOATTN_TRY(expect_dim("v", v, nd - 2, Hk, "heads", "k"));
   IOATTN_TRY(expect_dim("v", v, row, k.shape[row], varlen ? "total_k" : "seqlen_k", "k"));
   if (Hq % Hk != 0)
-    return err(ErrorCode::InvalidShape, "k: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
+    return make_error(ErrorCode::InvalidShape, "k: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
   if (!varlen) {
     IOATTN_TRY(expect_dim("k", k, 0, q.shape[0], "batch", "q"));
     IOATTN_TRY(expect_dim("v", v, 0, q.shape[0], "batch", "q"));
-  }
-  for (int i = 0; i < nd; ++i) {
-    IOATTN_TRY(check_int_range("q", q.shape[i]));
-    IOATTN_TRY(check_int_range("k", k.shape[i]));
   }
 
   // Outputs, shaped like their inputs.
@@ -166,13 +63,13 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
     for (auto [name, cu] : {std::pair<const char*, const TensorView*>{"cu_seqlens_q", &a.cu_seqlens_q},
                             {"cu_seqlens_k", &a.cu_seqlens_k}}) {
       IOATTN_TRY(check_tensor(name, *cu, 1, DType::I32, q, false));
-      if (cu->shape[0] < 1) return err(ErrorCode::InvalidShape, name, ": expected batch + 1 >= 1 entries, got 0");
+      if (cu->shape[0] < 1) return make_error(ErrorCode::InvalidShape, name, ": expected batch + 1 >= 1 entries, got 0");
     }
     if (a.cu_seqlens_k.shape[0] != a.cu_seqlens_q.shape[0])
-      return err(ErrorCode::InvalidShape, "cu_seqlens_k: expected ", a.cu_seqlens_q.shape[0],
+      return make_error(ErrorCode::InvalidShape, "cu_seqlens_k: expected ", a.cu_seqlens_q.shape[0],
                  " entries like cu_seqlens_q, got ", a.cu_seqlens_k.shape[0]);
-    if (a.max_seqlen_q < 0) return err(ErrorCode::InvalidValue, "max_seqlen_q: expected >= 0, got ", a.max_seqlen_q);
-    if (a.max_seqlen_k < 0) return err(ErrorCode::InvalidValue, "max_seqlen_k: expected >= 0, got ", a.max_seqlen_k);
+    if (a.max_seqlen_q < 0) return make_error(ErrorCode::InvalidValue, "max_seqlen_q: expected >= 0, got ", a.max_seqlen_q);
+    if (a.max_seqlen_k < 0) return make_error(ErrorCode::InvalidValue, "max_seqlen_k: expected >= 0, got ", a.max_seqlen_k);
   }
 
   // LSE: fp32, contiguous. Optional in forward, required in backward.
@@ -187,7 +84,7 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
       IOATTN_TRY(expect_dim("lse", lse, 1, Hq, "heads", "q"));
       IOATTN_TRY(expect_dim("lse", lse, 2, q.shape[1], "seqlen_q", "q"));
     }
-    if (!lse.is_contiguous()) return err(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
+    if (!lse.is_contiguous()) return make_error(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
   }
 
   if (backward) {
@@ -207,39 +104,26 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
     for (int g = 0; g < 3; ++g) {
       for (int i = 0; i < 6; ++i)
         if (overlaps(*grads[g].second, *ins[i]))
-          return err(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", in_names[i]);
+          return make_error(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", in_names[i]);
       for (int h = g + 1; h < 3; ++h)
         if (overlaps(*grads[g].second, *grads[h].second))
-          return err(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", grads[h].first);
+          return make_error(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", grads[h].first);
     }
   } else {
     const TensorView* ins[] = {&q, &k, &v};
     const char* in_names[] = {"q", "k", "v"};
     for (int i = 0; i < 3; ++i) {
-      if (overlaps(out, *ins[i])) return err(ErrorCode::InvalidStride, "out: must not overlap ", in_names[i]);
-      if (overlaps(lse, *ins[i])) return err(ErrorCode::InvalidStride, "lse: must not overlap ", in_names[i]);
+      if (overlaps(out, *ins[i])) return make_error(ErrorCode::InvalidStride, "out: must not overlap ", in_names[i]);
+      if (overlaps(lse, *ins[i])) return make_error(ErrorCode::InvalidStride, "lse: must not overlap ", in_names[i]);
     }
-    if (overlaps(out, lse)) return err(ErrorCode::InvalidStride, "lse: must not overlap out");
+    if (overlaps(out, lse)) return make_error(ErrorCode::InvalidStride, "lse: must not overlap out");
   }
 
   // Scalars.
-  if (std::isinf(a.softmax_scale)) return err(ErrorCode::InvalidValue, "softmax_scale: expected a finite value");
-  if (a.window_left < -1) return err(ErrorCode::InvalidValue, "window_left: expected >= -1, got ", a.window_left);
-  if (a.window_right < -1) return err(ErrorCode::InvalidValue, "window_right: expected >= -1, got ", a.window_right);
-  if (a.causal && a.window_right > 0)
-    return err(ErrorCode::InvalidValue, "window_right: causal allows no key right of the diagonal, got ", a.window_right);
-  if (!(a.softcap >= 0.0f) || std::isinf(a.softcap))
-    return err(ErrorCode::InvalidValue, "softcap: expected a finite value >= 0, got ", a.softcap);
+  const ScoreArgs scores{a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes};
+  IOATTN_TRY(check_scores(scores, batch, Hq, q));
   if (!(a.dropout_p >= 0.0f && a.dropout_p < 1.0f))
-    return err(ErrorCode::InvalidValue, "dropout_p: expected 0 <= p < 1, got ", a.dropout_p);
-  if (a.alibi_slopes.defined()) {
-    const TensorView& s = a.alibi_slopes;
-    if (s.ndim != 1 && s.ndim != 2)
-      return err(ErrorCode::InvalidShape, "alibi_slopes: expected shape (heads_q) or (batch, heads_q), got ", shape_str(s));
-    IOATTN_TRY(check_tensor("alibi_slopes", s, s.ndim, DType::F32, q, false));
-    IOATTN_TRY(expect_dim("alibi_slopes", s, s.ndim - 1, Hq, "heads", "q"));
-    if (s.ndim == 2) IOATTN_TRY(expect_dim("alibi_slopes", s, 0, batch, "batch", "q"));
-  }
+    return make_error(ErrorCode::InvalidValue, "dropout_p: expected 0 <= p < 1, got ", a.dropout_p);
 
   Params p{};
   p.dtype = q.dtype;
@@ -278,14 +162,7 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
     p.dv = in.dv.data; strides(in.dv, &p.dv_batch_stride, &p.dv_row_stride, &p.dv_head_stride);
   }
 
-  p.scale = (a.softmax_scale > 0.0f) ? a.softmax_scale : 1.0f / std::sqrt(static_cast<float>(D));
-  p.scale_log2 = p.scale * 1.4426950408889634f;  // log2(e)
-  p.softcap = a.softcap;
-  p.window_left = a.window_left;
-  p.window_right = a.causal ? 0 : a.window_right;
-  p.causal = p.window_left < 0 && p.window_right == 0;
-  p.alibi_slopes = static_cast<const float*>(a.alibi_slopes.data);
-  p.alibi_batch_stride = (a.alibi_slopes.defined() && a.alibi_slopes.ndim == 2) ? a.alibi_slopes.stride[0] : 0;
+  fill_scores(scores, D, &p);
   p.dropout_p = a.dropout_p;
   p.rp_dropout = 1.0f / (1.0f - a.dropout_p);
   p.dropout_threshold = dropout_threshold(a.dropout_p);
@@ -303,7 +180,7 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
     if (q.device == DeviceType::CPU) {
       IOATTN_TRY(check_cu_seqlens_host(p, total_q, total_k));
     } else {
-      if (q.device != DeviceType::CUDA) return err(ErrorCode::DeviceMismatch, "q: unsupported device");
+      if (q.device != DeviceType::CUDA) return make_error(ErrorCode::DeviceMismatch, "q: unsupported device");
       IOATTN_TRY(check_cu_seqlens_device(p, total_q, total_k));
     }
   }
@@ -319,18 +196,18 @@ Status check_cu_seqlens_host(const Params& p, int total_q, int total_k) {
   const char* max_names[] = {"max_seqlen_q", "max_seqlen_k"};
   for (int t = 0; t < 2; ++t) {
     const int32_t* cu = cus[t].second;
-    if (cu[0] != 0) return err(ErrorCode::InvalidIndex, cus[t].first, ": expected to start at 0, got ", cu[0]);
+    if (cu[0] != 0) return make_error(ErrorCode::InvalidIndex, cus[t].first, ": expected to start at 0, got ", cu[0]);
     for (int b = 0; b < p.batch; ++b) {
       const int64_t len = static_cast<int64_t>(cu[b + 1]) - cu[b];
       if (len < 0)
-        return err(ErrorCode::InvalidIndex, cus[t].first, ": expected non-decreasing prefix sums, got ", cu[b],
+        return make_error(ErrorCode::InvalidIndex, cus[t].first, ": expected non-decreasing prefix sums, got ", cu[b],
                    " then ", cu[b + 1], " at index ", b);
       if (len > maxes[t])
-        return err(ErrorCode::InvalidIndex, max_names[t], ": sequence ", b, " has length ", len,
+        return make_error(ErrorCode::InvalidIndex, max_names[t], ": sequence ", b, " has length ", len,
                    ", more than ", max_names[t], " = ", maxes[t]);
     }
     if (cu[p.batch] > totals[t])
-      return err(ErrorCode::InvalidIndex, cus[t].first, ": last entry ", cu[p.batch], " exceeds the ", totals[t],
+      return make_error(ErrorCode::InvalidIndex, cus[t].first, ": last entry ", cu[p.batch], " exceeds the ", totals[t],
                  " rows of ", t == 0 ? "q" : "k");
   }
   return Status::Ok();

@@ -10,149 +10,29 @@
 #include <vector>
 
 #include "backends.h"
+#include "checks.h"
 #include "validate.h"
 
 namespace ioattn {
 namespace {
 
-template <class... T>
-Status err(ErrorCode c, T&&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return Status{c, os.str()};
-}
-
-#define IOATTN_TRY(expr)     \
-  do {                       \
-    Status s_ = (expr);      \
-    if (!s_.ok()) return s_; \
-  } while (0)
-
-std::string shape_str(const TensorView& t) {
-  std::ostringstream os;
-  os << "(";
-  for (int i = 0; i < t.ndim; ++i) os << (i ? ", " : "") << t.shape[i];
-  os << ")";
-  return os.str();
-}
-
-// Present, rank, dtype, device like q, non-negative sizes and strides, contiguous last dimension.
-Status check_tensor(const char* name, const TensorView& t, int ndim, DType dtype, const TensorView& q) {
-  if (!t.defined()) return err(ErrorCode::InvalidShape, name, ": expected a tensor, got none (null data)");
-  if (t.ndim != ndim)
-    return err(ErrorCode::InvalidShape, name, ": expected ", ndim, " dimensions, got ", t.ndim, " ", shape_str(t));
-  if (t.dtype != dtype)
-    return err(ErrorCode::InvalidDType, name, ": expected dtype ", dtype_name(dtype), ", got ", dtype_name(t.dtype));
-  if (t.device != q.device || t.device_index != q.device_index)
-    return err(ErrorCode::DeviceMismatch, name, ": expected the device of q, got another");
-  for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] < 0) return err(ErrorCode::InvalidShape, name, ": negative size in dimension ", i);
-    if (t.stride[i] < 0) return err(ErrorCode::InvalidStride, name, ": negative stride in dimension ", i);
-    if (t.shape[i] > std::numeric_limits<int32_t>::max())
-      return err(ErrorCode::InvalidShape, name, ": size ", t.shape[i], " exceeds the supported 2^31 - 1");
-  }
-  if (t.shape[t.ndim - 1] > 1 && t.stride[t.ndim - 1] != 1)
-    return err(ErrorCode::InvalidStride, name, ": expected a contiguous last dimension (stride 1), got stride ",
-               t.stride[t.ndim - 1]);
-  return Status::Ok();
-}
-
-Status expect_dim(const char* name, const TensorView& t, int dim, int64_t want, const char* what, const char* like) {
-  if (t.shape[dim] != want)
-    return err(ErrorCode::InvalidShape, name, ": expected ", what, " ", want, " like ", like, ", got ", t.shape[dim],
-               " (shape ", shape_str(t), ")");
-  return Status::Ok();
-}
-
-void byte_range(const TensorView& t, uintptr_t* lo, uintptr_t* hi) {
-  uintptr_t last = 0;
-  bool empty = false;
-  for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] == 0) empty = true;
-    else last += static_cast<uintptr_t>(t.shape[i] - 1) * static_cast<uintptr_t>(t.stride[i]);
-  }
-  *lo = reinterpret_cast<uintptr_t>(t.data);
-  *hi = empty ? *lo : *lo + (last + 1) * dtype_size(t.dtype);
-}
-bool overlaps(const TensorView& a, const TensorView& b) {
-  if (!a.defined() || !b.defined()) return false;
-  uintptr_t alo, ahi, blo, bhi;
-  byte_range(a, &alo, &ahi);
-  byte_range(b, &blo, &bhi);
-  return alo < bhi && blo < ahi;
-}
-bool self_overlapping(const TensorView& t) {
-  std::vector<std::pair<int64_t, int64_t>> dims;
-  for (int i = 0; i < t.ndim; ++i)
-    if (t.shape[i] > 1) dims.emplace_back(t.stride[i], t.shape[i]);
-  std::sort(dims.begin(), dims.end());
-  int64_t extent = 1;
-  for (auto [s, n] : dims) {
-    if (s < extent) return true;
-    extent = s * (n - 1) + extent;
-  }
-  return false;
-}
-
 Status check_index_vector(const char* name, const TensorView& t, int64_t batch, const TensorView& q) {
-  IOATTN_TRY(check_tensor(name, t, 1, DType::I32, q));
+  IOATTN_TRY(check_tensor(name, t, 1, DType::I32, q, false));
   return expect_dim(name, t, 0, batch, "batch", "q");
 }
 
-// Score modifiers shared by forward_kvcache and forward_paged (the checks of forward()).
-struct ScoreArgs {
-  float softmax_scale;
-  bool causal;
-  int window_left, window_right;
-  float softcap;
-  const TensorView& alibi_slopes;
-};
-
-Status check_scores(const ScoreArgs& a, int64_t B, int64_t Hq, const TensorView& q) {
-  if (std::isinf(a.softmax_scale)) return err(ErrorCode::InvalidValue, "softmax_scale: expected a finite value");
-  if (a.window_left < -1) return err(ErrorCode::InvalidValue, "window_left: expected >= -1, got ", a.window_left);
-  if (a.window_right < -1) return err(ErrorCode::InvalidValue, "window_right: expected >= -1, got ", a.window_right);
-  if (a.causal && a.window_right > 0)
-    return err(ErrorCode::InvalidValue, "window_right: causal allows no key right of the diagonal, got ", a.window_right);
-  if (!(a.softcap >= 0.0f) || std::isinf(a.softcap))
-    return err(ErrorCode::InvalidValue, "softcap: expected a finite value >= 0, got ", a.softcap);
-  if (a.alibi_slopes.defined()) {
-    const TensorView& s = a.alibi_slopes;
-    if (s.ndim != 1 && s.ndim != 2)
-      return err(ErrorCode::InvalidShape, "alibi_slopes: expected shape (heads_q) or (batch, heads_q), got ", shape_str(s));
-    IOATTN_TRY(check_tensor("alibi_slopes", s, s.ndim, DType::F32, q));
-    IOATTN_TRY(expect_dim("alibi_slopes", s, s.ndim - 1, Hq, "heads", "q"));
-    if (s.ndim == 2) IOATTN_TRY(expect_dim("alibi_slopes", s, 0, B, "batch", "q"));
-  }
-  return Status::Ok();
-}
-
-void fill_scores(const ScoreArgs& a, int64_t D, Params* p) {
-  p->scale = (a.softmax_scale > 0.0f) ? a.softmax_scale : 1.0f / std::sqrt(static_cast<float>(D));
-  p->scale_log2 = p->scale * 1.4426950408889634f;
-  p->softcap = a.softcap;
-  p->window_left = a.window_left;
-  p->window_right = a.causal ? 0 : a.window_right;
-  p->causal = p->window_left < 0 && p->window_right == 0;
-  p->alibi_slopes = static_cast<const float*>(a.alibi_slopes.data);
-  p->alibi_batch_stride = (a.alibi_slopes.defined() && a.alibi_slopes.ndim == 2) ? a.alibi_slopes.stride[0] : 0;
-  p->rp_dropout = 1.0f;
-}
-
-// A paged cache: page size (dimension 1 of the cache) a positive multiple of 16, at least one page,
-// block_table (B, max_pages) int32. Returns the capacity per sequence in *capacity.
 Status check_paged(const TensorView& kc, const TensorView& block_table, int64_t B, const TensorView& q,
                    int64_t* capacity) {
-  IOATTN_TRY(check_tensor("block_table", block_table, 2, DType::I32, q));
+  IOATTN_TRY(check_tensor("block_table", block_table, 2, DType::I32, q, false));
   IOATTN_TRY(expect_dim("block_table", block_table, 0, B, "batch", "q"));
   const int64_t page_size = kc.shape[1];
   if (page_size <= 0 || page_size % 16 != 0)
-    return err(ErrorCode::InvalidShape, "k_cache: a paged cache needs a page size (dimension 1) that is a positive "
+    return make_error(ErrorCode::InvalidShape, "k_cache: a paged cache needs a page size (dimension 1) that is a positive "
                "multiple of 16, got ", page_size);
-  if (kc.shape[0] <= 0) return err(ErrorCode::InvalidShape, "k_cache: a paged cache needs at least one page");
+  if (kc.shape[0] <= 0) return make_error(ErrorCode::InvalidShape, "k_cache: a paged cache needs at least one page");
   *capacity = page_size * block_table.shape[1];
   if (*capacity > std::numeric_limits<int32_t>::max())
-    return err(ErrorCode::InvalidShape, "block_table: capacity ", *capacity, " exceeds 2^31 - 1");
+    return make_error(ErrorCode::InvalidShape, "block_table: capacity ", *capacity, " exceeds 2^31 - 1");
   return Status::Ok();
 }
 
@@ -161,24 +41,24 @@ Status check_paged(const TensorView& kc, const TensorView& block_table, int64_t 
 Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
   const TensorView &q = in.q, &kc = in.k_cache, &vc = in.v_cache, &out = in.out, &lse = in.lse;
   const KVCacheArgs& a = in.args;
-  if (!q.defined()) return err(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
+  if (!q.defined()) return make_error(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
   if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
-    return err(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
+    return make_error(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
   if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
-    return err(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
-  IOATTN_TRY(check_tensor("q", q, 4, q.dtype, q));
-  IOATTN_TRY(check_tensor("k_cache", kc, 4, q.dtype, q));
-  IOATTN_TRY(check_tensor("v_cache", vc, 4, q.dtype, q));
+    return make_error(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+  IOATTN_TRY(check_tensor("q", q, 4, q.dtype, q, false));
+  IOATTN_TRY(check_tensor("k_cache", kc, 4, q.dtype, q, false));
+  IOATTN_TRY(check_tensor("v_cache", vc, 4, q.dtype, q, false));
   const int64_t B = q.shape[0], Sq = q.shape[1], Hq = q.shape[2], D = q.shape[3];
   const int64_t Hk = kc.shape[2], Dv = vc.shape[3];
-  if (D <= 0) return err(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
-  if (Dv <= 0) return err(ErrorCode::InvalidShape, "v_cache: expected head_dim > 0, got ", Dv);
-  if (Hq <= 0) return err(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
-  if (Hk <= 0) return err(ErrorCode::InvalidShape, "k_cache: expected heads > 0, got ", Hk);
+  if (D <= 0) return make_error(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
+  if (Dv <= 0) return make_error(ErrorCode::InvalidShape, "v_cache: expected head_dim > 0, got ", Dv);
+  if (Hq <= 0) return make_error(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
+  if (Hk <= 0) return make_error(ErrorCode::InvalidShape, "k_cache: expected heads > 0, got ", Hk);
   IOATTN_TRY(expect_dim("k_cache", kc, 3, D, "head_dim", "q"));
   for (int i = 0; i < 3; ++i) IOATTN_TRY(expect_dim("v_cache", vc, i, kc.shape[i], "size", "k_cache"));
   if (Hq % Hk != 0)
-    return err(ErrorCode::InvalidShape, "k_cache: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
+    return make_error(ErrorCode::InvalidShape, "k_cache: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
 
   // Cache layout and capacity.
   const bool paged = a.block_table.defined();
@@ -188,25 +68,25 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
     page_size = kc.shape[1];
     max_pages = a.block_table.shape[1];
     if (a.cache_batch_idx.defined())
-      return err(ErrorCode::InvalidValue, "cache_batch_idx: not supported with a paged cache (block_table maps "
+      return make_error(ErrorCode::InvalidValue, "cache_batch_idx: not supported with a paged cache (block_table maps "
                  "sequences to pages)");
     if (a.cache_leftpad.defined())
-      return err(ErrorCode::InvalidValue, "cache_leftpad: not supported with a paged cache");
+      return make_error(ErrorCode::InvalidValue, "cache_leftpad: not supported with a paged cache");
   } else if (!a.cache_batch_idx.defined() && kc.shape[0] < B) {
-    return err(ErrorCode::InvalidShape, "k_cache: expected at least batch ", B, " cache rows like q, got ",
+    return make_error(ErrorCode::InvalidShape, "k_cache: expected at least batch ", B, " cache rows like q, got ",
                kc.shape[0], " (or pass cache_batch_idx)");
   }
   if (capacity > std::numeric_limits<int32_t>::max())
-    return err(ErrorCode::InvalidShape, "block_table: capacity ", capacity, " exceeds 2^31 - 1");
+    return make_error(ErrorCode::InvalidShape, "block_table: capacity ", capacity, " exceeds 2^31 - 1");
 
   // New keys / values.
   const bool append = a.k_new.defined() || a.v_new.defined();
   int64_t Snew = 0;
   if (append) {
     if (!a.k_new.defined() || !a.v_new.defined())
-      return err(ErrorCode::InvalidShape, a.k_new.defined() ? "v_new" : "k_new", ": k_new and v_new come together");
-    IOATTN_TRY(check_tensor("k_new", a.k_new, 4, q.dtype, q));
-    IOATTN_TRY(check_tensor("v_new", a.v_new, 4, q.dtype, q));
+      return make_error(ErrorCode::InvalidShape, a.k_new.defined() ? "v_new" : "k_new", ": k_new and v_new come together");
+    IOATTN_TRY(check_tensor("k_new", a.k_new, 4, q.dtype, q, false));
+    IOATTN_TRY(check_tensor("v_new", a.v_new, 4, q.dtype, q, false));
     Snew = a.k_new.shape[1];
     IOATTN_TRY(expect_dim("k_new", a.k_new, 0, B, "batch", "q"));
     IOATTN_TRY(expect_dim("k_new", a.k_new, 2, Hk, "heads", "k_cache"));
@@ -216,13 +96,13 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
     IOATTN_TRY(expect_dim("v_new", a.v_new, 2, Hk, "heads", "k_cache"));
     IOATTN_TRY(expect_dim("v_new", a.v_new, 3, Dv, "head_dim", "v_cache"));
     if (Snew > capacity)
-      return err(ErrorCode::InvalidShape, "k_new: ", Snew, " new rows exceed the cache capacity ", capacity);
+      return make_error(ErrorCode::InvalidShape, "k_new: ", Snew, " new rows exceed the cache capacity ", capacity);
   }
 
   // Per-sequence index tensors.
   if (a.cache_seqlens.defined()) IOATTN_TRY(check_index_vector("cache_seqlens", a.cache_seqlens, B, q));
   else if (a.cache_seqlen < 0)
-    return err(ErrorCode::InvalidValue, "cache_seqlen: expected >= 0, got ", a.cache_seqlen);
+    return make_error(ErrorCode::InvalidValue, "cache_seqlen: expected >= 0, got ", a.cache_seqlen);
   if (a.cache_batch_idx.defined()) IOATTN_TRY(check_index_vector("cache_batch_idx", a.cache_batch_idx, B, q));
   if (a.cache_leftpad.defined()) IOATTN_TRY(check_index_vector("cache_leftpad", a.cache_leftpad, B, q));
 
@@ -230,59 +110,58 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
   int64_t rotary_dim = 0, rotary_seqlen = 0;
   if (a.rotary_cos.defined() || a.rotary_sin.defined()) {
     if (!a.rotary_cos.defined() || !a.rotary_sin.defined())
-      return err(ErrorCode::InvalidShape, a.rotary_cos.defined() ? "rotary_sin" : "rotary_cos",
+      return make_error(ErrorCode::InvalidShape, a.rotary_cos.defined() ? "rotary_sin" : "rotary_cos",
                  ": rotary_cos and rotary_sin come together");
-    IOATTN_TRY(check_tensor("rotary_cos", a.rotary_cos, 2, q.dtype, q));
-    IOATTN_TRY(check_tensor("rotary_sin", a.rotary_sin, 2, q.dtype, q));
+    IOATTN_TRY(check_tensor("rotary_cos", a.rotary_cos, 2, q.dtype, q, false));
+    IOATTN_TRY(check_tensor("rotary_sin", a.rotary_sin, 2, q.dtype, q, false));
     for (int i = 0; i < 2; ++i) IOATTN_TRY(expect_dim("rotary_sin", a.rotary_sin, i, a.rotary_cos.shape[i], "size", "rotary_cos"));
     if (a.rotary_cos.stride[0] != a.rotary_sin.stride[0])
-      return err(ErrorCode::InvalidStride, "rotary_sin: expected the row stride of rotary_cos (", a.rotary_cos.stride[0],
+      return make_error(ErrorCode::InvalidStride, "rotary_sin: expected the row stride of rotary_cos (", a.rotary_cos.stride[0],
                  "), got ", a.rotary_sin.stride[0]);
     rotary_dim = 2 * a.rotary_cos.shape[1];
     rotary_seqlen = a.rotary_cos.shape[0];
     if (rotary_dim <= 0 || rotary_dim > D)
-      return err(ErrorCode::InvalidShape, "rotary_cos: expected rotary_dim / 2 in [1, head_dim / 2 = ", D / 2, "], got ",
+      return make_error(ErrorCode::InvalidShape, "rotary_cos: expected rotary_dim / 2 in [1, head_dim / 2 = ", D / 2, "], got ",
                  a.rotary_cos.shape[1]);
     if (rotary_seqlen < capacity)
-      return err(ErrorCode::InvalidShape, "rotary_cos: expected at least ", capacity,
+      return make_error(ErrorCode::InvalidShape, "rotary_cos: expected at least ", capacity,
                  " rows (the cache capacity), got ", rotary_seqlen);
   }
 
   // Outputs.
-  IOATTN_TRY(check_tensor("out", out, 4, q.dtype, q));
+  IOATTN_TRY(check_tensor("out", out, 4, q.dtype, q, true));
   for (int i = 0; i < 3; ++i) IOATTN_TRY(expect_dim("out", out, i, q.shape[i], "size", "q"));
   IOATTN_TRY(expect_dim("out", out, 3, Dv, "head_dim", "v_cache"));
-  if (self_overlapping(out)) return err(ErrorCode::InvalidStride, "out: output strides make elements overlap");
   if (lse.defined()) {
-    IOATTN_TRY(check_tensor("lse", lse, 3, DType::F32, q));
+    IOATTN_TRY(check_tensor("lse", lse, 3, DType::F32, q, true));
     IOATTN_TRY(expect_dim("lse", lse, 0, B, "batch", "q"));
     IOATTN_TRY(expect_dim("lse", lse, 1, Hq, "heads", "q"));
     IOATTN_TRY(expect_dim("lse", lse, 2, Sq, "seqlen_q", "q"));
-    if (!lse.is_contiguous()) return err(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
+    if (!lse.is_contiguous()) return make_error(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
   }
   // Aliasing: outputs never overlap inputs; with an append the caches are outputs too.
   {
     const TensorView* ins[] = {&q, &kc, &vc, &a.k_new, &a.v_new};
     const char* names[] = {"q", "k_cache", "v_cache", "k_new", "v_new"};
     for (int i = 0; i < 5; ++i) {
-      if (overlaps(out, *ins[i])) return err(ErrorCode::InvalidStride, "out: must not overlap ", names[i]);
-      if (overlaps(lse, *ins[i])) return err(ErrorCode::InvalidStride, "lse: must not overlap ", names[i]);
+      if (overlaps(out, *ins[i])) return make_error(ErrorCode::InvalidStride, "out: must not overlap ", names[i]);
+      if (overlaps(lse, *ins[i])) return make_error(ErrorCode::InvalidStride, "lse: must not overlap ", names[i]);
     }
-    if (overlaps(out, lse)) return err(ErrorCode::InvalidStride, "lse: must not overlap out");
+    if (overlaps(out, lse)) return make_error(ErrorCode::InvalidStride, "lse: must not overlap out");
     if (append) {
       const TensorView* reads[] = {&q, &a.k_new, &a.v_new, &a.rotary_cos, &a.rotary_sin};
       const char* read_names[] = {"q", "k_new", "v_new", "rotary_cos", "rotary_sin"};
       for (int i = 0; i < 5; ++i) {
-        if (overlaps(kc, *reads[i])) return err(ErrorCode::InvalidStride, "k_cache: must not overlap ", read_names[i]);
-        if (overlaps(vc, *reads[i])) return err(ErrorCode::InvalidStride, "v_cache: must not overlap ", read_names[i]);
+        if (overlaps(kc, *reads[i])) return make_error(ErrorCode::InvalidStride, "k_cache: must not overlap ", read_names[i]);
+        if (overlaps(vc, *reads[i])) return make_error(ErrorCode::InvalidStride, "v_cache: must not overlap ", read_names[i]);
       }
-      if (overlaps(kc, vc)) return err(ErrorCode::InvalidStride, "v_cache: must not overlap k_cache when appending");
+      if (overlaps(kc, vc)) return make_error(ErrorCode::InvalidStride, "v_cache: must not overlap k_cache when appending");
     }
   }
 
   const ScoreArgs score{a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes};
   IOATTN_TRY(check_scores(score, B, Hq, q));
-  if (a.num_splits < 0) return err(ErrorCode::InvalidValue, "num_splits: expected >= 0 (0 = heuristic), got ", a.num_splits);
+  if (a.num_splits < 0) return make_error(ErrorCode::InvalidValue, "num_splits: expected >= 0 (0 = heuristic), got ", a.num_splits);
 
   Params p{};
   p.dtype = q.dtype;
@@ -304,6 +183,7 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
   p.lse_batch_stride = Hq * Sq;
   p.lse_head_stride = Sq;
   fill_scores(score, D, &p);
+  p.rp_dropout = 1.0f;  // no dropout in decoding
   p.stream = a.stream;
   p.workspace = a.workspace;
   p.workspace_bytes = a.workspace_bytes;
@@ -344,7 +224,7 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
 #ifdef IOATTN_WITH_CUDA
     IOATTN_TRY(cuda::check_kvcache_indices(p));
 #else
-    return err(ErrorCode::Unsupported, "q: tensors are on a CUDA device but ioattn was built without CUDA");
+    return make_error(ErrorCode::Unsupported, "q: tensors are on a CUDA device but ioattn was built without CUDA");
 #endif
   }
   *p_out = p;
@@ -359,27 +239,27 @@ Status check_kvcache_indices_host(const Params& p) {
     const int64_t len = p.varlen ? static_cast<int64_t>(p.cu_seqlens_k[b + 1]) - p.cu_seqlens_k[b]
                                  : (p.cache_seqlens ? p.cache_seqlens[b] : p.cache_seqlen);
     const char* len_name = p.varlen ? "cu_seqlens_k" : (p.cache_seqlens ? "cache_seqlens" : "cache_seqlen");
-    if (len < 0) return err(ErrorCode::InvalidIndex, len_name, ": sequence ", b, " has length ", len, ", expected >= 0");
+    if (len < 0) return make_error(ErrorCode::InvalidIndex, len_name, ": sequence ", b, " has length ", len, ", expected >= 0");
     if (len + p.seqlen_new > capacity)
-      return err(ErrorCode::InvalidIndex, len_name, ": sequence ", b, " has ", len, " cached + ", p.seqlen_new,
+      return make_error(ErrorCode::InvalidIndex, len_name, ": sequence ", b, " has ", len, " cached + ", p.seqlen_new,
                  " new keys, more than the cache capacity ", capacity,
                  p.page_size ? " (pages per sequence x page size)" : " (k_cache dimension 1)");
     if (p.cache_leftpad) {
       const int64_t pad = p.cache_leftpad[b];
       if (pad < 0 || pad > len)
-        return err(ErrorCode::InvalidIndex, "cache_leftpad: sequence ", b, " has leftpad ", pad,
+        return make_error(ErrorCode::InvalidIndex, "cache_leftpad: sequence ", b, " has leftpad ", pad,
                    ", expected in [0, cache_seqlens = ", len, "]");
     }
     int row = b;
     if (p.cache_batch_idx) {
       row = p.cache_batch_idx[b];
       if (row < 0 || row >= p.cache_batch)
-        return err(ErrorCode::InvalidIndex, "cache_batch_idx: sequence ", b, " maps to cache row ", row,
+        return make_error(ErrorCode::InvalidIndex, "cache_batch_idx: sequence ", b, " maps to cache row ", row,
                    ", expected in [0, ", p.cache_batch, ")");
     }
     if (!writer.empty()) {
       if (writer[row] >= 0)
-        return err(ErrorCode::InvalidIndex, "cache_batch_idx: sequences ", writer[row], " and ", b,
+        return make_error(ErrorCode::InvalidIndex, "cache_batch_idx: sequences ", writer[row], " and ", b,
                    " both append to cache row ", row);
       writer[row] = b;
     }
@@ -390,7 +270,7 @@ Status check_kvcache_indices_host(const Params& p) {
       for (int64_t n = 0; n < used; ++n) {
         const int32_t page = p.block_table[b * p.block_table_batch_stride + n];
         if (page < 0 || page >= p.cache_batch)
-          return err(ErrorCode::InvalidIndex, "block_table: entry (", b, ", ", n, ") is page ", page,
+          return make_error(ErrorCode::InvalidIndex, "block_table: entry (", b, ", ", n, ") is page ", page,
                      ", expected in [0, num_pages = ", p.cache_batch, ")");
       }
     }
@@ -401,55 +281,54 @@ Status check_kvcache_indices_host(const Params& p) {
 Status validate_paged(const PagedInputs& in, Params* p_out) {
   const TensorView &q = in.q, &kc = in.k_cache, &vc = in.v_cache, &out = in.out, &lse = in.lse;
   const Args& a = in.args;
-  if (!q.defined()) return err(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
+  if (!q.defined()) return make_error(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
   if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
-    return err(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
+    return make_error(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
   if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
-    return err(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
-  IOATTN_TRY(check_tensor("q", q, 3, q.dtype, q));
-  IOATTN_TRY(check_tensor("k_cache", kc, 4, q.dtype, q));
-  IOATTN_TRY(check_tensor("v_cache", vc, 4, q.dtype, q));
+    return make_error(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+  IOATTN_TRY(check_tensor("q", q, 3, q.dtype, q, false));
+  IOATTN_TRY(check_tensor("k_cache", kc, 4, q.dtype, q, false));
+  IOATTN_TRY(check_tensor("v_cache", vc, 4, q.dtype, q, false));
   const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hk = kc.shape[2], Dv = vc.shape[3];
-  if (D <= 0) return err(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
-  if (Dv <= 0) return err(ErrorCode::InvalidShape, "v_cache: expected head_dim > 0, got ", Dv);
-  if (Hq <= 0) return err(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
-  if (Hk <= 0) return err(ErrorCode::InvalidShape, "k_cache: expected heads > 0, got ", Hk);
+  if (D <= 0) return make_error(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
+  if (Dv <= 0) return make_error(ErrorCode::InvalidShape, "v_cache: expected head_dim > 0, got ", Dv);
+  if (Hq <= 0) return make_error(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
+  if (Hk <= 0) return make_error(ErrorCode::InvalidShape, "k_cache: expected heads > 0, got ", Hk);
   IOATTN_TRY(expect_dim("k_cache", kc, 3, D, "head_dim", "q"));
   for (int i = 0; i < 3; ++i) IOATTN_TRY(expect_dim("v_cache", vc, i, kc.shape[i], "size", "k_cache"));
   if (Hq % Hk != 0)
-    return err(ErrorCode::InvalidShape, "k_cache: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
+    return make_error(ErrorCode::InvalidShape, "k_cache: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
   if (!a.cu_seqlens_q.defined() || !a.cu_seqlens_k.defined())
-    return err(ErrorCode::InvalidShape, a.cu_seqlens_q.defined() ? "cu_seqlens_k" : "cu_seqlens_q",
+    return make_error(ErrorCode::InvalidShape, a.cu_seqlens_q.defined() ? "cu_seqlens_k" : "cu_seqlens_q",
                ": paged prefill is varlen: it needs cu_seqlens_q and cu_seqlens_k");
-  IOATTN_TRY(check_tensor("cu_seqlens_q", a.cu_seqlens_q, 1, DType::I32, q));
-  IOATTN_TRY(check_tensor("cu_seqlens_k", a.cu_seqlens_k, 1, DType::I32, q));
-  if (a.cu_seqlens_q.shape[0] < 1) return err(ErrorCode::InvalidShape, "cu_seqlens_q: expected batch + 1 >= 1 entries, got 0");
+  IOATTN_TRY(check_tensor("cu_seqlens_q", a.cu_seqlens_q, 1, DType::I32, q, false));
+  IOATTN_TRY(check_tensor("cu_seqlens_k", a.cu_seqlens_k, 1, DType::I32, q, false));
+  if (a.cu_seqlens_q.shape[0] < 1) return make_error(ErrorCode::InvalidShape, "cu_seqlens_q: expected batch + 1 >= 1 entries, got 0");
   IOATTN_TRY(expect_dim("cu_seqlens_k", a.cu_seqlens_k, 0, a.cu_seqlens_q.shape[0], "entries", "cu_seqlens_q"));
   const int64_t B = a.cu_seqlens_q.shape[0] - 1;
-  if (a.max_seqlen_q < 0) return err(ErrorCode::InvalidValue, "max_seqlen_q: expected >= 0, got ", a.max_seqlen_q);
-  if (a.max_seqlen_k < 0) return err(ErrorCode::InvalidValue, "max_seqlen_k: expected >= 0, got ", a.max_seqlen_k);
+  if (a.max_seqlen_q < 0) return make_error(ErrorCode::InvalidValue, "max_seqlen_q: expected >= 0, got ", a.max_seqlen_q);
+  if (a.max_seqlen_k < 0) return make_error(ErrorCode::InvalidValue, "max_seqlen_k: expected >= 0, got ", a.max_seqlen_k);
   int64_t capacity = 0;
   IOATTN_TRY(check_paged(kc, in.block_table, B, q, &capacity));
   if (a.dropout_p != 0.0f)
-    return err(ErrorCode::Unsupported, "dropout_p: not supported with a paged cache (inference path), got ", a.dropout_p);
+    return make_error(ErrorCode::Unsupported, "dropout_p: not supported with a paged cache (inference path), got ", a.dropout_p);
 
-  IOATTN_TRY(check_tensor("out", out, 3, q.dtype, q));
+  IOATTN_TRY(check_tensor("out", out, 3, q.dtype, q, true));
   for (int i = 0; i < 2; ++i) IOATTN_TRY(expect_dim("out", out, i, q.shape[i], "size", "q"));
   IOATTN_TRY(expect_dim("out", out, 2, Dv, "head_dim", "v_cache"));
-  if (self_overlapping(out)) return err(ErrorCode::InvalidStride, "out: output strides make elements overlap");
   if (lse.defined()) {
-    IOATTN_TRY(check_tensor("lse", lse, 2, DType::F32, q));
+    IOATTN_TRY(check_tensor("lse", lse, 2, DType::F32, q, true));
     IOATTN_TRY(expect_dim("lse", lse, 0, Hq, "heads", "q"));
     IOATTN_TRY(expect_dim("lse", lse, 1, Tq, "total_q", "q"));
-    if (!lse.is_contiguous()) return err(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
+    if (!lse.is_contiguous()) return make_error(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
   }
   const TensorView* ins[] = {&q, &kc, &vc};
   const char* names[] = {"q", "k_cache", "v_cache"};
   for (int i = 0; i < 3; ++i) {
-    if (overlaps(out, *ins[i])) return err(ErrorCode::InvalidStride, "out: must not overlap ", names[i]);
-    if (overlaps(lse, *ins[i])) return err(ErrorCode::InvalidStride, "lse: must not overlap ", names[i]);
+    if (overlaps(out, *ins[i])) return make_error(ErrorCode::InvalidStride, "out: must not overlap ", names[i]);
+    if (overlaps(lse, *ins[i])) return make_error(ErrorCode::InvalidStride, "lse: must not overlap ", names[i]);
   }
-  if (overlaps(out, lse)) return err(ErrorCode::InvalidStride, "lse: must not overlap out");
+  if (overlaps(out, lse)) return make_error(ErrorCode::InvalidStride, "lse: must not overlap out");
   const ScoreArgs score{a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes};
   IOATTN_TRY(check_scores(score, B, Hq, q));
 
@@ -478,6 +357,7 @@ Status validate_paged(const PagedInputs& in, Params* p_out) {
   p.lse_batch_stride = 0;
   p.lse_head_stride = Tq;
   fill_scores(score, D, &p);
+  p.rp_dropout = 1.0f;  // no dropout in decoding
   p.stream = a.stream;
   p.workspace = a.workspace;
   p.workspace_bytes = a.workspace_bytes;
@@ -494,7 +374,7 @@ Status validate_paged(const PagedInputs& in, Params* p_out) {
 #ifdef IOATTN_WITH_CUDA
     IOATTN_TRY(cuda::check_paged_indices(p, a.max_seqlen_k));
 #else
-    return err(ErrorCode::Unsupported, "q: tensors are on a CUDA device but ioattn was built without CUDA");
+    return make_error(ErrorCode::Unsupported, "q: tensors are on a CUDA device but ioattn was built without CUDA");
 #endif
   }
   *p_out = p;

@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "core/backends.h"
+#include "core/checks.h"
+#include "host_util.h"
 #include "core/validate.h"
 #include "core/validate_kvcache.h"
 #include "ioattn_cuda_head_dims.h"
@@ -41,17 +43,6 @@ int padded_head_dim(int d) {
 
 namespace {
 
-template <class... T>
-Status err(ErrorCode c, T&&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return Status{c, os.str()};
-}
-
-Status cuda_error(const char* what, cudaError_t e) {
-  return err(ErrorCode::BackendError, what, ": ", cudaGetErrorString(e));
-}
-
 std::string instantiated_head_dims() {
   std::string s;
 #define IOATTN_LIST_CASE(D) s += (s.empty() ? "" : ", ") + std::to_string(D);
@@ -60,25 +51,6 @@ std::string instantiated_head_dims() {
   return s;
 }
 
-// Makes p.device_index current for the duration of a call and restores the caller's device.
-// cudaGetDevice / cudaSetDevice are host-side and legal during stream capture.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    status_ = cudaGetDevice(&previous_);
-    if (status_ == cudaSuccess && previous_ != device) status_ = cudaSetDevice(device);
-    switched_ = status_ == cudaSuccess && previous_ != device;
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(previous_);
-  }
-  Status status() const { return status_ == cudaSuccess ? Status::Ok() : cuda_error("selecting the device", status_); }
-
- private:
-  int previous_ = 0;
-  bool switched_ = false;
-  cudaError_t status_;
-};
 
 // The kernels read and write whole 16-byte chunks (8 fp16/bf16 elements): base pointers must be
 // 16-byte aligned and every stride that is used (its dimension has more than one entry) a multiple
@@ -90,18 +62,18 @@ struct StrideUse {
 };
 Status check_alignment(const char* name, const void* ptr, std::initializer_list<StrideUse> strides) {
   if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
-    return err(ErrorCode::Misaligned, name, ": the GPU kernels need a 16-byte aligned pointer, got ", ptr,
+    return make_error(ErrorCode::Misaligned, name, ": the GPU kernels need a 16-byte aligned pointer, got ", ptr,
                " (offset ", reinterpret_cast<uintptr_t>(ptr) % 16, " bytes)");
   for (const StrideUse& s : strides)
     if (s.used && s.stride % 8 != 0)
-      return err(ErrorCode::Misaligned, name, ": the GPU kernels need a ", s.dim,
+      return make_error(ErrorCode::Misaligned, name, ": the GPU kernels need a ", s.dim,
                  " stride that is a multiple of 8 elements (16 bytes), got ", s.stride);
   return Status::Ok();
 }
 
 Status check_head_dim(const char* name, int d) {
   if (d % 8 != 0 || d > 256)
-    return err(ErrorCode::Unsupported, name, ": head_dim ", d,
+    return make_error(ErrorCode::Unsupported, name, ": head_dim ", d,
                " is not supported on CUDA (multiples of 8 up to 256); the CPU backend takes any size");
   return Status::Ok();
 }
@@ -109,7 +81,7 @@ Status check_head_dim(const char* name, int d) {
 Status check_device_index(const Params& p) {
   const int devices = device_count();
   if (p.device_index < 0 || p.device_index >= devices)
-    return err(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices,
+    return make_error(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices,
                " CUDA devices)");
   return Status::Ok();
 }
@@ -118,16 +90,16 @@ Status check_device_index(const Params& p) {
 
 Status select(const Params& p, bool backward, std::string* kernel_name) {
   if (p.device != DeviceType::CUDA)
-    return err(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
+    return make_error(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
   if (p.dtype == DType::F32)
-    return err(ErrorCode::Unsupported, "q: fp32 is CPU-only; use fp16/bf16 on CUDA");
+    return make_error(ErrorCode::Unsupported, "q: fp32 is CPU-only; use fp16/bf16 on CUDA");
   if (p.dtype != DType::F16 && p.dtype != DType::BF16)
-    return err(ErrorCode::InvalidDType, "q: expected fp16 or bf16 on CUDA, got ", dtype_name(p.dtype));
+    return make_error(ErrorCode::InvalidDType, "q: expected fp16 or bf16 on CUDA, got ", dtype_name(p.dtype));
   if (Status s = check_head_dim("q", p.head_dim); !s.ok()) return s;
   if (Status s = check_head_dim("v", p.head_dim_v); !s.ok()) return s;
   const int d = sm80::padded_head_dim(std::max(p.head_dim, p.head_dim_v));
   if (d == 0)
-    return err(ErrorCode::Unsupported, "q: head_dim ", std::max(p.head_dim, p.head_dim_v),
+    return make_error(ErrorCode::Unsupported, "q: head_dim ", std::max(p.head_dim, p.head_dim_v),
                " needs a kernel this build did not instantiate (IOATTN_CUDA_HEAD_DIMS = ",
                instantiated_head_dims(), ")");
   if (Status s = check_device_index(p); !s.ok()) return s;
@@ -157,9 +129,9 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
   const sm80::FwdTile tile = sm80::fwd_tile(d);
   const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) + tile.block_m - 1) / tile.block_m;
   if (p.batch > 65535)
-    return err(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the CUDA kernels' 65535");
+    return make_error(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the CUDA kernels' 65535");
   if (m_blocks > 65535)
-    return err(ErrorCode::Unsupported, "q: seqlen_q ", p.seqlen_q, " exceeds the CUDA kernels' ",
+    return make_error(ErrorCode::Unsupported, "q: seqlen_q ", p.seqlen_q, " exceeds the CUDA kernels' ",
                65535LL * tile.block_m);
 
   std::ostringstream name;
@@ -171,7 +143,7 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
          << " m-tiles";
   } else {
 #ifndef IOATTN_HAVE_SM80_BWD
-    return err(ErrorCode::Unsupported, "backward: this build has no CUDA backward kernels (src/cuda/sm80/bwd_*.cu)");
+    return make_error(ErrorCode::Unsupported, "backward: this build has no CUDA backward kernels (src/cuda/sm80/bwd_*.cu)");
 #endif
     if (p.deterministic) name << ", deterministic";
   }
@@ -201,7 +173,7 @@ Status backward(const Params& p) {
 #ifdef IOATTN_HAVE_SM80_BWD
   const size_t need = workspace_size(p, true);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
-    return err(ErrorCode::WorkspaceTooSmall, "workspace: backward needs ", need,
+    return make_error(ErrorCode::WorkspaceTooSmall, "workspace: backward needs ", need,
                " bytes of device memory (backward_workspace_size), got ", p.workspace ? p.workspace_bytes : 0);
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
@@ -244,7 +216,7 @@ Status copy_to_host(std::vector<HostCopy>& copies, cudaStream_t stream, const ch
     if (e != cudaSuccess) break;
   }
   if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
-  if (e != cudaSuccess) return err(ErrorCode::BackendError, what, ": copying the indices to the host: ", cudaGetErrorString(e));
+  if (e != cudaSuccess) return make_error(ErrorCode::BackendError, what, ": copying the indices to the host: ", cudaGetErrorString(e));
   for (HostCopy& c : copies)
     if (!c.data.empty()) *c.param = c.data.data();
   return Status::Ok();

@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "core/backends.h"
+#include "core/checks.h"
+#include "host_util.h"
 #include "core/softmax_state.h"
 #include "core/validate_kvcache.h"
 #include "decode_kernels.cuh"
@@ -20,36 +22,6 @@
 namespace ioattn::cuda {
 namespace {
 
-template <class... A>
-Status err(ErrorCode c, A&&... parts) {
-  std::ostringstream os;
-  (os << ... << parts);
-  return Status{c, os.str()};
-}
-Status cuda_error(const char* what, cudaError_t e) {
-  return err(ErrorCode::BackendError, what, ": ", cudaGetErrorString(e));
-}
-
-// Makes the tensors' device current for the call and restores the caller's afterwards.
-class ScopedDevice {
- public:
-  explicit ScopedDevice(int device) {
-    e_ = cudaGetDevice(&previous_);
-    if (e_ == cudaSuccess && previous_ != device) {
-      e_ = cudaSetDevice(device);
-      switched_ = e_ == cudaSuccess;
-    }
-  }
-  ~ScopedDevice() {
-    if (switched_) cudaSetDevice(previous_);
-  }
-  cudaError_t error() const { return e_; }
-
- private:
-  int previous_ = 0;
-  bool switched_ = false;
-  cudaError_t e_;
-};
 
 int padded_dim(int d) { return d <= 64 ? 64 : (d <= 128 ? 128 : 256); }
 
@@ -147,13 +119,13 @@ cudaError_t launch_all(const Params& p, int kd, int splits, cudaStream_t stream)
 Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, int64_t row, int64_t head,
                              const Params& p) {
   if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0)
-    return err(ErrorCode::Misaligned, name, ": the GPU decode kernels copy 16-byte chunks and need a 16-byte aligned "
+    return make_error(ErrorCode::Misaligned, name, ": the GPU decode kernels copy 16-byte chunks and need a 16-byte aligned "
                "pointer, got offset ", reinterpret_cast<uintptr_t>(ptr) % 16);
   const std::pair<const char*, int64_t> strides[] = {{p.page_size ? "page" : "batch", p.cache_batch > 1 ? outer : 0},
                                                      {"row", row}, {"head", p.heads_k > 1 ? head : 0}};
   for (auto [dim, s] : strides)
     if (s % 8 != 0)
-      return err(ErrorCode::Misaligned, name, ": the GPU decode kernels need a ", dim,
+      return make_error(ErrorCode::Misaligned, name, ": the GPU decode kernels need a ", dim,
                  " stride that is a multiple of 8 elements (16 bytes), got ", s);
   return Status::Ok();
 }
@@ -161,13 +133,13 @@ Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, i
 }  // namespace
 
 Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out) {
-  if (p.device != DeviceType::CUDA) return err(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
-  if (p.dtype == DType::F32) return err(ErrorCode::Unsupported, "q: fp32 is CPU-only; use fp16/bf16 on CUDA");
+  if (p.device != DeviceType::CUDA) return make_error(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
+  if (p.dtype == DType::F32) return make_error(ErrorCode::Unsupported, "q: fp32 is CPU-only; use fp16/bf16 on CUDA");
   if (p.dtype != DType::F16 && p.dtype != DType::BF16)
-    return err(ErrorCode::InvalidDType, "q: expected fp16 or bf16 on CUDA, got ", dtype_name(p.dtype));
+    return make_error(ErrorCode::InvalidDType, "q: expected fp16 or bf16 on CUDA, got ", dtype_name(p.dtype));
   for (auto [name, d] : {std::pair<const char*, int>{"q", p.head_dim}, {"v_cache", p.head_dim_v}})
     if (d % 8 != 0 || d > 256)
-      return err(ErrorCode::Unsupported, name, ": head_dim ", d,
+      return make_error(ErrorCode::Unsupported, name, ": head_dim ", d,
                  " is not supported by the CUDA decode kernels (multiples of 8 up to 256); the CPU backend takes any size");
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess) {
@@ -175,18 +147,18 @@ Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out
     devices = 0;
   }
   if (p.device_index < 0 || p.device_index >= devices)
-    return err(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices, " CUDA devices)");
+    return make_error(ErrorCode::DeviceMismatch, "q: device cuda:", p.device_index, " does not exist (", devices, " CUDA devices)");
   if (Status s = check_cache_alignment("k_cache", p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride, p); !s.ok())
     return s;
   if (Status s = check_cache_alignment("v_cache", p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, p); !s.ok())
     return s;
   const Config c = config_for(padded_dim(std::max(p.head_dim, p.head_dim_v)));
-  if (p.batch > 65535) return err(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the decode kernels' 65535");
+  if (p.batch > 65535) return make_error(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the decode kernels' 65535");
   if (static_cast<int64_t>(p.heads_k) * m_blocks(p, c) > 65535)
-    return err(ErrorCode::Unsupported, "q: heads_k x ceil(seqlen_q x group / ", c.block_m, ") = ",
+    return make_error(ErrorCode::Unsupported, "q: heads_k x ceil(seqlen_q x group / ", c.block_m, ") = ",
                static_cast<int64_t>(p.heads_k) * m_blocks(p, c), " exceeds the decode kernels' 65535 row blocks");
   if (static_cast<int64_t>(p.batch) * p.seqlen_new > 2147483647LL)
-    return err(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
+    return make_error(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
   const int splits = splits_for(p, c, limits(p.device_index));
   if (splits_out) *splits_out = splits;
   if (kernel_name) {
@@ -210,11 +182,11 @@ Status forward_kvcache(const Params& p) {
   if (Status s = select_kvcache(p, nullptr, &splits); !s.ok()) return s;
   const size_t need = workspace_for(p, splits);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
-    return err(ErrorCode::WorkspaceTooSmall, "workspace: forward_kvcache needs ", need,
+    return make_error(ErrorCode::WorkspaceTooSmall, "workspace: forward_kvcache needs ", need,
                " bytes of device memory (forward_kvcache_workspace_size) for ", splits, " splits, got ",
                p.workspace ? p.workspace_bytes : 0);
-  ScopedDevice guard(p.device_index);
-  if (guard.error() != cudaSuccess) return cuda_error("selecting the device", guard.error());
+  DeviceGuard guard(p.device_index);
+  IOATTN_TRY(guard.status());
   const int kd = padded_dim(std::max(p.head_dim, p.head_dim_v));
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, kd, splits, stream)
@@ -228,8 +200,8 @@ Status forward_kvcache(const Params& p) {
 // stream and checked there (the one host synchronisation of the call); under capture the kernels'
 // clamping (src/core/kvcache.h) is the guard.
 Status check_paged_indices(const Params& p, int max_seqlen_k) {
-  ScopedDevice guard(p.device_index);
-  if (guard.error() != cudaSuccess) return cuda_error("selecting the device", guard.error());
+  DeviceGuard guard(p.device_index);
+  IOATTN_TRY(guard.status());
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaError_t e = cudaStreamIsCapturing(stream, &capture);

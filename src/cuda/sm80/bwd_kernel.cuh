@@ -21,7 +21,7 @@
 // registers in a fixed order: deterministic, no atomics, no dK/dV workspace, and K/V are read once
 // per group instead of once per query head.
 //
-// Tiles (Config below): 64 query rows × kBlockN keys (128 for d <= 64, else 64) with 8 warps.
+// Tiles (Config below): 64 query rows × kBlockN keys (128 for d <= 128, else 64) with 8 warps.
 // The score products S = Q Kᵀ and dP = dO Vᵀ (64 × kBlockN) give each warp 16 × kBlockN/2 (warps
 // 4 along rows × 2 along keys); dV, dK (kBlockN × d) give each warp 16 keys × the d columns of its
 // warp column (kBlockN/16 warps along keys); dQ (64 × d) gives each warp 16 rows × d/2. Shared
@@ -55,18 +55,22 @@ constexpr int kSmemLimitSm90 = 227 * 1024;  // opt-in maximum per CTA, H100/H200
 
 // Keys per dkdv CTA. The dK + dV accumulators take 2 · kBlockN · d fp32 over 256 threads: 128 keys
 // at d = 64 is 64 regs/thread (and S + dP another 64), so the wider block (fewer Q/dO reloads per
-// key, fewer barriers per FLOP) fits; at d = 128 it would be 128 + 64 regs and spill, at d = 256
-// even 64 keys is 128 + 32 regs, so d > 64 uses 64.
-constexpr int block_n_for(int head_dim) { return head_dim <= 64 ? 128 : 64; }
+// key, fewer barriers per FLOP) fits. At d = 128 it is 128 + 64 regs, FA2's 64 × 128 block: with
+// softcap/ALiBi/dropout compiled out (kMods = false) ptxas fits it in 255 registers with an 8-byte
+// spill (36 bytes with them in; sm_90a), and it halves, per FLOP, the dQ atomics (the backward's
+// largest L2 traffic), the Q/dO reloads and the barriers, and lowers ldmatrix per mma (S, dP:
+// 0.75 -> 0.625; dK, dV: 0.625 -> 0.56). One line to revert: `head_dim <= 64`. At d = 256 even 64
+// keys is 128 + 32 regs, so d > 128 uses 64.
+constexpr int block_n_for(int head_dim) { return head_dim <= 128 ? 128 : 64; }
 
 // Shared memory per head dim. dkdv: K, V (kBlockN rows) + stages × (Q, dO) (64 rows) + P, dS
 // (64 × kBlockN) + stages × (LSE, D) rows. Two Q/dO stages (the next query block loads while this
-// one computes) fit every head dim on sm_90 (d = 256: 217 KiB); on sm_80 (163 KiB), d >= 192 falls
+// one computes) fit every head dim on sm_90 (d = 256: 217 KiB); on sm_80 (163 KiB), d >= 128 falls
 // back to one stage (run_bwd asks the device). dq (deterministic mode): Q, dO, K, V + dS.
 //   d    kBlockN   dkdv 1 stage   dkdv 2 stages   dq
 //   64     128        88.5 KiB      107.0 KiB      71.5 KiB
-//   96      64        70.5 KiB       97.0 KiB      61.5 KiB
-//   128     64        86.5 KiB      121.0 KiB      77.5 KiB
+//   96     128       112.5 KiB      139.0 KiB      95.5 KiB
+//   128    128       136.5 KiB      171.0 KiB     119.5 KiB
 //   192     64       118.5 KiB      169.0 KiB     109.5 KiB
 //   256     64       150.5 KiB      217.0 KiB     141.5 KiB
 template <int kHeadDim>

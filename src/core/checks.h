@@ -1,0 +1,50 @@
+// The building blocks of validation, shared by validate.cpp (forward/backward),
+// validate_kvcache.cpp (decode, paged prefill) and the CUDA backend's own checks: one way to build a
+// named error, one tensor check, one aliasing test, one check of the score modifiers.
+#pragma once
+
+#include <sstream>
+#include <string>
+
+#include "params.h"
+
+namespace ioattn {
+
+// Status{code, "part1part2..."}: messages name the argument first ("k: expected ...").
+template <class... T>
+Status make_error(ErrorCode c, T&&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return Status{c, os.str()};
+}
+
+#define IOATTN_TRY(expr)     \
+  do {                       \
+    Status s_ = (expr);      \
+    if (!s_.ok()) return s_; \
+  } while (0)
+
+std::string shape_str(const TensorView& t);
+
+// Present, rank, dtype, device like `like`, non-negative sizes (< 2^31) and strides, contiguous last
+// dimension; for outputs also that no two elements share memory.
+Status check_tensor(const char* name, const TensorView& t, int ndim, DType dtype, const TensorView& like,
+                    bool output);
+// t.shape[dim] == want, else "name: expected <what> <want> like <like>, got ...".
+Status expect_dim(const char* name, const TensorView& t, int dim, int64_t want, const char* what, const char* like);
+// Do the byte ranges of two views intersect? (Absent views overlap nothing.)
+bool overlaps(const TensorView& a, const TensorView& b);
+
+// The score modifiers every entry point shares (softmax scale, masks, softcap, ALiBi).
+struct ScoreArgs {
+  float softmax_scale;
+  bool causal;
+  int window_left, window_right;
+  float softcap;
+  const TensorView& alibi_slopes;
+};
+Status check_scores(const ScoreArgs& a, int64_t batch, int64_t heads_q, const TensorView& q);
+// Fills scale, scale_log2, softcap, window (causal folded into window_right = 0), ALiBi.
+void fill_scores(const ScoreArgs& a, int64_t head_dim, Params* p);
+
+}  // namespace ioattn

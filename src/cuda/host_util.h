@@ -1,0 +1,37 @@
+// Host-side helpers of the CUDA backends (backend.cu, decode/decode.cu): CUDA errors as named
+// Status values, and the device guard every entry point holds.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/checks.h"
+
+namespace ioattn::cuda {
+
+inline Status cuda_error(const char* what, cudaError_t e) {
+  return make_error(ErrorCode::BackendError, what, ": ", cudaGetErrorString(e));
+}
+
+// Makes `device` current for the duration of a call and restores the caller's device.
+// cudaGetDevice / cudaSetDevice are host-side and legal during stream capture.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    status_ = cudaGetDevice(&previous_);
+    if (status_ == cudaSuccess && previous_ != device) status_ = cudaSetDevice(device);
+    switched_ = status_ == cudaSuccess && previous_ != device;
+  }
+  ~DeviceGuard() {
+    if (switched_) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+  Status status() const { return status_ == cudaSuccess ? Status::Ok() : cuda_error("selecting the device", status_); }
+
+ private:
+  int previous_ = 0;
+  bool switched_ = false;
+  cudaError_t status_;
+};
+
+}  // namespace ioattn::cuda
