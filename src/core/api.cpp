@@ -84,7 +84,7 @@ TensorView TensorView::contiguous(void* data, DType dtype, std::initializer_list
 
 namespace {
 
-Status no_cuda() {
+[[maybe_unused]] Status no_cuda() {
   return Status{ErrorCode::Unsupported, "q: tensors are on a CUDA device but ioattn was built without CUDA "
                                         "(IOATTN_WITH_CUDA=OFF)"};
 }
@@ -95,24 +95,41 @@ Inputs make_inputs(const TensorView& q, const TensorView& k, const TensorView& v
   return in;
 }
 
-// Validation of a workspace-size query: the same checks as the call, with a stand-in output
-// shaped like the real one. It points at a static byte and is never written or read: the query
-// only needs shapes, dtypes and devices.
-Status validate_for_query(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
-                          Params* p) {
+// The workspace queries and describe_* validate like the call itself, with a stand-in output:
+// contiguous, shaped like q with v's last dimension, pointing at a static byte that is never read or
+// written (the queries only need shapes, dtypes and devices).
+TensorView stand_in_output(const TensorView& q, const TensorView& v) {
   static char stand_in alignas(16)[16];
-  Inputs in = make_inputs(q, k, v, args);
-  in.out = q;
-  in.out.data = stand_in;
-  if (q.ndim >= 1 && q.ndim <= TensorView::kMaxDims && v.ndim == q.ndim) {
+  TensorView out = q;
+  out.data = stand_in;
+  if (q.ndim >= 1 && q.ndim <= TensorView::kMaxDims && v.ndim >= 1 && v.ndim <= TensorView::kMaxDims) {
+    out.shape[q.ndim - 1] = v.shape[v.ndim - 1];
     int64_t st = 1;
     for (int d = q.ndim - 1; d >= 0; --d) {
-      in.out.shape[d] = (d == q.ndim - 1) ? v.shape[d] : q.shape[d];
-      in.out.stride[d] = st;
-      st *= in.out.shape[d] > 0 ? in.out.shape[d] : 1;
+      out.stride[d] = st;
+      st *= out.shape[d] > 0 ? out.shape[d] : 1;
     }
   }
+  return out;
+}
+
+Status validate_for_query(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
+                          Params* p) {
+  Inputs in = make_inputs(q, k, v, args);
+  in.out = stand_in_output(q, v);
   return validate(in, false, p);
+}
+
+// Dispatch: the tensors' device picks the backend. This is the only place that decides.
+template <class CpuFn, class CudaFn>
+Status on_backend(const Params& p, CpuFn&& on_cpu, CudaFn&& on_cuda) {
+  if (p.device == DeviceType::CPU) return on_cpu();
+#ifdef IOATTN_WITH_CUDA
+  return on_cuda();
+#else
+  (void)on_cuda;
+  return no_cuda();
+#endif
 }
 
 }  // namespace
@@ -134,12 +151,7 @@ Status forward(const TensorView& q, const TensorView& k, const TensorView& v, co
   Params p;
   Status s = validate(in, false, &p);
   if (!s.ok()) return s;
-  if (p.device == DeviceType::CPU) return cpu::forward(p);
-#ifdef IOATTN_WITH_CUDA
-  return cuda::forward(p);
-#else
-  return no_cuda();
-#endif
+  return on_backend(p, [&] { return cpu::forward(p); }, [&] { return cuda::forward(p); });
 }
 
 Status backward(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
@@ -155,12 +167,7 @@ Status backward(const TensorView& q, const TensorView& k, const TensorView& v, c
   Params p;
   Status s = validate(in, true, &p);
   if (!s.ok()) return s;
-  if (p.device == DeviceType::CPU) return cpu::backward(p);
-#ifdef IOATTN_WITH_CUDA
-  return cuda::backward(p);
-#else
-  return no_cuda();
-#endif
+  return on_backend(p, [&] { return cpu::backward(p); }, [&] { return cuda::backward(p); });
 }
 
 static Status workspace_size(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
@@ -169,17 +176,12 @@ static Status workspace_size(const TensorView& q, const TensorView& k, const Ten
   Params p;
   Status s = validate_for_query(q, k, v, args, &p);
   if (!s.ok()) return s;
-  if (p.device == DeviceType::CPU) return Status::Ok();
-#ifdef IOATTN_WITH_CUDA
-  std::string name;
-  s = cuda::select(p, backward, &name);
-  if (!s.ok()) return s;
-  *bytes = cuda::workspace_size(p, backward);
-  return Status::Ok();
-#else
-  (void)backward;
-  return no_cuda();
-#endif
+  return on_backend(p, [] { return Status::Ok(); }, [&] {
+    std::string name;
+    Status sel = cuda::select(p, backward, &name);
+    if (sel.ok()) *bytes = cuda::workspace_size(p, backward);
+    return sel;
+  });
 }
 
 Status forward_workspace_size(const TensorView& q, const TensorView& k, const TensorView& v, const Args& args,
@@ -222,21 +224,17 @@ BuildInfo build_info() {
 // ---- Decoding over a KV cache (forward_kvcache) ---------------------------------------------------
 
 namespace {
-// The workspace query and describe validate like the call, with a stand-in out (never touched).
 Status validate_kvcache_for_query(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                                   const KVCacheArgs& args, Params* p) {
-  static char stand_in alignas(16)[16];
-  KVCacheInputs in{q, k_cache, v_cache, q, TensorView{}, args};
-  in.out.data = stand_in;
-  if (q.ndim == 4 && v_cache.ndim == 4) {
-    in.out.shape[3] = v_cache.shape[3];
-    int64_t st = 1;
-    for (int d = 3; d >= 0; --d) {
-      in.out.stride[d] = st;
-      st *= in.out.shape[d] > 0 ? in.out.shape[d] : 1;
-    }
-  }
-  return validate_kvcache(in, p);
+  return validate_kvcache(KVCacheInputs{q, k_cache, v_cache, stand_in_output(q, v_cache), TensorView{}, args}, p);
+}
+
+Status kvcache_workspace(const Params& p, size_t* bytes) {
+  return on_backend(p, [] { return Status::Ok(); }, [&] {
+    Status sel = cuda::select_kvcache(p, nullptr, nullptr);
+    if (sel.ok()) *bytes = cuda::kvcache_workspace_size(p);
+    return sel;
+  });
 }
 }  // namespace
 
@@ -245,12 +243,7 @@ Status forward_kvcache(const TensorView& q, const TensorView& k_cache, const Ten
   Params p;
   Status s = validate_kvcache(KVCacheInputs{q, k_cache, v_cache, out, lse, args}, &p);
   if (!s.ok()) return s;
-  if (p.device == DeviceType::CPU) return cpu::forward_kvcache(p);
-#ifdef IOATTN_WITH_CUDA
-  return cuda::forward_kvcache(p);
-#else
-  return no_cuda();
-#endif
+  return on_backend(p, [&] { return cpu::forward_kvcache(p); }, [&] { return cuda::forward_kvcache(p); });
 }
 
 Status forward_kvcache_workspace_size(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
@@ -259,15 +252,7 @@ Status forward_kvcache_workspace_size(const TensorView& q, const TensorView& k_c
   Params p;
   Status s = validate_kvcache_for_query(q, k_cache, v_cache, args, &p);
   if (!s.ok()) return s;
-  if (p.device == DeviceType::CPU) return Status::Ok();
-#ifdef IOATTN_WITH_CUDA
-  s = cuda::select_kvcache(p, nullptr, nullptr);
-  if (!s.ok()) return s;
-  *bytes = cuda::kvcache_workspace_size(p);
-  return Status::Ok();
-#else
-  return no_cuda();
-#endif
+  return kvcache_workspace(p, bytes);
 }
 
 std::string describe_kvcache_choice(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
@@ -292,40 +277,17 @@ Status forward_paged(const TensorView& q, const TensorView& k_cache, const Tenso
   Params p;
   Status s = validate_paged(PagedInputs{q, k_cache, v_cache, block_table, out, lse, args}, &p);
   if (!s.ok()) return s;
-  if (p.device == DeviceType::CPU) return cpu::forward_kvcache(p);
-#ifdef IOATTN_WITH_CUDA
-  return cuda::forward_kvcache(p);
-#else
-  return no_cuda();
-#endif
+  return on_backend(p, [&] { return cpu::forward_kvcache(p); }, [&] { return cuda::forward_kvcache(p); });
 }
 
 Status forward_paged_workspace_size(const TensorView& q, const TensorView& k_cache, const TensorView& v_cache,
                                     const TensorView& block_table, const Args& args, size_t* bytes) {
   *bytes = 0;
-  static char stand_in alignas(16)[16];
-  PagedInputs in{q, k_cache, v_cache, block_table, q, TensorView{}, args};
-  in.out.data = stand_in;  // shapes only: never read or written
-  if (q.ndim == 3 && v_cache.ndim == 4) {
-    in.out.shape[2] = v_cache.shape[3];
-    int64_t st = 1;
-    for (int d = 2; d >= 0; --d) {
-      in.out.stride[d] = st;
-      st *= in.out.shape[d] > 0 ? in.out.shape[d] : 1;
-    }
-  }
+  PagedInputs in{q, k_cache, v_cache, block_table, stand_in_output(q, v_cache), TensorView{}, args};
   Params p;
   Status s = validate_paged(in, &p);
   if (!s.ok()) return s;
-  if (p.device == DeviceType::CPU) return Status::Ok();
-#ifdef IOATTN_WITH_CUDA
-  s = cuda::select_kvcache(p, nullptr, nullptr);
-  if (!s.ok()) return s;
-  *bytes = cuda::kvcache_workspace_size(p);
-  return Status::Ok();
-#else
-  return no_cuda();
-#endif
+  return kvcache_workspace(p, bytes);
 }
 
 }  // namespace ioattn

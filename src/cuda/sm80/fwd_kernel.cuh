@@ -157,10 +157,16 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
         softmax[mt].update<true>(s[mt], alpha, mod.scale_log2);
       }
       if (kMods && has_dropout) dropout.apply(s[mt], row, col0);
+      // Rescale O only when some row of the warp's m-tile got a new maximum (alpha != 1). Once a
+      // row has seen its largest scores (most blocks of a long row) alpha is exactly 1 and the
+      // d/2 FMULs per row pair (2 per score element at d = 128, 4 at d = 256) are skipped; the
+      // skip is exact (x * 1 == x). The vote keeps the branch warp-uniform.
+      if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[mt][dt][0] *= alpha[0]; o[mt][dt][1] *= alpha[0];
-        o[mt][dt][2] *= alpha[1]; o[mt][dt][3] *= alpha[1];
+        for (int dt = 0; dt < kDT; ++dt) {
+          o[mt][dt][0] *= alpha[0]; o[mt][dt][1] *= alpha[0];
+          o[mt][dt][2] *= alpha[1]; o[mt][dt][3] *= alpha[1];
+        }
       }
     }
 
