@@ -3,8 +3,9 @@
 #   1. configure + build the library, the `ioattn` CLI and ioattn_gpu_tests (CUDA on)
 #   2. run ioattn_gpu_tests (every feature against the float64 reference, graph capture, errors)
 #   3. compute-sanitizer memcheck and racecheck on the small shapes (Gpu/Small.*)
-#   4. the side-by-side benchmark (bench/gpu/bench_attn.py: ioattn vs PyTorch SDPA backends)
-#   5. a short summary table
+#   4. the Python package built with CUDA and its whole pytest suite (tests/python, test_cuda.py too)
+#   5. the side-by-side benchmark (bench/gpu/bench_attn.py: ioattn vs PyTorch SDPA backends)
+#   6. a short summary table
 # Every step runs even if an earlier one failed (a build failure stops the rest); the exit status is
 # nonzero if any step failed. Logs go to $LOG_DIR.
 #
@@ -14,7 +15,10 @@
 #   HEAD_DIMS    IOATTN_CUDA_HEAD_DIMS               (default "64;128;256": what the benchmark needs)
 #   LOG_DIR      where logs and results are written  (default $BUILD_DIR/gpu_check)
 #   BENCH_ARGS   extra arguments for bench_attn.py   (e.g. "--seqlens 1024,4096,16384 --head-dims 128")
-#   SKIP_BENCH=1 / SKIP_SANITIZER=1                  skip those steps
+#   SKIP_BENCH=1 / SKIP_SANITIZER=1 / SKIP_PYTHON=1  skip those steps
+#   PY_TARGET    where the Python package is installed (default $BUILD_DIR/py-site; prepended to PYTHONPATH).
+#                The GPU image lacks nanobind / scikit-build-core / pytest: carry them as wheels in .whl/
+#                (see /work/.library/device/README.md) and this script installs them first.
 #   IOATTN_DEPS_PREFIX  a /usr-like prefix holding what the build needs that the GPU image may lack
 #                (GoogleTest, CLI11, nlohmann-json, OpenBLAS + cblas.h and its runtime libraries):
 #                added to CMAKE_PREFIX_PATH, CPATH and LD_LIBRARY_PATH
@@ -97,21 +101,38 @@ if [ $BUILD_RC -eq 0 ]; then
   # 3. Sanitizers on the small shapes (10-100x slower than a plain run).
   if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
     run_step memcheck "$LOG_DIR/memcheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool memcheck --error-exitcode 1 \
-      --leak-check full "$TESTS" --gtest_filter='Gpu/Small.*:GpuContract.BadInputs*:GpuContract.BadDevice*'
+      --leak-check full "$TESTS" --gtest_filter='Gpu/Small.*:GpuContract.BadInputs*:GpuContract.BadDevice*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*:KVCacheGpu.BadIndicesRejected'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'ERROR SUMMARY' "$LOG_DIR/memcheck.log" | tail -1)"
     run_step racecheck "$LOG_DIR/racecheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool racecheck --error-exitcode 1 \
-      "$TESTS" --gtest_filter='Gpu/Small.*'
+      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$LOG_DIR/racecheck.log" | tail -1)"
   fi
 
-  # 4. Benchmark.
+  # 4. The Python package with CUDA, and its whole test suite.
+  if [ "${SKIP_PYTHON:-0}" != 1 ]; then
+    PY_TARGET=${PY_TARGET:-$BUILD_DIR/py-site}
+    if ls .whl/*.whl >/dev/null 2>&1; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$BUILD_DIR/py-deps" .whl/*.whl
+      export PYTHONPATH="$BUILD_DIR/py-deps${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    run_step py_build "$LOG_DIR/py_build.log" env CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      CMAKE_ARGS="-DIOATTN_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$ARCH -DIOATTN_CUDA_HEAD_DIMS=$HEAD_DIMS" \
+      python3 -m pip install --no-build-isolation --no-deps --upgrade --target "$PY_TARGET" . -C build-dir="$BUILD_DIR/py-build"
+    if [ $? -eq 0 ]; then
+      run_step pytest "$LOG_DIR/pytest.log" timeout "${TIMEOUT_TESTS:-300}" env PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
+        python3 -m pytest tests/python -q -p no:cacheprovider
+      STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E '(passed|failed)' "$LOG_DIR/pytest.log" | tail -1)"
+    fi
+  fi
+
+  # 5. Benchmark.
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     run_step bench "$LOG_DIR/bench.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_attn.py --cli "$CLI" --out-dir bench/results $BENCH_ARGS
   fi
 fi
 
-# 5. Summary.
+# 6. Summary.
 echo
 echo "==================== gpu_check summary ===================="
 printf "%-11s %6s  %s\n" step seconds result

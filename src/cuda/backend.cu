@@ -125,20 +125,19 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
     if (Status s = k_like("dv", p.dv, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride); !s.ok()) return s;
   }
 
-  // Grid limits: batch is grid.y and the query blocks grid.z (65535 each).
-  const sm80::FwdTile tile = sm80::fwd_tile(d);
-  const int64_t m_blocks = (static_cast<int64_t>(p.seqlen_q) + tile.block_m - 1) / tile.block_m;
+  // Grid limits: every kernel puts its row/key blocks in grid.x (2^31 - 1), heads in grid.y and
+  // batch in grid.z (65535 each).
   if (p.batch > 65535)
     return make_error(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the CUDA kernels' 65535");
-  if (m_blocks > 65535)
-    return make_error(ErrorCode::Unsupported, "q: seqlen_q ", p.seqlen_q, " exceeds the CUDA kernels' ",
-               65535LL * tile.block_m);
+  if (p.heads_q > 65535)
+    return make_error(ErrorCode::Unsupported, "q: heads ", p.heads_q, " exceed the CUDA kernels' 65535");
 
   std::ostringstream name;
   name << "sm80 " << (backward ? "backward" : "forward") << " (mma.sync), " << dtype_name(p.dtype) << ", head dim "
        << d;
   if (d != std::max(p.head_dim, p.head_dim_v)) name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
   if (!backward) {
+    const sm80::FwdTile tile = sm80::fwd_tile(d);
     name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.warps << " warps x " << tile.m_tiles
          << " m-tiles";
   } else {

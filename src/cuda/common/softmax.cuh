@@ -49,7 +49,9 @@ struct OnlineSoftmax {
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       if (kScaled) mx = fmaxf(m[r], mx * scale);  // to log2 units; -inf * scale stays -inf
       const float base = mx == -INFINITY ? 0.0f : mx;
-      alpha[r] = fast_exp2(m[r] - base);  // 0 while the row had no key (m = -inf)
+      // 0 while the row had no key (m = -inf); exactly 1 when the maximum did not move, which
+      // lets the caller skip rescaling O (fwd_kernel.cuh) whatever ex2.approx returns for 0.
+      alpha[r] = m[r] == base ? 1.0f : fast_exp2(m[r] - base);
       m[r] = mx;
       float sum = 0.0f;
 #pragma unroll

@@ -34,15 +34,36 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
   constexpr int kChunks = Tile::kRows * kChunksPerRow;
   // Not unrolled on purpose: unrolled, the compiler hoists every chunk's 64-bit address out of the
   // main loop and keeps them live (8-16 per tile); rolled, the forward kernel at d = 256 went from
-  // 52 bytes of spills to none (ptxas -v, sm_90a). The loop costs a few integer ops per cp.async.
+  // 52 bytes of spills to none (ptxas -v, sm_90a).
+  if constexpr (kThreads % kChunksPerRow == 0 && kChunks % kThreads == 0) {
+    // Chunk c = tid + i * kThreads is row tid / kChunksPerRow + i * kRowStep, column
+    // (tid % kChunksPerRow) * 8 for every i: the column, its test and the start addresses are
+    // computed once, and each chunk costs a pointer step, a row test and the cp.async (the general
+    // loop below divides and multiplies a 64-bit offset per chunk, in every K/V tile of the main
+    // loops). Same chunks, same order, same zero-fill as the general loop.
+    constexpr int kRowStep = kThreads / kChunksPerRow;
+    const int row0 = tid / kChunksPerRow;
+    const int col = (tid % kChunksPerRow) * 8;
+    const bool col_ok = col < cols_valid;
+    const T* src = gmem + row0 * row_stride + col;  // stepped past the tile's rows, never read there
+    const int64_t src_step = kRowStep * row_stride;
+    T* dst = smem + row0 * Tile::kPitch + col;
 #pragma unroll 1
-  for (int c = tid; c < kChunks; c += kThreads) {
-    const int row = c / kChunksPerRow;
-    const int col = (c % kChunksPerRow) * 8;
-    const bool valid = row < rows_valid && col < cols_valid;
-    // An invalid chunk reads nothing; the pointer only has to be a legal operand.
-    const T* src = valid ? gmem + row * row_stride + col : gmem;
-    cp_async_16(smem + row * Tile::kPitch + col, src, valid);
+    for (int i = 0; i < kChunks / kThreads; ++i) {
+      const bool valid = col_ok && row0 + i * kRowStep < rows_valid;
+      cp_async_16(dst + i * (kRowStep * Tile::kPitch), valid ? src : gmem, valid);
+      src += src_step;
+    }
+  } else {
+#pragma unroll 1
+    for (int c = tid; c < kChunks; c += kThreads) {
+      const int row = c / kChunksPerRow;
+      const int col = (c % kChunksPerRow) * 8;
+      const bool valid = row < rows_valid && col < cols_valid;
+      // An invalid chunk reads nothing; the pointer only has to be a legal operand.
+      const T* src = valid ? gmem + row * row_stride + col : gmem;
+      cp_async_16(smem + row * Tile::kPitch + col, src, valid);
+    }
   }
 }
 

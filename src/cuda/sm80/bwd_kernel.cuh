@@ -119,19 +119,34 @@ __device__ __forceinline__ T* head_base(T* ptr, int64_t batch_stride, int64_t ro
 
 // LSE in log2 units, +inf for rows that see no key and rows past the sequence (so that
 // exp2(x - lse) = 0 for them instead of exp2(+inf)), and D, for query rows [m0, m0 + 64) of (b, h).
+// Split in two so that the dkdv kernel can issue the global loads (fetch, into registers of
+// threads < 64: one row each, kThreads >= kBlockM) early and write shared memory (store) a whole
+// block of products later, instead of stalling two warps on the load latency right before the
+// score products. The values stay raw in registers (LSE -inf / D 0 stand for rows past the
+// sequence): any arithmetic on them would wait for the load where it is placed.
+struct RowStats {
+  float lse, d;
+};
+static_assert(kThreads >= kBlockM, "one row of statistics per thread");
+__device__ __forceinline__ RowStats fetch_row_stats(const Params& p, const float* dsum, const SeqBounds& s, int b,
+                                                    int h, int m0) {
+  RowStats st{-INFINITY, 0.f};
+  const int i = m0 + static_cast<int>(threadIdx.x);
+  if (threadIdx.x < kBlockM && i < s.sq) {
+    st.lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q_row0 + i];
+    st.d = dsum[row_index(p, b, h, i)];
+  }
+  return st;
+}
+__device__ __forceinline__ void store_row_stats(float* s_lse, float* s_dsum, const RowStats& st) {
+  if (threadIdx.x < kBlockM) {
+    s_lse[threadIdx.x] = st.lse == -INFINITY ? INFINITY : st.lse * kLog2e;
+    s_dsum[threadIdx.x] = st.d;
+  }
+}
 __device__ __forceinline__ void load_row_stats(float* s_lse, float* s_dsum, const Params& p, const float* dsum,
                                                const SeqBounds& s, int b, int h, int m0) {
-  for (int r = threadIdx.x; r < kBlockM; r += kThreads) {
-    const int i = m0 + r;
-    float lse2 = INFINITY, d = 0.f;
-    if (i < s.sq) {
-      const float lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q_row0 + i];
-      lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
-      d = dsum[row_index(p, b, h, i)];
-    }
-    s_lse[r] = lse2;
-    s_dsum[r] = d;
-  }
+  store_row_stats(s_lse, s_dsum, fetch_row_stats(p, dsum, s, b, h, m0));
 }
 
 // ---- Visible ranges (bottom-right aligned masks) ---------------------------------------------
@@ -321,7 +336,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int n_m = m_end - m_begin;
   const int iters = n_m * p.group;  // (query head of the group) × (query block), head-major
 
-  auto prefetch = [&](int it, int stage) {
+  // Q and dO of iteration `it` into `stage` (cp.async; the caller commits). Its row statistics:
+  // fetch_row_stats + store_row_stats (see there).
+  auto prefetch_tiles = [&](int it, int stage) {
     const int h = hk * p.group + it / n_m;
     const int m0 = (m_begin + it % n_m) * kBlockM;
     const int rows = min(kBlockM, s.sq - m0);
@@ -333,9 +350,14 @@ __global__ void __launch_bounds__(kThreads, 1)
                                      head_base(static_cast<const T*>(p.dout), p.do_batch_stride, p.do_row_stride,
                                                p.do_head_stride, b, h, s.q_row0 + m0),
                                      p.do_row_stride, rows, p.head_dim_v, tid);
-    load_row_stats(s_lse + stage * kBlockM, s_dsum + stage * kBlockM, p, dsum, s, b, h, m0);
   };
-  if (iters > 0) prefetch(0, 0);
+  auto fetch_stats = [&](int it) {
+    return fetch_row_stats(p, dsum, s, b, hk * p.group + it / n_m, (m_begin + it % n_m) * kBlockM);
+  };
+  if (iters > 0) {
+    prefetch_tiles(0, 0);
+    store_row_stats(s_lse, s_dsum, fetch_stats(0));
+  }
   cp_async_commit();
 
   const int warp = tid / 32, lane = tid % 32;
@@ -352,9 +374,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     // (a) this stage's Q, dO, LSE, D are visible to every warp; (b) every warp is done with the
     // previous iteration, so the other stage, P and dS may be overwritten.
     __syncthreads();
-    if (stages == 2 && it + 1 < iters) {
-      prefetch(it + 1, stage ^ 1);  // overlaps with this block's five products
+    const bool prefetch_next = stages == 2 && it + 1 < iters;
+    RowStats next_stats{};
+    if (prefetch_next) {
+      prefetch_tiles(it + 1, stage ^ 1);  // overlaps with this block's five products
       cp_async_commit();
+      next_stats = fetch_stats(it + 1);  // in flight during the score products
     }
 
     const int h = hk * p.group + it / n_m;
@@ -363,6 +388,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const T* do_s = sdO + stage * TileQ::kElems;
     scores_and_ds<Cfg, kMods>(q_s, sK, do_s, sV, s_lse + stage * kBlockM, s_dsum + stage * kBlockM, sP, sdS, p,
                        ScoreMod::make(p, b, h, s.sq, s.sk), Dropout::make(p, b, h), m0, n0, m0 + kBlockM - 1);
+    // The other stage's statistics: nobody reads that stage in this iteration, and the barrier at
+    // the top of the next one publishes them.
+    if (prefetch_next) store_row_stats(s_lse + (stage ^ 1) * kBlockM, s_dsum + (stage ^ 1) * kBlockM, next_stats);
     __syncthreads();  // P and dS are complete
 
     // dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q: (kBlockN keys × d), k = the block's 64 query rows.
@@ -376,8 +404,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (stages == 1 && it + 1 < iters) {
       __syncthreads();  // one stage: the next block may only land once this one is consumed
-      prefetch(it + 1, 0);
+      prefetch_tiles(it + 1, 0);
       cp_async_commit();
+      store_row_stats(s_lse, s_dsum, fetch_stats(it + 1));
     }
   }
   cp_async_wait<0>();  // K/V when there was no iteration
