@@ -7,7 +7,7 @@
 //   - the deterministic mode bitwise identical over repeated runs;
 //   - the backward captured in a CUDA graph and replayed equals the eager call (no host sync, no
 //     allocation inside the call).
-// Set IOATTN_BWD_TIMING=1 to also time forward + backward on long sequences (BwdTiming).
+// BwdTiming (disabled; --gtest_also_run_disabled_tests) times forward + backward on long sequences.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -238,11 +238,12 @@ TEST_P(Bwd, BothModesMatchReference) { check_case(GetParam()); }
 INSTANTIATE_TEST_SUITE_P(Gpu, Bwd, ::testing::ValuesIn(bwd_cases()),
                          [](const ::testing::TestParamInfo<Case>& i) { return sanitize(i.param.name); });
 
-// Forward + backward time on long sequences (only with IOATTN_BWD_TIMING=1), bf16, BSHD
+// Forward + backward time on long sequences (disabled by default), bf16, BSHD
 // contiguous, TFLOP/s with the FlashAttention convention (forward 4·B·H·S²·d, halved when causal;
 // backward 2.5× forward). Events around each call; one warm-up run, then the mean of 5.
-TEST(BwdTiming, LongSequences) {
-  if (std::getenv("IOATTN_BWD_TIMING") == nullptr) GTEST_SKIP() << "set IOATTN_BWD_TIMING=1";
+// A measurement, not a check: disabled so the suite asserts only correctness; run it with
+// --gtest_also_run_disabled_tests. (Benchmarks proper live in bench/gpu/.)
+TEST(BwdTiming, DISABLED_LongSequences) {
   struct Shape {
     int batch, heads, seqlen, d;
     bool causal;

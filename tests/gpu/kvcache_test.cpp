@@ -362,10 +362,11 @@ TEST(PagedPrefillGpu, BadBlockTableRejected) {
 // ---- Timing (informational, no assertion on speed) ----------------------------------------------
 // Decode bandwidth on typical shapes: the K/V bytes a call must read over its time (events, 20
 // calls after a warm-up), for the split heuristic and for num_splits = 1. Printed for the log of
-// the GPU run; IOATTN_SKIP_TIMING=1 skips it.
-TEST(KVCacheGpuTiming, DecodeBandwidth) {
+// the GPU run.
+// A measurement, not a check: disabled so the suite asserts only correctness; run it with
+// --gtest_also_run_disabled_tests. The decode benchmark of the decoding issue belongs in bench/gpu/.
+TEST(KVCacheGpuTiming, DISABLED_DecodeBandwidth) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  if (std::getenv("IOATTN_SKIP_TIMING")) GTEST_SKIP() << "IOATTN_SKIP_TIMING set";
   struct Shape { int batch, hq, hk, d, len, page; };
   const Shape shapes[] = {{1, 32, 8, 128, 32768, 0}, {8, 32, 8, 128, 8192, 0}, {64, 32, 8, 128, 2048, 0},
                           {16, 64, 8, 128, 4096, 256}, {4, 32, 32, 128, 8192, 0}, {8, 16, 2, 256, 8192, 64}};
