@@ -430,7 +430,6 @@ TEST(KVCacheGpuTiming, DISABLED_DecodeBandwidth) {
       CUDA_OK(cudaEventSynchronize(t1));
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
-      cudaStreamDestroy(stream);
       float ms = 0;
       CUDA_OK(cudaEventElapsedTime(&ms, t0, t1));
       const double us = 1000.0 * ms / kReps;
@@ -438,6 +437,9 @@ TEST(KVCacheGpuTiming, DISABLED_DecodeBandwidth) {
       std::printf("[ timing   ] decode B=%d Hq=%d Hk=%d D=%d len=%d %s: %8.1f us  %7.1f GB/s  (%s)\n", sh.batch, sh.hq,
                   sh.hk, sh.d, sh.len, sh.page ? ("paged" + std::to_string(sh.page)).c_str() : "contiguous", us,
                   kv_bytes / us / 1e3, describe_kvcache_choice(tq, tk, tv, a).c_str());
+      // After describe_kvcache_choice: it validates like the call, and with device-resident indices
+      // (the paged shapes) that uses a.stream, so the stream must still exist.
+      cudaStreamDestroy(stream);
       cudaEventDestroy(t0);
       cudaEventDestroy(t1);
     }
