@@ -4,7 +4,8 @@
 #   2. run ioattn_gpu_tests (every feature against the float64 reference, graph capture, errors)
 #   3. compute-sanitizer memcheck and racecheck on the small shapes (Gpu/Small.*)
 #   4. the Python package built with CUDA and its whole pytest suite (tests/python, test_cuda.py too)
-#   5. the side-by-side benchmark (bench/gpu/bench_attn.py: ioattn vs PyTorch SDPA backends)
+#   5. the side-by-side benchmark (bench/gpu/bench_attn.py: ioattn vs PyTorch SDPA backends), and
+#      bench/gpu/bench_decode.py --quick (decoding, through the Python package of step 4)
 #   6. a short summary table
 # Every step runs even if an earlier one failed (a build failure stops the rest); the exit status is
 # nonzero if any step failed. Logs go to $LOG_DIR.
@@ -119,6 +120,7 @@ if [ $BUILD_RC -eq 0 ]; then
       CMAKE_ARGS="-DIOATTN_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=$ARCH -DIOATTN_CUDA_HEAD_DIMS=$HEAD_DIMS" \
       python3 -m pip install --no-build-isolation --no-deps --upgrade --target "$PY_TARGET" . -C build-dir="$BUILD_DIR/py-build"
     if [ $? -eq 0 ]; then
+      PY_BUILT=1
       run_step pytest "$LOG_DIR/pytest.log" timeout "${TIMEOUT_TESTS:-300}" env PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
         python3 -m pytest tests/python -q -p no:cacheprovider
       STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E '(passed|failed)' "$LOG_DIR/pytest.log" | tail -1)"
@@ -129,6 +131,11 @@ if [ $BUILD_RC -eq 0 ]; then
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     run_step bench "$LOG_DIR/bench.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_attn.py --cli "$CLI" --out-dir bench/results $BENCH_ARGS
+    # Decoding (contiguous and paged KV cache vs SDPA) through the Python package built in step 4.
+    if [ "${PY_BUILT:-0}" = 1 ]; then
+      run_step bench_decode "$LOG_DIR/bench_decode.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 \
+        PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" python3 bench/gpu/bench_decode.py --quick --out-dir bench/results
+    fi
   fi
 fi
 
@@ -145,6 +152,10 @@ done
 if [ -f "$LOG_DIR/bench.log" ]; then
   echo "benchmark (TFLOP/s fwd / bwd; ratios ioattn / best peer and / flash):"
   sed -n '/^BENCH TABLE/,/^END TABLE/p' "$LOG_DIR/bench.log" | sed '1d;$d'
+fi
+if [ -f "$LOG_DIR/bench_decode.log" ]; then
+  echo "decode benchmark (bench/gpu/bench_decode.py --quick):"
+  sed -n '/^BENCH TABLE/,/^END TABLE/p' "$LOG_DIR/bench_decode.log" | sed '1d;$d'
 fi
 echo "logs: $LOG_DIR"
 exit $failed

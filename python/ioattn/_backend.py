@@ -123,3 +123,19 @@ def forward_kvcache(q, k_cache, v_cache, out, lse, **kw) -> None:
         _C.forward_kvcache(describe("q", q), describe("k_cache", k_cache), describe("v_cache", v_cache),
                            describe("out", out), describe("lse", lse), *args, stream,
                            ws.data_ptr() if ws is not None else 0, ws.numel() if ws is not None else 0)
+
+
+def forward_paged(q, k_cache, v_cache, block_table, out, lse, **kw) -> None:
+    """Varlen queries over a paged KV cache (flash_attn_varlen_func with block_table): writes out
+    and lse. kw: the Args fields, see _args (dropout must be 0)."""
+    args = _args(**kw)
+    views = (describe("q", q), describe("k_cache", k_cache), describe("v_cache", v_cache),
+             describe("block_table", block_table))
+    stream, ws = 0, None
+    if q.device.type == "cuda":
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        nbytes = _C.paged_workspace_size(*views, *args, stream, 0, 0)
+        ws = torch.empty(nbytes, dtype=torch.uint8, device=q.device) if nbytes > 0 else None
+    with _device_guard(q):
+        _C.forward_paged(*views, describe("out", out), describe("lse", lse), *args, stream,
+                         ws.data_ptr() if ws is not None else 0, ws.numel() if ws is not None else 0)

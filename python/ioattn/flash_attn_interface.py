@@ -19,15 +19,16 @@ dropped entries negated. It is computed densely from the LSE (O(N^2) memory): fo
 
 flash_attn_with_kvcache (decoding over a contiguous or paged KV cache) is ioattn.kvcache's.
 
-Difference from flash-attn: block_table (a paged KV cache) in flash_attn_varlen_func is not
-supported and raises NotImplementedError (flash_attn_with_kvcache takes paged caches).
+flash_attn_varlen_func(..., block_table=...) reads k/v as paged caches (num_pages, page_size, Hk, D)
+(page_size a multiple of 16; flash-attn asks for multiples of 256) and is forward-only, as in
+flash-attn: a backward through it raises NotImplementedError naming block_table.
 """
 from __future__ import annotations
 
 import torch
 
 from . import _probs
-from .kvcache import flash_attn_with_kvcache
+from .kvcache import flash_attn_with_kvcache, varlen_paged
 from .ops import _check_tensor, attention
 
 __all__ = [
@@ -92,10 +93,16 @@ def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=Fa
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None):
-    """q (Tq, Hq, D), k/v (Tk, Hk, D), cu_seqlens_* int32 (B + 1) on q's device -> out (Tq, Hq, Dv)."""
+    """q (Tq, Hq, D), k/v (Tk, Hk, D), cu_seqlens_* int32 (B + 1) on q's device -> out (Tq, Hq, Dv).
+    With block_table (B, max_pages) int32, k/v are paged caches (num_pages, page_size, Hk, D) and
+    sequence b's keys are the first cu_seqlens_k[b + 1] - cu_seqlens_k[b] positions of its pages
+    (forward only)."""
     if block_table is not None:
-        raise NotImplementedError("block_table: a paged KV cache is not supported by ioattn's varlen call yet; "
-                                  "gather the pages into packed k/v (or use flash_attn.flash_attn_varlen_func)")
+        _check_tensor("block_table", block_table)
+        out, lse = varlen_paged(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, block_table,
+                                dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+                                window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes)
+        return (out, lse, torch.empty((0,), dtype=q.dtype, device=q.device)) if return_attn_probs else out
     if cu_seqlens_q is None or cu_seqlens_k is None:
         raise ValueError("cu_seqlens_q, cu_seqlens_k: expected int32 tensors of batch + 1 prefix sums, got None")
     out, lse, rng, scale = attention(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,

@@ -239,6 +239,31 @@ std::string describe_kvcache_choice(nb::handle q, nb::handle k_cache, nb::handle
   return ioattn::describe_kvcache_choice(tq, tk, tv, make_kv_args(IOATTN_KV_FORWARD));
 }
 
+// ---- paged prefill: varlen queries over a paged cache (flash_attn_varlen_func with block_table) --
+
+void forward_paged(nb::handle q, nb::handle k_cache, nb::handle v_cache, nb::handle block_table, nb::handle out,
+                   nb::handle lse, IOATTN_ARGS_PARAMS) {
+  const ioattn::TensorView tq = to_view("q", q), tk = to_view("k_cache", k_cache), tv = to_view("v_cache", v_cache);
+  const ioattn::TensorView tbt = to_view("block_table", block_table);
+  const ioattn::TensorView tout = to_view("out", out), tlse = to_view("lse", lse);
+  const ioattn::Args a = make_args(IOATTN_ARGS_FORWARD);
+  ioattn::Status s;
+  {
+    nb::gil_scoped_release release;
+    s = ioattn::forward_paged(tq, tk, tv, tbt, tout, tlse, a);
+  }
+  check(s);
+}
+
+size_t paged_workspace_size(nb::handle q, nb::handle k_cache, nb::handle v_cache, nb::handle block_table,
+                            IOATTN_ARGS_PARAMS) {
+  const ioattn::TensorView tq = to_view("q", q), tk = to_view("k_cache", k_cache), tv = to_view("v_cache", v_cache);
+  size_t bytes = 0;
+  check(ioattn::forward_paged_workspace_size(tq, tk, tv, to_view("block_table", block_table),
+                                             make_args(IOATTN_ARGS_FORWARD), &bytes));
+  return bytes;
+}
+
 nb::dict build_info() {
   const ioattn::BuildInfo b = ioattn::build_info();
   nb::dict d;
@@ -271,6 +296,11 @@ NB_MODULE(_C, m) {
         IOATTN_KV_NAMES, "Device scratch bytes forward_kvcache needs (0 on the CPU).");
   m.def("describe_kvcache_choice", &describe_kvcache_choice, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
         IOATTN_KV_NAMES, "The number of key splits and kernel forward_kvcache would use.");
+  m.def("forward_paged", &forward_paged, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("block_table"),
+        nb::arg("out"), nb::arg("lse").none(), IOATTN_ARGS_NAMES,
+        "Varlen queries over a paged KV cache (keys of sequence b through block_table[b]).");
+  m.def("paged_workspace_size", &paged_workspace_size, nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"),
+        nb::arg("block_table"), IOATTN_ARGS_NAMES, "Device scratch bytes forward_paged needs (0 on the CPU).");
   m.def("build_info", &build_info, "Backends compiled in and devices found.");
   m.def("cpu_peak_scratch_bytes", &ioattn::cpu_peak_scratch_bytes);
   m.def("reset_cpu_peak_scratch_bytes", &ioattn::reset_cpu_peak_scratch_bytes);

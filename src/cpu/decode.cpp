@@ -19,7 +19,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "core/backends.h"
 #include "core/half.h"
@@ -101,18 +103,6 @@ void load_row(const void* base, DType t, int64_t offset, int n, float* dst) {
   }
 }
 
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) float dot(const float* a, const float* b, int n) {
-  float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-  for (int d = 0; d < n; ++d) acc += a[d] * b[d];
-  return acc;
-}
-// y = y * alpha (alpha != 1 only when the running maximum rose)
-__attribute__((target_clones("avx512f", "arch=haswell", "default"))) void axpy(float a, const float* x, float* y, int n) {
-#pragma omp simd
-  for (int d = 0; d < n; ++d) y[d] += a * x[d];
-}
-
 // Row x (n elements at `src`, already fp32) rotated at table row `pos` into dst, rounded to the
 // dtype; elements past rotary_dim are copied.
 void rotate_row(const Params& p, const float* src, int n, int pos, float* dst) {
@@ -188,13 +178,75 @@ int64_t row_index(const Params& p, int b, int h, int i) {
 
 // Step 2: task (b, hk, split). Rows r = i * group + g are query row i of head hk * group + g.
 // ws: q rows (R x D), o rows (R x Dv), states (R x 2), K block (kKeyBlock x D), V block
-// (kKeyBlock x Dv), scores (kKeyBlock), one row buffer (D).
+// (kKeyBlock x Dv), probabilities (R x kKeyBlock), one row buffer (D).
 size_t task_floats(const Params& p) {
   const size_t R = static_cast<size_t>(p.seqlen_q) * p.group;
-  return R * (p.head_dim + p.head_dim_v + 2) + kKeyBlock * (p.head_dim + p.head_dim_v + 1) + p.head_dim;
+  return R * (p.head_dim + p.head_dim_v + 2 + kKeyBlock) + kKeyBlock * (p.head_dim + p.head_dim_v) + p.head_dim;
 }
 
-void attend(const Params& p, int b, int hk, int split, int splits, float* ws, const Partials& part) {
+// ---- The block loop, compiled per instruction set ------------------------------------------------
+// attend_body is written for the auto-vectoriser (omp simd loops, no intrinsics, helpers inlined)
+// and instantiated inside three functions with different target attributes (AVX-512, AVX2 + FMA,
+// baseline); forward_kvcache picks one at run time. Per key block of a task:
+//   scores  four query rows at a time: each key row is loaded once for the four dot products
+//           (one multi-accumulator simd reduction), so the GQA group shares the K read;
+//   softmax per row: block maximum, rescale, probabilities by a vectorised exp2 (exp2_poly);
+//   P V     four rows at a time again: each V row is loaded once and added, scaled by the four
+//           probabilities, to the four output rows.
+// fp32 caches are read in place (row pointers into the cache); fp16/bf16 rows are widened once per
+// block into the K/V block buffers.
+
+#define IOATTN_DECODE_INLINE inline __attribute__((always_inline))
+
+// 2^x for x <= 0 (scores minus the running maximum; -inf gives 0): x = n + f with n = round(x),
+// |f| <= 1/2, and 2^f = e^(f ln 2) by the same degree-6 minimax polynomial as tile_ops.h's
+// exp_approx (relative error about 1 ulp). Branch-free, so `omp simd` loops vectorise it.
+IOATTN_DECODE_INLINE float exp2_poly(float x) {
+  constexpr float kRound = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
+  constexpr float kLn2 = 0.693147180559945f;
+  x = x < -126.0f ? -126.0f : x;  // also catches -inf; 2^-126 rounds the probability to ~0
+  const float n = (x + kRound) - kRound;
+  const float r = (x - n) * kLn2;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return y * scale;
+}
+
+// A cache row as fp32: the row itself (fp32) or widened into dst.
+IOATTN_DECODE_INLINE const float* cache_row(const void* base, DType t, int64_t offset, int n, float* dst) {
+  switch (t) {
+    case DType::BF16: {  // the high half of an fp32: a shift
+      const uint16_t* src = static_cast<const uint16_t*>(base) + offset;
+      uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+#pragma omp simd
+      for (int j = 0; j < n; ++j) d[j] = static_cast<uint32_t>(src[j]) << 16;
+      return dst;
+    }
+    case DType::F16:
+      load_row(base, t, offset, n, dst);  // F16C when the CPU has it (a call per row)
+      return dst;
+    default:
+      return static_cast<const float*>(base) + offset;
+  }
+}
+
+IOATTN_DECODE_INLINE void prefetch_row(const void* base, DType t, int64_t offset, int n) {
+  const size_t es = t == DType::F32 ? 4 : 2;
+  const char* row = static_cast<const char*>(base) + offset * static_cast<int64_t>(es);
+  for (size_t byte = 0; byte < n * es; byte += 64) __builtin_prefetch(row + byte, 0, 3);
+}
+
+template <int kVariant>
+IOATTN_DECODE_INLINE void attend_body(const Params& p, int b, int hk, int split, int splits, float* ws,
+                                      const Partials& part) {
   const KVSeq s = kv_seq(p, b);
   const int R = s.sq * p.group, D = p.head_dim, Dv = p.head_dim_v;
   float* q = ws;
@@ -202,8 +254,10 @@ void attend(const Params& p, int b, int hk, int split, int splits, float* ws, co
   SoftmaxState* st = reinterpret_cast<SoftmaxState*>(o + static_cast<size_t>(R) * Dv);
   float* kb = reinterpret_cast<float*>(st + R);
   float* vb = kb + kKeyBlock * D;
-  float* sc = vb + kKeyBlock * Dv;
-  float* tmp = sc + kKeyBlock;
+  float* pr = vb + kKeyBlock * Dv;  // (R x kKeyBlock): scores, then probabilities (0 where masked)
+  float* tmp = pr + static_cast<size_t>(R) * kKeyBlock;
+  const float* krow[kKeyBlock];
+  const float* vrow[kKeyBlock];
 
   const WindowMask mask{p.window_left, p.window_right, s.sk - s.sq};
   // This split's keys: an equal share of the key blocks of [0, sk), as on the GPU.
@@ -226,38 +280,132 @@ void attend(const Params& p, int b, int hk, int split, int splits, float* ws, co
   }
   const bool softcap = p.softcap > 0.0f;
   const float cap_in = softcap ? p.scale / p.softcap : 0.0f, cap_out = p.softcap * kLog2e;
+  const float scale_log2 = p.scale_log2;
 
   for (int n0 = k_begin; n0 < k_end; n0 += kKeyBlock) {
     const int nk = std::min(kKeyBlock, k_end - n0);
+    // Rows with a visible key in this block (masks can hide whole blocks from some rows).
+    int r_lo = R, r_hi = 0;
+    for (int r = 0; r < R; ++r) {
+      const int i = r / p.group;
+      if (std::max(mask.first_key(i), n0) < std::min(mask.end_key(i, s.sk), n0 + nk)) {
+        r_lo = std::min(r_lo, r);
+        r_hi = r + 1;
+      }
+    }
+    if (r_lo >= r_hi) continue;
+    // The next block's rows are requested now, so their misses overlap this block's arithmetic (a
+    // head's rows are Hk·D elements apart, usually a page or more: the hardware prefetchers, which
+    // stay within a page, do not fetch them ahead).
+    const int n_next = std::min(kKeyBlock, k_end - n0 - nk);
+    for (int n = 0; n < n_next; ++n) {
+      const KVLoc loc = kv_loc(p, b, s, s.start + n0 + nk + n);
+      prefetch_row(p.k, p.dtype, loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + hk * p.k_head_stride, D);
+      prefetch_row(p.v, p.dtype, loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + hk * p.v_head_stride, Dv);
+    }
     for (int n = 0; n < nk; ++n) {
       const KVLoc loc = kv_loc(p, b, s, s.start + n0 + n);
-      load_row(p.k, p.dtype, loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + hk * p.k_head_stride, D,
-               kb + static_cast<size_t>(n) * D);
-      load_row(p.v, p.dtype, loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + hk * p.v_head_stride, Dv,
-               vb + static_cast<size_t>(n) * Dv);
+      krow[n] = cache_row(p.k, p.dtype, loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + hk * p.k_head_stride,
+                          D, kb + static_cast<size_t>(n) * D);
+      vrow[n] = cache_row(p.v, p.dtype, loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + hk * p.v_head_stride,
+                          Dv, vb + static_cast<size_t>(n) * Dv);
     }
-    for (int r = 0; r < R; ++r) {
-      const int i = r / p.group, h = hk * p.group + r % p.group;
-      const int lo = std::max(mask.first_key(i), n0), hi = std::min(mask.end_key(i, s.sk), n0 + nk);
-      if (lo >= hi) continue;
-      const float* qr = q + static_cast<size_t>(r) * D;
-      const float alibi = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2e : 0.0f;
-      float mx = -INFINITY;
-      for (int j = lo; j < hi; ++j) {
-        const float* kr = kb + static_cast<size_t>(j - n0) * D;
-        const float qk = dot(qr, kr, D);
-        float x = softcap ? cap_out * std::tanh(qk * cap_in) : qk * p.scale_log2;
-        if (alibi != 0.0f) x -= alibi * static_cast<float>(mask.alibi_distance(i, j));
-        sc[j - n0] = x;
-        mx = std::max(mx, x);
+    // Raw scores Q·K for rows [r_lo, r_hi), four rows per pass over each key row.
+    int r = r_lo;
+    for (; r + 4 <= r_hi; r += 4) {
+      const float *q0 = q + static_cast<size_t>(r) * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+      float* s0 = pr + static_cast<size_t>(r) * kKeyBlock;
+      for (int j = 0; j < nk; ++j) {
+        const float* k = krow[j];
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int d = 0; d < D; ++d) {
+          const float kd = k[d];
+          a0 += q0[d] * kd;
+          a1 += q1[d] * kd;
+          a2 += q2[d] * kd;
+          a3 += q3[d] * kd;
+        }
+        s0[j] = a0;
+        s0[kKeyBlock + j] = a1;
+        s0[2 * kKeyBlock + j] = a2;
+        s0[3 * kKeyBlock + j] = a3;
       }
-      float* orow = o + static_cast<size_t>(r) * Dv;
+    }
+    for (; r < r_hi; ++r) {
+      const float* q0 = q + static_cast<size_t>(r) * D;
+      float* s0 = pr + static_cast<size_t>(r) * kKeyBlock;
+      for (int j = 0; j < nk; ++j) {
+        const float* k = krow[j];
+        float a0 = 0.0f;
+#pragma omp simd reduction(+ : a0)
+        for (int d = 0; d < D; ++d) a0 += q0[d] * k[d];
+        s0[j] = a0;
+      }
+    }
+    // Per row: score transform and mask, block maximum, rescale, probabilities.
+    for (r = r_lo; r < r_hi; ++r) {
+      const int i = r / p.group, h = hk * p.group + r % p.group;
+      const int lo = std::max(mask.first_key(i), n0) - n0, hi = std::min(mask.end_key(i, s.sk), n0 + nk) - n0;
+      float* x = pr + static_cast<size_t>(r) * kKeyBlock;
+      if (lo >= hi) {
+        std::fill(x, x + nk, 0.0f);
+        continue;
+      }
+      if (softcap) {
+        for (int j = lo; j < hi; ++j) x[j] = cap_out * std::tanh(x[j] * cap_in);
+      } else {
+#pragma omp simd
+        for (int j = lo; j < hi; ++j) x[j] *= scale_log2;
+      }
+      if (p.alibi_slopes) {
+        const float slope = p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2e;
+        for (int j = lo; j < hi; ++j) x[j] -= slope * static_cast<float>(mask.alibi_distance(i, n0 + j));
+      }
+      float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+      for (int j = lo; j < hi; ++j) mx = x[j] > mx ? x[j] : mx;
       const float alpha = st[r].raise_max(mx);
-      for (int d = 0; d < Dv; ++d) orow[d] *= alpha;
-      for (int j = lo; j < hi; ++j) {
-        const float pj = st[r].prob(sc[j - n0]);
-        st[r].l += pj;
-        axpy(pj, vb + static_cast<size_t>(j - n0) * Dv, orow, Dv);
+      if (alpha != 1.0f) {
+        float* orow = o + static_cast<size_t>(r) * Dv;
+#pragma omp simd
+        for (int d = 0; d < Dv; ++d) orow[d] *= alpha;
+      }
+      const float base = SoftmaxState::base(st[r].m);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < nk; ++j) {
+        const float e = (j >= lo && j < hi) ? exp2_poly(x[j] - base) : 0.0f;
+        x[j] = e;
+        sum += e;
+      }
+      st[r].l += sum;
+    }
+    // O += P V, four rows per pass over each V row (masked probabilities are 0).
+    for (r = r_lo; r + 4 <= r_hi; r += 4) {
+      float *o0 = o + static_cast<size_t>(r) * Dv, *o1 = o0 + Dv, *o2 = o1 + Dv, *o3 = o2 + Dv;
+      const float* p0 = pr + static_cast<size_t>(r) * kKeyBlock;
+      for (int j = 0; j < nk; ++j) {
+        const float w0 = p0[j], w1 = p0[kKeyBlock + j], w2 = p0[2 * kKeyBlock + j], w3 = p0[3 * kKeyBlock + j];
+        const float* v = vrow[j];
+#pragma omp simd
+        for (int d = 0; d < Dv; ++d) {
+          const float vd = v[d];
+          o0[d] += w0 * vd;
+          o1[d] += w1 * vd;
+          o2[d] += w2 * vd;
+          o3[d] += w3 * vd;
+        }
+      }
+    }
+    for (; r < r_hi; ++r) {
+      float* o0 = o + static_cast<size_t>(r) * Dv;
+      const float* p0 = pr + static_cast<size_t>(r) * kKeyBlock;
+      for (int j = 0; j < nk; ++j) {
+        const float w0 = p0[j];
+        const float* v = vrow[j];
+#pragma omp simd
+        for (int d = 0; d < Dv; ++d) o0[d] += w0 * v[d];
       }
     }
   }
@@ -276,6 +424,34 @@ void attend(const Params& p, int b, int hk, int split, int splits, float* ws, co
       part.lse[row] = st[r].lse();
     }
   }
+}
+
+using AttendFn = void (*)(const Params&, int, int, int, int, float*, const Partials&);
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512"))) void attend_avx512(
+    const Params& p, int b, int hk, int split, int splits, float* ws, const Partials& part) {
+  attend_body<0>(p, b, hk, split, splits, ws, part);
+}
+__attribute__((target("avx2,fma,f16c"))) void attend_avx2(const Params& p, int b, int hk, int split, int splits,
+                                                           float* ws, const Partials& part) {
+  attend_body<1>(p, b, hk, split, splits, ws, part);
+}
+void attend_generic(const Params& p, int b, int hk, int split, int splits, float* ws, const Partials& part) {
+  attend_body<2>(p, b, hk, split, splits, ws, part);
+}
+// The same instruction-set tiers as backend.cpp's choice of the flash kernels, and the same cap:
+// IOATTN_CPU_ISA=avx512|avx2|generic (to test the other variants on one machine).
+AttendFn attend_fn() {
+  static const AttendFn fn = [] {
+    __builtin_cpu_init();
+    const char* cap = std::getenv("IOATTN_CPU_ISA");
+    const std::string want = cap ? cap : "";
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    if (avx512 && (want.empty() || want == "avx512" || want == "avx512bf16")) return &attend_avx512;
+    return avx2 && want != "generic" ? &attend_avx2 : &attend_generic;
+  }();
+  return fn;
 }
 
 // Step 3: merge the splits of row (b, h, i).
@@ -324,6 +500,7 @@ Status forward_kvcache(const Params& p) {
   const Partials part{part_o.get(), part_lse.get()};
   const int64_t tasks = static_cast<int64_t>(p.batch) * p.heads_k * splits;
   std::atomic<bool> failed{false};
+  const AttendFn attend = attend_fn();
 #pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(tasks, omp_get_max_threads())))
   {
     Scratch<float> ws(task_floats(p));

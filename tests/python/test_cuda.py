@@ -217,3 +217,34 @@ def test_kvcache_cuda_graph_decode_step():
     torch.cuda.synchronize()
     want = step()
     assert torch.allclose(static, want, rtol=1e-3, atol=1e-3)
+
+
+# ---- paged varlen (flash_attn_varlen_func with block_table) on the GPU --------------------------
+
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("page", [16, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_paged_varlen_cuda(dtype, page, causal):
+    from test_paged import _cu, check_against_reference, paged_pool
+    lens_q, lens_k = [1, 0, 37, 130], [300, 5, 37, 700]
+    hq, hk, d = 8, 2, 128
+    q = torch.randn(sum(lens_q), hq, d, device=CUDA).to(dtype)
+    k = torch.randn(sum(lens_k), hk, d, device=CUDA).to(dtype)
+    v = torch.randn(sum(lens_k), hk, d, device=CUDA).to(dtype)
+    kp, vp, table = paged_pool(k, v, lens_k, page)
+    cq, ck = _cu(lens_q, CUDA), _cu(lens_k, CUDA)
+    out, lse, _ = ioattn.flash_attn_varlen_func(q, kp, vp, cq, ck, max(lens_q), max(lens_k), causal=causal,
+                                                block_table=table, return_attn_probs=True)
+    assert out.device.type == "cuda" and lse.shape == (hq, sum(lens_q))
+    check_against_reference(out, lse, q.cpu(), kp.cpu(), vp.cpu(), table.cpu(), lens_q, lens_k, dtype,
+                            causal=causal)
+    contiguous = ioattn.flash_attn_varlen_func(q, k, v, cq, ck, max(lens_q), max(lens_k), causal=causal)
+    torch.testing.assert_close(out, contiguous, rtol=0, atol=2e-2 if dtype == torch.bfloat16 else 2e-3)
+    bad = table.clone()
+    bad[3, 2] = kp.shape[0]
+    with pytest.raises(ValueError, match="block_table"):
+        ioattn.flash_attn_varlen_func(q, kp, vp, cq, ck, max(lens_q), max(lens_k), block_table=bad)
+    q.requires_grad_()
+    out = ioattn.flash_attn_varlen_func(q, kp, vp, cq, ck, max(lens_q), max(lens_k), block_table=table)
+    with pytest.raises(NotImplementedError, match="block_table"):
+        out.float().sum().backward()

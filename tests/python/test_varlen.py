@@ -66,9 +66,3 @@ def test_varlen_packed_variants(dtype):
     _check_per_sequence(out, [dq, dkv[:, 0], dkv[:, 1]], q, kv.detach()[:, 0], kv.detach()[:, 1], dout, lens,
                         lens_k, dtype)
 
-
-def test_varlen_block_table_not_supported():
-    q = randn(4, 2, 16)
-    cu = _cu([4])
-    with pytest.raises(NotImplementedError, match="block_table"):
-        ioattn.flash_attn_varlen_func(q, q, q, cu, cu, 4, 4, block_table=torch.zeros(1, 1, dtype=torch.int32))

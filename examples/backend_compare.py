@@ -1,0 +1,212 @@
+"""Shared harness of the training examples (examples/vit/train_vit.py, examples/gpt/train_gpt.py):
+train one model twice, once with ioattn's attention and once with PyTorch's SDPA, from the same
+initial weights on the same batches, then print a table (final loss, largest loss difference,
+ms/step, peak memory), save the loss curves as a PNG and the numbers as JSON.
+
+Each backend trains in its own spawned process: the peak-memory figures (CUDA's allocator peak, or
+the growth of the process's peak RSS on the CPU) then belong to that backend alone, and neither run
+inherits the other's allocator caches, compiled graphs or thread pools.
+
+An example supplies three module-level functions (picklable by name for the spawned process):
+    build_model(args, backend) -> nn.Module                 # the one place the backend is switched
+    make_batch(args, step, generator) -> (inputs, targets)  # CPU tensors, deterministic in (seed, step)
+    loss_fn(outputs, targets) -> scalar loss
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+BACKENDS = ("ioattn", "sdpa")
+
+
+def parser(description: str, default_out: Path) -> argparse.ArgumentParser:
+    """The flags every example takes. Size flags left at None are filled per device by resolve()."""
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per backend")
+    ap.add_argument("--device", default=None, help="cuda if available, else cpu")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                    help="compute dtype: bfloat16 autocast on cuda, float32 on cpu")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (device-dependent default)")
+    ap.add_argument("--seqlen", type=int, default=None, help="tokens per sequence (device-dependent default)")
+    ap.add_argument("--dim", type=int, default=None, help="model width")
+    ap.add_argument("--depth", type=int, default=None, help="transformer blocks")
+    ap.add_argument("--heads", type=int, default=None, help="attention heads")
+    ap.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="steps left out of the ms/step median (default: min(10, steps // 4))")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (both backends)")
+    ap.add_argument("--out", type=Path, default=default_out, help="loss-curve PNG")
+    ap.add_argument("--json", type=Path, default=None, help="numbers as JSON (default: --out with .json)")
+    return ap
+
+
+def resolve(args: argparse.Namespace, defaults: Dict[str, Dict[str, object]]) -> argparse.Namespace:
+    """Fill device, dtype and the size flags the user left unset; defaults = {"cpu": {...}, "cuda": {...}}."""
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = torch.device(args.device).type
+    if args.dtype is None:
+        args.dtype = "bfloat16" if kind == "cuda" else "float32"
+    for key, value in defaults["cuda" if kind == "cuda" else "cpu"].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.warmup is None:
+        args.warmup = min(10, args.steps // 4)
+    if args.json is None:
+        args.json = args.out.with_suffix(".json")
+    return args
+
+
+def _maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
+
+
+def train_one(args: argparse.Namespace, backend: str, build_model: Callable, make_batch: Callable,
+              loss_fn: Callable) -> Dict[str, object]:
+    """Train with one backend; runs in a fresh process. Returns losses, per-step times and memory."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(args.seed)  # identical initial weights for both backends
+    model = build_model(args, backend).to(device)
+    step_model = torch.compile(model) if args.compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    # Autocast keeps float32 master weights and runs the matmuls and attention in bfloat16.
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16"
+                else contextlib.nullcontext())
+    gen = torch.Generator().manual_seed(args.seed + 1)  # identical batches for both backends
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _maxrss_bytes()
+    losses: List[float] = []
+    times: List[float] = []
+    for step in range(args.steps):
+        inputs, targets = (t.to(device, non_blocking=True) for t in make_batch(args, step, gen))
+        sync()
+        t0 = time.perf_counter()
+        with autocast:
+            loss = loss_fn(step_model(inputs), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"{backend}: loss became {losses[-1]} at step {step}")
+    result: Dict[str, object] = {"losses": losses, "step_ms": [t * 1e3 for t in times]}
+    if cuda:
+        result["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["peak_kind"] = "torch.cuda.max_memory_allocated"
+        result["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        result["peak_bytes"] = _maxrss_bytes() - rss_before
+        result["peak_kind"] = "growth of peak RSS during training (ru_maxrss)"
+        result["device_name"] = f"cpu ({torch.get_num_threads()} threads)"
+    return result
+
+
+def _plot(path: Path, title: str, curves: Dict[str, List[float]]) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+    for (name, ys), style in zip(curves.items(), ("-", "--")):
+        ax.plot(range(1, len(ys) + 1), ys, style, label=name, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    a, b = curves.values()
+    diff = [max(abs(x - y), 1e-12) for x, y in zip(a, b)]
+    ax_diff.semilogy(range(1, len(diff) + 1), diff, color="tab:red", linewidth=1.0)
+    ax_diff.set_xlabel("step")
+    ax_diff.set_ylabel("|loss(ioattn) - loss(sdpa)|")
+    ax_diff.set_title("difference between the curves", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def main(name: str, args: argparse.Namespace, build_model: Callable, make_batch: Callable,
+         loss_fn: Callable, config: Dict[str, object]) -> Dict[str, object]:
+    """Train with both backends, print the table, write the JSON and the plot; returns the JSON dict."""
+    ctx = mp.get_context("spawn")
+    results = {}
+    for backend in BACKENDS:
+        with ctx.Pool(1) as pool:
+            results[backend] = pool.apply(train_one, (args, backend, build_model, make_batch, loss_fn))
+    ours, ref = results["ioattn"]["losses"], results["sdpa"]["losses"]
+    max_abs = max(abs(a - b) for a, b in zip(ours, ref))
+    max_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, ref))
+    rows = []
+    for backend in BACKENDS:
+        r = results[backend]
+        timed = r["step_ms"][args.warmup:] or r["step_ms"]
+        r["median_ms_per_step"] = statistics.median(timed)
+        r["final_loss"] = r["losses"][-1]
+        rows.append((backend, str(args.steps), f"{r['final_loss']:.5f}",
+                     f"{max_abs:.2e}" if backend == "ioattn" else "-", f"{r['median_ms_per_step']:.2f}",
+                     _mib(r["peak_bytes"])))
+    head = ("backend", "steps", "final loss", "max |loss diff|", "ms/step (median)", "peak memory")
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    dev = results["ioattn"]["device_name"]
+    print(f"{name}: {config_summary(config)}; device {dev}, {args.dtype}"
+          f"{', torch.compile' if args.compile else ''}")
+    print(line(head))
+    print(line(["-" * w for w in widths]))
+    for row in rows:
+        print(line(row))
+    speedup = results["sdpa"]["median_ms_per_step"] / results["ioattn"]["median_ms_per_step"]
+    mem_ratio = results["ioattn"]["peak_bytes"] / max(results["sdpa"]["peak_bytes"], 1)
+    print(f"max relative loss difference {max_rel:.2e}; step time sdpa/ioattn {speedup:.2f} "
+          f"(>1: ioattn faster); peak memory ratio ioattn/sdpa {mem_ratio:.2f} ({results['ioattn']['peak_kind']}; "
+          f"ms/step is the median after {args.warmup} warm-up steps)")
+    record = {
+        "example": name, "device": dev, "dtype": args.dtype, "compile": args.compile, "steps": args.steps,
+        "warmup_steps": args.warmup, "seed": args.seed, "config": config, "torch": torch.__version__,
+        "max_abs_loss_diff": max_abs, "max_rel_loss_diff": max_rel, "sdpa_over_ioattn_time": speedup,
+        "ioattn_over_sdpa_peak_memory": mem_ratio,
+        "backends": {b: {k: results[b][k] for k in ("final_loss", "median_ms_per_step", "peak_bytes", "peak_kind",
+                                                     "losses")} for b in BACKENDS},
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
+    note = _plot(args.out, f"{name}: {config_summary(config)} ({dev}, {args.dtype})",
+                 {b: results[b]["losses"] for b in BACKENDS})
+    print(note or f"wrote {args.out} and {args.json}")
+    if note:
+        print(f"wrote {args.json}")
+    return record
+
+
+def config_summary(config: Dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
