@@ -56,6 +56,52 @@ bool overlaps(const TensorView& a, const TensorView& b) {
   return alo < bhi && blo < ahi;
 }
 
+Status check_disjoint(std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs) {
+  for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+    for (const NamedView& in : inputs)
+      if (overlaps(*o->second, *in.second))
+        return make_error(ErrorCode::InvalidStride, o->first, ": must not overlap ", in.first);
+    for (auto earlier = outputs.begin(); earlier != o; ++earlier)
+      if (overlaps(*o->second, *earlier->second))
+        return make_error(ErrorCode::InvalidStride, o->first, ": must not overlap ", earlier->first);
+  }
+  return Status::Ok();
+}
+
+Status check_query(const TensorView& q) {
+  if (!q.defined()) return make_error(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
+  if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
+    return make_error(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
+  if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
+    return make_error(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+  return Status::Ok();
+}
+
+Status check_heads(int64_t head_dim, int64_t head_dim_v, int64_t heads_q, int64_t heads_k, const char* k,
+                   const char* v) {
+  if (head_dim <= 0) return make_error(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", head_dim);
+  if (head_dim_v <= 0) return make_error(ErrorCode::InvalidShape, v, ": expected head_dim > 0, got ", head_dim_v);
+  if (heads_q <= 0) return make_error(ErrorCode::InvalidShape, "q: expected heads > 0, got ", heads_q);
+  if (heads_k <= 0) return make_error(ErrorCode::InvalidShape, k, ": expected heads > 0, got ", heads_k);
+  if (heads_q % heads_k != 0)
+    return make_error(ErrorCode::InvalidShape, k, ": expected heads dividing q's heads ", heads_q, " (GQA/MQA), got ",
+                      heads_k);
+  return Status::Ok();
+}
+
+void fill_problem(const TensorView& q, int64_t batch, int64_t heads_q, int64_t heads_k, int64_t head_dim,
+                  int64_t head_dim_v, Params* p) {
+  p->dtype = q.dtype;
+  p->device = q.device;
+  p->device_index = q.device_index;
+  p->batch = static_cast<int>(batch);
+  p->heads_q = static_cast<int>(heads_q);
+  p->heads_k = static_cast<int>(heads_k);
+  p->head_dim = static_cast<int>(head_dim);
+  p->head_dim_v = static_cast<int>(head_dim_v);
+  p->group = static_cast<int>(heads_q / heads_k);
+}
+
 Status check_tensor(const char* name, const TensorView& t, int ndim, DType dtype, const TensorView& like,
                     bool output) {
   if (!t.defined()) return make_error(ErrorCode::InvalidShape, name, ": expected a tensor, got none (null data)");

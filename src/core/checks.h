@@ -4,7 +4,9 @@
 #pragma once
 
 #include <sstream>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "params.h"
 
@@ -34,6 +36,19 @@ Status check_tensor(const char* name, const TensorView& t, int ndim, DType dtype
 Status expect_dim(const char* name, const TensorView& t, int dim, int64_t want, const char* what, const char* like);
 // Do the byte ranges of two views intersect? (Absent views overlap nothing.)
 bool overlaps(const TensorView& a, const TensorView& b);
+// Outputs are written while inputs are read: no output may overlap an input or another output.
+// "<output>: must not overlap <input>"; between outputs the later-named one is blamed.
+using NamedView = std::pair<const char*, const TensorView*>;
+Status check_disjoint(std::initializer_list<NamedView> outputs, std::initializer_list<NamedView> inputs);
+
+// What q itself must be before anything is compared with it: present, fp16/bf16/fp32, a known device.
+Status check_query(const TensorView& q);
+// Head dims and head counts > 0, and GQA/MQA grouping; `k` and `v` name the key/value tensors.
+Status check_heads(int64_t head_dim, int64_t head_dim_v, int64_t heads_q, int64_t heads_k, const char* k,
+                   const char* v);
+// The Params fields every entry point fills the same way: dtype, device, sizes, GQA group.
+void fill_problem(const TensorView& q, int64_t batch, int64_t heads_q, int64_t heads_k, int64_t head_dim,
+                  int64_t head_dim_v, Params* p);
 
 // The score modifiers every entry point shares (softmax scale, masks, softcap, ALiBi).
 struct ScoreArgs {

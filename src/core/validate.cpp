@@ -20,11 +20,7 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
   const TensorView& k = in.k;
   const TensorView& v = in.v;
   const Args& a = in.args;
-  if (!q.defined()) return make_error(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
-  if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
-    return make_error(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
-  if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
-    return make_error(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+  IOATTN_TRY(check_query(q));
 
   const bool varlen = a.cu_seqlens_q.defined() || a.cu_seqlens_k.defined();
   if (varlen && !(a.cu_seqlens_q.defined() && a.cu_seqlens_k.defined()))
@@ -38,15 +34,10 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
 
   const int64_t D = q.shape[nd - 1], Dv = v.shape[nd - 1];
   const int64_t Hq = q.shape[nd - 2], Hk = k.shape[nd - 2];
-  if (D <= 0) return make_error(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
-  if (Dv <= 0) return make_error(ErrorCode::InvalidShape, "v: expected head_dim > 0, got ", Dv);
-  if (Hq <= 0) return make_error(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
-  if (Hk <= 0) return make_error(ErrorCode::InvalidShape, "k: expected heads > 0, got ", Hk);
+  IOATTN_TRY(check_heads(D, Dv, Hq, Hk, "k", "v"));
   IOATTN_TRY(expect_dim("k", k, nd - 1, D, "head_dim", "q"));
   IOATTN_TRY(expect_dim("v", v, nd - 2, Hk, "heads", "k"));
   IOATTN_TRY(expect_dim("v", v, row, k.shape[row], varlen ? "total_k" : "seqlen_k", "k"));
-  if (Hq % Hk != 0)
-    return make_error(ErrorCode::InvalidShape, "k: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
   if (!varlen) {
     IOATTN_TRY(expect_dim("k", k, 0, q.shape[0], "batch", "q"));
     IOATTN_TRY(expect_dim("v", v, 0, q.shape[0], "batch", "q"));
@@ -98,25 +89,11 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
       for (int i = 0; i < nd; ++i)
         IOATTN_TRY(expect_dim(grads[g].first, *grads[g].second, i, likes[g]->shape[i], "size", like_names[g]));
     }
-    // Gradients are written while inputs are read: no aliasing.
-    const TensorView* ins[] = {&q, &k, &v, &out, &in.dout, &lse};
-    const char* in_names[] = {"q", "k", "v", "out", "dout", "lse"};
-    for (int g = 0; g < 3; ++g) {
-      for (int i = 0; i < 6; ++i)
-        if (overlaps(*grads[g].second, *ins[i]))
-          return make_error(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", in_names[i]);
-      for (int h = g + 1; h < 3; ++h)
-        if (overlaps(*grads[g].second, *grads[h].second))
-          return make_error(ErrorCode::InvalidStride, grads[g].first, ": must not overlap ", grads[h].first);
-    }
+    // Gradients are written while inputs are read.
+    IOATTN_TRY(check_disjoint({{"dq", &in.dq}, {"dk", &in.dk}, {"dv", &in.dv}},
+                              {{"q", &q}, {"k", &k}, {"v", &v}, {"out", &out}, {"dout", &in.dout}, {"lse", &lse}}));
   } else {
-    const TensorView* ins[] = {&q, &k, &v};
-    const char* in_names[] = {"q", "k", "v"};
-    for (int i = 0; i < 3; ++i) {
-      if (overlaps(out, *ins[i])) return make_error(ErrorCode::InvalidStride, "out: must not overlap ", in_names[i]);
-      if (overlaps(lse, *ins[i])) return make_error(ErrorCode::InvalidStride, "lse: must not overlap ", in_names[i]);
-    }
-    if (overlaps(out, lse)) return make_error(ErrorCode::InvalidStride, "lse: must not overlap out");
+    IOATTN_TRY(check_disjoint({{"out", &out}, {"lse", &lse}}, {{"q", &q}, {"k", &k}, {"v", &v}}));
   }
 
   // Scalars.
@@ -126,15 +103,7 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
     return make_error(ErrorCode::InvalidValue, "dropout_p: expected 0 <= p < 1, got ", a.dropout_p);
 
   Params p{};
-  p.dtype = q.dtype;
-  p.device = q.device;
-  p.device_index = q.device_index;
-  p.batch = static_cast<int>(batch);
-  p.heads_q = static_cast<int>(Hq);
-  p.heads_k = static_cast<int>(Hk);
-  p.head_dim = static_cast<int>(D);
-  p.head_dim_v = static_cast<int>(Dv);
-  p.group = static_cast<int>(Hq / Hk);
+  fill_problem(q, batch, Hq, Hk, D, Dv, &p);
   p.varlen = varlen;
   p.seqlen_q = varlen ? a.max_seqlen_q : static_cast<int>(q.shape[1]);
   p.seqlen_k = varlen ? a.max_seqlen_k : static_cast<int>(k.shape[1]);

@@ -41,24 +41,15 @@ Status check_paged(const TensorView& kc, const TensorView& block_table, int64_t 
 Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
   const TensorView &q = in.q, &kc = in.k_cache, &vc = in.v_cache, &out = in.out, &lse = in.lse;
   const KVCacheArgs& a = in.args;
-  if (!q.defined()) return make_error(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
-  if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
-    return make_error(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
-  if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
-    return make_error(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+  IOATTN_TRY(check_query(q));
   IOATTN_TRY(check_tensor("q", q, 4, q.dtype, q, false));
   IOATTN_TRY(check_tensor("k_cache", kc, 4, q.dtype, q, false));
   IOATTN_TRY(check_tensor("v_cache", vc, 4, q.dtype, q, false));
   const int64_t B = q.shape[0], Sq = q.shape[1], Hq = q.shape[2], D = q.shape[3];
   const int64_t Hk = kc.shape[2], Dv = vc.shape[3];
-  if (D <= 0) return make_error(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
-  if (Dv <= 0) return make_error(ErrorCode::InvalidShape, "v_cache: expected head_dim > 0, got ", Dv);
-  if (Hq <= 0) return make_error(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
-  if (Hk <= 0) return make_error(ErrorCode::InvalidShape, "k_cache: expected heads > 0, got ", Hk);
+  IOATTN_TRY(check_heads(D, Dv, Hq, Hk, "k_cache", "v_cache"));
   IOATTN_TRY(expect_dim("k_cache", kc, 3, D, "head_dim", "q"));
   for (int i = 0; i < 3; ++i) IOATTN_TRY(expect_dim("v_cache", vc, i, kc.shape[i], "size", "k_cache"));
-  if (Hq % Hk != 0)
-    return make_error(ErrorCode::InvalidShape, "k_cache: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
 
   // Cache layout and capacity.
   const bool paged = a.block_table.defined();
@@ -140,39 +131,25 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
     if (!lse.is_contiguous()) return make_error(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
   }
   // Aliasing: outputs never overlap inputs; with an append the caches are outputs too.
-  {
-    const TensorView* ins[] = {&q, &kc, &vc, &a.k_new, &a.v_new};
-    const char* names[] = {"q", "k_cache", "v_cache", "k_new", "v_new"};
-    for (int i = 0; i < 5; ++i) {
-      if (overlaps(out, *ins[i])) return make_error(ErrorCode::InvalidStride, "out: must not overlap ", names[i]);
-      if (overlaps(lse, *ins[i])) return make_error(ErrorCode::InvalidStride, "lse: must not overlap ", names[i]);
-    }
-    if (overlaps(out, lse)) return make_error(ErrorCode::InvalidStride, "lse: must not overlap out");
-    if (append) {
-      const TensorView* reads[] = {&q, &a.k_new, &a.v_new, &a.rotary_cos, &a.rotary_sin};
-      const char* read_names[] = {"q", "k_new", "v_new", "rotary_cos", "rotary_sin"};
-      for (int i = 0; i < 5; ++i) {
-        if (overlaps(kc, *reads[i])) return make_error(ErrorCode::InvalidStride, "k_cache: must not overlap ", read_names[i]);
-        if (overlaps(vc, *reads[i])) return make_error(ErrorCode::InvalidStride, "v_cache: must not overlap ", read_names[i]);
-      }
-      if (overlaps(kc, vc)) return make_error(ErrorCode::InvalidStride, "v_cache: must not overlap k_cache when appending");
-    }
-  }
+  IOATTN_TRY(check_disjoint({{"out", &out}, {"lse", &lse}}, {{"q", &q},
+                                                                {"k_cache", &kc},
+                                                                {"v_cache", &vc},
+                                                                {"k_new", &a.k_new},
+                                                                {"v_new", &a.v_new}}));
+  if (append)  // the append writes the caches while it reads these
+    IOATTN_TRY(check_disjoint({{"k_cache", &kc}, {"v_cache", &vc}}, {{"q", &q},
+                                                                     {"k_new", &a.k_new},
+                                                                     {"v_new", &a.v_new},
+                                                                     {"rotary_cos", &a.rotary_cos},
+                                                                     {"rotary_sin", &a.rotary_sin}}));
+
 
   const ScoreArgs score{a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes};
   IOATTN_TRY(check_scores(score, B, Hq, q));
   if (a.num_splits < 0) return make_error(ErrorCode::InvalidValue, "num_splits: expected >= 0 (0 = heuristic), got ", a.num_splits);
 
   Params p{};
-  p.dtype = q.dtype;
-  p.device = q.device;
-  p.device_index = q.device_index;
-  p.batch = static_cast<int>(B);
-  p.heads_q = static_cast<int>(Hq);
-  p.heads_k = static_cast<int>(Hk);
-  p.head_dim = static_cast<int>(D);
-  p.head_dim_v = static_cast<int>(Dv);
-  p.group = static_cast<int>(Hq / Hk);
+  fill_problem(q, B, Hq, Hk, D, Dv, &p);
   p.seqlen_q = static_cast<int>(Sq);
   p.seqlen_k = static_cast<int>(capacity);
   p.q = q.data; p.q_batch_stride = q.stride[0]; p.q_row_stride = q.stride[1]; p.q_head_stride = q.stride[2];
@@ -281,23 +258,14 @@ Status check_kvcache_indices_host(const Params& p) {
 Status validate_paged(const PagedInputs& in, Params* p_out) {
   const TensorView &q = in.q, &kc = in.k_cache, &vc = in.v_cache, &out = in.out, &lse = in.lse;
   const Args& a = in.args;
-  if (!q.defined()) return make_error(ErrorCode::InvalidShape, "q: expected a tensor, got none (null data)");
-  if (q.dtype != DType::F16 && q.dtype != DType::BF16 && q.dtype != DType::F32)
-    return make_error(ErrorCode::InvalidDType, "q: expected dtype fp16, bf16 or fp32, got ", dtype_name(q.dtype));
-  if (q.device != DeviceType::CPU && q.device != DeviceType::CUDA)
-    return make_error(ErrorCode::DeviceMismatch, "q: unknown device type ", static_cast<int>(q.device));
+  IOATTN_TRY(check_query(q));
   IOATTN_TRY(check_tensor("q", q, 3, q.dtype, q, false));
   IOATTN_TRY(check_tensor("k_cache", kc, 4, q.dtype, q, false));
   IOATTN_TRY(check_tensor("v_cache", vc, 4, q.dtype, q, false));
   const int64_t Tq = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hk = kc.shape[2], Dv = vc.shape[3];
-  if (D <= 0) return make_error(ErrorCode::InvalidShape, "q: expected head_dim > 0, got ", D);
-  if (Dv <= 0) return make_error(ErrorCode::InvalidShape, "v_cache: expected head_dim > 0, got ", Dv);
-  if (Hq <= 0) return make_error(ErrorCode::InvalidShape, "q: expected heads > 0, got ", Hq);
-  if (Hk <= 0) return make_error(ErrorCode::InvalidShape, "k_cache: expected heads > 0, got ", Hk);
+  IOATTN_TRY(check_heads(D, Dv, Hq, Hk, "k_cache", "v_cache"));
   IOATTN_TRY(expect_dim("k_cache", kc, 3, D, "head_dim", "q"));
   for (int i = 0; i < 3; ++i) IOATTN_TRY(expect_dim("v_cache", vc, i, kc.shape[i], "size", "k_cache"));
-  if (Hq % Hk != 0)
-    return make_error(ErrorCode::InvalidShape, "k_cache: expected heads dividing q's heads ", Hq, " (GQA/MQA), got ", Hk);
   if (!a.cu_seqlens_q.defined() || !a.cu_seqlens_k.defined())
     return make_error(ErrorCode::InvalidShape, a.cu_seqlens_q.defined() ? "cu_seqlens_k" : "cu_seqlens_q",
                ": paged prefill is varlen: it needs cu_seqlens_q and cu_seqlens_k");
@@ -322,26 +290,12 @@ Status validate_paged(const PagedInputs& in, Params* p_out) {
     IOATTN_TRY(expect_dim("lse", lse, 1, Tq, "total_q", "q"));
     if (!lse.is_contiguous()) return make_error(ErrorCode::InvalidStride, "lse: expected a contiguous tensor");
   }
-  const TensorView* ins[] = {&q, &kc, &vc};
-  const char* names[] = {"q", "k_cache", "v_cache"};
-  for (int i = 0; i < 3; ++i) {
-    if (overlaps(out, *ins[i])) return make_error(ErrorCode::InvalidStride, "out: must not overlap ", names[i]);
-    if (overlaps(lse, *ins[i])) return make_error(ErrorCode::InvalidStride, "lse: must not overlap ", names[i]);
-  }
-  if (overlaps(out, lse)) return make_error(ErrorCode::InvalidStride, "lse: must not overlap out");
+  IOATTN_TRY(check_disjoint({{"out", &out}, {"lse", &lse}}, {{"q", &q}, {"k_cache", &kc}, {"v_cache", &vc}}));
   const ScoreArgs score{a.softmax_scale, a.causal, a.window_left, a.window_right, a.softcap, a.alibi_slopes};
   IOATTN_TRY(check_scores(score, B, Hq, q));
 
   Params p{};
-  p.dtype = q.dtype;
-  p.device = q.device;
-  p.device_index = q.device_index;
-  p.batch = static_cast<int>(B);
-  p.heads_q = static_cast<int>(Hq);
-  p.heads_k = static_cast<int>(Hk);
-  p.head_dim = static_cast<int>(D);
-  p.head_dim_v = static_cast<int>(Dv);
-  p.group = static_cast<int>(Hq / Hk);
+  fill_problem(q, B, Hq, Hk, D, Dv, &p);
   p.varlen = true;
   p.seqlen_q = a.max_seqlen_q;
   p.seqlen_k = static_cast<int>(capacity);

@@ -8,8 +8,9 @@
 //   3. combine: with more than one split the normalised partials (o_s, lse_s) of each row are
 //      merged by LSE (LseMerge), the same rule as the GPU's combine kernel.
 // Decode rows are few (Sq·group per task), so the products are row-times-block loops the compiler
-// vectorises, not the sgemm tiles of the prefill forward (src/cpu/flash_kernels.h): with one query
-// row an sgemm call would be a GEMV with packing overhead.
+// vectorises (attend_body, compiled per instruction set), not the sgemm tiles of the prefill
+// forward (src/cpu/flash_kernels.h): with one query row an sgemm call would be a GEMV with packing
+// overhead.
 // forward_paged (paged prefill: varlen queries, keys through a block table, no append) runs here
 // too: kv_seq() gives each sequence's query rows and key count from the prefix sums. Its rows can
 // be many (Sq·group), which this row-by-row path serves correctly but without sgemm tiles.
@@ -60,13 +61,12 @@ float round_to(DType t, float x) {
     default: return x;
   }
 }
-// ---- Row kernels ---------------------------------------------------------------------------------
-// The decode loops are row-times-block: widen a cache row, dot it with each query row, add a scaled
-// V row to each output row. This file is compiled for the baseline target, so these few kernels are
-// cloned per instruction set (target_clones: the loader picks the best at run time), and fp16 rows
-// are widened with F16C where the CPU has it. Measured on the shared 2-core dev machine (B=1 Hq=32
-// Hk=8 D=128, 8000 cached fp16 keys, 32 MB of K/V per call): 15 ms on one thread (2.2 GB/s of
-// K/V), bound by reading the cache; the machine was too loaded for a two-thread number.
+// ---- Row helpers ------------------------------------------------------------------------------
+// Measured on the shared 2-core AVX-512 dev machine (B=1 Hq=32 Hk=8 D=128, 8000 cached keys, one
+// thread, the same harness before and after, alternating runs): bf16 10.8-11.3 -> 6.1 ms (2.9 ->
+// 5.3 GB/s of K/V), fp16 10.2 -> 5.9 ms, fp32 about 14 -> 11 ms; the old loops called a dot and
+// an axpy per key and row through target_clones and took exp2f per element. The machine is
+// loaded by other jobs: numbers move by 20-40% between runs, ratios less.
 
 // fp16 -> fp32 with F16C, 8 at a time (tails scalar).
 __attribute__((target("avx,f16c"))) void widen_f16_f16c(const uint16_t* src, int n, float* dst) {
@@ -193,8 +193,8 @@ size_t task_floats(const Params& p) {
 //   softmax per row: block maximum, rescale, probabilities by a vectorised exp2 (exp2_poly);
 //   P V     four rows at a time again: each V row is loaded once and added, scaled by the four
 //           probabilities, to the four output rows.
-// fp32 caches are read in place (row pointers into the cache); fp16/bf16 rows are widened once per
-// block into the K/V block buffers.
+// Cache rows are widened (or copied) once per block into the K/V block buffers, and the next
+// block's rows are prefetched.
 
 #define IOATTN_DECODE_INLINE inline __attribute__((always_inline))
 
@@ -220,7 +220,7 @@ IOATTN_DECODE_INLINE float exp2_poly(float x) {
   return y * scale;
 }
 
-// A cache row as fp32: the row itself (fp32) or widened into dst.
+// A cache row as fp32 in dst (widened from fp16 / bf16, copied from fp32).
 IOATTN_DECODE_INLINE const float* cache_row(const void* base, DType t, int64_t offset, int n, float* dst) {
   switch (t) {
     case DType::BF16: {  // the high half of an fp32: a shift
@@ -234,7 +234,10 @@ IOATTN_DECODE_INLINE const float* cache_row(const void* base, DType t, int64_t o
       load_row(base, t, offset, n, dst);  // F16C when the CPU has it (a call per row)
       return dst;
     default:
-      return static_cast<const float*>(base) + offset;
+      // Copied although it could be read in place: the copy issues the row's loads back to back,
+      // and reading the (page-strided) rows inside the score loop measured 1.7x slower.
+      std::memcpy(dst, static_cast<const float*>(base) + offset, sizeof(float) * n);
+      return dst;
   }
 }
 
