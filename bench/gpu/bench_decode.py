@@ -119,19 +119,14 @@ class Timer:
 
 
 def copy_bandwidth(timer, device, gib):
-    """Bytes read + written per second by torch.clone of a `gib` GiB tensor."""
+    """Bytes read + written per second by torch.clone of a `gib` GiB tensor (not graphed: after the
+    first call the caching allocator hands the same block back, and a 4 GiB copy dwarfs any launch
+    overhead)."""
     n = int(gib * 2**30) // 2
     x = torch.empty(n, dtype=torch.bfloat16, device=device).random_()
-    ms = timer.ms(lambda: x.clone()) if device != "cuda" else _copy_ms(timer, x)
+    ms = Timer(device, timer.repeat, False).ms(lambda: x.clone())
     del x
     return 2.0 * n * 2 / (ms * 1e-3), ms
-
-
-def _copy_ms(timer, x):
-    # Not graphed: clone allocates, and a 4 GiB copy dwarfs any launch overhead.
-    y = torch.empty_like(x)
-    return (do_bench(lambda: y.copy_(x), return_mode="median") if do_bench is not None
-            else Timer(timer.device, timer.repeat, False).ms(lambda: y.copy_(x)))
 
 
 def short_error(e):
