@@ -23,6 +23,7 @@ import resource
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -33,29 +34,35 @@ BACKENDS = ("ioattn", "sdpa")
 
 def parser(description: str, default_out: Path) -> argparse.ArgumentParser:
     """The flags every example takes. Size flags left at None are filled per device by resolve()."""
-    ap = argparse.ArgumentParser(description=description,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per backend")
-    ap.add_argument("--device", default=None, help="cuda if available, else cpu")
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per backend (default 300)")
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                    help="compute dtype: bfloat16 autocast on cuda, float32 on cpu")
-    ap.add_argument("--batch", type=int, default=None, help="batch size (device-dependent default)")
-    ap.add_argument("--seqlen", type=int, default=None, help="tokens per sequence (device-dependent default)")
+                    help="compute dtype; default: bfloat16 autocast on cuda, float32 on cpu")
+    ap.add_argument("--batch", type=int, default=None, help="batch size")
+    ap.add_argument("--seqlen", type=int, default=None, help="tokens per sequence")
     ap.add_argument("--dim", type=int, default=None, help="model width")
     ap.add_argument("--depth", type=int, default=None, help="transformer blocks")
     ap.add_argument("--heads", type=int, default=None, help="attention heads")
     ap.add_argument("--lr", type=float, default=None, help="AdamW learning rate")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data (default 0)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="steps left out of the ms/step median (default: min(10, steps // 4))")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (both backends)")
-    ap.add_argument("--out", type=Path, default=default_out, help="loss-curve PNG")
+    ap.add_argument("--out", type=Path, default=default_out, help=f"loss-curve PNG (default {default_out})")
     ap.add_argument("--json", type=Path, default=None, help="numbers as JSON (default: --out with .json)")
     return ap
 
 
-def resolve(args: argparse.Namespace, defaults: Dict[str, Dict[str, object]]) -> argparse.Namespace:
-    """Fill device, dtype and the size flags the user left unset; defaults = {"cpu": {...}, "cuda": {...}}."""
+def resolve(ap: argparse.ArgumentParser, argv: Optional[List[str]],
+            defaults: Dict[str, Dict[str, object]]) -> argparse.Namespace:
+    """Parse argv, then fill device, dtype and the size flags left unset from
+    defaults = {"cpu": {...}, "cuda": {...}} (also shown in --help)."""
+    for action in ap._actions:
+        if action.dest in defaults["cpu"]:
+            action.help = (f"{action.help or ''} (default: {defaults['cpu'][action.dest]} on cpu, "
+                           f"{defaults['cuda'][action.dest]} on cuda)").lstrip()
+    args = ap.parse_args(argv)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     kind = torch.device(args.device).type
@@ -130,19 +137,21 @@ def _plot(path: Path, title: str, curves: Dict[str, List[float]]) -> Optional[st
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
-    fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=80)
+    fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
+    fig.suptitle(title, fontsize=9)
     for (name, ys), style in zip(curves.items(), ("-", "--")):
         ax.plot(range(1, len(ys) + 1), ys, style, label=name, linewidth=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_title(title, fontsize=9)
     ax.legend()
     a, b = curves.values()
-    diff = [max(abs(x - y), 1e-12) for x, y in zip(a, b)]
-    ax_diff.semilogy(range(1, len(diff) + 1), diff, color="tab:red", linewidth=1.0)
+    # Steps where the two losses are bitwise equal have no place on a log axis: count them instead.
+    diff = [(i + 1, abs(x - y)) for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if diff:
+        ax_diff.semilogy(*zip(*diff), ".", color="tab:red", markersize=3)
     ax_diff.set_xlabel("step")
     ax_diff.set_ylabel("|loss(ioattn) - loss(sdpa)|")
-    ax_diff.set_title("difference between the curves", fontsize=9)
+    ax_diff.set_title(f"difference ({len(a) - len(diff)} of {len(a)} steps bitwise equal)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -157,11 +166,12 @@ def _mib(n: int) -> str:
 def main(name: str, args: argparse.Namespace, build_model: Callable, make_batch: Callable,
          loss_fn: Callable, config: Dict[str, object]) -> Dict[str, object]:
     """Train with both backends, print the table, write the JSON and the plot; returns the JSON dict."""
-    ctx = mp.get_context("spawn")
     results = {}
     for backend in BACKENDS:
-        with ctx.Pool(1) as pool:
-            results[backend] = pool.apply(train_one, (args, backend, build_model, make_batch, loss_fn))
+        # A pool of one fresh process per backend; a worker that dies raises BrokenProcessPool here
+        # instead of being restarted.
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            results[backend] = pool.submit(train_one, args, backend, build_model, make_batch, loss_fn).result()
     ours, ref = results["ioattn"]["losses"], results["sdpa"]["losses"]
     max_abs = max(abs(a - b) for a, b in zip(ours, ref))
     max_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, ref))
@@ -199,7 +209,7 @@ def main(name: str, args: argparse.Namespace, build_model: Callable, make_batch:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=1) + "\n")
-    note = _plot(args.out, f"{name}: {config_summary(config)} ({dev}, {args.dtype})",
+    note = _plot(args.out, f"{name} on {dev}, {args.dtype}\n{config_summary(config)}",
                  {b: results[b]["losses"] for b in BACKENDS})
     print(note or f"wrote {args.out} and {args.json}")
     if note:

@@ -9,9 +9,10 @@ curves (PNG) and the numbers (JSON).
         --json examples/gpt/results-cpu.json
     python examples/gpt/train_gpt.py --compile --seqlen 2048          # torch.compile, longer context
 
-The data: each sequence walks a fixed random Markov chain (4 successors per token) for half its
-length and then repeats that first half. The first half can be learned as bigrams (loss floor
-log 4); predicting the repeat needs attention to look back half a sequence (an induction pattern).
+The data: each sequence is a walk of --period tokens on a fixed random Markov chain (4 successors
+per token) repeated to the sequence's length. The first period can only be learned as bigrams (loss
+log 4 there); the repeats are predicted exactly once attention learns to look back one period, so the
+loss falls towards (period / seqlen) * log 4.
 """
 import functools
 import os
@@ -26,7 +27,7 @@ import backend_compare  # noqa: E402  (examples/backend_compare.py: the shared t
 import ioattn  # noqa: E402
 
 DEFAULTS = {
-    "cpu": dict(batch=8, seqlen=128, dim=64, depth=2, heads=4, kv_heads=2, vocab=256, lr=3e-3),
+    "cpu": dict(batch=8, seqlen=256, dim=128, depth=2, heads=4, kv_heads=2, vocab=256, lr=3e-3),
     "cuda": dict(batch=16, seqlen=1024, dim=512, depth=6, heads=8, kv_heads=2, vocab=512, lr=1e-3),
 }
 
@@ -91,13 +92,14 @@ def _successors(vocab, seed):
 
 def make_batch(args, step, gen):
     succ = _successors(args.vocab, args.seed)
-    half = (args.seqlen + 2) // 2  # the sequence holds seqlen + 1 tokens: inputs and shifted targets
-    tok = torch.empty(args.batch, half, dtype=torch.long)
+    period = min(args.period, args.seqlen)
+    tok = torch.empty(args.batch, period, dtype=torch.long)
     tok[:, 0] = torch.randint(0, args.vocab, (args.batch,), generator=gen)
-    choice = torch.randint(0, 4, (args.batch, half), generator=gen)
-    for t in range(1, half):
+    choice = torch.randint(0, 4, (args.batch, period), generator=gen)
+    for t in range(1, period):
         tok[:, t] = succ[tok[:, t - 1], choice[:, t]]
-    seq = torch.cat([tok, tok], dim=1)[:, : args.seqlen + 1]
+    # The sequence holds seqlen + 1 tokens: the inputs and the targets shifted by one.
+    seq = tok.repeat(1, args.seqlen // period + 2)[:, : args.seqlen + 1]
     return seq[:, :-1], seq[:, 1:]
 
 
@@ -109,9 +111,11 @@ def main(argv=None):
     ap = backend_compare.parser(__doc__.split("\n\n")[0], default_out=os.path.join(os.path.dirname(__file__),
                                                                                     "loss.png"))
     ap.add_argument("--kv-heads", dest="kv_heads", type=int, default=None, help="key/value heads (GQA)")
-    ap.add_argument("--vocab", type=int, default=None)
-    args = backend_compare.resolve(ap.parse_args(argv), DEFAULTS)
-    config = {k: getattr(args, k) for k in ("batch", "seqlen", "dim", "depth", "heads", "kv_heads", "vocab", "lr")}
+    ap.add_argument("--vocab", type=int, default=None, help="vocabulary size")
+    ap.add_argument("--period", type=int, default=32, help="length of the repeated Markov walk (default 32)")
+    args = backend_compare.resolve(ap, argv, DEFAULTS)
+    config = {k: getattr(args, k) for k in ("batch", "seqlen", "dim", "depth", "heads", "kv_heads", "vocab", "period",
+                                            "lr")}
     return backend_compare.main("GPT", args, build_model, make_batch, loss_fn, config)
 
 

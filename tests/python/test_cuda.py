@@ -248,3 +248,117 @@ def test_paged_varlen_cuda(dtype, page, causal):
     out = ioattn.flash_attn_varlen_func(q, kp, vp, cq, ck, max(lens_q), max(lens_k), block_table=table)
     with pytest.raises(NotImplementedError, match="block_table"):
         out.float().sum().backward()
+
+
+# --- Adapters on the GPU: transformers' attn_implementation="ioattn", the flash_attn import shim, and the
+# call pattern of Ultralytics' YOLO12 area attention through that shim.
+
+def _err(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+def test_huggingface_llama_cuda_bf16_matches_sdpa():
+    from ioattn.integrations import huggingface
+    from test_integrations import _tiny_llama
+
+    huggingface.register()
+    ref = _tiny_llama("eager").to(CUDA)  # float32: the yardstick for both bfloat16 runs
+    models = {}
+    for impl in ("ioattn", "sdpa"):
+        m = _tiny_llama(impl)
+        m.load_state_dict(ref.state_dict())
+        models[impl] = m.to(CUDA, torch.bfloat16)
+    ids = torch.randint(0, 97, (2, 48), device=CUDA)
+    mask = torch.ones(2, 48, dtype=torch.long, device=CUDA)
+    mask[0, :9] = 0  # left padding: the adapter's varlen (unpadded) path on the device
+    with torch.no_grad():
+        for m in (None, mask):
+            keep = slice(None) if m is None else m.bool()
+            want = ref(ids, attention_mask=m).logits[keep]
+            ours = models["ioattn"](ids, attention_mask=m).logits[keep]
+            theirs = models["sdpa"](ids, attention_mask=m).logits[keep]
+            assert torch.isfinite(ours).all()
+            # bfloat16 end to end: ioattn may be off the float32 model by about as much as SDPA is.
+            assert _err(ours, want) <= 2 * _err(theirs, want) + 1e-2, (_err(ours, want), _err(theirs, want))
+            assert _err(ours, theirs) <= 4e-2 * max(1.0, want.abs().max().item())
+    # Training step: the loss and an attention weight's gradient agree with SDPA's.
+    grads, losses = {}, {}
+    for impl, m in models.items():
+        m.train()
+        m.zero_grad(set_to_none=True)
+        loss = m(ids, attention_mask=mask, labels=ids).loss
+        loss.backward()
+        losses[impl] = loss.item()
+        grads[impl] = m.model.layers[0].self_attn.q_proj.weight.grad.float()
+        assert torch.isfinite(grads[impl]).all()
+    assert abs(losses["ioattn"] - losses["sdpa"]) <= 2e-2 * abs(losses["sdpa"])
+    g_ref = grads["sdpa"]
+    assert (grads["ioattn"] - g_ref).norm().item() <= 5e-2 * g_ref.norm().item()
+
+
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_flash_attn_shim_cuda(dtype):
+    from ioattn.integrations import flash_attn_shim
+
+    flash_attn_shim.install()
+    try:
+        from flash_attn.flash_attn_interface import flash_attn_func
+
+        def call(q, k, v):
+            return flash_attn_func(q, k, v, causal=True)
+
+        q = randn(2, 100, 8, 64, dtype=dtype, device=CUDA)
+        k, v = (randn(2, 100, 2, 64, dtype=dtype, device=CUDA) for _ in range(2))
+        out, _ = compare(call, q, k, v, dtype, dict(causal=True), to_bshd=cpu)
+        assert torch.equal(out, ioattn.flash_attn_func(q, k, v, causal=True))
+    finally:
+        flash_attn_shim.uninstall()
+
+
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("area", [1, 4])
+def test_yolo12_area_attention_through_shim(dtype, area):
+    """The tensor shuffle of Ultralytics' YOLO12 AAttn (ultralytics is not a test dependency): a 1x1 conv makes
+    qkv from a (B, C, H, W) feature map, the H*W tokens are cut into `area` areas folded into the batch, and
+    flash_attn_func(q, k, v) gets permuted (B*area, N/area, heads, head_dim) views in half precision."""
+    from ioattn.integrations import flash_attn_shim
+
+    flash_attn_shim.install()
+    try:
+        from flash_attn.flash_attn_interface import flash_attn_func
+
+        b, c, h, w, heads = 2, 128, 16, 20, 4
+        hd = c // heads
+        torch.manual_seed(0)
+        qkv_conv = torch.nn.Conv2d(c, 3 * c, 1).to(CUDA, dtype)
+        x = torch.randn(b, c, h, w, device=CUDA).to(dtype).requires_grad_(True)
+
+        def qkv_views(x):
+            bb, n = b, h * w
+            qkv = qkv_conv(x).flatten(2).transpose(1, 2)  # (B, N, 3C)
+            if area > 1:
+                qkv = qkv.reshape(bb * area, n // area, 3 * c)
+                bb, n = qkv.shape[:2]
+            q, k, v = qkv.view(bb, n, heads, 3 * hd).permute(0, 2, 3, 1).split([hd, hd, hd], dim=2)  # (B, h, hd, N)
+            return q, k, v
+
+        q, k, v = qkv_views(x)
+        out = flash_attn_func(q.permute(0, 3, 1, 2), k.permute(0, 3, 1, 2), v.permute(0, 3, 1, 2))  # (B', N', h, hd)
+        assert out.shape == (b * area, h * w // area, heads, hd) and out.dtype == dtype
+        # AAttn's fallback path in float32: softmax(q^T k * hd^-0.5) applied to v.
+        qf, kf, vf = (t.detach().float() for t in (q, k, v))
+        attn = torch.softmax((qf.transpose(-2, -1) @ kf) * hd ** -0.5, dim=-1)
+        want = (vf @ attn.transpose(-2, -1)).permute(0, 3, 1, 2)
+        tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+        assert _err(out, want) <= tol * max(1.0, want.abs().max().item())
+        # The feature map's gradient (training) flows through the shim and matches the fallback's.
+        g = torch.randn_like(out)
+        (dx,) = torch.autograd.grad(out, x, g)
+        q2, k2, v2 = (t.float() for t in qkv_views(x))
+        attn2 = torch.softmax((q2.transpose(-2, -1) @ k2) * hd ** -0.5, dim=-1)
+        want2 = (v2 @ attn2.transpose(-2, -1)).permute(0, 3, 1, 2)
+        (dx_ref,) = torch.autograd.grad(want2, x, g.float())
+        assert torch.isfinite(dx).all()
+        assert (dx.float() - dx_ref.float()).norm().item() <= 5e-2 * dx_ref.float().norm().item()
+    finally:
+        flash_attn_shim.uninstall()
