@@ -281,8 +281,15 @@ def test_huggingface_llama_cuda_bf16_matches_sdpa():
             # bfloat16 end to end: ioattn may be off the float32 model by about as much as SDPA is.
             assert _err(ours, want) <= 2 * _err(theirs, want) + 1e-2, (_err(ours, want), _err(theirs, want))
             assert _err(ours, theirs) <= 4e-2 * max(1.0, want.abs().max().item())
-    # Training step: the loss and an attention weight's gradient agree with SDPA's.
+    # Training step: the loss and an attention weight's gradient. In bfloat16 this gradient is far
+    # from the float32 model's (about 20% relative for both backends, seen on CPU and H200), so, as
+    # for the logits, ioattn is held to the error rule against the float32 gradient: at most twice
+    # SDPA's error, rather than to closeness with SDPA itself.
     grads, losses = {}, {}
+    ref.train()
+    ref.zero_grad(set_to_none=True)
+    ref(ids, attention_mask=mask, labels=ids).loss.backward()
+    g_true = ref.model.layers[0].self_attn.q_proj.weight.grad.float()
     for impl, m in models.items():
         m.train()
         m.zero_grad(set_to_none=True)
@@ -292,8 +299,8 @@ def test_huggingface_llama_cuda_bf16_matches_sdpa():
         grads[impl] = m.model.layers[0].self_attn.q_proj.weight.grad.float()
         assert torch.isfinite(grads[impl]).all()
     assert abs(losses["ioattn"] - losses["sdpa"]) <= 2e-2 * abs(losses["sdpa"])
-    g_ref = grads["sdpa"]
-    assert (grads["ioattn"] - g_ref).norm().item() <= 5e-2 * g_ref.norm().item()
+    err = {impl: (g - g_true).norm().item() for impl, g in grads.items()}
+    assert err["ioattn"] <= 2 * err["sdpa"] + 1e-2 * g_true.norm().item(), err
 
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=lambda d: str(d).split(".")[-1])
