@@ -89,6 +89,13 @@ Status check_heads(int64_t head_dim, int64_t head_dim_v, int64_t heads_q, int64_
   return Status::Ok();
 }
 
+void row_strides(const TensorView& t, int64_t* batch, int64_t* row, int64_t* head) {
+  const bool packed = t.ndim == 3;
+  *batch = packed ? 0 : t.stride[0];
+  *row = t.stride[packed ? 0 : 1];
+  *head = t.stride[packed ? 1 : 2];
+}
+
 void fill_problem(const TensorView& q, int64_t batch, int64_t heads_q, int64_t heads_k, int64_t head_dim,
                   int64_t head_dim_v, Params* p) {
   p->dtype = q.dtype;

@@ -46,6 +46,14 @@ Status check_query(const TensorView& q);
 // Head dims and head counts > 0, and GQA/MQA grouping; `k` and `v` name the key/value tensors.
 Status check_heads(int64_t head_dim, int64_t head_dim_v, int64_t heads_q, int64_t heads_k, const char* k,
                    const char* v);
+// Batch, row and head strides of a (B, S, H, D) view, or of a packed (T, H, D) one (batch stride 0).
+void row_strides(const TensorView& t, int64_t* batch, int64_t* row, int64_t* head);
+// The launch fields every entry point copies from its arguments.
+inline void fill_launch(void* stream, void* workspace, size_t workspace_bytes, Params* p) {
+  p->stream = stream;
+  p->workspace = workspace;
+  p->workspace_bytes = workspace_bytes;
+}
 // The Params fields every entry point fills the same way: dtype, device, sizes, GQA group.
 void fill_problem(const TensorView& q, int64_t batch, int64_t heads_q, int64_t heads_k, int64_t head_dim,
                   int64_t head_dim_v, Params* p);

@@ -112,23 +112,18 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
   p.total_q = varlen ? static_cast<int>(q.shape[0]) : 0;
   p.total_k = varlen ? static_cast<int>(k.shape[0]) : 0;
 
-  auto strides = [&](const TensorView& t, int64_t* bs, int64_t* rs, int64_t* hs) {
-    *bs = varlen ? 0 : t.stride[0];
-    *rs = t.stride[row];
-    *hs = t.stride[nd - 2];
-  };
-  p.q = q.data; strides(q, &p.q_batch_stride, &p.q_row_stride, &p.q_head_stride);
-  p.k = k.data; strides(k, &p.k_batch_stride, &p.k_row_stride, &p.k_head_stride);
-  p.v = v.data; strides(v, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride);
-  p.out = out.data; strides(out, &p.o_batch_stride, &p.o_row_stride, &p.o_head_stride);
+  p.q = q.data; row_strides(q, &p.q_batch_stride, &p.q_row_stride, &p.q_head_stride);
+  p.k = k.data; row_strides(k, &p.k_batch_stride, &p.k_row_stride, &p.k_head_stride);
+  p.v = v.data; row_strides(v, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride);
+  p.out = out.data; row_strides(out, &p.o_batch_stride, &p.o_row_stride, &p.o_head_stride);
   p.lse = static_cast<float*>(lse.data);
   p.lse_batch_stride = varlen ? 0 : Hq * q.shape[1];
   p.lse_head_stride = varlen ? q.shape[0] : q.shape[1];
   if (backward) {
-    p.dout = in.dout.data; strides(in.dout, &p.do_batch_stride, &p.do_row_stride, &p.do_head_stride);
-    p.dq = in.dq.data; strides(in.dq, &p.dq_batch_stride, &p.dq_row_stride, &p.dq_head_stride);
-    p.dk = in.dk.data; strides(in.dk, &p.dk_batch_stride, &p.dk_row_stride, &p.dk_head_stride);
-    p.dv = in.dv.data; strides(in.dv, &p.dv_batch_stride, &p.dv_row_stride, &p.dv_head_stride);
+    p.dout = in.dout.data; row_strides(in.dout, &p.do_batch_stride, &p.do_row_stride, &p.do_head_stride);
+    p.dq = in.dq.data; row_strides(in.dq, &p.dq_batch_stride, &p.dq_row_stride, &p.dq_head_stride);
+    p.dk = in.dk.data; row_strides(in.dk, &p.dk_batch_stride, &p.dk_row_stride, &p.dk_head_stride);
+    p.dv = in.dv.data; row_strides(in.dv, &p.dv_batch_stride, &p.dv_row_stride, &p.dv_head_stride);
   }
 
   fill_scores(scores, D, &p);
@@ -138,9 +133,7 @@ Status validate(const Inputs& in, bool backward, Params* p_out) {
   p.seed = a.seed;
   p.offset = a.offset;
   p.deterministic = a.deterministic;
-  p.stream = a.stream;
-  p.workspace = a.workspace;
-  p.workspace_bytes = a.workspace_bytes;
+  fill_launch(a.stream, a.workspace, a.workspace_bytes, &p);
 
   // Varlen index ranges. Host-resident prefix sums are checked here; device-resident ones by the
   // CUDA backend (it must copy them).

@@ -152,18 +152,16 @@ Status validate_kvcache(const KVCacheInputs& in, Params* p_out) {
   fill_problem(q, B, Hq, Hk, D, Dv, &p);
   p.seqlen_q = static_cast<int>(Sq);
   p.seqlen_k = static_cast<int>(capacity);
-  p.q = q.data; p.q_batch_stride = q.stride[0]; p.q_row_stride = q.stride[1]; p.q_head_stride = q.stride[2];
-  p.k = kc.data; p.k_batch_stride = kc.stride[0]; p.k_row_stride = kc.stride[1]; p.k_head_stride = kc.stride[2];
-  p.v = vc.data; p.v_batch_stride = vc.stride[0]; p.v_row_stride = vc.stride[1]; p.v_head_stride = vc.stride[2];
-  p.out = out.data; p.o_batch_stride = out.stride[0]; p.o_row_stride = out.stride[1]; p.o_head_stride = out.stride[2];
+  p.q = q.data; row_strides(q, &p.q_batch_stride, &p.q_row_stride, &p.q_head_stride);
+  p.k = kc.data; row_strides(kc, &p.k_batch_stride, &p.k_row_stride, &p.k_head_stride);
+  p.v = vc.data; row_strides(vc, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride);
+  p.out = out.data; row_strides(out, &p.o_batch_stride, &p.o_row_stride, &p.o_head_stride);
   p.lse = static_cast<float*>(lse.data);
   p.lse_batch_stride = Hq * Sq;
   p.lse_head_stride = Sq;
   fill_scores(score, D, &p);
   p.rp_dropout = 1.0f;  // no dropout in decoding
-  p.stream = a.stream;
-  p.workspace = a.workspace;
-  p.workspace_bytes = a.workspace_bytes;
+  fill_launch(a.stream, a.workspace, a.workspace_bytes, &p);
 
   p.kvcache = true;
   p.k_cache = kc.data;
@@ -303,18 +301,16 @@ Status validate_paged(const PagedInputs& in, Params* p_out) {
   p.cu_seqlens_k = static_cast<const int32_t*>(a.cu_seqlens_k.data);
   p.total_q = static_cast<int>(Tq);
   p.total_k = std::numeric_limits<int32_t>::max();  // keys are not packed: no row bound from k
-  p.q = q.data; p.q_batch_stride = 0; p.q_row_stride = q.stride[0]; p.q_head_stride = q.stride[1];
-  p.k = kc.data; p.k_batch_stride = kc.stride[0]; p.k_row_stride = kc.stride[1]; p.k_head_stride = kc.stride[2];
-  p.v = vc.data; p.v_batch_stride = vc.stride[0]; p.v_row_stride = vc.stride[1]; p.v_head_stride = vc.stride[2];
-  p.out = out.data; p.o_batch_stride = 0; p.o_row_stride = out.stride[0]; p.o_head_stride = out.stride[1];
+  p.q = q.data; row_strides(q, &p.q_batch_stride, &p.q_row_stride, &p.q_head_stride);
+  p.k = kc.data; row_strides(kc, &p.k_batch_stride, &p.k_row_stride, &p.k_head_stride);
+  p.v = vc.data; row_strides(vc, &p.v_batch_stride, &p.v_row_stride, &p.v_head_stride);
+  p.out = out.data; row_strides(out, &p.o_batch_stride, &p.o_row_stride, &p.o_head_stride);
   p.lse = static_cast<float*>(lse.data);
   p.lse_batch_stride = 0;
   p.lse_head_stride = Tq;
   fill_scores(score, D, &p);
   p.rp_dropout = 1.0f;  // no dropout in decoding
-  p.stream = a.stream;
-  p.workspace = a.workspace;
-  p.workspace_bytes = a.workspace_bytes;
+  fill_launch(a.stream, a.workspace, a.workspace_bytes, &p);
   p.kvcache = true;
   p.cache_batch = static_cast<int>(kc.shape[0]);
   p.block_table = static_cast<const int32_t*>(in.block_table.data);

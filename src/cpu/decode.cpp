@@ -35,6 +35,8 @@ namespace ioattn {
 namespace cpu {
 namespace {
 
+#include "cpu/exp_poly.h"
+
 // Keys widened to fp32 per step: 64 keys x D=128 of K and V are 64 KiB, L2-resident.
 constexpr int kKeyBlock = 64;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -207,17 +209,7 @@ IOATTN_DECODE_INLINE float exp2_poly(float x) {
   x = x < -126.0f ? -126.0f : x;  // also catches -inf; 2^-126 rounds the probability to ~0
   const float n = (x + kRound) - kRound;
   const float r = (x - n) * kLn2;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return y * scale;
+  return exp_reduced(r, n);
 }
 
 // A cache row as fp32 in dst (widened from fp16 / bf16, copied from fp32).

@@ -4,6 +4,8 @@
 // per-ISA namespace (so it is compiled once per instruction set, like the kernels); not a
 // standalone header.
 
+#include "cpu/exp_poly.h"
+
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // ---- Vector math ---------------------------------------------------------------------------------
@@ -23,17 +25,7 @@ inline float exp_approx(float x) {
   const float n = (x * kLog2e + kRound) - kRound;
   float r = x - n * kLn2Hi;
   r = r - n * kLn2Lo;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return y * scale;
+  return exp_reduced(r, n);
 }
 
 // tanh(x) = sign(x)·(1 - 2 / (e^{2|x|} + 1)): absolute error about 1e-7 (relative error grows for
