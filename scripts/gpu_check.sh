@@ -79,7 +79,12 @@ run_step() {  # name, log file, command...
   return $rc
 }
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee "$LOG_DIR/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>/dev/null | tee "$LOG_DIR/gpu.txt"
+HOPPER=0
+grep -q ", 9.0$" "$LOG_DIR/gpu.txt" && HOPPER=1
+# The sanitizers and the benchmark run the sm90 kernels where they exist (the sm80 ones are
+# covered by the Small tests of step 2b too).
+[ "$HOPPER" = 1 ] && export IOATTN_SM90=${IOATTN_SM90:-1}
 
 # 1. Build.
 run_step configure "$LOG_DIR/configure.log" cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -99,6 +104,18 @@ if [ $BUILD_RC -eq 0 ]; then
   detail=$(grep -E "^\[  PASSED  \] [0-9]+ test|^\[  SKIPPED \] [0-9]+ test|^ *[0-9]+ FAILED TEST" "$LOG_DIR/gpu_tests.log" | tr '\n' ' ')
   STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $detail"
 
+  # 2b. On Hopper, step 2 ran the sm90 TMA/wgmma forward (IOATTN_SM90=1, src/cuda/backend.cu); the
+  # same tests once more on the sm80 kernels, and the sm90 SASS must hold HGMMA.
+  if [ "$HOPPER" = 1 ]; then
+    run_step tests_sm80 "$LOG_DIR/gpu_tests_sm80.log" env IOATTN_SM90=0 timeout "${TIMEOUT_TESTS:-300}" "$TESTS"
+    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E "^\[  PASSED  \] [0-9]+ test| FAILED TEST" "$LOG_DIR/gpu_tests_sm80.log" | tr '\n' ' ')"
+    if command -v cuobjdump >/dev/null; then
+      LIB=$(ls "$BUILD_DIR"/libioattn.so* 2>/dev/null | head -1)
+      cuobjdump --dump-sass "$LIB" > "$LOG_DIR/sass.txt" 2>&1
+      record sass 0 0 "HGMMA instructions in libioattn: $(grep -c HGMMA "$LOG_DIR/sass.txt"), HMMA: $(grep -c HMMA "$LOG_DIR/sass.txt")"
+    fi
+  fi
+
   # 3. Sanitizers on the small shapes (10-100x slower than a plain run).
   if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
     run_step memcheck "$LOG_DIR/memcheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool memcheck --error-exitcode 1 \
@@ -107,6 +124,9 @@ if [ $BUILD_RC -eq 0 ]; then
     run_step racecheck "$LOG_DIR/racecheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool racecheck --error-exitcode 1 \
       "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$LOG_DIR/racecheck.log" | tail -1)"
+    run_step synccheck "$LOG_DIR/synccheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool synccheck --error-exitcode 1 \
+      "$TESTS" --gtest_filter='Gpu/Small.*'
+    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'ERROR SUMMARY' "$LOG_DIR/synccheck.log" | tail -1)"
   fi
 
   # 4. The Python package with CUDA, and its whole test suite.
@@ -130,7 +150,7 @@ if [ $BUILD_RC -eq 0 ]; then
   # 5. Benchmark.
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
-    run_step bench "$LOG_DIR/bench.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_attn.py --cli "$CLI" --out-dir bench/results $BENCH_ARGS
+    run_step bench "$LOG_DIR/bench.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_attn.py --cli "$CLI" --out-dir bench/results $([ "$HOPPER" = 1 ] && echo --sm80-column) $BENCH_ARGS
     # Decoding (contiguous and paged KV cache vs SDPA) through the Python package built in step 4.
     if [ "${PY_BUILT:-0}" = 1 ]; then
       run_step bench_decode "$LOG_DIR/bench_decode.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 \

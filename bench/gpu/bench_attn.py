@@ -112,14 +112,15 @@ def flex():
     return attn
 
 
-def run_ioattn(cli, b, h, s, d, causal, repeat):
-    """One CLI run (fwd + bwd; fwd only if the build has no CUDA backward). Returns its JSON."""
+def run_ioattn(cli, b, h, s, d, causal, repeat, env=None):
+    """One CLI run (fwd + bwd; fwd only if the build has no CUDA backward). Returns its JSON.
+    env: extra environment variables (IOATTN_SM90=0 times the sm80 kernels on a Hopper GPU)."""
     base = [cli, "run", "--device", "cuda", "--dtype", "bf16", "--batch", str(b), "--heads", str(h),
             "--seqlen", str(s), "--head-dim", str(d), "--json", "--repeat", str(repeat)]
     if causal:
         base.append("--causal")
     for cmd in (base + ["--backward"], base):
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
         start = r.stdout.find("{")  # the CLI prints one (indented, multi-line) JSON object
         if r.returncode == 0 and start >= 0:
             return json.JSONDecoder().raw_decode(r.stdout[start:])[0]
@@ -133,16 +134,17 @@ def tf(r, name, key):
     return x.get(key) if isinstance(x, dict) else None
 
 
-def header(peers):
-    h = (f"{'d':>4} {'seqlen':>6} {'causal':>6} | {'ioattn':>11} | " + " | ".join(f"{n:>11}" for n in peers) +
+def header(peers, extra=()):
+    h = (f"{'d':>4} {'seqlen':>6} {'causal':>6} | {'ioattn':>11} | " + " | ".join(f"{n:>11}" for n in list(peers) + list(extra)) +
          " | ratio/best  ratio/flash")
     return h + "\n" + "-" * len(h)
 
 
-def table_line(r, peers):
-    """One table row (TFLOP/s fwd/bwd per implementation, ratios); also stores the ratios in r."""
+def table_line(r, peers, extra=()):
+    """One table row (TFLOP/s fwd/bwd per implementation, ratios against the peers; `extra` columns,
+    such as ioattn-sm80, are shown but not compared with); also stores the ratios in r."""
     cells = []
-    for name in ["ioattn"] + list(peers):
+    for name in ["ioattn"] + list(peers) + list(extra):
         f, bw = tf(r, name, "fwd_tflops"), tf(r, name, "bwd_tflops")
         cells.append(f"{f:5.0f}/{bw:5.0f}" if f and bw else (f"{f:5.0f}/  -  " if f else f"{'n/a':>11}"))
     ratios = {}
@@ -172,6 +174,8 @@ def main():
     ap.add_argument("--flex", action="store_true", help="also FlexAttention (torch.compile; slow to start)")
     ap.add_argument("--repeat", type=int, default=30, help="ioattn CLI timed repetitions")
     ap.add_argument("--out-dir", default="bench/results")
+    ap.add_argument("--sm80-column", action="store_true",
+                    help="also time ioattn with IOATTN_SM90=0 (its sm80 kernels) as column ioattn-sm80")
     args = ap.parse_args()
 
     dev = torch.cuda.get_device_properties(0)
@@ -179,6 +183,7 @@ def main():
     head_dims = [int(x) for x in args.head_dims.split(",")]
     causals = [bool(int(x)) for x in args.causal.split(",")]
     peers = {n: sdpa(PEERS[n]) for n in args.peers.split(",") if n}
+    extra = ["ioattn-sm80"] if args.sm80_column else []
     if args.flex:
         peers["flex"] = flex()
     have_cli = os.path.exists(args.cli)
@@ -215,14 +220,16 @@ def main():
                         j["peak_extra_bytes_with_outputs"] = j.get("peak_extra_bytes", 0) + tensor_bytes * (
                             4 if j.get("bwd_ms") is not None else 1)
                     row["ioattn"] = j
+                    if args.sm80_column:
+                        row["ioattn-sm80"] = run_ioattn(args.cli, b, h, s, d, causal, args.repeat, {"IOATTN_SM90": "0"})
                 rows.append(row)
                 if len(rows) == 1:
-                    print(header(peers), flush=True)
-                print(table_line(row, peers), flush=True)
+                    print(header(peers, extra), flush=True)
+                print(table_line(row, peers, extra), flush=True)
 
     print("BENCH TABLE")
     print("TFLOP/s fwd/bwd, bf16, heads = 2048/d, batch x seqlen = 16384")
-    for ln in [header(peers)] + [table_line(r, peers) for r in rows]:
+    for ln in [header(peers, extra)] + [table_line(r, peers, extra) for r in rows]:
         print(ln)
     mem_lines = []
     for r in rows:

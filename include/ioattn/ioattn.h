@@ -135,6 +135,7 @@ std::string describe_forward_choice(const TensorView& q, const TensorView& k, co
 // Backends compiled in and devices found (for `ioattn info`).
 struct BuildInfo {
   bool cuda_compiled = false;
+  bool cuda_sm90_kernels = false;  // the Hopper (sm_90a: TMA + wgmma) forward kernels are built in
   int cuda_device_count = 0;
   std::string cpu_features;  // e.g. "avx2 fma avx512f avx512bf16"
   std::string cuda_devices;  // one line per device

@@ -215,6 +215,9 @@ BuildInfo build_info() {
   b.cpu_features = cpu::features();
 #ifdef IOATTN_WITH_CUDA
   b.cuda_compiled = true;
+#ifdef IOATTN_HAVE_SM90
+  b.cuda_sm90_kernels = true;
+#endif
   b.cuda_device_count = cuda::device_count();
   b.cuda_devices = cuda::devices();
 #endif

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <initializer_list>
 #include <sstream>
 #include <string>
@@ -27,6 +28,10 @@
 #include "ioattn_cuda_head_dims.h"
 #include "sm80/fwd_config.h"
 #include "sm80/launch.h"
+#ifdef IOATTN_HAVE_SM90
+#include "sm90/fwd_config.h"
+#include "sm90/launch.h"
+#endif
 
 namespace ioattn {
 namespace cuda {
@@ -86,9 +91,34 @@ Status check_device_index(const Params& p) {
   return Status::Ok();
 }
 
+// Whether the Hopper forward (sm90/) serves this call: a compute-capability 9.0 device, a build
+// with sm_90a kernels for the head dim, no dropout (the sm80 kernel has it), and keys to read (TMA
+// tensor maps have no empty dims, and the driver must accept the maps). IOATTN_SM90=0 in the
+// environment turns it off (to compare the two paths, or to rule the sm90 kernels out when chasing
+// a problem).
+bool use_sm90_forward(const Params& p) {
+#ifdef IOATTN_HAVE_SM90
+  const char* env = std::getenv("IOATTN_SM90");
+  if (env != nullptr && std::string(env) == "0") return false;
+  if (p.dropout_p > 0.0f || sm90::forward_head_dim(std::max(p.head_dim, p.head_dim_v)) == 0) return false;
+  if ((p.varlen ? p.total_k : p.seqlen_k) == 0 || (p.varlen ? p.total_q : p.seqlen_q) == 0) return false;
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_index) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major == 9 && sm90::forward_describable(p);
+#else
+  (void)p;
+  return false;
+#endif
+}
+
 }  // namespace
 
-Status select(const Params& p, bool backward, std::string* kernel_name) {
+// select() with the forward path it chose (sm90 or not) for forward() to follow.
+static Status select_path(const Params& p, bool backward, std::string* kernel_name, bool* sm90_forward) {
+  *sm90_forward = false;
   if (p.device != DeviceType::CUDA)
     return make_error(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
   if (p.dtype == DType::F32)
@@ -133,6 +163,18 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
     return make_error(ErrorCode::Unsupported, "q: heads ", p.heads_q, " exceed the CUDA kernels' 65535");
 
   std::ostringstream name;
+#ifdef IOATTN_HAVE_SM90
+  if (!backward && use_sm90_forward(p)) {
+    *sm90_forward = true;
+    const sm90::FwdTile tile = sm90::fwd_tile(sm90::forward_head_dim(std::max(p.head_dim, p.head_dim_v)));
+    name << "sm90 forward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << tile.head_dim;
+    if (tile.head_dim != std::max(p.head_dim, p.head_dim_v))
+      name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
+    name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.stages << " stages";
+    if (kernel_name) *kernel_name = name.str();
+    return Status::Ok();
+  }
+#endif
   name << "sm80 " << (backward ? "backward" : "forward") << " (mma.sync), " << dtype_name(p.dtype) << ", head dim "
        << d;
   if (d != std::max(p.head_dim, p.head_dim_v)) name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
@@ -150,6 +192,11 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
   return Status::Ok();
 }
 
+Status select(const Params& p, bool backward, std::string* kernel_name) {
+  bool sm90_forward = false;
+  return select_path(p, backward, kernel_name, &sm90_forward);
+}
+
 size_t workspace_size(const Params& p, bool backward) {
 #ifdef IOATTN_HAVE_SM80_BWD
   if (backward) return sm80::bwd_workspace_bytes_sm80(p);
@@ -161,9 +208,13 @@ size_t workspace_size(const Params& p, bool backward) {
 }
 
 Status forward(const Params& p) {
-  if (Status s = select(p, false, nullptr); !s.ok()) return s;
+  bool sm90_forward = false;
+  if (Status s = select_path(p, false, nullptr, &sm90_forward); !s.ok()) return s;
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
+#ifdef IOATTN_HAVE_SM90
+  if (sm90_forward) return sm90::launch_fwd_sm90(p, static_cast<cudaStream_t>(p.stream));
+#endif
   return sm80::launch_fwd_sm80(p, static_cast<cudaStream_t>(p.stream));
 }
 

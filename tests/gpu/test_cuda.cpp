@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -261,6 +262,40 @@ struct Fixture {
 TEST(GpuContract, ForwardIsBitwiseRepeatable) {
   Case c = make("repeat", DType::BF16, 300, 300, 128);
   c.dropout_p = 0.1f; c.causal = true;
+  Fixture f(c);
+  DeviceBuffer o1(f.out), l1(f.lse), o2(f.out), l2(f.lse);
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o1.view(), l1.view(), f.d.args).ok());
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o2.view(), l2.view(), f.d.args).ok());
+  EXPECT_TRUE(o1.bytes() == o2.bytes() && l1.bytes() == l2.bytes());
+}
+
+// Dispatch on a Hopper GPU with the sm90 kernels built: the TMA/wgmma forward serves every call it
+// can (IOATTN_SM90=0 turns it off), dropout goes to the sm80 kernel. Elsewhere: not applicable.
+TEST(GpuContract, HopperForwardUsesSm90Kernels) {
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  if (major != 9 || !build_info().cuda_sm90_kernels) GTEST_SKIP() << "not a Hopper GPU, or a build without sm_90a";
+  const char* env = std::getenv("IOATTN_SM90");
+  const bool off = env != nullptr && std::string(env) == "0";
+  Case plain = make("choice", DType::BF16, 300, 300, 128);
+  plain.causal = true;
+  Case varlen = make("choice_varlen", DType::F16, 0, 0, 64);
+  varlen.lens_q = {5, 300}; varlen.lens_k = {70, 2}; varlen.hq = 4; varlen.hk = 2;
+  Case padded = make("choice_d96", DType::BF16, 100, 100, 96);
+  Case dropout = make("choice_dropout", DType::BF16, 300, 300, 128);
+  dropout.dropout_p = 0.1f;
+  for (const Case* c : {&plain, &varlen, &padded, &dropout}) {
+    Fixture f(*c);
+    const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
+    const bool sm90 = !off && c->dropout_p == 0.0f;
+    EXPECT_EQ(choice.rfind(sm90 ? "sm90 forward" : "sm80 forward", 0), 0u) << c->name << ": " << choice;
+  }
+}
+
+// Without dropout (the sm90 kernel on Hopper): the same bits every run, across query-block order.
+TEST(GpuContract, ForwardWithoutDropoutIsBitwiseRepeatable) {
+  Case c = make("repeat_plain", DType::BF16, 700, 900, 128);
+  c.causal = true; c.hq = 4; c.hk = 2; c.batch = 2;
   Fixture f(c);
   DeviceBuffer o1(f.out), l1(f.lse), o2(f.out), l2(f.lse);
   ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o1.view(), l1.view(), f.d.args).ok());

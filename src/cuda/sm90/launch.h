@@ -1,0 +1,26 @@
+// The interface between the CUDA backend (src/cuda/backend.cu) and the sm90 kernels (Hopper: TMA,
+// wgmma, warp specialisation; built for sm_90a only, into the object library ioattn_sm90). The
+// backend calls these only on a compute-capability 9.0 device, after select() accepted the Params
+// under the sm80 launcher's assumptions (src/cuda/sm80/launch.h: 16-byte aligned bases, strides
+// in multiples of 8 elements, head dims multiples of 8 up to 256), and without dropout.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "core/params.h"
+
+namespace ioattn::cuda::sm90 {
+
+// The sm90 head dim serving a call of head dim d (64, 128 or 256), or 0 if this build has no
+// sm90 kernel for it.
+int forward_head_dim(int d);
+
+// Whether TMA can describe this call's q, k, v (the driver accepts their tensor maps). select()
+// asks, so that describe_forward_choice names the kernel that really runs.
+bool forward_describable(const Params& p);
+
+// Forward, same contract as sm80::launch_fwd_sm80. Returns Unsupported (writing nothing) when the
+// driver cannot describe the tensors to TMA; the backend then runs the sm80 kernel.
+Status launch_fwd_sm90(const Params& p, cudaStream_t stream);
+
+}  // namespace ioattn::cuda::sm90
