@@ -141,7 +141,7 @@ if [ $BUILD_RC -eq 0 ]; then
       python3 -m pip install --no-build-isolation --no-deps --upgrade --target "$PY_TARGET" . -C build-dir="$BUILD_DIR/py-build"
     if [ $? -eq 0 ]; then
       PY_BUILT=1
-      run_step pytest "$LOG_DIR/pytest.log" timeout "${TIMEOUT_TESTS:-300}" env PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
+      run_step pytest "$LOG_DIR/pytest.log" timeout "${TIMEOUT_TESTS:-300}" env IOATTN_REQUIRE_ULTRALYTICS=1 PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
         python3 -m pytest tests/python -q -p no:cacheprovider
       STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E '(passed|failed)' "$LOG_DIR/pytest.log" | tail -1)"
     fi

@@ -3,7 +3,7 @@
 //
 // One CTA = 3 warpgroups: a producer (TMA loads of Q once and of K/V tiles into a ring of kStages
 // buffers) and two consumers of 64 query rows each (block_m = 128). Shared memory = Q (128 x d)
-// + kStages x (K + V) (block_n x d each), all 16-bit: d = 64: 80 KB; 128: 160 KB; 256: 192 KB.
+// + kStages x (K + V) (block_n x d each), all 16-bit.
 // Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator d / 2.
 #pragma once
 
@@ -14,17 +14,28 @@
 namespace ioattn::cuda::sm90 {
 
 struct FwdTile {
-  int head_dim;  // the kernel's (padded) head dim: 64, 128 or 256
-  int block_m;   // query rows per CTA (2 consumer warpgroups x 64)
-  int block_n;   // keys per K/V tile
-  int stages;    // K/V tiles in flight
+  int head_dim;     // the kernel's (padded) head dim: 64, 128 or 256
+  int block_m;      // query rows per CTA (2 consumer warpgroups x 64)
+  int block_n;      // keys per K/V tile
+  int stages;       // K/V tiles in flight
+  bool persistent;  // one CTA per multiprocessor walking the tiles (else one CTA per tile)
+  bool overlap;     // softmax of block n overlaps O += P V of block n - 1 (FA3's intra-warpgroup
+                    // pipelining; costs a second set of P registers)
   const char* why;
 };
 
+// The schedule columns were chosen by measurement (H200, bf16, B*S = 16k, H*D = 2048, forward
+// TFLOP/s at seqlen 2048 / 4096 / 16384, non-causal and causal; bench/gpu/bench_variants.py, raw:
+// bench/results/variants-nvidia-h200-2026-11-22-sm90-schedule.json):
+//   d = 64:  persistent + overlap best on all 6 shapes (356 .. 387; one CTA per tile without
+//            overlap 232 .. 374): the short products leave the softmax exposed.
+//   d = 128: one CTA per tile without overlap best on 4 of 6 (547 / 613 / 669 non-causal against
+//            494 / 531 / 549 for persistent + overlap; causal within 1-8%).
+//   d = 256: persistent without overlap best or tied on all 6 (643 .. 749).
 inline constexpr FwdTile kFwdTiles[] = {
-    {64, 128, 128, 2, "S 64 + O 32 regs"},
-    {128, 128, 128, 2, "S 64 + O 64 regs; 160 KB smem"},
-    {256, 128, 64, 2, "S 32 + O 128 regs; 192 KB smem"},
+    {64, 128, 128, 3, true, true, "S 64 + O 32 regs; 112 KB smem"},
+    {128, 128, 128, 2, false, false, "S 64 + O 64 regs; 160 KB smem"},
+    {256, 128, 64, 2, true, false, "S 32 + O 128 regs; 192 KB smem"},
 };
 
 // The sm90 head dim a call of head dim d runs with: 64, 128 or 256 (extra columns read as zeros
@@ -42,6 +53,8 @@ struct FwdTileFor {
   static constexpr int block_m = fwd_tile(kD).block_m;
   static constexpr int block_n = fwd_tile(kD).block_n;
   static constexpr int stages = fwd_tile(kD).stages;
+  static constexpr bool persistent = fwd_tile(kD).persistent;
+  static constexpr bool overlap = fwd_tile(kD).overlap;
 };
 
 // Defined in fwd_kernel.cuh, instantiated per head dim in generated files (src/cuda/CMakeLists.txt).

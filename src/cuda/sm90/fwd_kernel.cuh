@@ -1,19 +1,28 @@
-// The sm90 forward kernel (Hopper: TMA + wgmma, warp-specialised), and its launcher run_fwd<T, D>.
+// The sm90 forward kernel (Hopper: TMA + wgmma, warp-specialised), and its launcher
+// run_fwd<T, D>.
 //
-// One CTA per (query block of 128 rows, query head, batch), 3 warpgroups (fwd_config.h):
+// Work tiles are (query block of 128 rows, query head, batch), ordered by plan_tile; per head dim
+// (fwd_config.h) either one CTA per multiprocessor walks them in snake order (persistent), or
+// one CTA per tile is launched. A CTA has 3 warpgroups:
 //   producer   warpgroup 0 gives its registers back (setmaxnreg) and one thread issues the TMA
-//              copies: the Q tile once, then K_n and V_n for each key block into a ring of kStages
-//              buffers. "full" mbarriers complete when a copy's bytes land; "empty" mbarriers when
-//              all 8 consumer warps are done reading a buffer.
-//   consumers  warpgroups 1 and 2, 64 query rows each, with 240 registers per thread:
-//                wait K_n; S = Q K_n^T  (wgmma, A and B from shared memory, fp32 accumulators)
-//                release K_n; scores -> log2 units / mask / online softmax (common/ helpers, the
-//                accumulator fragments have mma.sync's layout); rescale O
-//                wait V_n; O += P V_n   (wgmma, P from registers: the accumulator layout is the
-//                A-operand layout, as on sm80); release V_n
-//              The two consumer warpgroups run out of step by themselves, so one's softmax
-//              overlaps the other's products.
-//   epilogue   O / l -> input dtype, straight from registers to global memory; LSE in fp32.
+//              copies: each tile's Q once (after the consumers release the previous one), then K_n
+//              and V_n for each key block into a ring of kStages buffers that runs on across tiles.
+//              "full" mbarriers complete when a copy's bytes land, "empty" ones when all 8
+//              consumer warps are done reading a buffer.
+//   consumers  warpgroups 1 and 2, 64 query rows each, with 240 registers per thread. Per key block
+//              n (after the first), with kOverlap FA3's intra-warpgroup pipelining (without it,
+//              both products are waited for before the softmax):
+//                issue S_n = Q K_n^T        (wgmma, A and B from shared memory)
+//                issue O += P_{n-1} V_{n-1} (wgmma, P from registers: the fp32 accumulator layout
+//                                            is the 16-bit A-operand layout, as on sm80)
+//                wait S_n; release K_n; scores -> log2 units / mask / online softmax -> P_n (the
+//                common/ helpers: the accumulator fragments have mma.sync's layout), while the
+//                tensor cores run the PV product
+//                wait PV; release V_{n-1}; rescale O by the new row maxima
+//              The two consumer warpgroups also run out of step, so one's softmax overlaps the
+//              other's products.
+//   epilogue   O / l -> input dtype, straight from registers to global memory, LSE in fp32, while
+//              the producer already loads the next tile.
 // Dropout is not served here (backend.cu sends it to the sm80 kernel).
 #pragma once
 
@@ -22,7 +31,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <string>
 
@@ -54,7 +65,7 @@ struct FwdSmem {
   static constexpr int kK = kQ + kQBytes;
   static constexpr int kV = kK + kStages * kKVBytes;
   static constexpr int kBar = kV + kStages * kKVBytes;
-  static constexpr int kBars = 1 + 4 * kStages;  // q_full, k_full[], v_full[], k_empty[], v_empty[]
+  static constexpr int kBars = 2 + 4 * kStages;  // q_full, q_empty, k_full[], v_full[], k_empty[], v_empty[]
   static constexpr int kBytes = kBar + 8 * kBars + 1024;  // + room to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -64,43 +75,77 @@ __device__ __forceinline__ void wait_barrier(uint64_t* bar, uint32_t parity) {
   }
 }
 
+// One work tile: a query block of one head of one sequence, and the key blocks it must visit.
+// Producer and consumers derive the same plan from the tile index, so they agree on every load.
+struct FwdTilePlan {
+  int h, b, m0, m_last;  // query rows [m0, m_last] of the sequence
+  int n_begin, n_end;    // key blocks [n_begin, n_end): empty when the mask hides every key
+  SeqBounds sb;
+  ScoreMod mod;
+  bool skip;             // the block starts past this (varlen) sequence's end: nothing to do
+};
+
+template <int kBM, int kBN>
+__device__ __forceinline__ FwdTilePlan plan_tile(const Params& p, int t, int m_blocks) {
+  // Without a lower-triangular mask every query block costs the same: query block fastest, so the
+  // CTAs running at one time share a head's K/V in L2. Under a causal-like mask (window_left < 0,
+  // window_right >= 0) the cost grows with the query block: blocks in descending order of cost
+  // (query block slowest, from the last), which the snake assignment of tile_of() balances.
+  FwdTilePlan w;
+  const int hbs = p.heads_q * p.batch;
+  const bool by_cost = p.window_left < 0 && p.window_right >= 0;
+  const int m_block = m_blocks - 1 - (by_cost ? t / hbs : t % m_blocks);
+  const int hb = by_cost ? t % hbs : t / m_blocks;
+  w.h = hb % p.heads_q;
+  w.b = hb / p.heads_q;
+  w.sb = seq_bounds(p, w.b);
+  w.m0 = m_block * kBM;
+  w.skip = w.m0 >= w.sb.sq;
+  w.m_last = min(w.m0 + kBM, w.sb.sq) - 1;
+  w.mod = ScoreMod::make(p, w.b, w.h, w.sb.sq, w.sb.sk);
+  const int key_begin = w.mod.mask.first_key(w.m0);
+  const int key_end = w.mod.mask.end_key(w.m_last, w.sb.sk);
+  w.n_begin = key_begin / kBN;
+  w.n_end = key_end > key_begin ? (key_end + kBN - 1) / kBN : w.n_begin;
+  return w;
+}
+
+// The tile CTA `cta` of `ctas` takes in round r: rounds alternate direction (snake order), so with
+// tiles sorted by cost the CTAs' totals stay within about one tile of each other.
+__device__ __forceinline__ int tile_of(int r, int cta, int ctas) {
+  return r * ctas + ((r & 1) ? ctas - 1 - cta : cta);
+}
+
 // kMods: the call uses softcap or ALiBi (compiled out otherwise, as in the sm80 kernel).
-template <class T, int kD, bool kMods>
+// gridDim.x CTAs walk the tiles in rounds (tile_of); persistent (one CTA per multiprocessor), one
+// tile's epilogue overlaps the next tile's loads; with one CTA per tile each does round 0 only.
+template <class T, int kD, bool kMods, bool kOverlap>
 __global__ void __launch_bounds__(kFwdThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
-               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
+               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v, int m_blocks,
+               int tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kD>;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
   constexpr int kDT = kD / 8;   // 8-column tiles of O
+  constexpr int kPT = kBN / 16; // 16-key k-steps of O += P V
 
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
-  uint64_t* k_full = q_full + 1;
+  uint64_t* q_empty = q_full + 1;
+  uint64_t* k_full = q_empty + 1;
   uint64_t* v_full = k_full + kStages;
   uint64_t* k_empty = v_full + kStages;
   uint64_t* v_empty = k_empty + kStages;
-
-  // Query blocks reversed (as in sm80): under a causal mask the last ones see the most keys.
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const SeqBounds sb = seq_bounds(p, b);
-  const int m0 = m_block * kBM;
-  if (m0 >= sb.sq) return;  // beyond this (varlen) sequence: the whole CTA leaves together
-  const int m_last = min(m0 + kBM, sb.sq) - 1;
-  const ScoreMod mod = ScoreMod::make(p, b, h, sb.sq, sb.sk);
-  const int key_begin = mod.mask.first_key(m0);
-  const int key_end = mod.mask.end_key(m_last, sb.sk);
-  const int n_begin = key_begin / kBN;
-  const int n_end = key_end > key_begin ? (key_end + kBN - 1) / kBN : n_begin;
 
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);  // warp-uniform
   const int lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
     ptx::mbarrier_init(q_full, 1);
+    ptx::mbarrier_init(q_empty, kConsumerWarps);
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(k_full + s, 1);
       ptx::mbarrier_init(v_full + s, 1);
@@ -111,23 +156,32 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   }
   __syncthreads();
 
+  // Ring positions run on across tiles: kv counts K/V tiles, q counts tiles whose Q was loaded.
   if (warp < 4) {  // ---- producer warpgroup ----
     regs_dealloc<kProducerRegs>();
-    if (warp == 0 && lane == 0 && n_begin < n_end) {
-      const int hk = h / p.group;
-      const int bt = p.varlen ? 0 : b;  // varlen: the row index carries the sequence
-      const int q_row = static_cast<int>(sb.q_row0) + m0, k_row = static_cast<int>(sb.k_row0);
+    if (warp != 0 || lane != 0) return;
+    int kv = 0, q = 0;
+    for (int r = 0; r * int(gridDim.x) < tiles; ++r) {
+      const int t = tile_of(r, blockIdx.x, gridDim.x);
+      if (t >= tiles) continue;
+      const FwdTilePlan w = plan_tile<kBM, kBN>(p, t, m_blocks);
+      if (w.skip || w.n_begin >= w.n_end) continue;
+      const int hk = w.h / p.group;
+      const int bt = p.varlen ? 0 : w.b;  // varlen: the row index carries the sequence
+      const int q_row = static_cast<int>(w.sb.q_row0) + w.m0, k_row = static_cast<int>(w.sb.k_row0);
+      if (q > 0) wait_barrier(q_empty, (q - 1) & 1);  // the previous tile's last S = Q K^T is done
+      ++q;
       ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, q_full, L::kQBytes);
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c) {
-        const int32_t coords[4] = {c * 64, q_row, h, bt};
+        const int32_t coords[4] = {c * 64, q_row, w.h, bt};
         ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global, smem + L::kQ + c * kBM * kSwizzleBytes,
                                   &tm_q, coords, q_full);
       }
-      for (int n = n_begin, it = 0; n < n_end; ++n, ++it) {
-        const int s = it % kStages;
-        const uint32_t parity = ((it / kStages) & 1) ^ 1;  // the consumers' release one round ago
-        if (it >= kStages) wait_barrier(k_empty + s, parity);
+      for (int n = w.n_begin; n < w.n_end; ++n, ++kv) {
+        const int s = kv % kStages;
+        const uint32_t parity = ((kv / kStages) & 1) ^ 1;  // the consumers' release one round ago
+        if (kv >= kStages) wait_barrier(k_empty + s, parity);
         ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, k_full + s, L::kKVBytes);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
@@ -135,7 +189,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
           ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global,
                                     smem + L::kK + s * L::kKVBytes + c * kBN * kSwizzleBytes, &tm_k, coords, k_full + s);
         }
-        if (it >= kStages) wait_barrier(v_empty + s, parity);
+        if (kv >= kStages) wait_barrier(v_empty + s, parity);
         ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, v_full + s, L::kKVBytes);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
@@ -151,25 +205,13 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   // ---- consumer warpgroups ----
   regs_alloc<kConsumerRegs>();
   const int cwg = warp / 4 - 1;  // 0 or 1: query rows [64 cwg, 64 cwg + 64) of the block
-  const int row0 = m0 + 64 * cwg + 16 * (warp % 4) + lane / 4;  // sequence row of s[.][0..1]; +8 for [2..3]
-  const int wg_m0 = m0 + 64 * cwg;
-  const int wg_m_last = max(wg_m0, min(wg_m0 + 63, m_last));
-
-  OnlineSoftmax softmax;
-  softmax.init();
-  float o[kDT][4];
-#pragma unroll
-  for (int dt = 0; dt < kDT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-
-  if (n_begin < n_end) wait_barrier(q_full, 0);
   const uint32_t q_addr = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;
-  for (int n = n_begin, it = 0; n < n_end; ++n, ++it) {
-    const int s = it % kStages;
-    const uint32_t parity = (it / kStages) & 1;
-
-    // S = Q K_n^T: kD / 16 k-steps of m64 x n(kBN) x k16.
-    float sacc[kNT][4];
-    wait_barrier(k_full + s, parity);
+  auto arrive = [&](uint64_t* bar) {  // one arrival per warp, after all its lanes are done
+    __syncwarp();
+    if (lane == 0) ptx::mbarrier_arrive(bar);
+  };
+  // S = Q K^T for the K tile in ring slot s: kD / 16 k-steps of m64 x n(kBN) x k16 (not waited on).
+  auto issue_s = [&](float (&sacc)[kNT][4], int s) {
     const uint32_t k_addr = smem_base + L::kK + s * L::kKVBytes;
     wgmma_fence();
 #pragma unroll
@@ -177,88 +219,169 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
       const uint32_t off = (kk % 4) * 32;  // 16 columns = 32 bytes into the 64-column tile
       const uint64_t da = make_desc(q_addr + (kk / 4) * kBM * kSwizzleBytes + off, 16, kAtomBytes);
       const uint64_t db = make_desc(k_addr + (kk / 4) * kBN * kSwizzleBytes + off, 16, kAtomBytes);
-      wgmma_ss<T, 0>(sacc, da, db, kk > 0 ? 1 : 0);
+      wgmma_ss<T, 0, 0>(sacc, da, db, kk > 0 ? 1 : 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(sacc);
-    __syncwarp();
-    if (lane == 0) ptx::mbarrier_arrive(k_empty + s);
-
-    const int col0 = n * kBN + 2 * (lane % 4);
-    const bool boundary = mod.block_needs_mask(wg_m0, wg_m_last, n * kBN, kBN);
-    float alpha[2];
-    if (kMods) {  // scores to log2 units here (softcap / ALiBi are not linear in the score)
-      if (boundary)
-        mod.apply<true, true>(sacc, row0, col0);
-      else
-        mod.apply<false, true>(sacc, row0, col0);
-      softmax.update(sacc, alpha);
-    } else {  // raw scores; the scale is folded into the exponent
-      if (boundary) mod.apply_mask(sacc, row0, col0);
-      softmax.update<true>(sacc, alpha, mod.scale_log2);
-    }
-    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
-        o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
-      }
-    }
-    uint32_t pk[kBN / 16][4];  // P in the A-operand layout, 16 keys per k-step
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      pk[kk][0] = pack2<T>(sacc[2 * kk][0], sacc[2 * kk][1]);
-      pk[kk][1] = pack2<T>(sacc[2 * kk][2], sacc[2 * kk][3]);
-      pk[kk][2] = pack2<T>(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-      pk[kk][3] = pack2<T>(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
-    }
-
-    // O += P V_n: kBN / 16 k-steps of m64 x n(kD) x k16, V read N-major.
-    wait_barrier(v_full + s, parity);
+  };
+  // O += P V for the V tile in ring slot s: kBN / 16 k-steps of m64 x n(kD) x k16, V read N-major.
+  auto issue_pv = [&](float (&o)[kDT][4], const uint32_t (&pk)[kPT][4], int s) {
     const uint32_t v_addr = smem_base + L::kV + s * L::kKVBytes;
-    fence_operands(o);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
+    for (int kk = 0; kk < kPT; ++kk) {
       const uint64_t db = make_desc(v_addr + kk * 16 * kSwizzleBytes, kBN * kSwizzleBytes, kAtomBytes);
       wgmma_rs<T, 1>(o, pk[kk], db, 1);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(o);
-    __syncwarp();
-    if (lane == 0) ptx::mbarrier_arrive(v_empty + s);
-  }
+  };
 
-  // Epilogue: O / l straight from the fragments (a quad writes 16 contiguous bytes of a row).
-  float o_scale[2], lse[2];
-  softmax.finalize(1.0f, o_scale, lse);
-  T* gO = static_cast<T*>(p.out) + b * p.o_batch_stride + sb.q_row0 * p.o_row_stride + h * p.o_head_stride;
+  int kv = 0, q = 0;
+  for (int r = 0; r * int(gridDim.x) < tiles; ++r) {
+    const int t = tile_of(r, blockIdx.x, gridDim.x);
+    if (t >= tiles) continue;
+    const FwdTilePlan w = plan_tile<kBM, kBN>(p, t, m_blocks);
+    if (w.skip) continue;
+    const int row0 = w.m0 + 64 * cwg + 16 * (warp % 4) + lane / 4;  // sequence row of s[.][0..1]; +8: [2..3]
+    const int wg_m0 = w.m0 + 64 * cwg;
+    const int wg_m_last = max(wg_m0, min(wg_m0 + 63, w.m_last));
+
+    OnlineSoftmax softmax;
+    softmax.init();
+    float o[kDT][4];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + 8 * r;
-    if (row >= sb.sq) continue;
-    T* dst = gO + int64_t(row) * p.o_row_stride;
+    for (int dt = 0; dt < kDT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+
+    // Scores of key block n -> P (16-bit A fragments) and the O rescale factors.
+    auto softmax_step = [&](float (&sacc)[kNT][4], int n, uint32_t (&pk)[kPT][4], float (&alpha)[2]) {
+      const int col0 = n * kBN + 2 * (lane % 4);
+      const bool boundary = w.mod.block_needs_mask(wg_m0, wg_m_last, n * kBN, kBN);
+      if (kMods) {  // scores to log2 units here (softcap / ALiBi are not linear in the score)
+        if (boundary)
+          w.mod.template apply<true, true>(sacc, row0, col0);
+        else
+          w.mod.template apply<false, true>(sacc, row0, col0);
+        softmax.update(sacc, alpha);
+      } else {  // raw scores; the scale is folded into the exponent
+        if (boundary) w.mod.apply_mask(sacc, row0, col0);
+        softmax.template update<true>(sacc, alpha, w.mod.scale_log2);
+      }
 #pragma unroll
-    for (int dt = 0; dt < kDT; ++dt) {
-      const int col = dt * 8 + 2 * (lane % 4);
-      if (col < p.head_dim_v)
-        *reinterpret_cast<uint32_t*>(dst + col) = pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]);
+      for (int kk = 0; kk < kPT; ++kk) {
+        pk[kk][0] = pack2<T>(sacc[2 * kk][0], sacc[2 * kk][1]);
+        pk[kk][1] = pack2<T>(sacc[2 * kk][2], sacc[2 * kk][3]);
+        pk[kk][2] = pack2<T>(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
+        pk[kk][3] = pack2<T>(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+      }
+    };
+    auto rescale = [&](const float (&alpha)[2]) {
+      // Only when some row of the warp got a new maximum (alpha != 1): exact skip, warp-uniform.
+      if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
+          o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
+        }
+      }
+    };
+
+    if (w.n_begin < w.n_end) {
+      wait_barrier(q_full, q & 1);
+      ++q;
+      // Key block n_begin: S, softmax -> P. Then each further block n overlaps its softmax with
+      // the previous block's O += P V on the tensor cores (FA3's intra-warpgroup pipelining):
+      //   issue S_n; issue O += P_{n-1} V_{n-1}; wait S_n; softmax(S_n) -> P_n; wait O; rescale O.
+      uint32_t pk[kPT][4];
+      float alpha[2];
+      {
+        float sacc[kNT][4];
+        const int s = kv % kStages;
+        wait_barrier(k_full + s, (kv / kStages) & 1);
+        issue_s(sacc, s);
+        wgmma_wait<0>();
+        fence_operands(sacc);
+        arrive(k_empty + s);
+        if (w.n_begin + 1 == w.n_end) arrive(q_empty);  // the tile's last use of Q
+        softmax_step(sacc, w.n_begin, pk, alpha);
+      }
+      for (int n = w.n_begin + 1; n < w.n_end; ++n) {
+        const int sp = kv % kStages;        // slot of block n - 1 (its V)
+        const int s = (kv + 1) % kStages;   // slot of block n
+        float sacc[kNT][4];
+        wait_barrier(k_full + s, ((kv + 1) / kStages) & 1);
+        fence_operands(o);  // before the first wgmma of the step: nothing may touch O in between
+        issue_s(sacc, s);
+        wait_barrier(v_full + sp, (kv / kStages) & 1);
+        issue_pv(o, pk, sp);
+        if (kOverlap) {
+          wgmma_wait<1>();  // S_n done (groups complete in order); O += P V may still run
+        } else {
+          wgmma_wait<0>();
+          fence_operands(o);
+        }
+        fence_operands(sacc);
+        arrive(k_empty + s);
+        if (n + 1 == w.n_end) arrive(q_empty);
+        // P_n into registers of its own: the PV product still reads P_{n-1} from `pk` (register
+        // operands of wgmma are read asynchronously; overwriting them before the wait makes ptxas
+        // serialise the wgmma pipeline, warning C7513).
+        uint32_t pk_next[kPT][4];
+        softmax_step(sacc, n, pk_next, alpha);
+        if (kOverlap) {
+          wgmma_wait<0>();
+          fence_operands(o);
+        }
+        arrive(v_empty + sp);
+        rescale(alpha);
+        // An opaque copy: a plain assignment lets the compiler merge pk and pk_next into the same
+        // registers across the loop's back edge, which brings the hazard back.
+#pragma unroll
+        for (int kk = 0; kk < kPT; ++kk)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) asm volatile("mov.b32 %0, %1;\n" : "=r"(pk[kk][e]) : "r"(pk_next[kk][e]));
+        ++kv;
+      }
+      {  // O += P V for the last block
+        const int s = kv % kStages;
+        wait_barrier(v_full + s, (kv / kStages) & 1);
+        fence_operands(o);
+        issue_pv(o, pk, s);
+        wgmma_wait<0>();
+        fence_operands(o);
+        arrive(v_empty + s);
+        ++kv;
+      }
     }
-    if (p.lse != nullptr && lane % 4 == 0)
-      p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + sb.q_row0 + row] = lse[r];
+
+    // Epilogue: O / l straight from the fragments (a quad writes 16 contiguous bytes of a row).
+    // Meanwhile the producer already loads the next tile.
+    float o_scale[2], lse[2];
+    softmax.finalize(1.0f, o_scale, lse);
+    T* gO = static_cast<T*>(p.out) + w.b * p.o_batch_stride + w.sb.q_row0 * p.o_row_stride + w.h * p.o_head_stride;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + 8 * r;
+      if (row >= w.sb.sq) continue;
+      T* dst = gO + int64_t(row) * p.o_row_stride;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int col = dt * 8 + 2 * (lane % 4);
+        if (col < p.head_dim_v)
+          *reinterpret_cast<uint32_t*>(dst + col) = pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]);
+      }
+      if (p.lse != nullptr && lane % 4 == 0)
+        p.lse[w.b * p.lse_batch_stride + w.h * p.lse_head_stride + w.sb.q_row0 + row] = lse[r];
+    }
   }
 #else
   __trap();  // built for sm_90a only; dispatch never launches it elsewhere
 #endif
 }
 
-template <class T, int kD, bool kMods>
-cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks, const CUtensorMap& tq,
-                              const CUtensorMap& tk, const CUtensorMap& tv) {
+template <class T, int kD, bool kMods, bool kOverlap>
+cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks, int tiles, int ctas,
+                              const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv) {
   constexpr int kSmem = FwdSmem<kD>::kBytes;
-  auto kernel = fwd_kernel<T, kD, kMods>;
+  auto kernel = fwd_kernel<T, kD, kMods, kOverlap>;
   // The opt-in to more than 48 KB of dynamic shared memory is per function and device: once per device.
   static std::atomic<uint64_t> configured{0};
   int device = 0;
@@ -269,7 +392,7 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
     if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
   }
   if (e != cudaSuccess) return e;
-  kernel<<<dim3(m_blocks, p.heads_q, p.batch), kFwdThreads, kSmem, stream>>>(p, tq, tk, tv);
+  kernel<<<ctas, kFwdThreads, kSmem, stream>>>(p, tq, tk, tv, m_blocks, tiles);
   return cudaGetLastError();
 }
 
@@ -278,12 +401,21 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
   constexpr int kBM = FwdTileFor<kD>::block_m;
   const int m_blocks = (p.seqlen_q + kBM - 1) / kBM;  // varlen: the longest sequence
   if (m_blocks == 0 || p.batch == 0) return Status::Ok();
+  const int64_t tiles = int64_t(m_blocks) * p.heads_q * p.batch;
+  if (tiles > INT32_MAX)
+    return Status{ErrorCode::Unsupported, "sm90 forward: more than 2^31 query blocks in one call"};
+  int device = 0, sms = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return Status{ErrorCode::BackendError, std::string("sm90 forward: ") + cudaGetErrorString(e)};
+  const int ctas = FwdTileFor<kD>::persistent ? static_cast<int>(std::min<int64_t>(tiles, sms)) : static_cast<int>(tiles);
   CUtensorMap tq, tk, tv;
   if (!encode_qkv_maps(p, kD, &tq, &tk, &tv))
     return Status{ErrorCode::Unsupported, "sm90 forward: the driver refused a tensor map for these strides"};
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-  const cudaError_t e = mods ? launch_fwd_kernel<T, kD, true>(p, stream, m_blocks, tq, tk, tv)
-                             : launch_fwd_kernel<T, kD, false>(p, stream, m_blocks, tq, tk, tv);
+  constexpr bool kOverlap = FwdTileFor<kD>::overlap;
+  e = mods ? launch_fwd_kernel<T, kD, true, kOverlap>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv)
+           : launch_fwd_kernel<T, kD, false, kOverlap>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError,
                   std::string("cuda forward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};

@@ -18,8 +18,8 @@ def one(form, n, ctype, ptype):
     d = ", ".join(f"%{i}" for i in range(regs))
     outs = ", ".join(f'"+f"(d[{i // 4}][{i % 4}])' for i in range(regs))
     if form == "ss":
-        a_op, ins = f"%{regs}", f'"l"(a), "l"(b), "r"(scale_d), "n"(kTransB)'
-        b_op, p_op, t_op = f"%{regs + 1}", f"%{regs + 2}", f"1, 1, 0, %{regs + 3}"
+        a_op, ins = f"%{regs}", f'"l"(a), "l"(b), "r"(scale_d), "n"(kTransA), "n"(kTransB)'
+        b_op, p_op, t_op = f"%{regs + 1}", f"%{regs + 2}", f"1, 1, %{regs + 3}, %{regs + 4}"
     else:
         a_op = "{" + ", ".join(f"%{regs + i}" for i in range(4)) + "}"
         ins = f'"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d), "n"(kTransB)'
@@ -42,14 +42,15 @@ def main():
         "// accumulators. d is the warpgroup's 64 x N accumulator in the thread's fragment order: d[j][2r + c]\n"
         "// holds row 16 * warp + lane / 4 + 8 r, column 8 j + 2 (lane % 4) + c (mma.sync's C layout, per 8\n"
         "// columns). scale_d = 0 overwrites d (the first k-step), 1 accumulates. kTransB = 1 reads B\n"
-        "// N-major (V: keys x head dim, head dim contiguous), 0 K-major (K: keys x head dim as N x K).\n",
+        "// N-major (V: keys x head dim, head dim contiguous), 0 K-major (K: keys x head dim as N x K);\n"
+        "// kTransA = 1 reads a shared-memory A M-major (the backward's dS^T tile), 0 K-major.\n",
         "#pragma once\n",
         "#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n\n#include <cstdint>\n#include <type_traits>\n\n",
         "namespace ioattn::cuda::sm90 {\n\n",
     ]
     for form, n in SHAPES:
         if form == "ss":
-            sig = (f"template <class T, int kTransB>\n__device__ __forceinline__ void wgmma_ss(float (&d)[{n // 8}][4], "
+            sig = (f"template <class T, int kTransA, int kTransB>\n__device__ __forceinline__ void wgmma_ss(float (&d)[{n // 8}][4], "
                    f"uint64_t a, uint64_t b, int scale_d) {{\n")
         else:
             sig = (f"template <class T, int kTransB>\n__device__ __forceinline__ void wgmma_rs(float (&d)[{n // 8}][4], "
