@@ -129,6 +129,15 @@ def copy_bandwidth(timer, device, gib):
     return 2.0 * n * 2 / (ms * 1e-3), ms
 
 
+def launch_floor(timer, device):
+    """Milliseconds of the smallest timed call: a one-element in-place add replayed from a graph and
+    timed like every row (do_bench with its L2 flush). No decode call can measure below this, so
+    it is part of each row's floor; it matters at batch 1 and short caches, where the K/V read
+    itself takes a few microseconds."""
+    x = torch.zeros(1, device=device)
+    return timer.ms(lambda: x.add_(1.0))
+
+
 def short_error(e):
     msg = str(e).strip().splitlines()
     return (msg[0] if msg else type(e).__name__)[:200]
@@ -215,8 +224,13 @@ def time_peer(timer, name, q_bhsd, k_bhsd, v_bhsd, device):
 
 def measure_shape(timer, b, sk, peers, layouts, copy_bps, device):
     kv_bytes = 2 * b * sk * HK * D * 2  # K and V, bf16
+    flops = 4 * b * HQ * 1 * sk * D      # QK^T and PV, the FlashAttention count
     row = {"batch": b, "seqlen_k": sk, "heads_q": HQ, "heads_k": HK, "head_dim": D, "dtype": "bf16",
-           "kv_bytes": kv_bytes}
+           "kv_bytes": kv_bytes, "flops": flops,
+           # The two floors (BENCHMARKS.md / METHOD.md): bytes over the copy bandwidth measured in
+           # this run, and FLOPs over the H200's dense bf16 rate (~790 TFLOP/s measured on this
+           # workplace's machines); decode is bytes-bound by 30-60x.
+           "floor_bytes_ms": kv_bytes / copy_bps * 1e3, "floor_flops_ms": flops / 790e12 * 1e3}
     torch.manual_seed(0)
     q = torch.randn(b, 1, HQ, D, device=device, dtype=DTYPE)
     k = torch.randn(b, sk, HK, D, device=device, dtype=DTYPE)
@@ -271,7 +285,8 @@ def fmt_row(r, peers, layouts):
         if "ms" not in x:
             lines.append(head + f" error: {x['error']}")
             continue
-        cells = [f"{x['ms'] * 1e3:9.1f}", f"{x['kv_gbps']:8.1f}", f"{100 * x['of_copy']:6.1f}%"]
+        cells = [f"{r['floor_bytes_ms'] * 1e3:8.1f}", f"{x['ms'] * 1e3:9.1f}", f"{x['kv_gbps']:8.1f}",
+                 f"{100 * x['of_copy']:6.1f}%"]
         for n in peers:
             s = x["speedup"].get(n)
             cells.append(f"{s:8.2f}" if s else f"{'n/a':>8}")
@@ -280,7 +295,7 @@ def fmt_row(r, peers, layouts):
 
 
 def header(peers):
-    h = (f"{'batch':>5} {'seqlen':>7} {'layout':>10} | {'ioattn us':>9} {'GB/s':>8} {'%copy':>7} " +
+    h = (f"{'batch':>5} {'seqlen':>7} {'layout':>10} | {'floor us':>8} {'ioattn us':>9} {'GB/s':>8} {'%copy':>7} " +
          " ".join(f"{'x' + n:>8}" for n in peers))
     return h + "\n" + "-" * len(h)
 
@@ -358,16 +373,33 @@ def main():
                                         "cudnn": torch.backends.cudnn.version()}
     else:
         device_name, extra = "cpu", {"threads": torch.get_num_threads()}
+    floor_ms = launch_floor(timer, device)
     print(f"device {device_name}; copy bandwidth {copy_bps / 1e9:.1f} GB/s (clone of {copy_gib:g} GiB, read + write, "
           f"{copy_ms:.2f} ms); timing: {'CUDA-graph replay' if timer.graphs else 'plain calls'}, "
-          f"{'do_bench median' if device == 'cuda' and do_bench else 'median of ' + str(args.repeat)}", flush=True)
+          f"{'do_bench median' if device == 'cuda' and do_bench else 'median of ' + str(args.repeat)}; "
+          f"launch floor (a one-element add timed the same way) {floor_ms * 1e3:.1f} us", flush=True)
 
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = result_path(args.out_dir, device_name)
     rows = []
+    meta = {"device": device_name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "torch": torch.__version__, "ioattn": ioattn.build_info().get("version"), **extra,
+            "timing": ("CUDA-graph replay, " if timer.graphs else "plain calls, ") +
+                      ("triton do_bench median (L2 flushed per call)" if device == "cuda" and do_bench
+                       else f"median of {args.repeat}"),
+            "copy": {"gib": copy_gib, "ms": copy_ms, "bytes_per_s": copy_bps}, "launch_floor_ms": floor_ms,
+            "protocol": "BENCHMARKS.md decoding: bf16, Hq 32 / Hk 8, D 128, seqlen_q 1", "rows": rows}
+
+    def save():  # after every shape, so a run cut short keeps what it measured
+        with open(path, "w") as f:
+            json.dump(meta, f, indent=1)
+
     print(header(peers), flush=True)
     for b in batches:
         for sk in seqlens:
             row = measure_shape(timer, b, sk, peers, layouts, copy_bps, device)
             rows.append(row)
+            save()
             for ln in fmt_row(row, peers, layouts):
                 print(ln, flush=True)
 
@@ -385,17 +417,7 @@ def main():
         print(ln)
     print("END TABLE")
 
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = result_path(args.out_dir, device_name)
-    meta = {"device": device_name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "torch": torch.__version__, "ioattn": ioattn.build_info().get("version"), **extra,
-            "timing": ("CUDA-graph replay, " if timer.graphs else "plain calls, ") +
-                      ("triton do_bench median (L2 flushed per call)" if device == "cuda" and do_bench
-                       else f"median of {args.repeat}"),
-            "copy": {"gib": copy_gib, "ms": copy_ms, "bytes_per_s": copy_bps},
-            "protocol": "BENCHMARKS.md decoding: bf16, Hq 32 / Hk 8, D 128, seqlen_q 1", "rows": rows}
-    with open(path, "w") as f:
-        json.dump(meta, f, indent=1)
+    save()
     print(f"saved {path}")
 
 

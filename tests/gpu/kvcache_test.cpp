@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -126,6 +127,18 @@ std::vector<KVCase> gpu_cases() {
   { KVCase c = base("Splits64", DType::BF16, 64); c.capacity = 600; c.seqlens = {300, 5}; c.num_splits = 64; v.push_back(c); }
   { KVCase c = base("LongHeuristic", DType::BF16, 128); c.batch = 1; c.hq = 32; c.hk = 8; c.capacity = 16384;
     c.seqlens = {16000}; c.rotary_dim = 128; v.push_back(c); }
+  // The tensor-core kernel's tiles: 16-key warp tiles in a 64-key block tile, a 3-stage per-warp
+  // pipeline. A page-16 cache over many stages with the heuristic's splits (every warp tile is one
+  // page, the page index read one tile ahead); a window whose first key is not a multiple of 16
+  // across forced splits (the loop starts at the 16-key boundary below and masks the keys before).
+  { KVCase c = base("Paged16LongGqa4", DType::BF16, 128); c.batch = 2; c.hq = 32; c.hk = 8; c.page_size = 16;
+    c.capacity = 4096; c.seqlens = {4000, 1234}; v.push_back(c); }
+  { KVCase c = base("WindowUnalignedSplits3", DType::F16, 128); c.capacity = 2000; c.seqlens = {1900, 777};
+    c.sq = 2; c.snew = 2; c.window_left = 301; c.window_right = 0; c.num_splits = 3; v.push_back(c); }
+  // 100 splits (over a third of them empty): the combine's LSE pass over 4 warps and its unrolled O loop
+  // over more splits than one batch.
+  { KVCase c = base("Splits100", DType::F16, 128); c.hq = 8; c.hk = 2; c.capacity = 8000; c.seqlens = {7900, 3000};
+    c.num_splits = 100; v.push_back(c); }
   // Head-major (BHSD) q, k_new, caches and out: strides that are multiples of 8, not contiguous rows.
   { KVCase c = base("HeadMajorPagedRotary", DType::BF16, 128); c.layout = Layout::HeadMajor; c.page_size = 32;
     c.capacity = 256; c.hq = 8; c.hk = 2; c.sq = 2; c.snew = 2; c.causal = true; c.rotary_dim = 128; v.push_back(c); }
@@ -368,8 +381,9 @@ TEST(PagedPrefillGpu, BadBlockTableRejected) {
 TEST(KVCacheGpuTiming, DISABLED_DecodeBandwidth) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   struct Shape { int batch, hq, hk, d, len, page; };
-  const Shape shapes[] = {{1, 32, 8, 128, 32768, 0}, {8, 32, 8, 128, 8192, 0}, {64, 32, 8, 128, 2048, 0},
-                          {16, 64, 8, 128, 4096, 256}, {4, 32, 32, 128, 8192, 0}, {8, 16, 2, 256, 8192, 64}};
+  const Shape shapes[] = {{1, 32, 8, 128, 32768, 0},   {1, 32, 8, 128, 131072, 16}, {8, 32, 8, 128, 8192, 0},
+                          {8, 32, 8, 128, 32768, 16},  {64, 32, 8, 128, 8192, 0},   {64, 32, 8, 128, 8192, 16},
+                          {16, 64, 8, 128, 4096, 256}, {4, 32, 32, 128, 8192, 0},   {8, 16, 2, 256, 8192, 64}};
   for (const Shape& sh : shapes) {
     const int64_t cap = sh.len + 64;
     const int64_t per_seq = sh.page ? (cap + sh.page - 1) / sh.page : 0;
@@ -384,7 +398,10 @@ TEST(KVCacheGpuTiming, DISABLED_DecodeBandwidth) {
     CUDA_OK(cudaMemset(kc, 0x2c, sizeof(uint16_t) * kv_elems));
     CUDA_OK(cudaMemset(vc, 0x2c, sizeof(uint16_t) * kv_elems));
     std::vector<int32_t> table(static_cast<size_t>(sh.batch) * std::max<int64_t>(per_seq, 1));
+    // Pages in a shuffled order (a fixed permutation), as a serving cache's allocator leaves them:
+    // the cost of scattered pages is part of what is timed.
     for (size_t e = 0; e < table.size(); ++e) table[e] = static_cast<int32_t>(e);
+    for (size_t e = table.size(); e > 1; --e) std::swap(table[e - 1], table[(e * 2654435761u) % e]);
     if (sh.page) {
       CUDA_OK(cudaMalloc(&bt, sizeof(int32_t) * table.size()));
       CUDA_OK(cudaMemcpy(bt, table.data(), sizeof(int32_t) * table.size(), cudaMemcpyHostToDevice));

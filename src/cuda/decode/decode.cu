@@ -25,23 +25,36 @@ namespace {
 
 int padded_dim(int d) { return d <= 64 ? 64 : (d <= 128 ? 128 : 256); }
 
-// Per padded head dim: the block's packed rows, its shared memory and how many blocks fit on one
-// multiprocessor (sm80/sm90: 164/227 KiB of shared memory; the attend kernel is smem-bound).
+// Per padded head dim: the block's packed rows, keys per block tile, pipeline stages and shared
+// memory (the attend kernel's K/V stages: ~96 KiB, so sm90's 227 KiB hold two blocks, sm80's 164
+// KiB one; on devices whose blocks may use less (sm_86 / sm_89: 99 KiB) the fewer-stage variant).
 struct Config {
-  int kd, block_m, block_n;
+  int kd, block_m, block_n, stages;  // stages: 0 = the default depth, else decode::kFewStages<kd>
   size_t smem;
 };
-Config config_for(int kd) {
+template <int kD, int kStagesT>
+Config config_of() {
+  using C = decode::Tile<kD, kStagesT>;
+  return {kD, C::kM, C::kN, kStagesT, C::kSmemBytes};
+}
+template <int kD>
+Config config_fit(size_t smem_optin) {
+  const bool fits = smem_optin == 0 || decode::Tile<kD>::kSmemBytes <= smem_optin;  // 0: unknown, try the default
+  return fits ? config_of<kD, 0>() : config_of<kD, decode::kFewStages<kD>>();
+}
+Config config_for(int kd, size_t smem_optin) {
   switch (kd) {
-    case 64: return {64, decode::Tile<64>::kM, decode::Tile<64>::kN, decode::Tile<64>::kSmemBytes};
-    case 128: return {128, decode::Tile<128>::kM, decode::Tile<128>::kN, decode::Tile<128>::kSmemBytes};
-    default: return {256, decode::Tile<256>::kM, decode::Tile<256>::kN, decode::Tile<256>::kSmemBytes};
+    case 64: return config_fit<64>(smem_optin);
+    case 128: return config_fit<128>(smem_optin);
+    default: return config_fit<256>(smem_optin);
   }
 }
 
 struct DeviceLimits {
   int sms = 0;
   size_t smem_per_sm = 0;
+  size_t smem_optin = 0;  // the most dynamic shared memory one block may opt in to
+  int cc_major = 0;
 };
 DeviceLimits limits(int device) {
   DeviceLimits l;
@@ -49,6 +62,9 @@ DeviceLimits limits(int device) {
   if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) l.sms = v;
   if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) == cudaSuccess)
     l.smem_per_sm = static_cast<size_t>(v);
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess)
+    l.smem_optin = static_cast<size_t>(v);
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess) l.cc_major = v;
   cudaGetLastError();
   return l;
 }
@@ -57,17 +73,30 @@ int64_t m_blocks(const Params& p, const Config& c) {
   return (static_cast<int64_t>(p.seqlen_q) * p.group + c.block_m - 1) / c.block_m;
 }
 
-// Splits from the shape: the heuristic of softmax_state.h over (batch x kv heads x row blocks)
-// work units against the resident blocks of the whole GPU, with the key tiles of the cache
-// capacity (the per-sequence lengths are on the device; the capacity bounds them). Capped at 128
-// splits (flash-attn 2's bound), and at the key tiles.
+// Splits from the shape. Measured on the H200 (bench/notes-decode.md): with two attend blocks
+// resident per SM the kernel streams at the copy bandwidth, so the time is set by the SM with the
+// most K/V tiles to read; an SM with two blocks reads them at the same rate as with one wave of
+// more. So: the most splits whose (batch x kv heads x row blocks x non-empty splits) blocks still
+// fit in one wave of resident blocks (SMs x blocks per SM by shared memory): every SM then holds
+// up to two blocks of equal length. (flash-attn 2's rule, the smallest split count within 85% of
+// the best wave efficiency, left most SMs with one block and a few with two: at batch 1 and 128k
+// keys it chose 29 splits, 232 blocks on 132 SMs, and ran at 76% of copy.) Work that fills the
+// wave on its own is not split. The key tiles are those of the cache capacity (the per-sequence
+// lengths are on the device; the capacity bounds them). Capped at kMaxSplits (one combine thread
+// per split) and at the key tiles.
 int splits_for(const Params& p, const Config& c, const DeviceLimits& l) {
   const int key_tiles = std::max(1, (p.seqlen_k + c.block_n - 1) / c.block_n);
-  constexpr int kMaxSplits = 128;
+  constexpr int kMaxSplits = decode::kMaxSplits;
   if (p.num_splits > 0) return std::min({p.num_splits, key_tiles, kMaxSplits});
   const int per_sm = l.smem_per_sm > 0 ? std::max<int>(1, static_cast<int>(l.smem_per_sm / (c.smem + 1024))) : 1;
+  const long long slots = static_cast<long long>(std::max(1, l.sms)) * per_sm;
   const long long work = static_cast<long long>(p.batch) * p.heads_k * m_blocks(p, c);
-  return choose_num_splits(work, std::max(1, l.sms) * per_sm, key_tiles, kMaxSplits);
+  for (int s = std::min(kMaxSplits, key_tiles); s > 1; --s) {
+    const int per_split = (key_tiles + s - 1) / s;
+    const int nonempty = (key_tiles + per_split - 1) / per_split;  // the attend kernel's real splits
+    if (work * nonempty <= slots) return nonempty;  // the same tiles per split, no empty splits
+  }
+  return 1;
 }
 
 size_t align16(size_t x) { return (x + 15) / 16 * 16; }
@@ -80,21 +109,57 @@ size_t workspace_for(const Params& p, int splits) {
          sizeof(float) * splits * static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q * p.head_dim_v;
 }
 
-template <class T, int kD>
+template <class T, int kD, int kStagesT>
 cudaError_t launch_attend(const Params& p, int splits, float* part_o, float* part_lse, cudaStream_t stream) {
-  using C = decode::Tile<kD>;
+  using C = decode::Tile<kD, kStagesT>;
   // Opt in to more than 48 KiB of dynamic shared memory (a function attribute, not a stream
   // operation: legal during capture).
-  cudaError_t e = cudaFuncSetAttribute(decode::attend_kernel<T, kD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  cudaError_t e = cudaFuncSetAttribute(decode::attend_kernel<T, kD, kStagesT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(C::kSmemBytes));
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(decode::attend_kernel<T, kD, kStagesT>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared);
   if (e != cudaSuccess) return e;
   const dim3 grid(splits, static_cast<unsigned>(p.heads_k * ((p.seqlen_q * p.group + C::kM - 1) / C::kM)), p.batch);
-  decode::attend_kernel<T, kD><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, splits, part_o, part_lse);
+  decode::attend_kernel<T, kD, kStagesT><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, splits, part_o, part_lse);
   return cudaGetLastError();
 }
 
+// The combine as a programmatic dependent launch of attend on sm_90 (its launch and scheduling
+// overlap attend's tail; the kernel waits for attend's memory in griddepcontrol.wait): at batch 1
+// and 8k keys the whole read takes ~8 us, so a plain launch gap of 1-2 us would show. Stream
+// capture records it as a programmatic graph edge. Before sm_90 a plain launch.
 template <class T>
-cudaError_t launch_all(const Params& p, int kd, int splits, cudaStream_t stream) {
+cudaError_t launch_combine(const Params& p, int splits, const float* part_o, const float* part_lse, bool pdl,
+                           cudaStream_t stream) {
+  // One block per row; past 2^31 - 1 rows (paged prefill of huge chunks) blocks take several.
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(rows, 2147483647LL));
+  // The same L1 / shared-memory split as attend: an SM switches its split only when idle, so a
+  // different one would keep combine blocks off the SMs until attend's blocks there have left.
+  if (cudaError_t e = cudaFuncSetAttribute(decode::combine_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           cudaSharedmemCarveoutMaxShared);
+      e != cudaSuccess)
+    return e;
+  if (!pdl) {
+    decode::combine_kernel<T><<<blocks, decode::kCombineThreads, 0, stream>>>(p, splits, part_o, part_lse);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(decode::kCombineThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, decode::combine_kernel<T>, p, splits, part_o, part_lse);
+}
+
+template <class T>
+cudaError_t launch_all(const Params& p, const Config& c, int splits, bool pdl, cudaStream_t stream) {
   if (p.seqlen_new > 0 && p.batch > 0) {
     decode::append_kernel<T><<<dim3(p.batch * p.seqlen_new, p.heads_k), 128, 0, stream>>>(p);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
@@ -104,16 +169,23 @@ cudaError_t launch_all(const Params& p, int kd, int splits, cudaStream_t stream)
   float* part_o = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) + partial_lse_bytes(p, splits))
                              : nullptr;
   cudaError_t e;
-  switch (kd) {
-    case 64: e = launch_attend<T, 64>(p, splits, part_o, part_lse, stream); break;
-    case 128: e = launch_attend<T, 128>(p, splits, part_o, part_lse, stream); break;
-    default: e = launch_attend<T, 256>(p, splits, part_o, part_lse, stream); break;
+  const bool few = c.stages != 0;
+  switch (c.kd) {
+    case 64:
+      e = few ? launch_attend<T, 64, decode::kFewStages<64>>(p, splits, part_o, part_lse, stream)
+              : launch_attend<T, 64, 0>(p, splits, part_o, part_lse, stream);
+      break;
+    case 128:
+      e = few ? launch_attend<T, 128, decode::kFewStages<128>>(p, splits, part_o, part_lse, stream)
+              : launch_attend<T, 128, 0>(p, splits, part_o, part_lse, stream);
+      break;
+    default:
+      e = few ? launch_attend<T, 256, decode::kFewStages<256>>(p, splits, part_o, part_lse, stream)
+              : launch_attend<T, 256, 0>(p, splits, part_o, part_lse, stream);
+      break;
   }
   if (e != cudaSuccess || splits == 1) return e;
-  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-  const unsigned blocks = static_cast<unsigned>((rows + decode::kCombineWarps - 1) / decode::kCombineWarps);
-  decode::combine_kernel<T><<<blocks, decode::kCombineWarps * 32, 0, stream>>>(p, splits, part_o, part_lse);
-  return cudaGetLastError();
+  return launch_combine<T>(p, splits, part_o, part_lse, pdl, stream);
 }
 
 Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, int64_t row, int64_t head,
@@ -130,9 +202,16 @@ Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, i
   return Status::Ok();
 }
 
-}  // namespace
+// What a call runs: the validated shape's tile configuration (by padded head dim and the
+// device's shared memory per block), split count, and whether the combine is a programmatic
+// dependent launch (sm_90).
+struct Plan {
+  Config c;
+  int splits = 1;
+  bool pdl = false;
+};
 
-Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out) {
+Status plan_kvcache(const Params& p, Plan* out) {
   if (p.device != DeviceType::CUDA) return make_error(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
   if (p.dtype == DType::F32) return make_error(ErrorCode::Unsupported, "q: fp32 is CPU-only; use fp16/bf16 on CUDA");
   if (p.dtype != DType::F16 && p.dtype != DType::BF16)
@@ -152,20 +231,34 @@ Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out
     return s;
   if (Status s = check_cache_alignment("v_cache", p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride, p); !s.ok())
     return s;
-  const Config c = config_for(padded_dim(std::max(p.head_dim, p.head_dim_v)));
+  const DeviceLimits l = limits(p.device_index);
+  const Config c = config_for(padded_dim(std::max(p.head_dim, p.head_dim_v)), l.smem_optin);
   if (p.batch > 65535) return make_error(ErrorCode::Unsupported, "q: batch ", p.batch, " exceeds the decode kernels' 65535");
   if (static_cast<int64_t>(p.heads_k) * m_blocks(p, c) > 65535)
     return make_error(ErrorCode::Unsupported, "q: heads_k x ceil(seqlen_q x group / ", c.block_m, ") = ",
                static_cast<int64_t>(p.heads_k) * m_blocks(p, c), " exceeds the decode kernels' 65535 row blocks");
   if (static_cast<int64_t>(p.batch) * p.seqlen_new > 2147483647LL)
     return make_error(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
-  const int splits = splits_for(p, c, limits(p.device_index));
+  out->c = c;
+  out->splits = splits_for(p, c, l);
+  out->pdl = l.cc_major >= 9;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out) {
+  Plan plan;
+  IOATTN_TRY(plan_kvcache(p, &plan));
+  const Config& c = plan.c;
+  const int splits = plan.splits;
   if (splits_out) *splits_out = splits;
   if (kernel_name) {
     std::ostringstream os;
-    os << "decode split-KV (CUDA cores, cp.async), " << dtype_name(p.dtype) << ", head dim " << c.kd << ", tile "
+    os << "decode split-KV (mma.sync, per-warp cp.async pipeline), " << dtype_name(p.dtype) << ", head dim " << c.kd << ", tile "
        << c.block_m << " packed rows x " << c.block_n << " keys, " << splits << (splits == 1 ? " split" : " splits")
-       << (p.page_size ? ", paged" : ", contiguous") << (p.num_splits > 0 ? " (num_splits given)" : " (heuristic)");
+       << (p.page_size ? ", paged" : ", contiguous") << (p.num_splits > 0 ? " (num_splits given)" : " (heuristic)")
+       << (c.stages != 0 ? ", fewer stages (small shared memory)" : "");
     *kernel_name = os.str();
   }
   return Status::Ok();
@@ -178,8 +271,9 @@ size_t kvcache_workspace_size(const Params& p) {
 }
 
 Status forward_kvcache(const Params& p) {
-  int splits = 1;
-  if (Status s = select_kvcache(p, nullptr, &splits); !s.ok()) return s;
+  Plan plan;
+  IOATTN_TRY(plan_kvcache(p, &plan));
+  const int splits = plan.splits;
   const size_t need = workspace_for(p, splits);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
     return make_error(ErrorCode::WorkspaceTooSmall, "workspace: forward_kvcache needs ", need,
@@ -187,10 +281,9 @@ Status forward_kvcache(const Params& p) {
                p.workspace ? p.workspace_bytes : 0);
   DeviceGuard guard(p.device_index);
   IOATTN_TRY(guard.status());
-  const int kd = padded_dim(std::max(p.head_dim, p.head_dim_v));
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, kd, splits, stream)
-                                              : launch_all<__nv_bfloat16>(p, kd, splits, stream);
+  const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, plan.c, splits, plan.pdl, stream)
+                                              : launch_all<__nv_bfloat16>(p, plan.c, splits, plan.pdl, stream);
   if (e != cudaSuccess) return cuda_error("forward_kvcache: launching the decode kernels", e);
   return Status::Ok();
 }

@@ -1,20 +1,28 @@
-// Decode kernels (forward_kvcache on the GPU), CUDA-core flash-decoding:
+// Decode kernels (forward_kvcache on the GPU), flash-decoding on tensor cores:
 //   append   k_new/v_new rows -> cache positions [cache_seqlens[b], + Snew), keys rotated (fp32,
 //            rounded to T). One block per (b, new row) x kv head.
-//   attend   block (split, kv head x row block, b): kM packed query rows (query i, GQA head g of the
-//            kv head: row r = i * group + g), so each K/V byte a block reads serves the whole group.
-//            K/V tiles of kN = 128 keys come through cp.async from the contiguous or paged cache;
-//            each warp owns 32 keys of a tile (one per lane) and keeps its own online-softmax state
-//            per row; the warps' states merge through shared memory at the end (the same merge
-//            as the splits'). Split s covers an equal share of the key tiles of [0, Sk_b).
-//   combine  one warp per (b, h, i) merges the splits' normalised partials by LSE.
-// Why CUDA cores, not mma.sync (yet): a decode block holds Sq·group real rows, typically 4-8 of
-// the 16, and the loops skip the absent ones; per K/V byte (2 bytes per element, K and V) that is
-// about rows/2 FMAs, i.e. 2-4 FMA per byte against the ~15 bytes/clock/SM of HBM on H100/H200 and
-// 128 FMA/clock/SM: memory-bound up to ~16 rows. The score step reads K from shared memory once
-// per lane and key with 16-byte loads (row pitch kD + 8: conflict-free). Blocks with many rows
-// (paged prefill, Sq·group >> 16) would gain from mma.sync tiles (common/mma.cuh, tile.cuh); that
-// is the next step for forward_paged's speed, not needed for its correctness.
+//   attend   block (split, kv head x row block, b): kM = 16 packed query rows (query i, GQA head g
+//            of the kv head: row r = i * group + g) form the M side of mma.sync.m16n8k16, so each
+//            K/V byte a block reads serves the whole group (decode with group 4 fills 4 of the 16
+//            rows; the spare rows cost tensor-core slots, not bytes). Split s covers an equal share
+//            of the 64-key tiles of [0, Sk_b).
+//   combine  one block per (b, h, i) merges the splits' normalised partials by LSE, all splits'
+//            loads in flight at once (launched as a programmatic dependent of attend on sm_90, so
+//            its launch overlaps attend's tail).
+//
+// Why it is shaped like this: decode is memory-bound (bytes = K + V of the visible cache once;
+// arithmetic per byte is a few FLOPs), so the kernel's one job is to keep enough bytes in flight
+// per multiprocessor (HBM3e at ~4.3 TB/s and ~1-2 us latency under load: >= 50 KB per SM). Each of
+// the 4 warps owns 16 keys of every 64-key block tile and runs its *own* cp.async pipeline of
+// kStages stages (K and V rows of its 16 keys, 16-byte chunks, coalesced 256-byte rows), so the
+// warps never wait for each other inside the key loop (cp.async.wait_group + __syncwarp only).
+// About 96 KB of stages per block, two blocks per SM on sm_90 (one on sm_80): 128-192 KB in flight.
+// Scores S = Q K^T and O += P V run on mma.sync (fp32 accumulate) with P kept in registers
+// (the C fragments of S are the A fragment of P V); each warp keeps its own online-softmax state and
+// the 4 warps merge through shared memory at the end, with the same rules as the split merge.
+// Paged caches: page sizes are multiples of 16, so a warp's 16 keys (aligned to 16 positions)
+// sit in one page; the page index of the next tile is loaded one iteration ahead, so the
+// block-table read is off the load path.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -33,28 +41,42 @@ namespace ioattn::cuda::decode {
 
 constexpr float kLog2eF = 1.4426950408889634f;
 
-// Tile configuration per padded head dim kD (max(D, Dv) rounded up to 64, 128 or 256).
-template <int kD>
+// Tile configuration per padded head dim kD (max(D, Dv) rounded up to 64, 128 or 256) and
+// pipeline depth: kStagesT = 0 is the default (~96 KB of stages); the host takes kFewStages<kD>
+// where a block may not have that much shared memory (sm_86 / sm_89: 99 KB per block).
+template <int kD, int kStagesT = 0>
 struct Tile {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kN = kWarps * 32;      // keys per tile: one per lane of every warp
-  // Packed query rows per block: 16 covers decode with GQA groups up to 16 (Sq = 1); at kD = 256
-  // 8 rows keep the per-lane output accumulator at kM * kD / 32 = 64 floats, as at kD = 128.
-  static constexpr int kM = kD <= 128 ? 16 : 8;
-  static constexpr int kDL = kD / 32;         // output dims per lane: [lane * kDL, + kDL)
-  static constexpr int kPitch = kD + 8;       // K/V smem row pitch (elements): 16-byte loads of 8
-                                              // consecutive rows hit distinct bank groups
-  static constexpr size_t kQBytes = sizeof(float) * kM * kD;
-  static constexpr size_t kKVBytes = 2 * 2 * static_cast<size_t>(kN) * kPitch;  // K and V, 16-bit
-  static constexpr size_t kPBytes = sizeof(float) * kWarps * kM * 32;
+  static constexpr int kM = 16;               // packed query rows per block (mma M)
+  static constexpr int kWN = 16;              // keys per warp per stage (one k16 step of P V)
+  static constexpr int kN = kWarps * kWN;     // keys per block tile
+  static constexpr int kChunks = kD / 8;      // 16-byte chunks per K/V row
+  static constexpr size_t kRowBytes = 2 * static_cast<size_t>(kD);
+  static constexpr size_t kWarpStageBytes = 2 * kWN * kRowBytes;  // K and V rows of 16 keys
+  // Default: ~96 KB of stages per block (two blocks per SM on sm_90's 227 KB), at least two.
+  static constexpr int kStages = kStagesT > 0 ? kStagesT
+                                 : (96 * 1024) / (kWarps * kWarpStageBytes) >= 2
+                                     ? static_cast<int>((96 * 1024) / (kWarps * kWarpStageBytes))
+                                     : 2;
+  static constexpr size_t kQBytes = kM * kRowBytes;
+  static constexpr size_t kKVBytes = kStages * kWarps * kWarpStageBytes;
   static constexpr size_t kStateBytes = sizeof(float) * kWarps * kM * 2;
-  static constexpr size_t kAlibiBytes = sizeof(float) * kM;
-  static constexpr size_t kSmemBytes = kQBytes + kKVBytes + kPBytes + kStateBytes + kAlibiBytes;
-  // The end-of-block merge stores every warp's (kM x kD) fp32 output over the K/V tiles.
-  static_assert(sizeof(float) * kWarps * kM * kD <= kKVBytes, "warp merge must fit in the K/V tiles");
+  static constexpr size_t kSmemBytes = kQBytes + kKVBytes + kStateBytes;
+  static constexpr int kMinBlocks = kD <= 128 ? 2 : 1;  // blocks per SM the registers must allow
+  // Q as mma A fragments in registers (kD / 16 k-steps x 4 registers) up to kD = 128; at 256 the
+  // output accumulator alone takes 128 registers, so Q fragments are re-read from shared memory.
+  static constexpr bool kQInRegs = kD <= 128;
+  // The end-of-block merge stores every warp's (kM x kD) fp32 output over the K/V stages.
+  static_assert(sizeof(float) * kWarps * kM * kD <= kKVBytes, "warp merge must fit in the K/V stages");
   static_assert(kD % 64 == 0 && kD <= 256, "kD is 64, 128 or 256");
+  static_assert(kWN * kChunks % 32 == 0, "a warp's stage is a whole number of 16-byte chunks per lane");
+  static_assert(kStages >= 1, "at least one stage");
 };
+// The fallback depth that fits 99 KB per block: 64 KB of stages at kD = 128 and 256 (at 256 a
+// single stage: each tile's copies are waited for before its math, correct but unpipelined).
+template <int kD>
+constexpr int kFewStages = kD == 64 ? 4 : (kD == 128 ? 2 : 1);
 
 template <class T>
 __device__ __forceinline__ T from_float(float x) {
@@ -71,10 +93,18 @@ __device__ __forceinline__ float warp_max(float x) {
   for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
 }
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
+
+// Programmatic dependent launch (sm_90): the dependent (combine) may start launching now; it
+// waits for this grid's completion and memory in grid_dependency_wait(). No-ops before sm_90.
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
 }
 
 // Element d of a row `x` (global, T) rotated at cache position pos, rounded to T, as float.
@@ -106,33 +136,33 @@ __global__ void append_kernel(const Params p) {
 }
 
 // ---- attend ----------------------------------------------------------------------------------
-// kDL consecutive 16-bit elements from shared memory as floats, in one load (4, 8 or 16 bytes).
-template <class T, int kDL>
-__device__ __forceinline__ void load_floats(const T* src, float (&dst)[kDL]) {
-  using Vec = std::conditional_t<kDL == 8, uint4, std::conditional_t<kDL == 4, uint2, uint32_t>>;
-  const Vec raw = *reinterpret_cast<const Vec*>(src);
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int k = 0; k < kDL; ++k) dst[k] = to_float(e[k]);
+// Shared-memory rows of kD 16-bit elements with the 16-byte chunk c of row r stored at chunk
+// c ^ (r % 8): ldmatrix's 8 row addresses (8 consecutive rows, one logical chunk) then fall in 8
+// distinct bank groups although the row pitch is a multiple of 128 bytes.
+template <int kD>
+__device__ __forceinline__ int swz(int r, int c) {
+  return r * kD + ((c ^ (r & 7)) << 3);
 }
 
-// grid (splits, heads_k * m_blocks, batch), Tile<kD>::kThreads threads, Tile<kD>::kSmemBytes
-// dynamic shared memory. splits == 1 writes out / lse; otherwise normalised partials:
+// grid (splits, heads_k * m_blocks, batch), Tile<kD, kStagesT>::kThreads threads,
+// Tile<kD, kStagesT>::kSmemBytes dynamic shared memory. splits == 1 writes out / lse; otherwise normalised partials:
 // part_o[(split * rows + row) * Dv + d], part_lse[split * rows + row], row = (b * Hq + h) * Sq + i.
-template <class T, int kD>
-__global__ void __launch_bounds__(Tile<kD>::kThreads) attend_kernel(const Params p, int splits, float* part_o,
-                                                                    float* part_lse) {
-  using C = Tile<kD>;
-  constexpr int kM = C::kM, kN = C::kN, kDL = C::kDL, kPitch = C::kPitch;
-  extern __shared__ __align__(16) unsigned char smem[];
-  float* sq = reinterpret_cast<float*>(smem);                            // (kM, kD) queries, fp32
-  T* sk = reinterpret_cast<T*>(smem + C::kQBytes);                       // (kN, kPitch) keys
-  T* sv = sk + kN * kPitch;                                              // (kN, kPitch) values
-  float* sp = reinterpret_cast<float*>(smem + C::kQBytes + C::kKVBytes); // (warps, kM, 32) probabilities
-  float* sstate = sp + C::kWarps * kM * 32;                              // (warps, kM, {m, l})
-  float* salibi = sstate + C::kWarps * kM * 2;                           // (kM) slope * log2 e
+template <class T, int kD, int kStagesT>
+__global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStagesT>::kMinBlocks)
+    attend_kernel(const Params p, int splits, float* part_o, float* part_lse) {
+  using C = Tile<kD, kStagesT>;
+  constexpr int kM = C::kM, kN = C::kN, kWN = C::kWN, kStages = C::kStages, kChunks = C::kChunks;
+  constexpr int kKSteps = kD / 16;                 // k16 steps of Q K^T
+  constexpr int kDT = kD / 8;                      // n8 tiles of the output
+  constexpr int kLoads = kWN * kChunks / 32;       // 16-byte chunks per lane per K (and V) stage
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sq = reinterpret_cast<T*>(smem);                                   // (kM, kD) queries, swizzled
+  T* skv = reinterpret_cast<T*>(smem + C::kQBytes);                     // stages x warps x {K, V}
+  float* sstate = reinterpret_cast<float*>(smem + C::kQBytes + C::kKVBytes);  // (warps, kM, {m, l})
 
+  launch_dependents();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
   const int split = blockIdx.x, b = blockIdx.z;
   const int m_blocks = (p.seqlen_q * p.group + kM - 1) / kM;  // grid.y: sized for the longest sequence
   const int hk = blockIdx.y / m_blocks, r0 = (blockIdx.y % m_blocks) * kM;
@@ -140,140 +170,212 @@ __global__ void __launch_bounds__(Tile<kD>::kThreads) attend_kernel(const Params
   const KVSeq s = kv_seq(p, b);
   const int rows = s.sq * p.group;
   if (r0 >= rows) return;  // paged varlen: a shorter sequence (block-uniform, before any barrier)
-  // Rows of this block that exist: decode with a GQA group of 4 fills 4 of the 16; the loops below
-  // skip the rest with block-uniform branches, so the work follows the real row count.
-  const int nrows = min(kM, rows - r0);
   const WindowMask mask{p.window_left, p.window_right, s.sk - s.sq};
 
   // This block's keys: the split's share of the tiles of [0, sk), cut to the rows' visible range
-  // (first_key / end_key grow with the row, so the first and last rows bound it).
+  // (first_key / end_key grow with the row, so the first and last rows bound it). The loop starts
+  // at k_begin rounded down to 16 so every warp tile starts on a 16-key boundary (one page);
+  // the keys before k_begin are masked.
   const int i_first = r0 / p.group, i_last = (min(r0 + kM, rows) - 1) / p.group;
   const int tiles = (s.sk + kN - 1) / kN, per_split = (tiles + splits - 1) / splits;
   const int k_begin = max(min(mask.first_key(i_first), s.sk), split * per_split * kN);
   const int k_end = min(mask.end_key(i_last, s.sk), min(s.sk, (split + 1) * per_split * kN));
+  const int k_start = k_begin & ~(kWN - 1);
+  const int n_iter = k_end > k_begin ? (k_end - k_start + kN - 1) / kN : 0;
 
-  // Queries (rotated, rounded to T) and ALiBi slopes of the block's rows.
-  for (int e = tid; e < kM * kD; e += C::kThreads) {
-    const int r = e / kD, d = e % kD, rg = r0 + r;
-    float x = 0.0f;
-    if (rg < rows && d < D) {
+  // ---- K/V producer: this warp's 16 keys of block tile `it` into stage it % kStages.
+  const T* kbase = static_cast<const T*>(p.k) + hk * p.k_head_stride;
+  const T* vbase = static_cast<const T*>(p.v) + hk * p.v_head_stride;
+  // Per-row page lookups only when a warp tile can straddle pages (never for the layouts the API
+  // allows: page sizes are multiples of 16 and paged caches have no left padding).
+  const bool per_row = p.page_size > 0 && (p.page_size % kWN != 0 || s.start % kWN != 0);
+  auto tile_key = [&](int it) { return k_start + it * kN + warp * kWN; };  // first key of the warp tile
+  auto tile_loc = [&](int it) {
+    const int j0 = tile_key(it);
+    return (it < n_iter && j0 < k_end) ? kv_loc(p, b, s, s.start + j0) : KVLoc{0, 0};
+  };
+  T* const my_stages = skv + warp * (2 * kWN * kD);
+  auto issue = [&](int it, KVLoc loc0) {
+    if (it < n_iter) {
+      T* sk = my_stages + (it % kStages) * (C::kWarps * 2 * kWN * kD);
+      T* sv = sk + kWN * kD;
+      const int j0 = tile_key(it);
+#pragma unroll
+      for (int e = 0; e < kLoads; ++e) {
+        const int idx = lane + 32 * e, n = idx / kChunks, c = idx % kChunks;
+        const int j = j0 + n;
+        const bool row_ok = j < k_end;
+        KVLoc loc{loc0.outer, loc0.row + n};
+        if (per_row && row_ok) loc = kv_loc(p, b, s, s.start + j);
+        const bool k_ok = row_ok && c * 8 < D, v_ok = row_ok && c * 8 < Dv;
+        cp_async_16(sk + swz<kD>(n, c),
+                    k_ok ? kbase + loc.outer * p.k_batch_stride + static_cast<int64_t>(loc.row) * p.k_row_stride + c * 8
+                         : kbase,
+                    k_ok);
+        cp_async_16(sv + swz<kD>(n, c),
+                    v_ok ? vbase + loc.outer * p.v_batch_stride + static_cast<int64_t>(loc.row) * p.v_row_stride + c * 8
+                         : vbase,
+                    v_ok);
+      }
+    }
+    cp_async_commit();  // one group per tile, empty past the end: the wait count stays uniform
+  };
+
+  // Prologue: the first kStages - 1 tiles in flight before anything else. loc_next: the cache
+  // location of the next tile to issue (its block-table read one iteration ahead of its use).
+#pragma unroll
+  for (int it = 0; it < kStages - 1; ++it) issue(it, tile_loc(it));
+  KVLoc loc_next = tile_loc(kStages - 1);
+
+  // Queries (rotated, rounded to T) of the block's rows into shared memory, while K/V land.
+  for (int e = tid; e < kM * kChunks; e += C::kThreads) {
+    const int r = e / kChunks, c = e % kChunks, rg = r0 + r;
+    alignas(16) T x[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) x[k] = from_float<T>(0.0f);
+    if (rg < rows && c * 8 < D) {
       const int i = rg / p.group, h = hk * p.group + rg % p.group;
       const T* qrow =
           static_cast<const T*>(p.q) + b * p.q_batch_stride + (s.q0 + i) * p.q_row_stride + h * p.q_head_stride;
-      x = p.rotary_dim > 0 ? rotated(p, qrow, d, rotary_q_position(p, s, i)) : to_float(qrow[d]);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const int d = c * 8 + k;
+        if (d < D) x[k] = p.rotary_dim > 0 ? from_float<T>(rotated(p, qrow, d, rotary_q_position(p, s, i))) : qrow[d];
+      }
     }
-    sq[e] = x;
+    *reinterpret_cast<uint4*>(sq + swz<kD>(r, c)) = *reinterpret_cast<const uint4*>(x);
   }
-  if (tid < kM) {
-    const int rg = r0 + tid, h = hk * p.group + rg % p.group;
-    salibi[tid] = (p.alibi_slopes && rg < rows) ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2eF : 0.0f;
+  __syncthreads();
+
+  // Q as A fragments: a[0] (row g, k 2t..), a[1] (row g+8), a[2] (row g, k 2t+8..), a[3] (row g+8, k 2t+8..)
+  // = ldmatrix.x4 of the 8x8 matrices (rows 0-7 / 8-15) x (k 0-7 / 8-15); lane l addresses row
+  // l % 8 of matrix l / 8.
+  const int a_row = ((lane >> 3) & 1) * 8 + (lane & 7), a_chunk = lane >> 4;
+  uint32_t qf[C::kQInRegs ? kKSteps : 1][4];
+  if constexpr (C::kQInRegs) {
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) ldmatrix_x4(qf[ks], sq + swz<kD>(a_row, 2 * ks + a_chunk));
   }
 
+  // Per lane: rows g and g + 8 of the block. Visible keys of a row: [lo, hi) (the mask's range
+  // cut to this block's keys); padding rows see nothing.
   const bool softcap = p.softcap > 0.0f;
   const float cap_in = softcap ? p.scale / p.softcap : 0.0f, cap_out = p.softcap * kLog2eF;
-  SoftmaxState st[kM];  // m warp-uniform; l this lane's partial sum (rescaled like the whole)
-  float o[kM][kDL];
+  int lo[2], hi[2], qi[2];
+  float slope[2];
 #pragma unroll
-  for (int r = 0; r < kM; ++r) {
-    st[r] = SoftmaxState::empty();
-#pragma unroll
-    for (int k = 0; k < kDL; ++k) o[r][k] = 0.0f;
+  for (int r = 0; r < 2; ++r) {
+    const int rg = r0 + g + 8 * r;
+    const bool real = rg < rows;
+    qi[r] = real ? rg / p.group : 0;
+    lo[r] = real ? max(k_begin, mask.first_key(qi[r])) : 0;
+    hi[r] = real ? min(k_end, mask.end_key(qi[r], s.sk)) : 0;
+    const int h = hk * p.group + rg % p.group;
+    slope[r] = (p.alibi_slopes && real) ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2eF : 0.0f;
   }
+  const bool alibi = p.alibi_slopes != nullptr;
 
-  const T* kbase = static_cast<const T*>(p.k) + hk * p.k_head_stride;
-  const T* vbase = static_cast<const T*>(p.v) + hk * p.v_head_stride;
-  for (int n0 = k_begin; n0 < k_end; n0 += kN) {
-    const int nk = min(kN, k_end - n0);
-    // K then V tile as two cp.async groups: the scores need only K, so V lands meanwhile.
-    constexpr int kChunks = kD / 8;
-    for (int c = tid; c < kN * kChunks; c += C::kThreads) {
-      const int n = c / kChunks, col = (c % kChunks) * 8;
-      const bool row_ok = n < nk;
-      const KVLoc loc = kv_loc(p, b, s, s.start + n0 + (row_ok ? n : 0));
-      const bool valid = row_ok && col < D;
-      cp_async_16(sk + n * kPitch + col, valid ? kbase + loc.outer * p.k_batch_stride + loc.row * p.k_row_stride + col : kbase,
-                  valid);
-    }
-    cp_async_commit();
-    for (int c = tid; c < kN * kChunks; c += C::kThreads) {
-      const int n = c / kChunks, col = (c % kChunks) * 8;
-      const bool row_ok = n < nk;
-      const KVLoc loc = kv_loc(p, b, s, s.start + n0 + (row_ok ? n : 0));
-      const bool valid = row_ok && col < Dv;
-      cp_async_16(sv + n * kPitch + col, valid ? vbase + loc.outer * p.v_batch_stride + loc.row * p.v_row_stride + col : vbase,
-                  valid);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
+  SoftmaxState st[2] = {SoftmaxState::empty(), SoftmaxState::empty()};  // l: this lane's partial sum
+  float o[kDT][4];
+#pragma unroll
+  for (int n = 0; n < kDT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.0f;
 
-    // Scores of this lane's key against the kM rows (log2 units).
-    const int n = warp * 32 + lane, j = n0 + n;
-    float x[kM];
+  // K fragments (non-transposed ldmatrix of K rows): matrix m = lane / 8 is keys (m / 2) * 8 + 0..7,
+  // dims (m % 2) * 8 + 0..7 of the k-step: regs {b0, b1} of key tile 0, then of key tile 1.
+  const int kb_row = (lane >> 4) * 8 + (lane & 7), kb_chunk = (lane >> 3) & 1;
+  // V fragments (transposed ldmatrix of V rows): matrix m is keys (m % 2) * 8 + 0..7, dims
+  // (m / 2) * 8 + 0..7 of a 16-dim pair: {b0, b1} of dim tile 2np, then of dim tile 2np + 1.
+  const int vb_row = ((lane >> 3) & 1) * 8 + (lane & 7), vb_chunk = lane >> 4;
+
+  for (int it = 0; it < n_iter; ++it) {
+    issue(it + kStages - 1, loc_next);
+    loc_next = tile_loc(it + kStages);  // the block-table read for the tile after: used next iteration
+    cp_async_wait<kStages - 1>();
+    __syncwarp();
+    const T* sk = my_stages + (it % kStages) * (C::kWarps * 2 * kWN * kD);
+    const T* sv = sk + kWN * kD;
+    const int j0 = tile_key(it);
+
+    // S = Q K^T for the warp's 16 keys: s[nt][e], row g (e < 2) / g + 8, key j0 + nt * 8 + 2t + (e & 1).
+    float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-    for (int r = 0; r < kM; ++r) x[r] = 0.0f;
-    const T* krow = sk + n * kPitch;
-    for (int d0 = 0; d0 < D; d0 += 8) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(krow + d0);
-      const T* ke = reinterpret_cast<const T*>(&raw);
-      float kf[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) kf[k] = to_float(ke[k]);
-#pragma unroll
-      for (int r = 0; r < kM; ++r) {
-        if (r >= nrows) break;
-        const float4 qa = *reinterpret_cast<const float4*>(sq + r * kD + d0);
-        const float4 qb = *reinterpret_cast<const float4*>(sq + r * kD + d0 + 4);
-        x[r] += qa.x * kf[0] + qa.y * kf[1] + qa.z * kf[2] + qa.w * kf[3] + qb.x * kf[4] + qb.y * kf[5] +
-                qb.z * kf[6] + qb.w * kf[7];
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      uint32_t kf[4];
+      ldmatrix_x4(kf, sk + swz<kD>(kb_row, 2 * ks + kb_chunk));
+      if constexpr (C::kQInRegs) {
+        mma_16816<T>(sc[0], qf[ks], kf[0], kf[1]);
+        mma_16816<T>(sc[1], qf[ks], kf[2], kf[3]);
+      } else {
+        uint32_t a[4];
+        ldmatrix_x4(a, sq + swz<kD>(a_row, 2 * ks + a_chunk));
+        mma_16816<T>(sc[0], a, kf[0], kf[1]);
+        mma_16816<T>(sc[1], a, kf[2], kf[3]);
       }
     }
-#pragma unroll
-    for (int r = 0; r < kM; ++r) {
-      if (r >= nrows) break;
-      const int rg = r0 + r, i = rg / p.group;
-      float v = softcap ? cap_out * tanhf(x[r] * cap_in) : x[r] * p.scale_log2;
-      v -= salibi[r] * static_cast<float>(mask.alibi_distance(i, j));
-      const bool visible = rg < rows && n < nk && mask.visible(i, j);
-      x[r] = visible ? v : -INFINITY;
-      // Online softmax: the warp's maximum, this lane's probability (to shared memory for P V).
-      const float alpha = st[r].raise_max(warp_max(x[r]));
-      const float pr = st[r].prob(x[r]);
-      st[r].l += pr;
-      sp[(warp * kM + r) * 32 + lane] = pr;
-#pragma unroll
-      for (int k = 0; k < kDL; ++k) o[r][k] *= alpha;
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // V tile complete (and every warp's P written)
 
-    // O += P V over the warp's 32 keys; lane owns dims [lane * kDL, + kDL).
-#pragma unroll 4
-    for (int nn = 0; nn < 32; ++nn) {
-      float vf[kDL];
-      load_floats<T, kDL>(sv + (warp * 32 + nn) * kPitch + lane * kDL, vf);
+    // Scores in log2 units, masked; online softmax per row (the max over the row's 4 lanes).
+    uint32_t pa[4];
 #pragma unroll
-      for (int r = 0; r < kM; ++r) {
-        if (r >= nrows) break;
-        const float pr = sp[(warp * kM + r) * 32 + nn];
+    for (int r = 0; r < 2; ++r) {
+      float x[4];
 #pragma unroll
-        for (int k = 0; k < kDL; ++k) o[r][k] += pr * vf[k];
+      for (int e = 0; e < 4; ++e) {
+        const int nt = e / 2, j = j0 + nt * 8 + 2 * t + (e & 1);
+        const float acc = sc[nt][2 * r + (e & 1)];
+        float v = softcap ? cap_out * tanhf(acc * cap_in) : acc * p.scale_log2;
+        if (alibi) v -= slope[r] * static_cast<float>(mask.alibi_distance(qi[r], j));
+        x[e] = (j >= lo[r] && j < hi[r]) ? v : -INFINITY;
+      }
+      float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float alpha = st[r].raise_max(mx);
+      float pr[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pr[e] = st[r].prob(x[e]);
+      st[r].l += (pr[0] + pr[1]) + (pr[2] + pr[3]);
+      // A fragment of P V: a[r] = keys 2t.. of tile 0, a[r + 2] = keys 8 + 2t.. (tile 1).
+      pa[r] = pack2<T>(pr[0], pr[1]);
+      pa[r + 2] = pack2<T>(pr[2], pr[3]);
+      if (alpha != 1.0f) {
+#pragma unroll
+        for (int n = 0; n < kDT; ++n) {
+          o[n][2 * r] *= alpha;
+          o[n][2 * r + 1] *= alpha;
+        }
       }
     }
-    __syncthreads();  // before the next tile's copies overwrite K, V and P
-  }
 
-  // Merge the warps' states (the K/V tiles hold the warps' outputs now).
-  float* so = reinterpret_cast<float*>(sk);  // (warps, kM, kD)
+    // O += P V over the 16 keys.
 #pragma unroll
-  for (int r = 0; r < kM; ++r) {
-    const float l = warp_sum(st[r].l);
-    if (lane == 0) {
-      sstate[(warp * kM + r) * 2] = st[r].m;
-      sstate[(warp * kM + r) * 2 + 1] = l;
+    for (int np = 0; np < kDT / 2; ++np) {
+      uint32_t vf[4];
+      ldmatrix_x4_trans(vf, sv + swz<kD>(vb_row, 2 * np + vb_chunk));
+      mma_16816<T>(o[2 * np], pa, vf[0], vf[1]);
+      mma_16816<T>(o[2 * np + 1], pa, vf[2], vf[3]);
+    }
+    __syncwarp();  // every lane's reads of this stage precede the copies that refill it
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // all warps are done with the stages: they hold the warps' outputs now
+
+  // Merge the warps' states (rows g, g + 8; the row's l is the sum over its 4 lanes).
+  float* so = reinterpret_cast<float*>(skv);  // (warps, kM, kD)
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = st[r].l;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = g + 8 * r;
+    if (t == 0) {
+      sstate[(warp * kM + row) * 2] = st[r].m;
+      sstate[(warp * kM + row) * 2 + 1] = l;
     }
 #pragma unroll
-    for (int k = 0; k < kDL; ++k) so[(warp * kM + r) * kD + lane * kDL + k] = o[r][k];
+    for (int n = 0; n < kDT; ++n)
+      *reinterpret_cast<float2*>(so + (warp * kM + row) * kD + n * 8 + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
   }
   __syncthreads();
   const int64_t total_rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
@@ -304,42 +406,91 @@ __global__ void __launch_bounds__(Tile<kD>::kThreads) attend_kernel(const Params
 }
 
 // ---- combine ---------------------------------------------------------------------------------
-// One warp per output row (b, h, i); blocks of kCombineWarps warps.
-constexpr int kCombineWarps = 4;
+// One block of kCombineThreads per output row (b, h, i). Every load is issued in parallel: thread
+// sp reads split sp's LSE (splits <= kMaxSplits = the block size), and warp w accumulates splits
+// w, w + 4, ... kUnroll at a time with all their loads in flight, so the row costs a few L2
+// latencies instead of one per split (a loop over 32 splits, one after the other, took ~10 us at
+// batch 1). Launched as a programmatic dependent of attend on sm_90: everything before
+// grid_dependency_wait() overlaps attend's tail.
+constexpr int kMaxSplits = 128;
+constexpr int kCombineThreads = 128;
+static_assert(kMaxSplits <= kCombineThreads, "one thread per split's LSE");
 template <class T>
-__global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(const Params p, int splits,
-                                                                     const float* part_o, const float* part_lse) {
+__global__ void __launch_bounds__(kCombineThreads) combine_kernel(const Params p, int splits, const float* part_o,
+                                                                  const float* part_lse) {
+  constexpr int kWarps = kCombineThreads / 32, kMaxDL = 256 / 32, kUnroll = 8;
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float s_red[kWarps];
+  __shared__ float s_acc[kWarps][256];
   const int64_t total_rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kCombineWarps + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= total_rows) return;
-  const int i = static_cast<int>(row % p.seqlen_q);
-  const int h = static_cast<int>(row / p.seqlen_q % p.heads_q);
-  const int b = static_cast<int>(row / p.seqlen_q / p.heads_q);
-  const KVSeq s = kv_seq(p, b);
-  if (i >= s.sq) return;  // paged varlen: past this sequence's queries (never written by attend)
-  float mx = -INFINITY;
-  for (int sp = lane; sp < splits; sp += 32) mx = fmaxf(mx, part_lse[sp * total_rows + row]);
-  LseMerge m = LseMerge::begin(warp_max(mx));
-  constexpr int kMaxDL = 256 / 32;
-  float acc[kMaxDL];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  grid_dependency_wait();
+  for (int64_t row = blockIdx.x; row < total_rows; row += gridDim.x) {  // grid.x may be capped
+    const int i = static_cast<int>(row % p.seqlen_q);
+    const int h = static_cast<int>(row / p.seqlen_q % p.heads_q);
+    const int b = static_cast<int>(row / p.seqlen_q / p.heads_q);
+    const KVSeq s = kv_seq(p, b);
+    if (i >= s.sq) continue;  // paged varlen: past this sequence's queries (never written by attend); block-uniform
+
+    // LSE merge (softmax_state.h's rules): the maximum, then exp(lse_s - max) per split and their sum.
+    const float lse_s = tid < splits ? part_lse[tid * total_rows + row] : -INFINITY;
+    float mx = warp_max(lse_s);
+    if (lane == 0) s_red[warp] = mx;
+    __syncthreads();
+    mx = s_red[0];
 #pragma unroll
-  for (int k = 0; k < kMaxDL; ++k) acc[k] = 0.0f;
-  const int Dv = p.head_dim_v;
-  for (int sp = 0; sp < splits; ++sp) {
-    const float w = m.add(part_lse[sp * total_rows + row]);
-    if (w == 0.0f) continue;  // an empty split (lse = -inf); its o is 0 anyway
-    const float* src = part_o + (sp * total_rows + row) * Dv;
+    for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, s_red[w]);
+    LseMerge m = LseMerge::begin(mx);
+    const float wgt = tid < splits ? m.add(lse_s) : 0.0f;
+    if (tid < kMaxSplits) s_w[tid] = wgt;
+    float part = wgt;
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) part += __shfl_xor_sync(0xffffffffu, part, o);
+    __syncthreads();  // s_red (maximum) read by all, s_w written
+    if (lane == 0) s_red[warp] = part;
+    __syncthreads();
+    m.sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m.sum += s_red[w];
+
+    // O: warp w sums splits w, w + kWarps, ...; lane owns dims lane + 32 k.
+    const int Dv = p.head_dim_v;
+    float acc[kMaxDL];
+#pragma unroll
+    for (int k = 0; k < kMaxDL; ++k) acc[k] = 0.0f;
+    for (int sp0 = warp; sp0 < splits; sp0 += kWarps * kUnroll) {
+      float v[kUnroll][kMaxDL];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int sp = sp0 + u * kWarps;
+        const float* src = part_o + (sp * total_rows + row) * Dv;
+#pragma unroll
+        for (int k = 0; k < kMaxDL; ++k)
+          v[u][k] = (sp < splits && lane + 32 * k < Dv) ? src[lane + 32 * k] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int sp = sp0 + u * kWarps;
+        const float w = sp < splits ? s_w[sp] : 0.0f;  // an empty split (lse = -inf) weighs exactly 0
+#pragma unroll
+        for (int k = 0; k < kMaxDL; ++k) acc[k] += w * v[u][k];
+      }
+    }
 #pragma unroll
     for (int k = 0; k < kMaxDL; ++k)
-      if (lane + 32 * k < Dv) acc[k] += w * src[lane + 32 * k];
-  }
-  const float scale = m.out_scale();
-  T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
+      if (lane + 32 * k < Dv) s_acc[warp][lane + 32 * k] = acc[k];
+    __syncthreads();
+    const float scale = m.out_scale();
+    T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
+    for (int d = tid; d < Dv; d += kCombineThreads) {
+      float sum = 0.0f;
 #pragma unroll
-  for (int k = 0; k < kMaxDL; ++k)
-    if (lane + 32 * k < Dv) orow[lane + 32 * k] = from_float<T>(acc[k] * scale);
-  if (lane == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = m.lse();
+      for (int w = 0; w < kWarps; ++w) sum += s_acc[w][d];
+      orow[d] = from_float<T>(sum * scale);
+    }
+    if (tid == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = m.lse();
+    __syncthreads();  // s_red / s_w / s_acc are rewritten for the next row
+  }
 }
 
 }  // namespace ioattn::cuda::decode
