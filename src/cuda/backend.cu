@@ -114,6 +114,36 @@ bool use_sm90_forward(const Params& p) {
 #endif
 }
 
+// Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
+// softcap, ALiBi or dropout, the atomic (non-deterministic) mode, and a head dim whose sm90 kernel
+// uses the sm80 backward's workspace layout (its padded head dim is the same: 64 or 128).
+// Opt-in for now (IOATTN_SM90_BWD=1): it passes every GPU test and is 1.2-1.35x the sm80 backward
+// on the H200, but compute-sanitizer racecheck reports hazards on its LSE / D hand-off from
+// producer warp 1 to the consumers (plain stores ordered by named barriers; with mbarriers before).
+// Until that is resolved (bench/notes-sm90.md) the sm80 backward stays the default.
+bool use_sm90_backward(const Params& p) {
+#ifdef IOATTN_HAVE_SM90
+  const char* env = std::getenv("IOATTN_SM90");
+  if (env != nullptr && std::string(env) == "0") return false;
+  const char* opt_in = std::getenv("IOATTN_SM90_BWD");
+  if (opt_in == nullptr || std::string(opt_in) != "1") return false;
+  if (p.deterministic || p.dropout_p > 0.0f || p.softcap > 0.0f || p.alibi_slopes != nullptr) return false;
+  const int d = std::max(p.head_dim, p.head_dim_v);
+  const int k = sm90::backward_head_dim(d);
+  if (k == 0 || sm80::padded_head_dim(d) != k) return false;
+  if ((p.varlen ? p.total_k : p.seqlen_k) == 0 || (p.varlen ? p.total_q : p.seqlen_q) == 0) return false;
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_index) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return major == 9 && sm90::backward_describable(p);
+#else
+  (void)p;
+  return false;
+#endif
+}
+
 }  // namespace
 
 // select() with the forward path it chose (sm90 or not) for forward() to follow.
@@ -186,6 +216,13 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
 #ifndef IOATTN_HAVE_SM80_BWD
     return make_error(ErrorCode::Unsupported, "backward: this build has no CUDA backward kernels (src/cuda/sm80/bwd_*.cu)");
 #endif
+    if (use_sm90_backward(p)) {
+      std::ostringstream n90;
+      n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << d
+          << ", 128 keys x 64 queries per step";
+      if (kernel_name) *kernel_name = n90.str();
+      return Status::Ok();
+    }
     if (p.deterministic) name << ", deterministic";
   }
   if (kernel_name) *kernel_name = name.str();
@@ -227,6 +264,10 @@ Status backward(const Params& p) {
                " bytes of device memory (backward_workspace_size), got ", p.workspace ? p.workspace_bytes : 0);
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
+#ifdef IOATTN_HAVE_SM90
+  // Same workspace as the sm80 backward's atomic mode (workspace_size above).
+  if (use_sm90_backward(p)) return sm90::launch_bwd_sm90(p, static_cast<cudaStream_t>(p.stream), p.workspace);
+#endif
   return sm80::launch_bwd_sm80(p, static_cast<cudaStream_t>(p.stream), p.workspace);
 #else
   return Status{ErrorCode::Unsupported, "backward: not built"};  // unreachable: select() said so

@@ -264,7 +264,7 @@ def test_huggingface_llama_cuda_bf16_matches_sdpa():
     huggingface.register()
     ref = _tiny_llama("eager").to(CUDA)  # float32: the yardstick for both bfloat16 runs
     models = {}
-    for impl in ("ioattn", "sdpa"):
+    for impl in ("ioattn", "sdpa", "eager"):
         m = _tiny_llama(impl)
         m.load_state_dict(ref.state_dict())
         models[impl] = m.to(CUDA, torch.bfloat16)
@@ -281,26 +281,31 @@ def test_huggingface_llama_cuda_bf16_matches_sdpa():
             # bfloat16 end to end: ioattn may be off the float32 model by about as much as SDPA is.
             assert _err(ours, want) <= 2 * _err(theirs, want) + 1e-2, (_err(ours, want), _err(theirs, want))
             assert _err(ours, theirs) <= 4e-2 * max(1.0, want.abs().max().item())
-    # Training step: the loss and an attention weight's gradient. In bfloat16 this gradient is far
-    # from the float32 model's (about 20% relative for both backends, seen on CPU and H200), so, as
-    # for the logits, ioattn is held to the error rule against the float32 gradient: at most twice
-    # SDPA's error, rather than to closeness with SDPA itself.
+    # Training step: the loss and an attention weight's gradient, held to DESIGN.md's error rule
+    # against the float32 model: at most twice the error of standard attention in bfloat16 (HF's
+    # eager path: bf16 products, fp32 softmax). Not SDPA's error: on CUDA, with a padding mask, SDPA
+    # ran a kernel about 20x closer to float32 than any bf16 attention (H200, 2026-11-22: gradient
+    # error 6.1e-5 against ioattn's 1.2e-3), so it is no bf16 yardstick.
+    # Padded positions are left out of the loss (label -100, as real training does): their rows see
+    # no key, which each implementation fills differently (HF's eager / SDPA paths attend uniformly,
+    # the varlen path leaves them out), so their logits are not a property of attention.
+    labels = ids.masked_fill(mask == 0, -100)
     grads, losses = {}, {}
     ref.train()
     ref.zero_grad(set_to_none=True)
-    ref(ids, attention_mask=mask, labels=ids).loss.backward()
+    ref(ids, attention_mask=mask, labels=labels).loss.backward()
     g_true = ref.model.layers[0].self_attn.q_proj.weight.grad.float()
     for impl, m in models.items():
         m.train()
         m.zero_grad(set_to_none=True)
-        loss = m(ids, attention_mask=mask, labels=ids).loss
+        loss = m(ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         losses[impl] = loss.item()
         grads[impl] = m.model.layers[0].self_attn.q_proj.weight.grad.float()
         assert torch.isfinite(grads[impl]).all()
     assert abs(losses["ioattn"] - losses["sdpa"]) <= 2e-2 * abs(losses["sdpa"])
     err = {impl: (g - g_true).norm().item() for impl, g in grads.items()}
-    assert err["ioattn"] <= 2 * err["sdpa"] + 1e-2 * g_true.norm().item(), err
+    assert err["ioattn"] <= 2 * err["eager"] + 1e-2 * g_true.norm().item(), err
 
 
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=lambda d: str(d).split(".")[-1])

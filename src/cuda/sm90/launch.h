@@ -23,4 +23,15 @@ bool forward_describable(const Params& p);
 // driver cannot describe the tensors to TMA; the backend then runs the sm80 kernel.
 Status launch_fwd_sm90(const Params& p, cudaStream_t stream);
 
+// Backward: the sm90 head dim serving a call of head dim d (64 or 128), or 0 (then the sm80
+// backward serves it; so do softcap, ALiBi, dropout and the deterministic mode: backend.cu).
+int backward_head_dim(int d);
+
+// Whether TMA can describe this backward call's q, k, v, dout.
+bool backward_describable(const Params& p);
+
+// Backward, same contract and workspace (layout and size) as sm80::launch_bwd_sm80 in its atomic
+// (non-deterministic) mode.
+Status launch_bwd_sm90(const Params& p, cudaStream_t stream, void* workspace);
+
 }  // namespace ioattn::cuda::sm90

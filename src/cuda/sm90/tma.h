@@ -13,6 +13,7 @@
 
 #include "core/params.h"
 #include "fwd_config.h"
+#include "wgmma.cuh"
 
 namespace ioattn::cuda::sm90 {
 
@@ -41,20 +42,22 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// Encodes `t` for boxes of 64 columns x box_rows rows x 1 head x 1 batch, 128-byte swizzled in
-// shared memory (the layout wgmma.cuh describes), out-of-range elements filled with zeros.
-// Returns false if the driver refuses (strides not multiples of 16 bytes, and the like).
-inline bool encode_tensor_map(CUtensorMap* map, const TensorDesc& t, int box_rows, CUtensorMapDataType type) {
+// Encodes `t` for boxes of box_cols columns (128 bytes: 64 16-bit or 32 fp32 elements) x box_rows
+// rows x 1 head x 1 batch, 128-byte swizzled in shared memory (the layout wgmma.cuh describes),
+// out-of-range elements read as zeros (and skipped by reductions). Returns false if the driver
+// refuses (strides not multiples of 16 bytes, and the like).
+inline bool encode_tensor_map(CUtensorMap* map, const TensorDesc& t, int box_rows, CUtensorMapDataType type,
+                              int elem_bytes = 2) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return false;
-  constexpr int64_t kElem = 2;
   // Strides of extent-1 dims are free; give them a legal value (a multiple of 16 bytes).
   auto stride = [](int64_t extent, int64_t s, int64_t fallback) { return extent > 1 ? s : fallback; };
-  const int64_t rs = stride(t.rows, t.row_stride, 8), hs = stride(t.heads, t.head_stride, 8),
-                bs = stride(t.batch, t.batch_stride, 8);
+  const int64_t fallback = 16 / elem_bytes;
+  const int64_t rs = stride(t.rows, t.row_stride, fallback), hs = stride(t.heads, t.head_stride, fallback),
+                bs = stride(t.batch, t.batch_stride, fallback);
   cuuint64_t dims[4] = {cuuint64_t(t.cols), cuuint64_t(t.rows), cuuint64_t(t.heads), cuuint64_t(t.batch)};
-  cuuint64_t strides[3] = {cuuint64_t(rs * kElem), cuuint64_t(hs * kElem), cuuint64_t(bs * kElem)};
-  cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};
+  cuuint64_t strides[3] = {cuuint64_t(rs * elem_bytes), cuuint64_t(hs * elem_bytes), cuuint64_t(bs * elem_bytes)};
+  cuuint32_t box[4] = {cuuint32_t(kSwizzleBytes / elem_bytes), cuuint32_t(box_rows), 1, 1};
   cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   const CUresult r = encode(map, type, 4, const_cast<void*>(t.base), dims, strides, box, elem_strides,
                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -62,12 +65,15 @@ inline bool encode_tensor_map(CUtensorMap* map, const TensorDesc& t, int box_row
   return r == CUDA_SUCCESS;
 }
 
+inline CUtensorMapDataType map_type(const Params& p) {
+  return p.dtype == DType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+}
+
 // The forward's three maps: Q in boxes of the query block, K and V in boxes of the key block
 // (fwd_config.h's tile for head dim kd). False if the driver refuses any of them.
 inline bool encode_qkv_maps(const Params& p, int kd, CUtensorMap* tq, CUtensorMap* tk, CUtensorMap* tv) {
   const FwdTile tile = fwd_tile(kd);
-  const CUtensorMapDataType type =
-      p.dtype == DType::BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUtensorMapDataType type = map_type(p);
   const int batch = p.varlen ? 1 : p.batch;
   const int64_t rows_q = p.varlen ? p.total_q : p.seqlen_q, rows_k = p.varlen ? p.total_k : p.seqlen_k;
   return encode_tensor_map(tq, {p.q, p.head_dim, rows_q, p.heads_q, batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride},

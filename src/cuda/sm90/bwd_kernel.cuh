@@ -1,0 +1,429 @@
+// The sm90 backward (Hopper: TMA + wgmma, warp-specialised), and its launcher run_bwd<T, D>.
+//
+// Three kernels on the caller's stream, the first and last shared with the sm80 path
+// (sm80/bwd_kernel.cuh, same workspace layout):
+//   bwd_preprocess   D_i = sum_d dO_id O_id, and zeroes the fp32 dQ accumulator
+//   bwd_kernel       (below) one CTA per (key block of 128 keys, kv head, batch)
+//   bwd_convert_dq   dq = scale * accumulator, in the input dtype
+//
+// bwd_kernel: 3 warpgroups, like the forward.
+//   producer   warp 0, one thread: K and V of the block once (TMA), then Q_m and dO_m for every
+//              (query head of the GQA group, query block m of 64 rows that sees the key block) into
+//              a ring of kStages buffers (mbarriers); warp 1: each buffer's LSE (log2 units, +inf
+//              for rows that see no key or lie past the sequence) and D rows, with plain loads and
+//              stores, handed over through named barriers.
+//   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
+//                S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory)
+//                P^T = exp2(S^T scale log2e - LSE), dS^T = P^T (dP^T - D)   (fp32, registers)
+//                dV += P^T dO, dK += dS^T Q            (wgmma, P^T / dS^T from registers: the
+//                                                       accumulator layout is the A layout)
+//                dS^T -> shared memory (16-bit, swizzled); dQ_part = dS K  (wgmma, A read M-major)
+//                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator
+//              dK, dV stay in registers over the whole loop (the group's query heads included:
+//              no dK/dV atomics) and are written at the end, dK times the softmax scale.
+// Served: fp16/bf16, head dims 64 and 128, causal/window masks, GQA, varlen. Softcap, ALiBi,
+// dropout and the deterministic mode (dQ is summed by atomic reductions) stay on the sm80 kernels
+// (backend.cu decides).
+#pragma once
+
+#include <cuda/ptx>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "cuda/common/mma.cuh"
+#include "cuda/common/seq.cuh"
+#include "cuda/common/softmax.cuh"
+#include "cuda/sm80/bwd_kernel.cuh"
+#include "tma.h"
+#include "wgmma.cuh"
+
+namespace ioattn::cuda::sm90 {
+
+namespace bptx = ::cuda::ptx;
+
+constexpr int kBwdThreads = 384;
+constexpr int kBwdBlockM = 64;   // query rows per step (the sm80 preprocess / convert use 64 too)
+constexpr int kBwdBlockN = 128;  // keys per CTA: 64 per consumer warpgroup
+constexpr int kBwdStages = 2;    // Q / dO buffers in flight
+
+// Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 128: 209 KB; d = 64: 113 KB.
+template <int kD>
+struct BwdSmem {
+  static constexpr int kChunks = kD / 64;
+  static constexpr int kKBytes = kBwdBlockN * kD * 2;  // K or V
+  static constexpr int kQBytes = kBwdBlockM * kD * 2;  // Q or dO, one stage
+  static constexpr int kDSBytes = 64 * 64 * 2;         // one warpgroup's dS^T (64 keys x 64 queries)
+  static constexpr int kDQBytes = kBwdBlockM * kD * 4;  // one warpgroup's fp32 dQ part, kD / 32 tiles
+  static constexpr int kK = 0;
+  static constexpr int kV = kK + kKBytes;
+  static constexpr int kQ = kV + kKBytes;
+  static constexpr int kDO = kQ + kBwdStages * kQBytes;
+  static constexpr int kDS = kDO + kBwdStages * kQBytes;
+  static constexpr int kDQ = kDS + 2 * kDSBytes;
+  static constexpr int kStats = kDQ + 2 * kDQBytes;  // per stage: LSE (log2 units) and D, 64 each
+  static constexpr int kBar = kStats + kBwdStages * 2 * kBwdBlockM * 4;
+  static constexpr int kBytes = kBar + 8 * (1 + 2 * kBwdStages) + 1024;
+  static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
+};
+
+__device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
+  while (!bptx::mbarrier_try_wait_parity(bar, parity)) {
+  }
+}
+
+// The 128 threads of one consumer warpgroup (named barrier 1 or 2; 0 is __syncthreads).
+__device__ __forceinline__ void warpgroup_sync(int cwg) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
+}
+
+// The LSE / D rows of a stage go from producer warp 1 (plain stores) to the 256 consumer threads
+// through named barriers, which order ordinary shared-memory accesses (and which racecheck sees):
+// stats_full(s) = 3 + s, stats_empty(s) = 3 + kBwdStages + s, 32 + 256 threads each. The waiting
+// side calls bar.sync, the other bar.arrive.
+constexpr int kStatsThreads = 32 + 256;
+__device__ __forceinline__ void named_sync(int id) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kStatsThreads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kStatsThreads) : "memory");
+}
+
+// Generic-proxy shared-memory writes (dS^T, the dQ part) made visible to the async proxy (wgmma
+// operand reads, TMA reductions).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+template <class T, int kD>
+__global__ void __launch_bounds__(kBwdThreads, 1)
+    bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,
+               const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_q,
+               const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_dq,
+               const float* dsum) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using L = BwdSmem<kD>;
+  constexpr int kBM = kBwdBlockM, kBN = kBwdBlockN, kStages = kBwdStages;
+  constexpr int kDT = kD / 8;  // 8-column tiles of dK, dV, dQ
+  constexpr int kKT = kD / 16;  // 16-wide k-steps over the head dim
+
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
+  uint64_t* qdo_full = kv_full + 1;
+  uint64_t* qdo_empty = qdo_full + kStages;
+  float* stats = reinterpret_cast<float*>(smem + L::kStats);
+
+  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const SeqBounds sb = seq_bounds(p, b);
+  const int n0 = n_block * kBN;
+  if (n0 >= sb.sk) return;  // beyond this (varlen) sequence: the whole CTA leaves together
+  int m_begin = 0, m_end = 0;
+  sm80::bwd::query_blocks_for_keys(p, sb, n0, kBN, &m_begin, &m_end);
+  const int m_count = m_end - m_begin;
+  const int steps = p.group * m_count;  // (query head of the group, query block) pairs
+
+  const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);
+  const int lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    bptx::mbarrier_init(kv_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      bptx::mbarrier_init(qdo_full + s, 1);   // the TMA thread's expect_tx
+      bptx::mbarrier_init(qdo_empty + s, 8);      // the 8 consumer warps
+    }
+    bptx::fence_mbarrier_init(bptx::sem_release, bptx::scope_cluster);
+  }
+  __syncthreads();
+
+  const int bt = p.varlen ? 0 : b;  // varlen: the row index carries the sequence
+  if (warp < 4) {  // ---- producer warpgroup ----
+    regs_dealloc<24>();
+    if (steps == 0) return;
+    if (warp == 0 && lane == 0) {
+      const int k_row = static_cast<int>(sb.k_row0) + n0;
+      bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, 2 * L::kKBytes);
+#pragma unroll
+      for (int c = 0; c < L::kChunks; ++c) {
+        const int32_t coords[4] = {c * 64, k_row, hk, bt};
+        bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kK + c * kBN * kSwizzleBytes,
+                                   &tm_k, coords, kv_full);
+        bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kV + c * kBN * kSwizzleBytes,
+                                   &tm_v, coords, kv_full);
+      }
+      for (int it = 0; it < steps; ++it) {
+        const int s = it % kStages;
+        if (it >= kStages) bwd_wait(qdo_empty + s, ((it / kStages) & 1) ^ 1);
+        const int hq = hk * p.group + it / m_count;
+        const int q_row = static_cast<int>(sb.q_row0) + (m_begin + it % m_count) * kBM;
+        bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, qdo_full + s,
+                                        2 * L::kQBytes);
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c) {
+          const int32_t coords[4] = {c * 64, q_row, hq, bt};
+          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
+                                     smem + L::kQ + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_q, coords, qdo_full + s);
+          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
+                                     smem + L::kDO + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_do, coords,
+                                     qdo_full + s);
+        }
+      }
+    } else if (warp == 1) {
+      for (int it = 0; it < steps; ++it) {
+        const int s = it % kStages;
+        if (it >= kStages) named_sync(3 + kStages + s);  // the consumers are done with step it - kStages
+        const int hq = hk * p.group + it / m_count;
+        const int m0 = (m_begin + it % m_count) * kBM;
+        float* s_lse = stats + s * 2 * kBM;
+#pragma unroll
+        for (int r = lane; r < kBM; r += 32) {
+          const int i = m0 + r;
+          float lse = INFINITY, d = 0.0f;  // rows past the sequence: P = exp2(x - inf) = 0
+          if (i < sb.sq) {
+            const float l = p.lse[b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i];
+            lse = l == -INFINITY ? INFINITY : l * kLog2e;  // a row that sees no key: P = 0 too
+            d = dsum[sm80::bwd::row_index(p, b, hq, i)];
+          }
+          s_lse[r] = lse;
+          s_lse[kBM + r] = d;
+        }
+        named_arrive(3 + s);
+      }
+    }
+    return;
+  }
+
+  // ---- consumer warpgroups ----
+  regs_alloc<240>();
+  const int cwg = warp / 4 - 1;  // keys [64 cwg, 64 cwg + 64) of the block
+  const int wr = 16 * (warp % 4) + lane / 4;  // this thread's first key row within the warpgroup's 64
+  const int key0 = n0 + 64 * cwg + wr;        // sequence key of fragment rows r = 0 (+8 for r = 1)
+  const int n0w = n0 + 64 * cwg;
+  const uint32_t k_wg = smem_base + L::kK + 64 * cwg * kSwizzleBytes;  // this warpgroup's K rows
+  const uint32_t v_wg = smem_base + L::kV + 64 * cwg * kSwizzleBytes;
+  unsigned char* ds_wg = smem + L::kDS + cwg * L::kDSBytes;
+  unsigned char* dq_wg = smem + L::kDQ + cwg * L::kDQBytes;
+  const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
+
+  float dk[kDT][4], dv[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+
+  if (steps > 0) bwd_wait(kv_full, 0);
+  for (int it = 0; it < steps; ++it) {
+    const int s = it % kStages;
+    const int hq = hk * p.group + it / m_count;
+    const int m0 = (m_begin + it % m_count) * kBM;
+    const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
+    const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
+    const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
+    bwd_wait(qdo_full + s, (it / kStages) & 1);
+
+    // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = 64 queries, K = head dim.
+    float st[8][4], dpt[8][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kKT; ++kk) {
+      const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+      const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+      wgmma_ss<T, 0, 0>(st, make_desc(k_wg + off, 16, kAtomBytes), make_desc(q_addr + offq, 16, kAtomBytes), kk > 0);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kKT; ++kk) {
+      const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+      const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+      wgmma_ss<T, 0, 0>(dpt, make_desc(v_wg + off, 16, kAtomBytes), make_desc(do_addr + offq, 16, kAtomBytes), kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(st);
+    fence_operands(dpt);
+
+    // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
+    const float* s_lse = stats + s * 2 * kBM;
+    named_sync(3 + s);  // this step's LSE / D rows are in
+    const bool boundary = mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
+        const int key = key0 + 8 * (e / 2);
+        float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
+        if (boundary && (key >= sb.sk || !mod.mask.visible(m0 + qc, key))) x = -INFINITY;
+        const float pr = fast_exp2(x);
+        st[j][e] = pr;
+        dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
+      }
+    }
+    if (it + kStages < steps) named_arrive(3 + kStages + s);  // warp 1 may refill stage s (it waits only then)
+    uint32_t pp[4][4], pds[4][4];  // A fragments, 16 queries per k-step
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      pp[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+      pp[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+      pp[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+      pp[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+      pds[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+      pds[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+      pds[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+      pds[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+    }
+
+    // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = 64 queries; B read N-major.
+    fence_operands(dk);
+    fence_operands(dv);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<T, 1>(dv, pp[kk], make_desc(do_addr + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs<T, 1>(dk, pds[kk], make_desc(q_addr + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+    wgmma_commit();
+
+    // dS^T -> shared memory as the A operand of dQ = dS K, read M-major (queries contiguous): row
+    // = key (128 bytes = 64 queries), 16-byte chunk c of a row at c ^ (row % 8).
+    if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
+    // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
+    // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = wr + 8 * (e % 2), j = 2 * kk + e / 2;
+        *reinterpret_cast<uint32_t*>(ds_wg + row * kSwizzleBytes + ((j ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
+      }
+    fence_proxy_async_smem();
+    warpgroup_sync(cwg);
+
+    wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
+    fence_operands(dk);
+    fence_operands(dv);
+    __syncwarp();
+    if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
+
+    // dQ part = dS K_wg: M = 64 queries (A = dS^T read M-major), N = head dim, K = 64 keys (B = K
+    // rows read N-major).
+    float dq[kDT][4];
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_ss<T, 1, 1>(dq, make_desc(smem_base + L::kDS + cwg * L::kDSBytes + kk * 16 * kSwizzleBytes, 64 * kSwizzleBytes, kAtomBytes),
+                        make_desc(k_wg + kk * 16 * kSwizzleBytes, kBN * kSwizzleBytes, kAtomBytes), kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(dq);
+
+    // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
+    // TMA's 128-byte swizzle) -> one reduce-add per tile into the accumulator rows of (b, hq, m0).
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
+        const int unit = (col % 32) / 4;
+        *reinterpret_cast<float2*>(dq_wg + (col / 32) * (kBM * kSwizzleBytes) + row * kSwizzleBytes +
+                                   ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+      }
+    fence_proxy_async_smem();
+    warpgroup_sync(cwg);
+    if (leader) {
+      const int row = static_cast<int>(sm80::bwd::row_index(p, b, hq, m0));
+#pragma unroll
+      for (int c = 0; c < kD / 32; ++c) {
+        const int32_t coords[4] = {c * 32, row, 0, 0};
+        bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
+                                          dq_wg + c * (kBM * kSwizzleBytes));
+      }
+      bptx::cp_async_bulk_commit_group();
+    }
+  }
+
+  // dK (times the softmax scale) and dV of this warpgroup's 64 keys, straight from the fragments.
+  T* gdk = static_cast<T*>(p.dk) + b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
+  T* gdv = static_cast<T*>(p.dv) + b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key0 + 8 * r;
+    if (key >= sb.sk) continue;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      const int col = 8 * dt + 2 * (lane % 4);
+      if (col < p.head_dim)
+        *reinterpret_cast<uint32_t*>(gdk + int64_t(key) * p.dk_row_stride + col) =
+            pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale);
+      if (col < p.head_dim_v)
+        *reinterpret_cast<uint32_t*>(gdv + int64_t(key) * p.dv_row_stride + col) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
+    }
+  }
+  if (leader) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
+#else
+  __trap();  // built for sm_90a only; dispatch never launches it elsewhere
+#endif
+}
+
+template <class T, int kD>
+Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
+  using namespace sm80::bwd;
+  if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
+  float* dsum = static_cast<float*>(workspace);
+  float* dq_accum = dsum + dq_accum_offset(p);
+  const int m_blocks = (p.seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
+  const int n_blocks = (p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN;
+  const int64_t accum_rows = int64_t(p.batch) * p.heads_q * p.seqlen_q;
+  if (accum_rows > INT32_MAX)
+    return Status{ErrorCode::Unsupported, "sm90 backward: more than 2^31 query rows in one call"};
+
+  const CUtensorMapDataType type = map_type(p);
+  const int batch = p.varlen ? 1 : p.batch;
+  const int64_t rows_q = p.varlen ? p.total_q : p.seqlen_q, rows_k = p.varlen ? p.total_k : p.seqlen_k;
+  CUtensorMap tk, tv, tq, tdo, tdq;
+  const bool ok =
+      encode_tensor_map(&tk, {p.k, p.head_dim, rows_k, p.heads_k, batch, p.k_row_stride, p.k_head_stride, p.k_batch_stride},
+                        kBwdBlockN, type) &&
+      encode_tensor_map(&tv, {p.v, p.head_dim_v, rows_k, p.heads_k, batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride},
+                        kBwdBlockN, type) &&
+      encode_tensor_map(&tq, {p.q, p.head_dim, rows_q, p.heads_q, batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride},
+                        kBwdBlockM, type) &&
+      encode_tensor_map(&tdo, {p.dout, p.head_dim_v, rows_q, p.heads_q, batch, p.do_row_stride, p.do_head_stride,
+                               p.do_batch_stride},
+                        kBwdBlockM, type) &&
+      encode_tensor_map(&tdq, {dq_accum, kD, accum_rows, 1, 1, kD, 0, 0}, kBwdBlockM, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4);
+  if (!ok) return Status{ErrorCode::Unsupported, "sm90 backward: the driver refused a tensor map for these strides"};
+
+  auto kernel = bwd_kernel<T, kD>;
+  constexpr int kSmem = BwdSmem<kD>::kBytes;
+  static std::atomic<uint64_t> configured{0};
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (e == cudaSuccess && !(configured.load(std::memory_order_acquire) & bit)) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
+  }
+  if (e == cudaSuccess && m_blocks > 0) {
+    bwd_preprocess<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess && n_blocks > 0) {
+    kernel<<<dim3(n_blocks, p.heads_k, p.batch), kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, dsum);
+    e = cudaGetLastError();
+  }
+  if (e == cudaSuccess && m_blocks > 0) {
+    bwd_convert_dq<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
+    e = cudaGetLastError();
+  }
+  if (e != cudaSuccess)
+    return Status{ErrorCode::BackendError,
+                  std::string("cuda backward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};
+  return Status::Ok();
+}
+
+}  // namespace ioattn::cuda::sm90
