@@ -4,7 +4,7 @@
 #   scripts/ci-python.sh            # venv at .venv (created if missing), CUDA build only with a GPU
 #   IOATTN_VENV=/path/venv  IOATTN_PY_CUDA=ON|OFF  IOATTN_JOBS=N  scripts/ci-python.sh
 #
-# Steps: (1) venv + dependencies from PyPI (torch, numpy, pytest, nanobind, scikit-build-core,
+# Steps: (1) venv + dependencies from PyPI (torch, torchvision, numpy, pytest, nanobind, scikit-build-core,
 # transformers; ultralytics, pinned, and what it needs at import), skipped when already importable; (2) `pip install --no-build-isolation .` (the C++
 # core + nanobind module through scikit-build-core, build tree build-py/; extra CMake options via
 # CMAKE_ARGS); without a GPU the CUDA backends are left out (IOATTN_WITH_CUDA=OFF): the main build
@@ -22,24 +22,24 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-if ! "$PY" -c "import torch, numpy, pytest, nanobind, scikit_build_core, transformers" 2>/dev/null; then
+# torch and torchvision in one resolve: pip then picks the newest torch that has its torchvision
+# (a torch release can reach PyPI before its torchvision does).
+if ! "$PY" -c "import torch, torchvision, numpy, pytest, nanobind, scikit_build_core, transformers" 2>/dev/null; then
   echo "== installing dependencies (torch is the CUDA-enabled PyPI wheel: several GB on first install)"
   "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q torch numpy pytest nanobind scikit-build-core transformers
+  "$PY" -m pip install -q torch torchvision numpy pytest nanobind scikit-build-core transformers
 fi
 
 # Ultralytics for tests/python/test_ultralytics.py (YOLO12 through ioattn.integrations.ultralytics): the
 # pinned release with --no-deps, plus only what importing it and building a model need. Its other
 # requirements (polars, psutil, requests, nvidia-ml-py, ultralytics-platform: trainer, exporter, hub) are
-# not imported there. torchvision is read only as metadata at import, but must still be the release paired
-# with torch (torch 2.X.Y goes with torchvision 0.(X+15).Y). With IOATTN_REQUIRE_ULTRALYTICS=1 a missing
-# ultralytics fails those tests instead of skipping them.
+# not imported there. torchvision (read only as metadata at import, but it must be the release paired
+# with torch) came with torch above. With IOATTN_REQUIRE_ULTRALYTICS=1 a missing ultralytics fails
+# those tests instead of skipping them.
 ULTRALYTICS_PIN=8.4.190
 if ! "$PY" -c "import importlib.metadata as m, cv2, PIL, torchvision; assert m.version('ultralytics') == '$ULTRALYTICS_PIN'" 2>/dev/null; then
-  tv=$("$PY" -c "import torch; _, minor, patch = torch.__version__.split('+')[0].split('.')[:3]; print(f'0.{int(minor) + 15}.{patch}')")
-  echo "== installing ultralytics $ULTRALYTICS_PIN (torchvision $tv, opencv-python-headless, pillow)"
-  "$PY" -m pip install -q --no-deps "ultralytics==$ULTRALYTICS_PIN" ultralytics-thop==2.2.3 "torchvision==$tv" \
-    opencv-python-headless pillow
+  echo "== installing ultralytics $ULTRALYTICS_PIN (opencv-python-headless, pillow)"
+  "$PY" -m pip install -q --no-deps "ultralytics==$ULTRALYTICS_PIN" ultralytics-thop==2.2.3 opencv-python-headless pillow
 fi
 export IOATTN_REQUIRE_ULTRALYTICS=1
 

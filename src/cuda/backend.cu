@@ -91,27 +91,28 @@ Status check_device_index(const Params& p) {
   return Status::Ok();
 }
 
+#ifdef IOATTN_HAVE_SM90
 // Whether the Hopper forward (sm90/) serves this call: a compute-capability 9.0 device, a build
 // with sm_90a kernels for the head dim, no dropout (the sm80 kernel has it), and keys to read (TMA
 // tensor maps have no empty dims, and the driver must accept the maps). IOATTN_SM90=0 in the
 // environment turns it off (to compare the two paths, or to rule the sm90 kernels out when chasing
 // a problem).
-bool use_sm90_forward(const Params& p) {
-#ifdef IOATTN_HAVE_SM90
+// What both directions need: not turned off, rows on both sides, a compute-capability 9.0 device.
+bool sm90_eligible(const Params& p) {
   const char* env = std::getenv("IOATTN_SM90");
   if (env != nullptr && std::string(env) == "0") return false;
-  if (p.dropout_p > 0.0f || sm90::forward_head_dim(std::max(p.head_dim, p.head_dim_v)) == 0) return false;
   if ((p.varlen ? p.total_k : p.seqlen_k) == 0 || (p.varlen ? p.total_q : p.seqlen_q) == 0) return false;
   int major = 0;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_index) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
-  return major == 9 && sm90::forward_describable(p);
-#else
-  (void)p;
-  return false;
-#endif
+  return major == 9;
+}
+
+bool use_sm90_forward(const Params& p) {
+  if (p.dropout_p > 0.0f || sm90::forward_head_dim(std::max(p.head_dim, p.head_dim_v)) == 0) return false;
+  return sm90_eligible(p) && sm90::forward_describable(p);
 }
 
 // Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
@@ -122,27 +123,15 @@ bool use_sm90_forward(const Params& p) {
 // producer warp 1 to the consumers (plain stores ordered by named barriers; with mbarriers before).
 // Until that is resolved (bench/notes-sm90.md) the sm80 backward stays the default.
 bool use_sm90_backward(const Params& p) {
-#ifdef IOATTN_HAVE_SM90
-  const char* env = std::getenv("IOATTN_SM90");
-  if (env != nullptr && std::string(env) == "0") return false;
   const char* opt_in = std::getenv("IOATTN_SM90_BWD");
   if (opt_in == nullptr || std::string(opt_in) != "1") return false;
   if (p.deterministic || p.dropout_p > 0.0f || p.softcap > 0.0f || p.alibi_slopes != nullptr) return false;
   const int d = std::max(p.head_dim, p.head_dim_v);
   const int k = sm90::backward_head_dim(d);
   if (k == 0 || sm80::padded_head_dim(d) != k) return false;
-  if ((p.varlen ? p.total_k : p.seqlen_k) == 0 || (p.varlen ? p.total_q : p.seqlen_q) == 0) return false;
-  int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p.device_index) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return major == 9 && sm90::backward_describable(p);
-#else
-  (void)p;
-  return false;
-#endif
+  return sm90_eligible(p) && sm90::backward_describable(p);
 }
+#endif  // IOATTN_HAVE_SM90
 
 }  // namespace
 
@@ -216,6 +205,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
 #ifndef IOATTN_HAVE_SM80_BWD
     return make_error(ErrorCode::Unsupported, "backward: this build has no CUDA backward kernels (src/cuda/sm80/bwd_*.cu)");
 #endif
+#ifdef IOATTN_HAVE_SM90
     if (use_sm90_backward(p)) {
       std::ostringstream n90;
       n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << d
@@ -223,6 +213,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();
     }
+#endif
     if (p.deterministic) name << ", deterministic";
   }
   if (kernel_name) *kernel_name = name.str();

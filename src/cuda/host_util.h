@@ -4,6 +4,9 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdint>
+
 #include "core/checks.h"
 
 namespace ioattn::cuda {
@@ -33,5 +36,19 @@ class DeviceGuard {
   bool switched_ = false;
   cudaError_t status_;
 };
+
+// Raises `kernel`'s dynamic shared-memory limit to `bytes` (needed above 48 KB) on the current
+// device. The opt-in is per function and device, so it is made once per device: `configured` is
+// the caller's per-kernel bitmask of devices already done (a function-local static).
+inline cudaError_t allow_dynamic_smem(const void* kernel, int bytes, std::atomic<uint64_t>& configured) {
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (e == cudaSuccess && !(configured.load(std::memory_order_acquire) & bit)) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
+  }
+  return e;
+}
 
 }  // namespace ioattn::cuda

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "cuda/common/mma.cuh"
+#include "cuda/host_util.h"
 #include "cuda/common/seq.cuh"
 #include "cuda/common/softmax.cuh"
 #include "cuda/common/tile.cuh"
@@ -251,16 +252,8 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
   using Cfg = FwdTileFor<kD>;
   constexpr int kSmem = fwd_smem_bytes(kD);
   auto kernel = fwd_kernel<T, kD, kMods>;
-  // The opt-in to more than 48 KB of dynamic shared memory is per function and device: set once per
-  // device (bit per device index), not on every call.
-  static std::atomic<uint64_t> configured{0};
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (e == cudaSuccess && !(configured.load(std::memory_order_acquire) & bit)) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
-  }
+  static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
+  cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
   kernel<<<dim3(m_blocks, p.heads_q, p.batch), Cfg::warps * 32, kSmem, stream>>>(p);
   return cudaGetLastError();

@@ -36,6 +36,7 @@
 #include <string>
 
 #include "cuda/common/mma.cuh"
+#include "cuda/host_util.h"
 #include "cuda/common/seq.cuh"
 #include "cuda/common/softmax.cuh"
 #include "cuda/sm80/bwd_kernel.cuh"
@@ -400,14 +401,8 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
 
   auto kernel = bwd_kernel<T, kD>;
   constexpr int kSmem = BwdSmem<kD>::kBytes;
-  static std::atomic<uint64_t> configured{0};
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (e == cudaSuccess && !(configured.load(std::memory_order_acquire) & bit)) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
-  }
+  static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
+  cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e == cudaSuccess && m_blocks > 0) {
     bwd_preprocess<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum);
     e = cudaGetLastError();

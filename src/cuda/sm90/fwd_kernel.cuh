@@ -38,6 +38,7 @@
 #include <string>
 
 #include "cuda/common/mma.cuh"
+#include "cuda/host_util.h"
 #include "cuda/common/seq.cuh"
 #include "cuda/common/softmax.cuh"
 #include "fwd_config.h"
@@ -181,22 +182,19 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
       for (int n = w.n_begin; n < w.n_end; ++n, ++kv) {
         const int s = kv % kStages;
         const uint32_t parity = ((kv / kStages) & 1) ^ 1;  // the consumers' release one round ago
-        if (kv >= kStages) wait_barrier(k_empty + s, parity);
-        ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, k_full + s, L::kKVBytes);
+        // K_n, then V_n, into ring slot s: wait until the slot is free, announce the bytes, copy.
+        auto load = [&](const CUtensorMap* map, int base, uint64_t* full, uint64_t* empty) {
+          if (kv >= kStages) wait_barrier(empty + s, parity);
+          ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, full + s, L::kKVBytes);
 #pragma unroll
-        for (int c = 0; c < L::kChunks; ++c) {
-          const int32_t coords[4] = {c * 64, k_row + n * kBN, hk, bt};
-          ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global,
-                                    smem + L::kK + s * L::kKVBytes + c * kBN * kSwizzleBytes, &tm_k, coords, k_full + s);
-        }
-        if (kv >= kStages) wait_barrier(v_empty + s, parity);
-        ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, v_full + s, L::kKVBytes);
-#pragma unroll
-        for (int c = 0; c < L::kChunks; ++c) {
-          const int32_t coords[4] = {c * 64, k_row + n * kBN, hk, bt};
-          ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global,
-                                    smem + L::kV + s * L::kKVBytes + c * kBN * kSwizzleBytes, &tm_v, coords, v_full + s);
-        }
+          for (int c = 0; c < L::kChunks; ++c) {
+            const int32_t coords[4] = {c * 64, k_row + n * kBN, hk, bt};
+            ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global,
+                                      smem + base + s * L::kKVBytes + c * kBN * kSwizzleBytes, map, coords, full + s);
+          }
+        };
+        load(&tm_k, L::kK, k_full, k_empty);
+        load(&tm_v, L::kV, v_full, v_empty);
       }
     }
     return;
@@ -382,15 +380,8 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
                               const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv) {
   constexpr int kSmem = FwdSmem<kD>::kBytes;
   auto kernel = fwd_kernel<T, kD, kMods, kOverlap>;
-  // The opt-in to more than 48 KB of dynamic shared memory is per function and device: once per device.
-  static std::atomic<uint64_t> configured{0};
-  int device = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
-  if (e == cudaSuccess && !(configured.load(std::memory_order_acquire) & bit)) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e == cudaSuccess) configured.fetch_or(bit, std::memory_order_release);
-  }
+  static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
+  cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
   kernel<<<ctas, kFwdThreads, kSmem, stream>>>(p, tq, tk, tv, m_blocks, tiles);
   return cudaGetLastError();

@@ -70,7 +70,7 @@ bool backward_describable(const Params& p) {
 
 Status launch_bwd_sm90(const Params& p, cudaStream_t stream, void* workspace) {
   const int d = backward_head_dim(std::max(p.head_dim, p.head_dim_v));
-  const bool bf16 = p.dtype == DType::BF16;
+  [[maybe_unused]] const bool bf16 = p.dtype == DType::BF16;  // unused when no backward head dim is built
   switch (d) {
 #define IOATTN_SM90_BWD_LAUNCH(D) \
   case D: return bf16 ? run_bwd<__nv_bfloat16, D>(p, stream, workspace) : run_bwd<__half, D>(p, stream, workspace);
