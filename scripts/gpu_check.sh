@@ -24,6 +24,8 @@
 #                (GoogleTest, CLI11, nlohmann-json, OpenBLAS + cblas.h and its runtime libraries):
 #                added to CMAKE_PREFIX_PATH, CPATH and LD_LIBRARY_PATH
 #   TIMEOUT_TESTS / TIMEOUT_SANITIZER / TIMEOUT_BENCH  seconds per step (default 300 / 240 / 600)
+#   RESULTS_COPY_DIR  also copy the benchmark JSON files this run writes (bench/results/) there, e.g.
+#                $OUT on a lent GPU machine, whose working tree does not come back
 #
 # The GPU image has CUDA, CMake, ninja and PyTorch but not the C++ dev packages. On the development
 # machine (Debian, packages installed), `scripts/gpu_check.sh --make-deps-prefix DIR` copies them
@@ -56,6 +58,8 @@ HEAD_DIMS=${HEAD_DIMS:-64;128;256}
 LOG_DIR=${LOG_DIR:-$BUILD_DIR/gpu_check}
 BENCH_ARGS=${BENCH_ARGS:-}
 mkdir -p "$LOG_DIR"
+RUN_MARKER="$LOG_DIR/.started"
+touch "$RUN_MARKER"
 if [ -n "${IOATTN_DEPS_PREFIX:-}" ]; then
   export CMAKE_PREFIX_PATH="$IOATTN_DEPS_PREFIX${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
   export CPATH="$IOATTN_DEPS_PREFIX/include${CPATH:+:$CPATH}"
@@ -187,4 +191,9 @@ if [ -f "$LOG_DIR/bench_decode.log" ]; then
   sed -n '/^BENCH TABLE/,/^END TABLE/p' "$LOG_DIR/bench_decode.log" | sed '1d;$d'
 fi
 echo "logs: $LOG_DIR"
+if [ -n "${RESULTS_COPY_DIR:-}" ]; then
+  mkdir -p "$RESULTS_COPY_DIR"
+  find bench/results -maxdepth 1 -name '*.json' -newer "$RUN_MARKER" -exec cp {} "$RESULTS_COPY_DIR"/ \;
+  echo "benchmark JSON copied to $RESULTS_COPY_DIR: $(find bench/results -maxdepth 1 -name '*.json' -newer "$RUN_MARKER" | tr '\n' ' ')"
+fi
 exit $failed
