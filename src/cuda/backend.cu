@@ -118,10 +118,10 @@ bool use_sm90_forward(const Params& p) {
 // Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
 // softcap, ALiBi or dropout, the atomic (non-deterministic) mode, and a head dim whose sm90 kernel
 // uses the sm80 backward's workspace layout (its padded head dim is the same: 64 or 128).
-// Opt-in for now (IOATTN_SM90_BWD=1): it passes every GPU test and is 1.2-1.35x the sm80 backward
-// on the H200, but compute-sanitizer racecheck reports hazards on its LSE / D hand-off from
-// producer warp 1 to the consumers (plain stores ordered by named barriers; with mbarriers before).
-// Until that is resolved (bench/notes-sm90.md) the sm80 backward stays the default.
+// Opt-in for now (IOATTN_SM90_BWD=1): measured on the H200 it passed every GPU test at 1.2-1.35x
+// the sm80 backward, but racecheck reported hazards on its LSE / D hand-off; the rewritten hand-off
+// (per-warpgroup loads, bench/notes-sm90.md) has not run on a GPU yet. The sm80 backward stays the
+// default until gpu_check's tests_sm90bwd and racecheck_sm90bwd steps pass.
 bool use_sm90_backward(const Params& p) {
   const char* opt_in = std::getenv("IOATTN_SM90_BWD");
   if (opt_in == nullptr || std::string(opt_in) != "1") return false;

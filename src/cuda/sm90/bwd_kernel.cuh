@@ -9,10 +9,12 @@
 // bwd_kernel: 3 warpgroups, like the forward.
 //   producer   warp 0, one thread: K and V of the block once (TMA), then Q_m and dO_m for every
 //              (query head of the GQA group, query block m of 64 rows that sees the key block) into
-//              a ring of kStages buffers (mbarriers); warp 1: each buffer's LSE (log2 units, +inf
-//              for rows that see no key or lie past the sequence) and D rows, with plain loads and
-//              stores, handed over through named barriers.
+//              a ring of kStages buffers (mbarriers).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
+//                each warpgroup loads the step's LSE (log2 units, +inf for rows that see no key or
+//                lie past the sequence) and D rows itself, one per thread, into a private buffer
+//                ordered by its own barrier (an earlier version had a producer warp write them,
+//                ordered by mbarriers / named barriers, which racecheck reported as hazards)
 //                S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory)
 //                P^T = exp2(S^T scale log2e - LSE), dS^T = P^T (dP^T - D)   (fp32, registers)
 //                dV += P^T dO, dK += dS^T Q            (wgmma, P^T / dS^T from registers: the
@@ -66,8 +68,8 @@ struct BwdSmem {
   static constexpr int kDO = kQ + kBwdStages * kQBytes;
   static constexpr int kDS = kDO + kBwdStages * kQBytes;
   static constexpr int kDQ = kDS + 2 * kDSBytes;
-  static constexpr int kStats = kDQ + 2 * kDQBytes;  // per stage: LSE (log2 units) and D, 64 each
-  static constexpr int kBar = kStats + kBwdStages * 2 * kBwdBlockM * 4;
+  static constexpr int kStats = kDQ + 2 * kDQBytes;  // per consumer warpgroup: LSE (log2 units) and D, 64 each
+  static constexpr int kBar = kStats + 2 * 2 * kBwdBlockM * 4;
   static constexpr int kBytes = kBar + 8 * (1 + 2 * kBwdStages) + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -80,18 +82,6 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
 // The 128 threads of one consumer warpgroup (named barrier 1 or 2; 0 is __syncthreads).
 __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
-}
-
-// The LSE / D rows of a stage go from producer warp 1 (plain stores) to the 256 consumer threads
-// through named barriers, which order ordinary shared-memory accesses (and which racecheck sees):
-// stats_full(s) = 3 + s, stats_empty(s) = 3 + kBwdStages + s, 32 + 256 threads each. The waiting
-// side calls bar.sync, the other bar.arrive.
-constexpr int kStatsThreads = 32 + 256;
-__device__ __forceinline__ void named_sync(int id) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kStatsThreads) : "memory");
-}
-__device__ __forceinline__ void named_arrive(int id) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kStatsThreads) : "memory");
 }
 
 // Generic-proxy shared-memory writes (dS^T, the dQ part) made visible to the async proxy (wgmma
@@ -173,27 +163,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                                      qdo_full + s);
         }
       }
-    } else if (warp == 1) {
-      for (int it = 0; it < steps; ++it) {
-        const int s = it % kStages;
-        if (it >= kStages) named_sync(3 + kStages + s);  // the consumers are done with step it - kStages
-        const int hq = hk * p.group + it / m_count;
-        const int m0 = (m_begin + it % m_count) * kBM;
-        float* s_lse = stats + s * 2 * kBM;
-#pragma unroll
-        for (int r = lane; r < kBM; r += 32) {
-          const int i = m0 + r;
-          float lse = INFINITY, d = 0.0f;  // rows past the sequence: P = exp2(x - inf) = 0
-          if (i < sb.sq) {
-            const float l = p.lse[b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i];
-            lse = l == -INFINITY ? INFINITY : l * kLog2e;  // a row that sees no key: P = 0 too
-            d = dsum[sm80::bwd::row_index(p, b, hq, i)];
-          }
-          s_lse[r] = lse;
-          s_lse[kBM + r] = d;
-        }
-        named_arrive(3 + s);
-      }
     }
     return;
   }
@@ -208,6 +177,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const uint32_t v_wg = smem_base + L::kV + 64 * cwg * kSwizzleBytes;
   unsigned char* ds_wg = smem + L::kDS + cwg * L::kDSBytes;
   unsigned char* dq_wg = smem + L::kDQ + cwg * L::kDQBytes;
+  float* stats_wg = stats + cwg * 2 * kBM;  // this warpgroup's LSE (log2 units) and D rows of the step
+  const int tw = threadIdx.x % 128;        // thread tw loads LSE row tw (< 64) or D row tw - 64
   const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
 
   float dk[kDT][4], dv[kDT][4];
@@ -224,6 +195,21 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
     const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
     const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
+    // This step's LSE / D row of thread tw, loaded now and stored once the products are issued (the
+    // load's latency hides behind them). Rows past the sequence or seeing no key: LSE = +inf, so
+    // P = exp2(x - inf) = 0, and D = 0.
+    float stat = tw < kBM ? INFINITY : 0.0f;
+    {
+      const int i = m0 + tw % kBM;
+      if (i < sb.sq) {
+        if (tw < kBM) {
+          const float l = p.lse[b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i];
+          stat = l == -INFINITY ? INFINITY : l * kLog2e;
+        } else {
+          stat = dsum[sm80::bwd::row_index(p, b, hq, i)];
+        }
+      }
+    }
     bwd_wait(qdo_full + s, (it / kStages) & 1);
 
     // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = 64 queries, K = head dim.
@@ -242,13 +228,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       wgmma_ss<T, 0, 0>(dpt, make_desc(v_wg + off, 16, kAtomBytes), make_desc(do_addr + offq, 16, kAtomBytes), kk > 0);
     }
     wgmma_commit();
+    // The warpgroup's rows into shared memory while the products run. The last step's reads of
+    // stats_wg all came before its warpgroup_sync (the dS^T hand-off below), so this overwrite is safe.
+    stats_wg[tw] = stat;
+    warpgroup_sync(cwg);
     wgmma_wait<0>();
     fence_operands(st);
     fence_operands(dpt);
 
     // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
-    const float* s_lse = stats + s * 2 * kBM;
-    named_sync(3 + s);  // this step's LSE / D rows are in
+    const float* s_lse = stats_wg;
     const bool boundary = mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -263,7 +252,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
       }
     }
-    if (it + kStages < steps) named_arrive(3 + kStages + s);  // warp 1 may refill stage s (it waits only then)
     uint32_t pp[4][4], pds[4][4];  // A fragments, 16 queries per k-step
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -312,27 +300,32 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
     // dQ part = dS K_wg: M = 64 queries (A = dS^T read M-major), N = head dim, K = 64 keys (B = K
     // rows read N-major).
-    float dq[kDT][4];
-    wgmma_fence();
+    // In 64-column halves of the head dim (32 accumulator registers at a time instead of kD / 2:
+    // with dK and dV live, the whole 64 x 128 product spilled 176 bytes at d = 128).
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-      wgmma_ss<T, 1, 1>(dq, make_desc(smem_base + L::kDS + cwg * L::kDSBytes + kk * 16 * kSwizzleBytes, 64 * kSwizzleBytes, kAtomBytes),
-                        make_desc(k_wg + kk * 16 * kSwizzleBytes, kBN * kSwizzleBytes, kAtomBytes), kk > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(dq);
-
-    // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-    // TMA's 128-byte swizzle) -> one reduce-add per tile into the accumulator rows of (b, hq, m0).
+    for (int half = 0; half < kD / 64; ++half) {
+      float dq[8][4];
+      wgmma_fence();
 #pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss<T, 1, 1>(dq, make_desc(smem_base + L::kDS + cwg * L::kDSBytes + kk * 16 * kSwizzleBytes, 64 * kSwizzleBytes, kAtomBytes),
+                          make_desc(k_wg + half * kBN * kSwizzleBytes + kk * 16 * kSwizzleBytes, kBN * kSwizzleBytes, kAtomBytes),
+                          kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_operands(dq);
+      // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
+      // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
-        const int unit = (col % 32) / 4;
-        *reinterpret_cast<float2*>(dq_wg + (col / 32) * (kBM * kSwizzleBytes) + row * kSwizzleBytes +
-                                   ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
-      }
+      for (int dt = 0; dt < 8; ++dt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = wr + 8 * r, col = 64 * half + 8 * dt + 2 * (lane % 4);
+          const int unit = (col % 32) / 4;
+          *reinterpret_cast<float2*>(dq_wg + (col / 32) * (kBM * kSwizzleBytes) + row * kSwizzleBytes +
+                                     ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+        }
+    }
     fence_proxy_async_smem();
     warpgroup_sync(cwg);
     if (leader) {
