@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -242,6 +243,19 @@ inline KVCase paged_twin(KVCase c, int page_size) {
   c.batch_idx = false;
   c.leftpad = false;
   return c;
+}
+
+// The same logical cache, contiguous and paged with each of `page_sizes`: every run against the
+// reference (check_kv_case), and the paged out and lse identical to the contiguous ones, bit for bit.
+inline void expect_paged_equals_contiguous(const KVCase& c, const KVRunner& run, std::initializer_list<int> page_sizes) {
+  KVRun contiguous;
+  ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run, &contiguous));
+  for (int page : page_sizes) {
+    KVRun paged;
+    ASSERT_NO_FATAL_FAILURE(check_kv_case(paged_twin(c, page), run, &paged));
+    EXPECT_TRUE(contiguous.out.bytes() == paged.out.bytes()) << "page size " << page << ": out differs from the contiguous cache";
+    EXPECT_TRUE(contiguous.lse.bytes() == paged.lse.bytes()) << "page size " << page << ": lse differs from the contiguous cache";
+  }
 }
 
 // ---- Paged prefill (forward_paged) ------------------------------------------------------------

@@ -79,14 +79,7 @@ INSTANTIATE_TEST_SUITE_P(Cpu, KVCacheCpu, ::testing::ValuesIn(cases()), kv_case_
 TEST(KVCacheCpuLayout, PagedEqualsContiguous) {
   KVCase c = base("Twin", DType::BF16);
   c.batch = 3; c.capacity = 192; c.sq = 2; c.snew = 2; c.causal = true; c.rotary_dim = 32; c.hq = 6; c.hk = 2;
-  KVRun contiguous, paged16, paged64;
-  ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run_cpu, &contiguous));
-  ASSERT_NO_FATAL_FAILURE(check_kv_case(paged_twin(c, 16), run_cpu, &paged16));
-  ASSERT_NO_FATAL_FAILURE(check_kv_case(paged_twin(c, 64), run_cpu, &paged64));
-  EXPECT_TRUE(contiguous.out.bytes() == paged16.out.bytes()) << "paged (16) out differs from contiguous";
-  EXPECT_TRUE(contiguous.lse.bytes() == paged16.lse.bytes()) << "paged (16) lse differs from contiguous";
-  EXPECT_TRUE(contiguous.out.bytes() == paged64.out.bytes()) << "paged (64) out differs from contiguous";
-  EXPECT_TRUE(contiguous.lse.bytes() == paged64.lse.bytes()) << "paged (64) lse differs from contiguous";
+  expect_paged_equals_contiguous(c, run_cpu, {16, 64});
 }
 
 // Forcing the split count changes the summation order only: every count within the rule (checked by

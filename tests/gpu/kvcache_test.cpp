@@ -163,14 +163,7 @@ TEST(KVCacheGpu, PagedEqualsContiguousBitwise) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KVCase c = base("Twin", DType::BF16, 128);
   c.batch = 3; c.capacity = 512; c.sq = 2; c.snew = 2; c.causal = true; c.rotary_dim = 64; c.hq = 8; c.hk = 2;
-  KVRun contiguous, paged16, paged256;
-  ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run_gpu, &contiguous));
-  ASSERT_NO_FATAL_FAILURE(check_kv_case(paged_twin(c, 16), run_gpu, &paged16));
-  ASSERT_NO_FATAL_FAILURE(check_kv_case(paged_twin(c, 256), run_gpu, &paged256));
-  EXPECT_TRUE(contiguous.out.bytes() == paged16.out.bytes()) << "page size 16: out differs from the contiguous cache";
-  EXPECT_TRUE(contiguous.lse.bytes() == paged16.lse.bytes()) << "page size 16: lse differs from the contiguous cache";
-  EXPECT_TRUE(contiguous.out.bytes() == paged256.out.bytes()) << "page size 256: out differs from the contiguous cache";
-  EXPECT_TRUE(contiguous.lse.bytes() == paged256.lse.bytes()) << "page size 256: lse differs from the contiguous cache";
+  expect_paged_equals_contiguous(c, run_gpu, {16, 256});
 }
 
 TEST(KVCacheGpu, SplitCountsAgree) {
