@@ -29,6 +29,7 @@
 #include "sm80/fwd_config.h"
 #include "sm80/launch.h"
 #ifdef IOATTN_HAVE_SM90
+#include "sm90/bwd_run.h"
 #include "sm90/fwd_config.h"
 #include "sm90/launch.h"
 #endif
@@ -118,13 +119,12 @@ bool use_sm90_forward(const Params& p) {
 // Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
 // softcap, ALiBi or dropout, the atomic (non-deterministic) mode, and a head dim whose sm90 kernel
 // uses the sm80 backward's workspace layout (its padded head dim is the same: 64 or 128).
-// Opt-in for now (IOATTN_SM90_BWD=1): measured on the H200 it passed every GPU test at 1.2-1.35x
-// the sm80 backward, but racecheck reported hazards on its LSE / D hand-off; the rewritten hand-off
-// (per-warpgroup loads, bench/notes-sm90.md) has not run on a GPU yet. The sm80 backward stays the
-// default until gpu_check's tests_sm90bwd and racecheck_sm90bwd steps pass.
+// The default on compute capability 9.0 since it passed every GPU test and compute-sanitizer's
+// racecheck on the H200 (bench/notes-sm90.md); IOATTN_SM90_BWD=0 turns the backward alone back to
+// the sm80 kernels (IOATTN_SM90=0 turns off both directions).
 bool use_sm90_backward(const Params& p) {
-  const char* opt_in = std::getenv("IOATTN_SM90_BWD");
-  if (opt_in == nullptr || std::string(opt_in) != "1") return false;
+  const char* env = std::getenv("IOATTN_SM90_BWD");
+  if (env != nullptr && std::string(env) == "0") return false;
   if (p.deterministic || p.dropout_p > 0.0f || p.softcap > 0.0f || p.alibi_slopes != nullptr) return false;
   const int d = std::max(p.head_dim, p.head_dim_v);
   const int k = sm90::backward_head_dim(d);
@@ -209,7 +209,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
     if (use_sm90_backward(p)) {
       std::ostringstream n90;
       n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << d
-          << ", 128 keys x 64 queries per step";
+          << ", 128 keys x " << sm90::bwd_block_m(d) << " queries per step";
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();
     }

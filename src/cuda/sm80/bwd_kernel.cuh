@@ -150,18 +150,19 @@ __device__ __forceinline__ void load_row_stats(float* s_lse, float* s_dsum, cons
 }
 
 // ---- Visible ranges (bottom-right aligned masks) ---------------------------------------------
-// Query blocks [*m_begin, *m_end) holding a row that sees a key of [n0, n0 + kBlockN).
+// Query blocks [*m_begin, *m_end) of block_m rows (this kernel's kBlockM unless given: the sm90
+// backward's differ) holding a row that sees a key of [n0, n0 + kBlockN).
 // Key j is seen by rows j - shift - right <= i <= j - shift + left (shift = sk - sq).
 __device__ __forceinline__ void query_blocks_for_keys(const Params& p, const SeqBounds& s, int n0, int kBlockN,
-                                                      int* m_begin, int* m_end) {
+                                                      int* m_begin, int* m_end, int block_m = kBlockM) {
   const int shift = s.sk - s.sq;
   const int n_last = min(n0 + kBlockN, s.sk) - 1;
   const int i_lo = p.window_right < 0 ? 0 : max(n0 - shift - p.window_right, 0);
   const int i_hi = p.window_left < 0 ? s.sq - 1 : min(n_last - shift + p.window_left, s.sq - 1);
   *m_begin = *m_end = 0;
   if (s.sq > 0 && n_last >= n0 && i_lo <= i_hi) {
-    *m_begin = i_lo / kBlockM;
-    *m_end = i_hi / kBlockM + 1;
+    *m_begin = i_lo / block_m;
+    *m_end = i_hi / block_m + 1;
   }
 }
 

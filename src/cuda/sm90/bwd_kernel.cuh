@@ -8,18 +8,21 @@
 //
 // bwd_kernel: 3 warpgroups, like the forward.
 //   producer   warp 0, one thread: K and V of the block once (TMA), then Q_m and dO_m for every
-//              (query head of the GQA group, query block m of 64 rows that sees the key block) into
+//              (query head of the GQA group, query block m of kBM rows that sees the key block) into
 //              a ring of kStages buffers (mbarriers).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
 //                each warpgroup loads the step's LSE (log2 units, +inf for rows that see no key or
-//                lie past the sequence) and D rows itself, one per thread, into a private buffer
-//                ordered by its own barrier (an earlier version had a producer warp write them,
-//                ordered by mbarriers / named barriers, which racecheck reported as hazards)
+//                lie past the sequence) and D rows itself into a private buffer ordered by its own
+//                barrier (an earlier version had a producer warp write them, ordered by mbarriers /
+//                named barriers, which racecheck reported as hazards)
 //                S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory)
 //                P^T = exp2(S^T scale log2e - LSE), dS^T = P^T (dP^T - D)   (fp32, registers)
 //                dV += P^T dO, dK += dS^T Q            (wgmma, P^T / dS^T from registers: the
 //                                                       accumulator layout is the A layout)
-//                dS^T -> shared memory (16-bit, swizzled); dQ_part = dS K  (wgmma, A read M-major)
+//                dS^T -> shared memory (16-bit, swizzled), both warpgroups' 128 keys side by side
+//                dQ_part = dS K over all 128 keys      (wgmma SS, A read M-major); each warpgroup
+//                                                       computes one 64 x 64 half of the kBM x kD
+//                                                       part (BwdShape)
 //                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator
 //              dK, dV stay in registers over the whole loop (the group's query heads included:
 //              no dK/dV atomics) and are written at the end, dK times the softmax scale.
@@ -36,12 +39,14 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda/common/mma.cuh"
 #include "cuda/host_util.h"
 #include "cuda/common/seq.cuh"
 #include "cuda/common/softmax.cuh"
 #include "cuda/sm80/bwd_kernel.cuh"
+#include "bwd_run.h"
 #include "tma.h"
 #include "wgmma.cuh"
 
@@ -50,26 +55,44 @@ namespace ioattn::cuda::sm90 {
 namespace bptx = ::cuda::ptx;
 
 constexpr int kBwdThreads = 384;
-constexpr int kBwdBlockM = 64;   // query rows per step (the sm80 preprocess / convert use 64 too)
 constexpr int kBwdBlockN = 128;  // keys per CTA: 64 per consumer warpgroup
 constexpr int kBwdStages = 2;    // Q / dO buffers in flight
 
-// Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 128: 209 KB; d = 64: 113 KB.
+// Query rows per step, and how the two consumer warpgroups split the step's kBM x kD dQ part.
+//   d = 64:  128 rows. Registers per consumer thread: S^T and dP^T 64 each (64 keys x 128 queries),
+//            dK and dV 32 each: 192. Twice the rows of d = 128 halve the per-step fixed costs and
+//            make the score products m64 n128 (less shared-memory traffic per FLOP than n64).
+//            dQ: warpgroup w takes query rows [64 w, 64 w + 64), all 64 columns.
+//   d = 128: 64 rows (S^T, dP^T 32 each, dK, dV 64 each: 192). dQ: warpgroup w takes columns
+//            [64 w, 64 w + 64) of all 64 rows.
+// Either way each warpgroup's dQ product is m64 n64 k128 over both warpgroups' keys, so every dQ
+// element is reduced into the accumulator once per CTA (an earlier version reduced each
+// warpgroup's 64-key part separately: twice the reduction traffic).
+template <int kD>
+struct BwdShape {
+  static constexpr int kBM = bwd_block_m(kD);
+  static constexpr int kQChunkPerWg = kD == 64 ? 1 : 0;  // dQ query-row chunk = this * warpgroup
+  static constexpr int kDChunkPerWg = kD == 64 ? 0 : 1;  // dQ column chunk = this * warpgroup
+  static_assert(kBM * kD == 2 * 64 * 64, "two 64 x 64 dQ parts per step");
+};
+
+// Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB.
 template <int kD>
 struct BwdSmem {
+  static constexpr int kBM = BwdShape<kD>::kBM;
   static constexpr int kChunks = kD / 64;
-  static constexpr int kKBytes = kBwdBlockN * kD * 2;  // K or V
-  static constexpr int kQBytes = kBwdBlockM * kD * 2;  // Q or dO, one stage
-  static constexpr int kDSBytes = 64 * 64 * 2;         // one warpgroup's dS^T (64 keys x 64 queries)
-  static constexpr int kDQBytes = kBwdBlockM * kD * 4;  // one warpgroup's fp32 dQ part, kD / 32 tiles
+  static constexpr int kKBytes = kBwdBlockN * kD * 2;   // K or V
+  static constexpr int kQBytes = kBM * kD * 2;           // Q or dO, one stage
+  static constexpr int kDSBytes = kBwdBlockN * kBM * 2;  // dS^T of the CTA's 128 keys, one buffer
+  static constexpr int kDQBytes = 64 * 64 * 4;           // one warpgroup's fp32 dQ part: 2 tiles of 32 columns
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKBytes;
   static constexpr int kQ = kV + kKBytes;
   static constexpr int kDO = kQ + kBwdStages * kQBytes;
-  static constexpr int kDS = kDO + kBwdStages * kQBytes;
+  static constexpr int kDS = kDO + kBwdStages * kQBytes;  // 2 buffers: step it writes it % 2
   static constexpr int kDQ = kDS + 2 * kDSBytes;
-  static constexpr int kStats = kDQ + 2 * kDQBytes;  // per consumer warpgroup: LSE (log2 units) and D, 64 each
-  static constexpr int kBar = kStats + 2 * 2 * kBwdBlockM * 4;
+  static constexpr int kStats = kDQ + 2 * kDQBytes;  // per consumer warpgroup: LSE (log2 units) and D, kBM each
+  static constexpr int kBar = kStats + 2 * 2 * kBM * 4;
   static constexpr int kBytes = kBar + 8 * (1 + 2 * kBwdStages) + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -79,10 +102,12 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
   }
 }
 
-// The 128 threads of one consumer warpgroup (named barrier 1 or 2; 0 is __syncthreads).
+// Named barriers (0 is __syncthreads): 1 and 2, the 128 threads of one consumer warpgroup; 3,
+// both consumer warpgroups (256 threads: the dS^T hand-off between them).
 __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 3, 256;\n" ::: "memory"); }
 
 // Generic-proxy shared-memory writes (dS^T, the dQ part) made visible to the async proxy (wgmma
 // operand reads, TMA reductions).
@@ -98,12 +123,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                const float* dsum) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
-  constexpr int kBM = kBwdBlockM, kBN = kBwdBlockN, kStages = kBwdStages;
-  constexpr int kDT = kD / 8;  // 8-column tiles of dK, dV, dQ
-  constexpr int kKT = kD / 16;  // 16-wide k-steps over the head dim
+  using Shape = BwdShape<kD>;
+  constexpr int kBM = Shape::kBM, kBN = kBwdBlockN, kStages = kBwdStages;
+  constexpr int kDT = kD / 8;    // 8-column tiles of dK, dV
+  constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim
+  constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
+  constexpr int kQK = kBM / 16;  // 16-query k-steps of dV, dK
+  constexpr int kStatsPerThread = 2 * kBM / 128;  // LSE and D rows loaded by each consumer thread
 
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = smem_align_1024(smem_raw);
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
   uint64_t* qdo_full = kv_full + 1;
@@ -115,7 +144,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int n0 = n_block * kBN;
   if (n0 >= sb.sk) return;  // beyond this (varlen) sequence: the whole CTA leaves together
   int m_begin = 0, m_end = 0;
-  sm80::bwd::query_blocks_for_keys(p, sb, n0, kBN, &m_begin, &m_end);
+  sm80::bwd::query_blocks_for_keys(p, sb, n0, kBN, &m_begin, &m_end, kBM);
   const int m_count = m_end - m_begin;
   const int steps = p.group * m_count;  // (query head of the group, query block) pairs
 
@@ -175,10 +204,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int n0w = n0 + 64 * cwg;
   const uint32_t k_wg = smem_base + L::kK + 64 * cwg * kSwizzleBytes;  // this warpgroup's K rows
   const uint32_t v_wg = smem_base + L::kV + 64 * cwg * kSwizzleBytes;
-  unsigned char* ds_wg = smem + L::kDS + cwg * L::kDSBytes;
+  // This warpgroup's share of the dQ part: query rows [dq_m, dq_m + 64) of the step, columns
+  // [dq_c, dq_c + 64) (BwdShape).
+  const int dq_m = 64 * Shape::kQChunkPerWg * cwg, dq_c = 64 * Shape::kDChunkPerWg * cwg;
   unsigned char* dq_wg = smem + L::kDQ + cwg * L::kDQBytes;
   float* stats_wg = stats + cwg * 2 * kBM;  // this warpgroup's LSE (log2 units) and D rows of the step
-  const int tw = threadIdx.x % 128;        // thread tw loads LSE row tw (< 64) or D row tw - 64
+  const int tw = threadIdx.x % 128;
   const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
 
   float dk[kDT][4], dv[kDT][4];
@@ -195,25 +226,26 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
     const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
     const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
-    // This step's LSE / D row of thread tw, loaded now and stored once the products are issued (the
-    // load's latency hides behind them). Rows past the sequence or seeing no key: LSE = +inf, so
-    // P = exp2(x - inf) = 0, and D = 0.
-    float stat = tw < kBM ? INFINITY : 0.0f;
-    {
-      const int i = m0 + tw % kBM;
-      if (i < sb.sq) {
-        if (tw < kBM) {
-          const float l = p.lse[b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i];
-          stat = l == -INFINITY ? INFINITY : l * kLog2e;
-        } else {
-          stat = dsum[sm80::bwd::row_index(p, b, hq, i)];
-        }
-      }
+    const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
+    // This step's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM), loaded now
+    // and converted + stored once the products are issued (the loads' latency hides behind them;
+    // ncu showed the log2 conversion written here stalling on the load). Rows past the sequence or
+    // seeing no key: LSE = +inf, so P = exp2(x - inf) = 0, and D = 0.
+    float stat[kStatsPerThread];
+#pragma unroll
+    for (int k = 0; k < kStatsPerThread; ++k) {
+      const int r = tw + 128 * k;
+      const bool is_lse = r < kBM;
+      const int i = m0 + (is_lse ? r : r - kBM);
+      stat[k] = is_lse ? INFINITY : 0.0f;
+      if (i < sb.sq)
+        stat[k] = is_lse ? p.lse[b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i]
+                         : dsum[sm80::bwd::row_index(p, b, hq, i)];
     }
     bwd_wait(qdo_full + s, (it / kStages) & 1);
 
-    // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = 64 queries, K = head dim.
-    float st[8][4], dpt[8][4];
+    // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
+    float st[kQT][4], dpt[kQT][4];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kKT; ++kk) {
@@ -229,32 +261,46 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     }
     wgmma_commit();
     // The warpgroup's rows into shared memory while the products run. The last step's reads of
-    // stats_wg all came before its warpgroup_sync (the dS^T hand-off below), so this overwrite is safe.
-    stats_wg[tw] = stat;
+    // stats_wg all came before its consumers_sync (the dS^T hand-off below), so this overwrite is safe.
+#pragma unroll
+    for (int k = 0; k < kStatsPerThread; ++k) {
+      const bool is_lse = tw + 128 * k < kBM;  // LSE to log2 units; -inf (no key seen) to +inf
+      stats_wg[tw + 128 * k] = !is_lse ? stat[k] : (stat[k] == -INFINITY ? INFINITY : stat[k] * kLog2e);
+    }
     warpgroup_sync(cwg);
     wgmma_wait<0>();
     fence_operands(st);
     fence_operands(dpt);
 
     // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
+    // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
+    // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
+    // element of every block (ncu: integer and predicate instructions were most of this loop).
     const float* s_lse = stats_wg;
-    const bool boundary = mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64);
+    auto scores_to_ds = [&](auto masked) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+      for (int j = 0; j < kQT; ++j) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
-        const int key = key0 + 8 * (e / 2);
-        float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
-        if (boundary && (key >= sb.sk || !mod.mask.visible(m0 + qc, key))) x = -INFINITY;
-        const float pr = fast_exp2(x);
-        st[j][e] = pr;
-        dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
+        for (int e = 0; e < 4; ++e) {
+          const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
+          float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
+          if constexpr (decltype(masked)::value) {
+            const int key = key0 + 8 * (e / 2);
+            if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
+          }
+          const float pr = fast_exp2(x);
+          st[j][e] = pr;
+          dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
+        }
       }
-    }
-    uint32_t pp[4][4], pds[4][4];  // A fragments, 16 queries per k-step
+    };
+    if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
+      scores_to_ds(std::true_type{});
+    else
+      scores_to_ds(std::false_type{});
+    uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
+    for (int kk = 0; kk < kQK; ++kk) {
       pp[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
       pp[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
       pp[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
@@ -265,32 +311,36 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       pds[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
     }
 
-    // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = 64 queries; B read N-major.
+    // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
     fence_operands(dk);
     fence_operands(dv);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
+    for (int kk = 0; kk < kQK; ++kk)
       wgmma_rs<T, 1>(dv, pp[kk], make_desc(do_addr + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
+    for (int kk = 0; kk < kQK; ++kk)
       wgmma_rs<T, 1>(dk, pds[kk], make_desc(q_addr + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
     wgmma_commit();
 
-    // dS^T -> shared memory as the A operand of dQ = dS K, read M-major (queries contiguous): row
-    // = key (128 bytes = 64 queries), 16-byte chunk c of a row at c ^ (row % 8).
+    // dS^T -> shared memory buffer it % 2, the A operand of dQ = dS K read M-major (queries
+    // contiguous): per 64-query chunk, 128 rows (keys; this warpgroup's at 64 cwg) of 128 bytes,
+    // 16-byte chunk c of a row at c ^ (row % 8). The buffer was last read by step it - 2's dQ
+    // products, which both warpgroups finished before step it - 1's consumers_sync.
     if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
     // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
     // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+    unsigned char* ds = smem + L::kDS + (it % 2) * L::kDSBytes;
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
+    for (int kk = 0; kk < kQK; ++kk)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row = wr + 8 * (e % 2), j = 2 * kk + e / 2;
-        *reinterpret_cast<uint32_t*>(ds_wg + row * kSwizzleBytes + ((j ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
+        const int row = 64 * cwg + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
+        *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
+                                     (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
       }
     fence_proxy_async_smem();
-    warpgroup_sync(cwg);
+    consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
 
     wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
     fence_operands(dk);
@@ -298,48 +348,44 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     __syncwarp();
     if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
 
-    // dQ part = dS K_wg: M = 64 queries (A = dS^T read M-major), N = head dim, K = 64 keys (B = K
-    // rows read N-major).
-    // In 64-column halves of the head dim (32 accumulator registers at a time instead of kD / 2:
-    // with dK and dV live, the whole 64 x 128 product spilled 176 bytes at d = 128).
+    // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = 64 columns of the head dim
+    // (B = K rows read N-major), K = the CTA's 128 keys.
+    float dq[8][4];
+    wgmma_fence();
 #pragma unroll
-    for (int half = 0; half < kD / 64; ++half) {
-      float dq[8][4];
-      wgmma_fence();
+    for (int kk = 0; kk < kBN / 16; ++kk)
+      wgmma_ss<T, 1, 1>(dq, make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
+                                      kBN * kSwizzleBytes, kAtomBytes),
+                        make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
+                                  kBN * kSwizzleBytes, kAtomBytes),
+                        kk > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_operands(dq);
+    // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
+    // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        wgmma_ss<T, 1, 1>(dq, make_desc(smem_base + L::kDS + cwg * L::kDSBytes + kk * 16 * kSwizzleBytes, 64 * kSwizzleBytes, kAtomBytes),
-                          make_desc(k_wg + half * kBN * kSwizzleBytes + kk * 16 * kSwizzleBytes, kBN * kSwizzleBytes, kAtomBytes),
-                          kk > 0);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(dq);
-      // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-      // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
+    for (int dt = 0; dt < 8; ++dt)
 #pragma unroll
-      for (int dt = 0; dt < 8; ++dt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = wr + 8 * r, col = 64 * half + 8 * dt + 2 * (lane % 4);
-          const int unit = (col % 32) / 4;
-          *reinterpret_cast<float2*>(dq_wg + (col / 32) * (kBM * kSwizzleBytes) + row * kSwizzleBytes +
-                                     ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
-        }
-    }
+      for (int r = 0; r < 2; ++r) {
+        const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
+        const int unit = (col % 32) / 4;
+        *reinterpret_cast<float2*>(dq_wg + (col / 32) * (64 * kSwizzleBytes) + row * kSwizzleBytes +
+                                   ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+      }
     fence_proxy_async_smem();
     warpgroup_sync(cwg);
-    if (leader) {
-      const int row = static_cast<int>(sm80::bwd::row_index(p, b, hq, m0));
+    if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
+      const int row = static_cast<int>(sm80::bwd::row_index(p, b, hq, m0 + dq_m));
 #pragma unroll
-      for (int c = 0; c < kD / 32; ++c) {
-        const int32_t coords[4] = {c * 32, row, 0, 0};
+      for (int c = 0; c < 2; ++c) {
+        const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
         bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
-                                          dq_wg + c * (kBM * kSwizzleBytes));
+                                          dq_wg + c * (64 * kSwizzleBytes));
       }
       bptx::cp_async_bulk_commit_group();
     }
   }
-
   // dK (times the softmax scale) and dV of this warpgroup's 64 keys, straight from the fragments.
   T* gdk = static_cast<T*>(p.dk) + b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
   T* gdv = static_cast<T*>(p.dv) + b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
@@ -369,7 +415,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
   float* dsum = static_cast<float*>(workspace);
   float* dq_accum = dsum + dq_accum_offset(p);
-  const int m_blocks = (p.seqlen_q + kBwdBlockM - 1) / kBwdBlockM;
+  const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of the sm80 preprocess / convert
   const int n_blocks = (p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN;
   const int64_t accum_rows = int64_t(p.batch) * p.heads_q * p.seqlen_q;
   if (accum_rows > INT32_MAX)
@@ -385,11 +431,11 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
       encode_tensor_map(&tv, {p.v, p.head_dim_v, rows_k, p.heads_k, batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride},
                         kBwdBlockN, type) &&
       encode_tensor_map(&tq, {p.q, p.head_dim, rows_q, p.heads_q, batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride},
-                        kBwdBlockM, type) &&
+                        BwdShape<kD>::kBM, type) &&
       encode_tensor_map(&tdo, {p.dout, p.head_dim_v, rows_q, p.heads_q, batch, p.do_row_stride, p.do_head_stride,
                                p.do_batch_stride},
-                        kBwdBlockM, type) &&
-      encode_tensor_map(&tdq, {dq_accum, kD, accum_rows, 1, 1, kD, 0, 0}, kBwdBlockM, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4);
+                        BwdShape<kD>::kBM, type) &&
+      encode_tensor_map(&tdq, {dq_accum, kD, accum_rows, 1, 1, kD, 0, 0}, 64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4);
   if (!ok) return Status{ErrorCode::Unsupported, "sm90 backward: the driver refused a tensor map for these strides"};
 
   auto kernel = bwd_kernel<T, kD>;

@@ -8,6 +8,10 @@
 
 namespace ioattn::cuda::sm90 {
 
+// Query rows per step of the backward kernel at (padded) head dim d: 128 at d = 64, else 64
+// (why: BwdShape in bwd_kernel.cuh).
+constexpr int bwd_block_m(int d) { return d == 64 ? 128 : 64; }
+
 template <class T, int kD>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace);
 

@@ -21,6 +21,9 @@ struct FwdTile {
   bool persistent;  // one CTA per multiprocessor walking the tiles (else one CTA per tile)
   bool overlap;     // softmax of block n overlaps O += P V of block n - 1 (FA3's intra-warpgroup
                     // pipelining; costs a second set of P registers)
+  bool pingpong;    // the two consumer warpgroups take turns issuing their products (FA3's
+                    // inter-warpgroup "pingpong" on two named barriers), so one's softmax runs
+                    // under the other's products
   const char* why;
 };
 
@@ -32,10 +35,11 @@ struct FwdTile {
 //   d = 128: one CTA per tile without overlap best on 4 of 6 (547 / 613 / 669 non-causal against
 //            494 / 531 / 549 for persistent + overlap; causal within 1-8%).
 //   d = 256: persistent without overlap best or tied on all 6 (643 .. 749).
+// pingpong: off everywhere until measured (bench/notes-sm90.md, "Pingpong").
 inline constexpr FwdTile kFwdTiles[] = {
-    {64, 128, 128, 3, true, true, "S 64 + O 32 regs; 112 KB smem"},
-    {128, 128, 128, 2, false, false, "S 64 + O 64 regs; 160 KB smem"},
-    {256, 128, 64, 2, true, false, "S 32 + O 128 regs; 192 KB smem"},
+    {64, 128, 128, 3, true, true, false, "S 64 + O 32 regs; 112 KB smem"},
+    {128, 128, 128, 2, false, false, false, "S 64 + O 64 regs; 160 KB smem"},
+    {256, 128, 64, 2, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
 };
 
 // The sm90 head dim a call of head dim d runs with: 64, 128 or 256 (extra columns read as zeros
@@ -55,6 +59,7 @@ struct FwdTileFor {
   static constexpr int stages = fwd_tile(kD).stages;
   static constexpr bool persistent = fwd_tile(kD).persistent;
   static constexpr bool overlap = fwd_tile(kD).overlap;
+  static constexpr bool pingpong = fwd_tile(kD).pingpong;
 };
 
 // Defined in fwd_kernel.cuh, instantiated per head dim in generated files (src/cuda/CMakeLists.txt).

@@ -20,7 +20,8 @@
 //                tensor cores run the PV product
 //                wait PV; release V_{n-1}; rescale O by the new row maxima
 //              The two consumer warpgroups also run out of step, so one's softmax overlaps the
-//              other's products.
+//              other's products; with kPingpong (FA3's inter-warpgroup scheduling) they take strict
+//              turns issuing the two products of a step, on two named barriers (turn_wait below).
 //   epilogue   O / l -> input dtype, straight from registers to global memory, LSE in fp32, while
 //              the producer already loads the next tile.
 // Dropout is not served here (backend.cu sends it to the sm80 kernel).
@@ -35,7 +36,10 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "cuda/common/mma.cuh"
 #include "cuda/host_util.h"
@@ -74,6 +78,28 @@ struct FwdSmem {
 __device__ __forceinline__ void wait_barrier(uint64_t* bar, uint32_t parity) {
   while (!ptx::mbarrier_try_wait_parity(bar, parity)) {
   }
+}
+
+// Pingpong turns (kPingpong): consumer warpgroup c may issue a step's products only while it holds
+// the turn, i.e. after bar.sync on named barrier 1 + c; it passes the turn with bar.arrive on
+// the other warpgroup's barrier right after issuing (the products then run asynchronously, in issue
+// order on the tensor cores, while the other warpgroup issues its own and then does its softmax).
+// Each barrier completes with 256 threads: the 128 of its owner's bar.sync and the 128 of the other
+// warpgroup's bar.arrive. Barrier 0 is __syncthreads; the forward kernel uses no other named barrier.
+// Protocol and why it cannot deadlock: see the consumer code (kernel start, main loop, kernel end).
+// Barrier 1 is warpgroup 0's turn, barrier 2 warpgroup 1's. The ids are immediates (a branch on
+// the warp-uniform cwg): with an id in a register ptxas reserves all 16 barriers.
+__device__ __forceinline__ void turn_wait(int cwg) {
+  if (cwg == 0)
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+  else
+    asm volatile("bar.sync 2, 256;\n" ::: "memory");
+}
+__device__ __forceinline__ void turn_pass(int cwg) {
+  if (cwg == 0)
+    asm volatile("bar.arrive 2, 256;\n" ::: "memory");
+  else
+    asm volatile("bar.arrive 1, 256;\n" ::: "memory");
 }
 
 // One work tile: a query block of one head of one sequence, and the key blocks it must visit.
@@ -120,7 +146,8 @@ __device__ __forceinline__ int tile_of(int r, int cta, int ctas) {
 // kMods: the call uses softcap or ALiBi (compiled out otherwise, as in the sm80 kernel).
 // gridDim.x CTAs walk the tiles in rounds (tile_of); persistent (one CTA per multiprocessor), one
 // tile's epilogue overlaps the next tile's loads; with one CTA per tile each does round 0 only.
-template <class T, int kD, bool kMods, bool kOverlap>
+// kOverlap / kPingpong: fwd_config.h's FwdTile::overlap / pingpong.
+template <class T, int kD, bool kMods, bool kOverlap, bool kPingpong>
 __global__ void __launch_bounds__(kFwdThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v, int m_blocks,
@@ -133,7 +160,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   constexpr int kPT = kBN / 16; // 16-key k-steps of O += P V
 
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* smem = smem_align_1024(smem_raw);
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
   uint64_t* q_empty = q_full + 1;
@@ -203,6 +230,21 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   // ---- consumer warpgroups ----
   regs_alloc<kConsumerRegs>();
   const int cwg = warp / 4 - 1;  // 0 or 1: query rows [64 cwg, 64 cwg + 64) of the block
+  // Pingpong protocol (kPingpong). Turns are the main-loop steps (one per key block after a tile's
+  // first); a step's turn covers issuing S_n = Q K_n^T and O += P_{n-1} V_{n-1}. Warpgroup 0 takes
+  // the first turn: warpgroup 1 arrives once on warpgroup 0's barrier here, before any step. From
+  // then on every bar.sync of one warpgroup is completed by the other's latest bar.arrive, so turns
+  // strictly alternate 0, 1, 0, 1, ... over the whole kernel, across tile boundaries, and no
+  // barrier ever holds more than one pending arrival (a warpgroup's next arrive needs a turn that
+  // only the other's sync can grant). This needs both warpgroups to take the same number of turns:
+  // they do, because every per-tile decision (the tile index, w.skip, n_begin / n_end: plan_tile
+  // has no per-warpgroup input) is the same for both, and each takes n_end - n_begin - 1 turns in a
+  // tile (none for a skipped or empty tile, none for a single key block). The first S of a tile
+  // and the last P V are issued outside the turns (as in FA3), so nothing else is ordered by them.
+  // No cycle with the TMA producer: the mbarrier waits for K_n / V_{n-1} are for data the other
+  // warpgroup, at most one turn behind, has already waited for or needs next, and the producer's
+  // ring (kStages >= 2) only waits for releases that come after turns already taken.
+  if (kPingpong && cwg == 1) turn_pass(cwg);
   const uint32_t q_addr = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;
   auto arrive = [&](uint64_t* bar) {  // one arrival per warp, after all its lanes are done
     __syncwarp();
@@ -306,10 +348,12 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         const int s = (kv + 1) % kStages;   // slot of block n
         float sacc[kNT][4];
         wait_barrier(k_full + s, ((kv + 1) / kStages) & 1);
+        if (kPingpong) turn_wait(cwg);  // the K wait before: a turn is not held waiting for data
         fence_operands(o);  // before the first wgmma of the step: nothing may touch O in between
         issue_s(sacc, s);
         wait_barrier(v_full + sp, (kv / kStages) & 1);
         issue_pv(o, pk, sp);
+        if (kPingpong) turn_pass(cwg);  // both products issued: the other warpgroup's turn
         if (kOverlap) {
           wgmma_wait<1>();  // S_n done (groups complete in order); O += P V may still run
         } else {
@@ -370,21 +414,54 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         p.lse[w.b * p.lse_batch_stride + w.h * p.lse_head_stride + w.sb.q_row0 + row] = lse[r];
     }
   }
+  // Pingpong: warpgroup 1's last arrival on warpgroup 0's barrier (after its last turn, or its
+  // initial one when there were no turns) is still pending; consume it so that both barriers end
+  // the kernel complete. Warpgroup 1 waits for nothing more, so this returns once it gets there.
+  if (kPingpong && cwg == 0) turn_wait(cwg);
 #else
   __trap();  // built for sm_90a only; dispatch never launches it elsewhere
 #endif
 }
 
-template <class T, int kD, bool kMods, bool kOverlap>
+template <class T, int kD, bool kMods, bool kOverlap, bool kPingpong>
 cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks, int tiles, int ctas,
                               const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv) {
   constexpr int kSmem = FwdSmem<kD>::kBytes;
-  auto kernel = fwd_kernel<T, kD, kMods, kOverlap>;
+  auto kernel = fwd_kernel<T, kD, kMods, kOverlap, kPingpong>;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
   kernel<<<ctas, kFwdThreads, kSmem, stream>>>(p, tq, tk, tv, m_blocks, tiles);
   return cudaGetLastError();
+}
+
+// TEMPORARY measurement knobs for choosing fwd_config.h's pingpong column
+// (bench/gpu/bench_variants.py --preset pingpong); remove them with the choice. Read once per process.
+//   IOATTN_SM90_FWD_VARIANT     unset / "table" / "nopingpong": the table's schedule;
+//                               "pingpong": the table's overlap with pingpong;
+//                               "pingpong_overlap" / "pingpong_nooverlap": pingpong with overlap on / off.
+//   IOATTN_SM90_FWD_PERSISTENT  "0" / "1": overrides the table's persistent column (host side only).
+// To bound compile time only bf16 calls without softcap / ALiBi have the two extra (pingpong)
+// kernels per head dim; other calls ignore IOATTN_SM90_FWD_VARIANT.
+struct FwdKnobs {
+  int pingpong_overlap = -1;  // -1: the table's kernel; 0 / 1: the pingpong kernel with overlap off / on
+  int persistent = -1;        // -1: the table's; 0 / 1: forced
+};
+inline FwdKnobs fwd_knobs_from_env() {
+  static const FwdKnobs knobs = [] {
+    FwdKnobs k;
+    if (const char* v = std::getenv("IOATTN_SM90_FWD_VARIANT")) {
+      if (std::strcmp(v, "pingpong_overlap") == 0) k.pingpong_overlap = 1;
+      else if (std::strcmp(v, "pingpong_nooverlap") == 0) k.pingpong_overlap = 0;
+      else if (std::strcmp(v, "pingpong") == 0) k.pingpong_overlap = 2;  // resolved per head dim
+    }
+    if (const char* v = std::getenv("IOATTN_SM90_FWD_PERSISTENT")) {
+      if (std::strcmp(v, "0") == 0) k.persistent = 0;
+      else if (std::strcmp(v, "1") == 0) k.persistent = 1;
+    }
+    return k;
+  }();
+  return knobs;
 }
 
 template <class T, int kD>
@@ -399,14 +476,27 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return Status{ErrorCode::BackendError, std::string("sm90 forward: ") + cudaGetErrorString(e)};
-  const int ctas = FwdTileFor<kD>::persistent ? static_cast<int>(std::min<int64_t>(tiles, sms)) : static_cast<int>(tiles);
+  const FwdKnobs knobs = fwd_knobs_from_env();  // TEMPORARY (see FwdKnobs)
+  const bool persistent = knobs.persistent < 0 ? FwdTileFor<kD>::persistent : knobs.persistent == 1;
+  const int ctas = persistent ? static_cast<int>(std::min<int64_t>(tiles, sms)) : static_cast<int>(tiles);
   CUtensorMap tq, tk, tv;
   if (!encode_qkv_maps(p, kD, &tq, &tk, &tv))
     return Status{ErrorCode::Unsupported, "sm90 forward: the driver refused a tensor map for these strides"};
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-  constexpr bool kOverlap = FwdTileFor<kD>::overlap;
-  e = mods ? launch_fwd_kernel<T, kD, true, kOverlap>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv)
-           : launch_fwd_kernel<T, kD, false, kOverlap>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv);
+  constexpr bool kOverlap = FwdTileFor<kD>::overlap, kPingpong = FwdTileFor<kD>::pingpong;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {  // TEMPORARY (see FwdKnobs): pingpong variants
+    const int pp = knobs.pingpong_overlap == 2 ? int(kOverlap) : knobs.pingpong_overlap;
+    if (!mods && pp >= 0) {
+      e = pp == 1 ? launch_fwd_kernel<T, kD, false, true, true>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv)
+                  : launch_fwd_kernel<T, kD, false, false, true>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv);
+      if (e != cudaSuccess)
+        return Status{ErrorCode::BackendError, std::string("cuda forward (sm90, head dim ") + std::to_string(kD) +
+                                                   ", pingpong variant): " + cudaGetErrorString(e)};
+      return Status::Ok();
+    }
+  }
+  e = mods ? launch_fwd_kernel<T, kD, true, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv)
+           : launch_fwd_kernel<T, kD, false, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError,
                   std::string("cuda forward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};

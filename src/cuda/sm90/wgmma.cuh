@@ -30,6 +30,16 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t smem_addr, uint32_t lbo_b
          (uint64_t((sbo_bytes >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
 
+// The dynamic shared memory rounded up to 1024 bytes (the 128-byte swizzle's atom). Computed as an
+// offset from the __shared__ array, not through an integer cast, so the compiler still knows the
+// pointer is shared memory and emits st.shared / ld.shared: the integer round trip made it emit
+// generic stores and loads (ncu's SASS view of the backward showed ST.E / LD on the dS and dQ
+// staging tiles).
+__device__ __forceinline__ unsigned char* smem_align_1024(unsigned char* raw) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+  return raw + ((1024u - (a & 1023u)) & 1023u);
+}
+
 // Orders this warpgroup's register writes before the wgmma instructions that read them (the O
 // rescale before O += P V, the P fragments).
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
