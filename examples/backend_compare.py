@@ -30,6 +30,10 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 BACKENDS = ("ioattn", "sdpa")
+# --control: PyTorch SDPA pinned to its MATH backend. In bfloat16 two correct attention kernels round
+# differently, and training amplifies the difference step by step; how far sdpa-math drifts from
+# sdpa shows how far ioattn may drift from sdpa without being wrong.
+CONTROL = "sdpa-math"
 
 
 def parser(description: str, default_out: Path) -> argparse.ArgumentParser:
@@ -51,6 +55,12 @@ def parser(description: str, default_out: Path) -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (both backends)")
     ap.add_argument("--out", type=Path, default=default_out, help=f"loss-curve PNG (default {default_out})")
     ap.add_argument("--json", type=Path, default=None, help="numbers as JSON (default: --out with .json)")
+    ap.add_argument("--control", action="store_true",
+                    help=f"also train with SDPA's math backend ({CONTROL}): the loss drift between two correct "
+                         "kernels, to judge ioattn's drift against")
+    ap.add_argument("--profile", action="store_true",
+                    help="after training, profile 3 more steps per backend (torch.profiler) and print the "
+                         "operators with the most device time (CPU time on the cpu)")
     return ap
 
 
@@ -103,21 +113,41 @@ def train_one(args: argparse.Namespace, backend: str, build_model: Callable, mak
     rss_before = _maxrss_bytes()
     losses: List[float] = []
     times: List[float] = []
-    for step in range(args.steps):
+    # The control trains the sdpa model with SDPA pinned to its math backend.
+    pin = contextlib.nullcontext  # a fresh context manager per use
+    if backend == CONTROL:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        pin = lambda: sdpa_kernel(SDPBackend.MATH)  # noqa: E731
+
+    def one_step(step: int) -> torch.Tensor:
         inputs, targets = (t.to(device, non_blocking=True) for t in make_batch(args, step, gen))
         sync()
         t0 = time.perf_counter()
-        with autocast:
+        with pin(), autocast:
             loss = loss_fn(step_model(inputs), targets)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with pin():
+            loss.backward()
         opt.step()
         sync()
         times.append(time.perf_counter() - t0)
-        losses.append(loss.item())
+        return loss
+
+    for step in range(args.steps):
+        losses.append(one_step(step).item())
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"{backend}: loss became {losses[-1]} at step {step}")
-    result: Dict[str, object] = {"losses": losses, "step_ms": [t * 1e3 for t in times]}
+    profile_table = None
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            for step in range(args.steps, args.steps + 3):
+                one_step(step)
+        del times[args.steps:]  # the profiled steps stay out of ms/step
+        profile_table = prof.key_averages().table(
+            sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=15)
+    result: Dict[str, object] = {"losses": losses, "step_ms": [t * 1e3 for t in times], "profile": profile_table}
     if cuda:
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device)
         result["peak_kind"] = "torch.cuda.max_memory_allocated"
@@ -139,19 +169,23 @@ def _plot(path: Path, title: str, curves: Dict[str, List[float]]) -> Optional[st
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     fig, (ax, ax_diff) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
     fig.suptitle(title, fontsize=9)
-    for (name, ys), style in zip(curves.items(), ("-", "--")):
+    for (name, ys), style in zip(curves.items(), ("-", "--", ":")):
         ax.plot(range(1, len(ys) + 1), ys, style, label=name, linewidth=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.legend()
-    a, b = curves.values()
-    # Steps where the two losses are bitwise equal have no place on a log axis: count them instead.
-    diff = [(i + 1, abs(x - y)) for i, (x, y) in enumerate(zip(a, b)) if x != y]
-    if diff:
-        ax_diff.semilogy(*zip(*diff), ".", color="tab:red", markersize=3)
+    ref = curves["sdpa"]
+    notes = []
+    for (name, ys), color in zip(((n, y) for n, y in curves.items() if n != "sdpa"), ("tab:red", "tab:gray")):
+        # Steps where the two losses are bitwise equal have no place on a log axis: count them instead.
+        diff = [(i + 1, abs(x - y)) for i, (x, y) in enumerate(zip(ys, ref)) if x != y]
+        if diff:
+            ax_diff.semilogy(*zip(*diff), ".", color=color, markersize=3, label=f"{name} - sdpa")
+        notes.append(f"{name}: {len(ys) - len(diff)} of {len(ys)} equal")
     ax_diff.set_xlabel("step")
-    ax_diff.set_ylabel("|loss(ioattn) - loss(sdpa)|")
-    ax_diff.set_title(f"difference ({len(a) - len(diff)} of {len(a)} steps bitwise equal)", fontsize=9)
+    ax_diff.set_ylabel("|loss - loss(sdpa)|")
+    ax_diff.legend(fontsize=8)
+    ax_diff.set_title("difference (" + "; ".join(notes) + " bitwise)", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -167,22 +201,28 @@ def main(name: str, args: argparse.Namespace, build_model: Callable, make_batch:
          loss_fn: Callable, config: Dict[str, object]) -> Dict[str, object]:
     """Train with both backends, print the table, write the JSON and the plot; returns the JSON dict."""
     results = {}
-    for backend in BACKENDS:
+    backends = BACKENDS + ((CONTROL,) if args.control else ())
+    for backend in backends:
         # A pool of one fresh process per backend; a worker that dies raises BrokenProcessPool here
         # instead of being restarted.
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
             results[backend] = pool.submit(train_one, args, backend, build_model, make_batch, loss_fn).result()
-    ours, ref = results["ioattn"]["losses"], results["sdpa"]["losses"]
-    max_abs = max(abs(a - b) for a, b in zip(ours, ref))
-    max_rel = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, ref))
+    ref = results["sdpa"]["losses"]
+    drift = {}  # backend -> (max abs, max relative) loss difference from sdpa
+    for backend in backends:
+        if backend != "sdpa":
+            ys = results[backend]["losses"]
+            drift[backend] = (max(abs(a - b) for a, b in zip(ys, ref)),
+                              max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ys, ref)))
+    max_abs, max_rel = drift["ioattn"]
     rows = []
-    for backend in BACKENDS:
+    for backend in backends:
         r = results[backend]
         timed = r["step_ms"][args.warmup:] or r["step_ms"]
         r["median_ms_per_step"] = statistics.median(timed)
         r["final_loss"] = r["losses"][-1]
         rows.append((backend, str(args.steps), f"{r['final_loss']:.5f}",
-                     f"{max_abs:.2e}" if backend == "ioattn" else "-", f"{r['median_ms_per_step']:.2f}",
+                     f"{drift[backend][0]:.2e}" if backend in drift else "-", f"{r['median_ms_per_step']:.2f}",
                      _mib(r["peak_bytes"])))
     head = ("backend", "steps", "final loss", "max |loss diff|", "ms/step (median)", "peak memory")
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
@@ -196,6 +236,9 @@ def main(name: str, args: argparse.Namespace, build_model: Callable, make_batch:
         print(line(row))
     speedup = results["sdpa"]["median_ms_per_step"] / results["ioattn"]["median_ms_per_step"]
     mem_ratio = results["ioattn"]["peak_bytes"] / max(results["sdpa"]["peak_bytes"], 1)
+    if CONTROL in drift:
+        print(f"control: {CONTROL} drifts from sdpa by up to {drift[CONTROL][0]:.2e} "
+              f"({drift[CONTROL][1]:.2e} relative); ioattn by up to {max_abs:.2e} ({max_rel:.2e})")
     print(f"max relative loss difference {max_rel:.2e}; step time sdpa/ioattn {speedup:.2f} "
           f"(>1: ioattn faster); peak memory ratio ioattn/sdpa {mem_ratio:.2f} ({results['ioattn']['peak_kind']}; "
           f"ms/step is the median after {args.warmup} warm-up steps)")
@@ -204,13 +247,18 @@ def main(name: str, args: argparse.Namespace, build_model: Callable, make_batch:
         "warmup_steps": args.warmup, "seed": args.seed, "config": config, "torch": torch.__version__,
         "max_abs_loss_diff": max_abs, "max_rel_loss_diff": max_rel, "sdpa_over_ioattn_time": speedup,
         "ioattn_over_sdpa_peak_memory": mem_ratio,
+        "control_max_abs_loss_diff": drift[CONTROL][0] if CONTROL in drift else None,
+        "control_max_rel_loss_diff": drift[CONTROL][1] if CONTROL in drift else None,
         "backends": {b: {k: results[b][k] for k in ("final_loss", "median_ms_per_step", "peak_bytes", "peak_kind",
-                                                     "losses")} for b in BACKENDS},
+                                                     "losses")} for b in backends},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=1) + "\n")
     note = _plot(args.out, f"{name} on {dev}, {args.dtype}\n{config_summary(config)}",
-                 {b: results[b]["losses"] for b in BACKENDS})
+                 {b: results[b]["losses"] for b in backends})
+    for backend in backends:
+        if results[backend].get("profile"):
+            print(f"profile of 3 steps, {backend}:\n{results[backend]['profile']}")
     print(note or f"wrote {args.out} and {args.json}")
     if note:
         print(f"wrote {args.json}")

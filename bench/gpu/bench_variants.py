@@ -10,8 +10,9 @@ Saves bench/results/variants-<device>-<date>.json.
   python3 bench/gpu/bench_variants.py --cli build-gpu/tools/ioattn \\
       --variant sm80:IOATTN_SM90=0
 
---preset pingpong (the sm90 forward's pingpong scheduling, TEMPORARY knobs IOATTN_SM90_FWD_VARIANT /
-IOATTN_SM90_FWD_PERSISTENT read in src/cuda/sm90/fwd_kernel.cuh's run_fwd) times, per head dim,
+--preset pingpong (the sm90 forward's pingpong scheduling; needs the temporary knobs
+IOATTN_SM90_FWD_VARIANT / IOATTN_SM90_FWD_PERSISTENT of commit d5f3a67's src/cuda/sm90/fwd_kernel.cuh,
+removed once fwd_config.h's pingpong column was chosen with them: bring them back to re-measure) times, per head dim,
 against the schedule of fwd_config.h's table (column "table"; about 80 s on an H200):
   pp       the table's schedule with pingpong
   pp~ov    pingpong with the table's overlap flipped

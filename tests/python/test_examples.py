@@ -39,3 +39,24 @@ def test_example_backends_match(name, tmp_path):
     for b in ("ioattn", "sdpa"):
         assert rec["backends"][b]["median_ms_per_step"] > 0 and rec["backends"][b]["peak_bytes"] >= 0
     assert png.exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_example_control_and_profile(tmp_path):
+    """--control adds SDPA's math backend as a third run (its drift from sdpa is reported next to
+    ioattn's) and --profile prints a profiler table per backend."""
+    script, *extra = EXAMPLES["gpt"]
+    js = tmp_path / "results.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / script), *TINY, *extra, "--steps", "4", "--control", "--profile",
+                           "--out", str(tmp_path / "loss.png"), "--json", str(js)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rec = json.loads(js.read_text())
+    assert set(rec["backends"]) == {"ioattn", "sdpa", "sdpa-math"}
+    ctrl, ref = rec["backends"]["sdpa-math"]["losses"], rec["backends"]["sdpa"]["losses"]
+    assert len(ctrl) == 4  # the profiled steps are not in the curves
+    assert max(abs(a - b) for a, b in zip(ctrl, ref)) == pytest.approx(rec["control_max_abs_loss_diff"])
+    assert rec["control_max_rel_loss_diff"] < 1e-4  # float32 on the CPU: rounding only
+    assert "control: sdpa-math drifts from sdpa" in proc.stdout
+    for b in ("ioattn", "sdpa", "sdpa-math"):
+        assert f"profile of 3 steps, {b}:" in proc.stdout

@@ -28,17 +28,20 @@ struct FwdTile {
 };
 
 // The schedule columns were chosen by measurement (H200, bf16, B*S = 16k, H*D = 2048, forward
-// TFLOP/s at seqlen 2048 / 4096 / 16384, non-causal and causal; bench/gpu/bench_variants.py, raw:
-// bench/results/variants-nvidia-h200-2026-11-22-sm90-schedule.json):
-//   d = 64:  persistent + overlap best on all 6 shapes (356 .. 387; one CTA per tile without
-//            overlap 232 .. 374): the short products leave the softmax exposed.
-//   d = 128: one CTA per tile without overlap best on 4 of 6 (547 / 613 / 669 non-causal against
-//            494 / 531 / 549 for persistent + overlap; causal within 1-8%).
-//   d = 256: persistent without overlap best or tied on all 6 (643 .. 749).
-// pingpong: off everywhere until measured (bench/notes-sm90.md, "Pingpong").
+// TFLOP/s; bench/gpu/bench_variants.py with temporary knobs, since removed; raw:
+// bench/results/variants-nvidia-h200-2026-11-22-{sm90-schedule,pingpong}.json):
+//   d = 64:  persistent + overlap best of the non-pingpong schedules on all 6 shapes (356 .. 387);
+//            adding pingpong: 409 / 287 / 450 / 436 (seqlen 2048 / 2048 causal / 16k / 16k causal)
+//            against 346 / 264 / 377 / 368 in the same run.
+//   d = 128: without pingpong one CTA per tile without overlap was best (547 / 669 non-causal at
+//            2048 / 16k). With pingpong persistent without overlap: 591 / 391 / 666 / 654 against
+//            460 / 341 / 587 / 559 for the old schedule in the same run (one CTA per tile with
+//            pingpong: 561 / 353 / 684 / 644, + overlap 561 / 362 / 689 / 653).
+//   d = 256: persistent without overlap best or tied on all 6 (643 .. 749); with pingpong 624 / 452 /
+//            736 / 710 against 637 / 459 / 750 / 726 without (2048 / 2048 causal / 16k / 16k causal).
 inline constexpr FwdTile kFwdTiles[] = {
-    {64, 128, 128, 3, true, true, false, "S 64 + O 32 regs; 112 KB smem"},
-    {128, 128, 128, 2, false, false, false, "S 64 + O 64 regs; 160 KB smem"},
+    {64, 128, 128, 3, true, true, true, "S 64 + O 32 regs; 112 KB smem"},
+    {128, 128, 128, 2, true, false, true, "S 64 + O 64 regs; 160 KB smem"},
     {256, 128, 64, 2, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
 };
 

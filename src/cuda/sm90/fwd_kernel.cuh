@@ -36,10 +36,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
-#include <type_traits>
 
 #include "cuda/common/mma.cuh"
 #include "cuda/host_util.h"
@@ -435,35 +432,6 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
   return cudaGetLastError();
 }
 
-// TEMPORARY measurement knobs for choosing fwd_config.h's pingpong column
-// (bench/gpu/bench_variants.py --preset pingpong); remove them with the choice. Read once per process.
-//   IOATTN_SM90_FWD_VARIANT     unset / "table" / "nopingpong": the table's schedule;
-//                               "pingpong": the table's overlap with pingpong;
-//                               "pingpong_overlap" / "pingpong_nooverlap": pingpong with overlap on / off.
-//   IOATTN_SM90_FWD_PERSISTENT  "0" / "1": overrides the table's persistent column (host side only).
-// To bound compile time only bf16 calls without softcap / ALiBi have the two extra (pingpong)
-// kernels per head dim; other calls ignore IOATTN_SM90_FWD_VARIANT.
-struct FwdKnobs {
-  int pingpong_overlap = -1;  // -1: the table's kernel; 0 / 1: the pingpong kernel with overlap off / on
-  int persistent = -1;        // -1: the table's; 0 / 1: forced
-};
-inline FwdKnobs fwd_knobs_from_env() {
-  static const FwdKnobs knobs = [] {
-    FwdKnobs k;
-    if (const char* v = std::getenv("IOATTN_SM90_FWD_VARIANT")) {
-      if (std::strcmp(v, "pingpong_overlap") == 0) k.pingpong_overlap = 1;
-      else if (std::strcmp(v, "pingpong_nooverlap") == 0) k.pingpong_overlap = 0;
-      else if (std::strcmp(v, "pingpong") == 0) k.pingpong_overlap = 2;  // resolved per head dim
-    }
-    if (const char* v = std::getenv("IOATTN_SM90_FWD_PERSISTENT")) {
-      if (std::strcmp(v, "0") == 0) k.persistent = 0;
-      else if (std::strcmp(v, "1") == 0) k.persistent = 1;
-    }
-    return k;
-  }();
-  return knobs;
-}
-
 template <class T, int kD>
 Status run_fwd(const Params& p, cudaStream_t stream) {
   constexpr int kBM = FwdTileFor<kD>::block_m;
@@ -476,25 +444,12 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return Status{ErrorCode::BackendError, std::string("sm90 forward: ") + cudaGetErrorString(e)};
-  const FwdKnobs knobs = fwd_knobs_from_env();  // TEMPORARY (see FwdKnobs)
-  const bool persistent = knobs.persistent < 0 ? FwdTileFor<kD>::persistent : knobs.persistent == 1;
-  const int ctas = persistent ? static_cast<int>(std::min<int64_t>(tiles, sms)) : static_cast<int>(tiles);
+  const int ctas = FwdTileFor<kD>::persistent ? static_cast<int>(std::min<int64_t>(tiles, sms)) : static_cast<int>(tiles);
   CUtensorMap tq, tk, tv;
   if (!encode_qkv_maps(p, kD, &tq, &tk, &tv))
     return Status{ErrorCode::Unsupported, "sm90 forward: the driver refused a tensor map for these strides"};
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
   constexpr bool kOverlap = FwdTileFor<kD>::overlap, kPingpong = FwdTileFor<kD>::pingpong;
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {  // TEMPORARY (see FwdKnobs): pingpong variants
-    const int pp = knobs.pingpong_overlap == 2 ? int(kOverlap) : knobs.pingpong_overlap;
-    if (!mods && pp >= 0) {
-      e = pp == 1 ? launch_fwd_kernel<T, kD, false, true, true>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv)
-                  : launch_fwd_kernel<T, kD, false, false, true>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv);
-      if (e != cudaSuccess)
-        return Status{ErrorCode::BackendError, std::string("cuda forward (sm90, head dim ") + std::to_string(kD) +
-                                                   ", pingpong variant): " + cudaGetErrorString(e)};
-      return Status::Ok();
-    }
-  }
   e = mods ? launch_fwd_kernel<T, kD, true, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv)
            : launch_fwd_kernel<T, kD, false, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv);
   if (e != cudaSuccess)

@@ -1,0 +1,42 @@
+"""The eager fast path (ops.py: attention() calls the operator implementations through an
+autograd.Function instead of torch.library's dispatch when nothing needs the dispatch): the same
+bits as the registered operators, and taken only when it should be. Its host time per call against
+the dispatch and SDPA: bench/gpu/bench_overhead.py."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import ioattn
+from helpers import randn
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "ioattn":
+            self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _fwd_bwd(q, k, v, dout, **kw):
+    out = ioattn.flash_attn_func(q, k, v, **kw)
+    return (out, *torch.autograd.grad(out, (q, k, v), dout))
+
+
+@pytest.mark.parametrize("kw", [dict(causal=True), dict(window_size=(3, 0), softcap=5.0), dict(dropout_p=0.3)])
+def test_eager_path_equals_operators(kw):
+    q, k, v = randn(2, 9, 4, 16), randn(2, 12, 2, 16), randn(2, 12, 2, 16)
+    dout = torch.randn(2, 9, 4, 16)
+    torch.manual_seed(5)
+    eager = _fwd_bwd(q, k, v, dout, **kw)
+    assert "_EagerAttention" in type(eager[0].grad_fn).__name__
+    torch.manual_seed(5)  # the same dropout draw
+    with _Count() as count:  # a dispatch mode sends the call through the registered operators
+        ops = _fwd_bwd(q, k, v, dout, **kw)
+    assert count.names == ["fwd.default", "bwd.default"]
+    for name, a, b in zip(("out", "dq", "dk", "dv"), eager, ops):
+        assert torch.equal(a, b), name
+
