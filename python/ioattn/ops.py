@@ -209,7 +209,8 @@ class _EagerAttention(torch.autograd.Function):
 
 def _eager(*tensors) -> bool:
     # A Python dispatch mode (FlopCounterMode, a debugging or counting mode) must see the operators.
-    return (not torch.compiler.is_compiling() and _current_dispatch_mode() is None
+    # torch.jit.trace must record the operator, not a Python autograd.Function it cannot serialise.
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and _current_dispatch_mode() is None
             and all(t is None or type(t) is Tensor for t in tensors))
 
 

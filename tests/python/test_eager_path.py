@@ -40,3 +40,13 @@ def test_eager_path_equals_operators(kw):
     for name, a, b in zip(("out", "dq", "dk", "dv"), eager, ops):
         assert torch.equal(a, b), name
 
+
+
+def test_jit_trace_records_the_operator():
+    """Under torch.jit.trace the registered operator is recorded (a Python autograd.Function would
+    not be serialisable), and the trace replays to the same bits."""
+    q, k, v = (randn(1, 4, 2, 8, requires_grad=False) for _ in range(3))
+    traced = torch.jit.trace(lambda q, k, v: ioattn.flash_attn_func(q, k, v, causal=True), (q, k, v),
+                             check_trace=False)
+    assert "ioattn::fwd" in str(traced.graph)
+    assert torch.equal(traced(q, k, v), ioattn.flash_attn_func(q, k, v, causal=True))
