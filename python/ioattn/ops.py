@@ -38,6 +38,8 @@ def _alloc_like(t: Tensor, last: int, dtype: Optional[torch.dtype] = None) -> Te
     memory in the order of t's strides (largest first), the last dimension contiguous."""
     nd = t.dim()
     shape = list(t.shape[:-1]) + [last]
+    if t.is_contiguous():  # the common case: the natural order (and the same strides as below)
+        return torch.empty(shape, dtype=dtype or t.dtype, device=t.device)
     order = sorted(range(nd - 1), key=lambda i: (-t.stride(i), i))
     buf = torch.empty([shape[i] for i in order] + [last], dtype=dtype or t.dtype, device=t.device)
     inverse = [0] * (nd - 1)
