@@ -17,6 +17,7 @@
 #   LOG_DIR      where logs and results are written  (default $BUILD_DIR/gpu_check)
 #   BENCH_ARGS   extra arguments for bench_attn.py   (e.g. "--seqlens 1024,4096,16384 --head-dims 128")
 #   SKIP_BENCH=1 / SKIP_SANITIZER=1 / SKIP_PYTHON=1  skip those steps
+#   EXAMPLES=1   also train examples/vit and examples/gpt with --control (results in $LOG_DIR/examples)
 #   PY_TARGET    where the Python package is installed (default $BUILD_DIR/py-site; prepended to PYTHONPATH).
 #                The GPU image lacks nanobind / scikit-build-core / pytest: carry them as wheels in .whl/
 #                (see /work/.library/device/README.md) and this script installs them first.
@@ -148,6 +149,19 @@ if [ $BUILD_RC -eq 0 ]; then
       run_step pytest "$LOG_DIR/pytest.log" timeout "${TIMEOUT_TESTS:-300}" env IOATTN_REQUIRE_ULTRALYTICS=1 PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
         python3 -m pytest tests/python -q -p no:cacheprovider
       STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E '(passed|failed)' "$LOG_DIR/pytest.log" | tail -1)"
+      # Host time per call of the Python API against SDPA (what bounds small models' steps).
+      run_step py_overhead "$LOG_DIR/py_overhead.log" timeout 120 env PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
+        python3 bench/gpu/bench_overhead.py --calls 300
+      STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E '^(ioattn|sdpa) ' "$LOG_DIR/py_overhead.log" | tr -s ' ' | tr '\n' ';')"
+      # EXAMPLES=1: the two training examples with the SDPA-math control (about 2 minutes on an H200).
+      if [ "${EXAMPLES:-0}" = 1 ]; then
+        for m in vit gpt; do
+          run_step "ex_$m" "$LOG_DIR/ex_$m.log" timeout 300 env PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
+            python3 "examples/$m/train_$m.py" --control --out "$LOG_DIR/examples/$m-loss-cuda.png" \
+            --json "$LOG_DIR/examples/$m-results-cuda.json"
+          STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E '^control:' "$LOG_DIR/ex_$m.log")"
+        done
+      fi
     fi
   fi
 
@@ -185,6 +199,7 @@ echo "logs: $LOG_DIR"
 if [ -n "${RESULTS_COPY_DIR:-}" ]; then
   mkdir -p "$RESULTS_COPY_DIR"
   find bench/results -maxdepth 1 -name '*.json' -newer "$RUN_MARKER" -exec cp {} "$RESULTS_COPY_DIR"/ \;
+  [ -d "$LOG_DIR/examples" ] && cp -r "$LOG_DIR/examples" "$RESULTS_COPY_DIR"/
   echo "benchmark JSON copied to $RESULTS_COPY_DIR: $(find bench/results -maxdepth 1 -name '*.json' -newer "$RUN_MARKER" | tr '\n' ' ')"
 fi
 exit $failed
