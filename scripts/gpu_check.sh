@@ -15,7 +15,8 @@
 #   ARCH         CMAKE_CUDA_ARCHITECTURES            (default 90a; 80 for Ampere)
 #   HEAD_DIMS    IOATTN_CUDA_HEAD_DIMS               (default "64;128;256": what the benchmark needs)
 #   LOG_DIR      where logs and results are written  (default $BUILD_DIR/gpu_check)
-#   BENCH_ARGS   extra arguments for bench_attn.py   (e.g. "--seqlens 1024,4096,16384 --head-dims 128")
+#   BENCH_ARGS   extra arguments for bench_attn.py   (e.g. "--seqlens 1024,4096,16384 --head-dims 128";
+#                "--shape-checks" adds the GQA / varlen per-FLOP table, about a minute more)
 #   SKIP_BENCH=1 / SKIP_SANITIZER=1 / SKIP_PYTHON=1  skip those steps
 #   EXAMPLES=1   also train examples/vit and examples/gpt with --control (results in $LOG_DIR/examples)
 #   PY_TARGET    where the Python package is installed (default $BUILD_DIR/py-site; prepended to PYTHONPATH).
@@ -190,6 +191,7 @@ done
 if [ -f "$LOG_DIR/bench.log" ]; then
   echo "benchmark (TFLOP/s fwd / bwd; ratios ioattn / best peer and / flash):"
   sed -n '/^BENCH TABLE/,/^END TABLE/p' "$LOG_DIR/bench.log" | sed '1d;$d'
+  sed -n '/^SHAPE TABLE/,/^END SHAPE TABLE/p' "$LOG_DIR/bench.log" | sed '1d;$d'
 fi
 if [ -f "$LOG_DIR/bench_decode.log" ]; then
   echo "decode benchmark (bench/gpu/bench_decode.py --quick):"

@@ -112,11 +112,12 @@ def flex():
     return attn
 
 
-def run_ioattn(cli, b, h, s, d, causal, repeat, env=None):
+def run_ioattn(cli, b, h, s, d, causal, repeat, env=None, extra=()):
     """One CLI run (fwd + bwd; fwd only if the build has no CUDA backward). Returns its JSON.
-    env: extra environment variables (IOATTN_SM90=0 times the sm80 kernels on a Hopper GPU)."""
+    env: extra environment variables (IOATTN_SM90=0 times the sm80 kernels on a Hopper GPU);
+    extra: more CLI arguments (--kv-heads N, --varlen)."""
     base = [cli, "run", "--device", "cuda", "--dtype", "bf16", "--batch", str(b), "--heads", str(h),
-            "--seqlen", str(s), "--head-dim", str(d), "--json", "--repeat", str(repeat)]
+            "--seqlen", str(s), "--head-dim", str(d), "--json", "--repeat", str(repeat), *extra]
     if causal:
         base.append("--causal")
     for cmd in (base + ["--backward"], base):
@@ -164,6 +165,46 @@ def table_line(r, peers, extra=()):
             f" | {rb:>10}  {rf:>10}")
 
 
+def shape_checks(cli, repeat):
+    """The issue's per-FLOP checks: GQA (32 query heads over 8 kv heads) and varlen batches (random
+    lengths summing to the same tokens; FLOPs counted from the real lengths by the CLI) against the
+    dense case of the same shape, head dim 128, B*S = 16384, ioattn alone (TFLOP/s fwd / bwd).
+    Returns rows and prints them between SHAPE TABLE / END SHAPE TABLE."""
+    rows = []
+    for s in (2048, 8192):
+        b = TOKENS // s
+        for causal in (False, True):
+            row = {"seqlen": s, "batch": b, "heads": 32, "head_dim": 128, "causal": causal}
+            for name, extra in (("dense", ()), ("gqa_32_8", ("--kv-heads", "8")), ("varlen", ("--varlen",))):
+                row[name] = run_ioattn(cli, b, 32, s, 128, causal, repeat, extra=extra)
+            rows.append(row)
+    print("SHAPE TABLE")
+    print("ioattn TFLOP/s fwd / bwd, bf16, 32 query heads, head dim 128, batch x seqlen = 16384; "
+          "ratios to dense per FLOP (target >= 0.90)")
+    hdr = f"{'seqlen':>6} {'causal':>6} | {'dense':>11} | {'gqa 32/8':>11} | {'varlen':>11} | {'gqa/dense':>11} | {'varlen/dense':>12}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        def cell(name):
+            return f"{fmt_tf(r, name, 'fwd_tflops')}/{fmt_tf(r, name, 'bwd_tflops')}"
+
+        def ratio(name):
+            out = []
+            for key in ("fwd_tflops", "bwd_tflops"):
+                a, d = tf(r, name, key), tf(r, "dense", key)
+                out.append(f"{a / d:4.2f}" if a and d else " -  ")
+            return "/".join(out)
+        print(f"{r['seqlen']:>6} {str(r['causal']):>6} | {cell('dense'):>11} | {cell('gqa_32_8'):>11} | "
+              f"{cell('varlen'):>11} | {ratio('gqa_32_8'):>11} | {ratio('varlen'):>12}")
+    print("END SHAPE TABLE")
+    return rows
+
+
+def fmt_tf(r, name, key):
+    x = tf(r, name, key)
+    return f"{x:5.0f}" if x else "  -  "
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=shutil.which("ioattn") or "build-gpu/tools/ioattn", help="the ioattn CLI")
@@ -174,6 +215,8 @@ def main():
     ap.add_argument("--flex", action="store_true", help="also FlexAttention (torch.compile; slow to start)")
     ap.add_argument("--repeat", type=int, default=30, help="ioattn CLI timed repetitions")
     ap.add_argument("--out-dir", default="bench/results")
+    ap.add_argument("--shape-checks", action="store_true",
+                    help="also the GQA (32/8 heads) and varlen per-FLOP checks against dense (ioattn only)")
     ap.add_argument("--sm80-column", action="store_true",
                     help="also time ioattn with IOATTN_SM90=0 (its sm80 kernels) as column ioattn-sm80")
     args = ap.parse_args()
@@ -246,6 +289,7 @@ def main():
     for ln in mem_lines:
         print(ln)
     print("END TABLE")
+    shape_rows = shape_checks(args.cli, args.repeat) if args.shape_checks and have_cli else []
 
     name = re.sub(r"[^A-Za-z0-9]+", "-", dev.name).strip("-").lower()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -254,7 +298,7 @@ def main():
     meta = {"device": dev.name, "sm_count": dev.multi_processor_count, "date": datetime.datetime.now(
         datetime.timezone.utc).isoformat(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(), "protocol": "BENCHMARKS.md: bf16, heads=2048/d, B*S=16384",
-        "rows": rows}
+        "rows": rows, "shape_checks": shape_rows}
     with open(path, "w") as f:
         json.dump(meta, f, indent=1)
     print(f"saved {path}")
