@@ -181,7 +181,8 @@ def shape_checks(cli, repeat):
     print("SHAPE TABLE")
     print("ioattn TFLOP/s fwd / bwd, bf16, 32 query heads, head dim 128, batch x seqlen = 16384; "
           "ratios to dense per FLOP (target >= 0.90)")
-    hdr = f"{'seqlen':>6} {'causal':>6} | {'dense':>11} | {'gqa 32/8':>11} | {'varlen':>11} | {'gqa/dense':>11} | {'varlen/dense':>12}"
+    hdr = (f"{'seqlen':>6} {'causal':>6} | {'dense':>11} | {'gqa 32/8':>11} | {'varlen':>11} | "
+           f"{'gqa/dense':>11} | {'varlen/dense':>12}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:

@@ -100,9 +100,9 @@ def _scalars(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, alibi_slope
 # ---- the operators -----------------------------------------------------------------------------
 
 def _fwd_impl(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor], cu_seqlens_k: Optional[Tensor],
-         max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor], rng_state: Optional[Tensor],
-         dropout_p: float, softmax_scale: float, causal: bool, window_left: int, window_right: int,
-         softcap: float, deterministic: bool) -> Tuple[Tensor, Tensor]:
+              max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor], rng_state: Optional[Tensor],
+              dropout_p: float, softmax_scale: float, causal: bool, window_left: int, window_right: int,
+              softcap: float, deterministic: bool) -> Tuple[Tensor, Tensor]:
     varlen = cu_seqlens_q is not None
     out = _alloc_like(q, v.shape[-1])
     lse = _alloc_lse(q, varlen)
@@ -129,9 +129,9 @@ def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, a
 
 
 def _bwd_impl(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens_q: Optional[Tensor],
-         cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor],
-         rng_state: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool, window_left: int,
-         window_right: int, softcap: float, deterministic: bool) -> Tuple[Tensor, Tensor, Tensor]:
+              cu_seqlens_k: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int, alibi_slopes: Optional[Tensor],
+              rng_state: Optional[Tensor], dropout_p: float, softmax_scale: float, causal: bool, window_left: int,
+              window_right: int, softcap: float, deterministic: bool) -> Tuple[Tensor, Tensor, Tensor]:
     dq = _alloc_like(q, q.shape[-1])
     dk = _alloc_like(k, k.shape[-1])
     dv = _alloc_like(v, v.shape[-1])
