@@ -227,21 +227,23 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
     const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
     const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
-    // This step's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM), loaded now
-    // and converted + stored once the products are issued (the loads' latency hides behind them;
-    // ncu showed the log2 conversion written here stalling on the load). Rows past the sequence or
-    // seeing no key: LSE = +inf, so P = exp2(x - inf) = 0, and D = 0.
-    float stat[kStatsPerThread];
+    // This step's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM) into this
+    // warpgroup's buffer by cp.async, converted in place once the products are issued: the loads
+    // land while the products run and no register waits on them (ncu: with plain loads the
+    // compiler placed the LSE's conversion next to its load, a long-scoreboard stall every step).
+    // Rows past the sequence are zero-filled: D = 0, and the LSE becomes +inf below, so P = 0.
 #pragma unroll
     for (int k = 0; k < kStatsPerThread; ++k) {
       const int r = tw + 128 * k;
       const bool is_lse = r < kBM;
       const int i = m0 + (is_lse ? r : r - kBM);
-      stat[k] = is_lse ? INFINITY : 0.0f;
-      if (i < sb.sq)
-        stat[k] = is_lse ? p.lse[b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i]
-                         : dsum[sm80::bwd::row_index(p, b, hq, i)];
+      const bool valid = i < sb.sq;
+      const float* src = !valid ? dsum
+                         : is_lse ? p.lse + b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i
+                                  : dsum + sm80::bwd::row_index(p, b, hq, i);
+      cp_async_4(stats_wg + r, src, valid);
     }
+    cp_async_commit();
     bwd_wait(qdo_full + s, (it / kStages) & 1);
 
     // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
@@ -260,12 +262,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       wgmma_ss<T, 0, 0>(dpt, make_desc(v_wg + off, 16, kAtomBytes), make_desc(do_addr + offq, 16, kAtomBytes), kk > 0);
     }
     wgmma_commit();
-    // The warpgroup's rows into shared memory while the products run. The last step's reads of
-    // stats_wg all came before its consumers_sync (the dS^T hand-off below), so this overwrite is safe.
+    // The last step's reads of stats_wg all came before its consumers_sync (the dS^T hand-off
+    // below), so the cp.async above could overwrite them.
+    cp_async_wait<0>();  // this thread's rows are in (each thread converts only its own)
 #pragma unroll
     for (int k = 0; k < kStatsPerThread; ++k) {
-      const bool is_lse = tw + 128 * k < kBM;  // LSE to log2 units; -inf (no key seen) to +inf
-      stats_wg[tw + 128 * k] = !is_lse ? stat[k] : (stat[k] == -INFINITY ? INFINITY : stat[k] * kLog2e);
+      const int r = tw + 128 * k;
+      if (r < kBM) {  // LSE to log2 units; -inf (no key seen) and rows past the sequence to +inf
+        const float l = stats_wg[r];
+        stats_wg[r] = (m0 + r >= sb.sq || l == -INFINITY) ? INFINITY : l * kLog2e;
+      }
     }
     warpgroup_sync(cwg);
     wgmma_wait<0>();
