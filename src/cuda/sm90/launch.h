@@ -11,7 +11,7 @@
 
 namespace ioattn::cuda::sm90 {
 
-// The sm90 head dim serving a call of head dim d (64, 128 or 256), or 0 if this build has no
+// The sm90 head dim serving a call of head dim d (64, 128, 192 or 256), or 0 if this build has no
 // sm90 kernel for it.
 int forward_head_dim(int d);
 
