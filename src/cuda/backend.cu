@@ -118,7 +118,7 @@ bool use_sm90_forward(const Params& p) {
 
 // Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
 // softcap, ALiBi or dropout, the atomic (non-deterministic) mode, and a head dim whose sm90 kernel
-// uses the sm80 backward's workspace layout (its padded head dim is the same: 64 or 128).
+// uses the sm80 backward's workspace layout (its padded head dim is the same: 64, 128 or 256).
 // The default on compute capability 9.0 since it passed every GPU test and compute-sanitizer's
 // racecheck on the H200 (bench/notes-sm90.md); IOATTN_SM90_BWD=0 turns the backward alone back to
 // the sm80 kernels (IOATTN_SM90=0 turns off both directions).
@@ -209,7 +209,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
     if (use_sm90_backward(p)) {
       std::ostringstream n90;
       n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << d
-          << ", 128 keys x " << sm90::bwd_block_m(d) << " queries per step";
+          << ", " << sm90::bwd_block_n(d) << " keys x " << sm90::bwd_block_m(d) << " queries per step";
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();
     }

@@ -55,45 +55,56 @@ namespace ioattn::cuda::sm90 {
 namespace bptx = ::cuda::ptx;
 
 constexpr int kBwdThreads = 384;
-constexpr int kBwdBlockN = 128;  // keys per CTA: 64 per consumer warpgroup
-constexpr int kBwdStages = 2;    // Q / dO buffers in flight
-
-// Query rows per step, and how the two consumer warpgroups split the step's kBM x kD dQ part.
-//   d = 64:  128 rows. Registers per consumer thread: S^T and dP^T 64 each (64 keys x 128 queries),
-//            dK and dV 32 each: 192. Twice the rows of d = 128 halve the per-step fixed costs and
-//            make the score products m64 n128 (less shared-memory traffic per FLOP than n64).
-//            dQ: warpgroup w takes query rows [64 w, 64 w + 64), all 64 columns.
-//   d = 128: 64 rows (S^T, dP^T 32 each, dK, dV 64 each: 192). dQ: warpgroup w takes columns
-//            [64 w, 64 w + 64) of all 64 rows.
-// Either way each warpgroup's dQ product is m64 n64 k128 over both warpgroups' keys, so every dQ
-// element is reduced into the accumulator once per CTA (an earlier version reduced each
-// warpgroup's 64-key part separately: twice the reduction traffic).
+// How a CTA's keys, the step's query rows and the head dim are split between the two consumer
+// warpgroups. Registers per consumer thread in brackets (240 available).
+//   d = 64:  128 keys per CTA, 64 per warpgroup; 128 query rows per step. [S^T, dP^T 64 each
+//            (64 keys x 128 queries), dK, dV 32 each: 192.] Twice the rows of d = 128 halve the
+//            per-step fixed costs and make the score products m64 n128 (less shared-memory
+//            traffic per FLOP than n64). dQ: warpgroup w takes query rows [64 w, 64 w + 64).
+//   d = 128: 128 keys, 64 per warpgroup; 64 rows. [S^T, dP^T 32 each, dK, dV 64 each: 192.]
+//            dQ: warpgroup w takes columns [64 w, 64 w + 64).
+//   d = 256: 64 keys per CTA, the SAME 64 for both warpgroups, which split the head dim instead:
+//            warpgroup w owns columns [128 w, 128 w + 128) of dK, dV and dQ. [dK, dV 64 each,
+//            S^T, dP^T 32 each: 192; 64 keys x 256 columns of dK and dV would be 256.] Both
+//            compute the same S^T and dP^T (2 of the 5 products done twice: no fp32 exchange of
+//            P between the warpgroups), and one Q / dO stage: 2 would not fit next to the dQ
+//            staging (bench/notes-sm90.md, "Design sketch ... d = 256").
+// Each warpgroup's dQ product covers all of the CTA's keys, so every dQ element is reduced into the
+// accumulator once per CTA (an earlier version reduced each warpgroup's 64-key part separately:
+// twice the reduction traffic).
 template <int kD>
 struct BwdShape {
-  static constexpr int kBM = bwd_block_m(kD);
-  static constexpr int kQChunkPerWg = kD == 64 ? 1 : 0;  // dQ query-row chunk = this * warpgroup
-  static constexpr int kDChunkPerWg = kD == 64 ? 0 : 1;  // dQ column chunk = this * warpgroup
-  static_assert(kBM * kD == 2 * 64 * 64, "two 64 x 64 dQ parts per step");
+  static constexpr bool kSplitD = kD == 256;
+  static constexpr int kBM = bwd_block_m(kD);               // query rows per step
+  static constexpr int kBN = bwd_block_n(kD);               // keys per CTA
+  static constexpr int kStages = kSplitD ? 1 : 2;           // Q / dO buffers in flight
+  static constexpr int kWgKeys = kSplitD ? 0 : 64;          // warpgroup w's first key: kWgKeys * w
+  static constexpr int kWgCols = kSplitD ? kD / 2 : kD;     // dK / dV columns per warpgroup
+  static constexpr int kDqCols = kSplitD ? 128 : 64;        // dQ part columns per warpgroup
+  static constexpr int kDqRowStep = kD == 64 ? 64 : 0;      // dQ part rows start at kDqRowStep * w
+  static constexpr int kDqColStep = kD == 64 ? 0 : kDqCols; // dQ part columns start at kDqColStep * w
+  static_assert(kBM * kD == 2 * 64 * kDqCols, "two 64-row dQ parts per step");
 };
 
-// Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB.
+// Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB;
+// d = 256: 210 KB.
 template <int kD>
 struct BwdSmem {
-  static constexpr int kBM = BwdShape<kD>::kBM;
+  using S = BwdShape<kD>;
   static constexpr int kChunks = kD / 64;
-  static constexpr int kKBytes = kBwdBlockN * kD * 2;   // K or V
-  static constexpr int kQBytes = kBM * kD * 2;           // Q or dO, one stage
-  static constexpr int kDSBytes = kBwdBlockN * kBM * 2;  // dS^T of the CTA's 128 keys, one buffer
-  static constexpr int kDQBytes = 64 * 64 * 4;           // one warpgroup's fp32 dQ part: 2 tiles of 32 columns
+  static constexpr int kKBytes = S::kBN * kD * 2;       // K or V
+  static constexpr int kQBytes = S::kBM * kD * 2;       // Q or dO, one stage
+  static constexpr int kDSBytes = S::kBN * S::kBM * 2;  // dS^T of the CTA's keys, one buffer
+  static constexpr int kDQBytes = 64 * S::kDqCols * 4;  // one warpgroup's fp32 dQ part, tiles of 32 columns
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKBytes;
   static constexpr int kQ = kV + kKBytes;
-  static constexpr int kDO = kQ + kBwdStages * kQBytes;
-  static constexpr int kDS = kDO + kBwdStages * kQBytes;  // 2 buffers: step it writes it % 2
+  static constexpr int kDO = kQ + S::kStages * kQBytes;
+  static constexpr int kDS = kDO + S::kStages * kQBytes;  // 2 buffers: step it writes it % 2
   static constexpr int kDQ = kDS + 2 * kDSBytes;
   static constexpr int kStats = kDQ + 2 * kDQBytes;  // per consumer warpgroup: LSE (log2 units) and D, kBM each
-  static constexpr int kBar = kStats + 2 * 2 * kBM * 4;
-  static constexpr int kBytes = kBar + 8 * (1 + 2 * kBwdStages) + 1024;
+  static constexpr int kBar = kStats + 2 * 2 * S::kBM * 4;
+  static constexpr int kBytes = kBar + 8 * (1 + 2 * S::kStages) + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
 
@@ -124,8 +135,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
-  constexpr int kBM = Shape::kBM, kBN = kBwdBlockN, kStages = kBwdStages;
-  constexpr int kDT = kD / 8;    // 8-column tiles of dK, dV
+  constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
+  constexpr int kDT = Shape::kWgCols / 8;  // 8-column tiles of this warpgroup's dK, dV
   constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
   constexpr int kQK = kBM / 16;  // 16-query k-steps of dV, dK
@@ -198,15 +209,17 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
   // ---- consumer warpgroups ----
   regs_alloc<240>();
-  const int cwg = warp / 4 - 1;  // keys [64 cwg, 64 cwg + 64) of the block
+  const int cwg = warp / 4 - 1;  // keys [kWgKeys cwg, + 64) of the block (BwdShape)
   const int wr = 16 * (warp % 4) + lane / 4;  // this thread's first key row within the warpgroup's 64
-  const int key0 = n0 + 64 * cwg + wr;        // sequence key of fragment rows r = 0 (+8 for r = 1)
-  const int n0w = n0 + 64 * cwg;
-  const uint32_t k_wg = smem_base + L::kK + 64 * cwg * kSwizzleBytes;  // this warpgroup's K rows
-  const uint32_t v_wg = smem_base + L::kV + 64 * cwg * kSwizzleBytes;
+  const int wk0 = Shape::kWgKeys * cwg;       // the warpgroup's first key within the block
+  const int key0 = n0 + wk0 + wr;             // sequence key of fragment rows r = 0 (+8 for r = 1)
+  const int n0w = n0 + wk0;
+  const uint32_t k_wg = smem_base + L::kK + wk0 * kSwizzleBytes;  // this warpgroup's K rows
+  const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
+  const int wc0 = Shape::kSplitD ? Shape::kWgCols * cwg : 0;  // the warpgroup's first dK / dV column
   // This warpgroup's share of the dQ part: query rows [dq_m, dq_m + 64) of the step, columns
-  // [dq_c, dq_c + 64) (BwdShape).
-  const int dq_m = 64 * Shape::kQChunkPerWg * cwg, dq_c = 64 * Shape::kDChunkPerWg * cwg;
+  // [dq_c, dq_c + kDqCols) (BwdShape).
+  const int dq_m = Shape::kDqRowStep * cwg, dq_c = Shape::kDqColStep * cwg;
   unsigned char* dq_wg = smem + L::kDQ + cwg * L::kDQBytes;
   float* stats_wg = stats + cwg * 2 * kBM;  // this warpgroup's LSE (log2 units) and D rows of the step
   const int tw = threadIdx.x % 128;
@@ -321,12 +334,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     fence_operands(dk);
     fence_operands(dv);
     wgmma_fence();
+    // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
+    const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
 #pragma unroll
     for (int kk = 0; kk < kQK; ++kk)
-      wgmma_rs<T, 1>(dv, pp[kk], make_desc(do_addr + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+      wgmma_rs<T, 1>(dv, pp[kk], make_desc(do_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
 #pragma unroll
     for (int kk = 0; kk < kQK; ++kk)
-      wgmma_rs<T, 1>(dk, pds[kk], make_desc(q_addr + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+      wgmma_rs<T, 1>(dk, pds[kk], make_desc(q_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
     wgmma_commit();
 
     // dS^T -> shared memory buffer it % 2, the A operand of dQ = dS K read M-major (queries
@@ -336,15 +351,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
     // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
     // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+    // At d = 256 both warpgroups hold the same dS^T: warpgroup 0 writes it.
     unsigned char* ds = smem + L::kDS + (it % 2) * L::kDSBytes;
+    if (!Shape::kSplitD || cwg == 0) {
 #pragma unroll
-    for (int kk = 0; kk < kQK; ++kk)
+      for (int kk = 0; kk < kQK; ++kk)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = 64 * cwg + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
-        *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
-                                     (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
+          *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
+                                       (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
+        }
+    }
     fence_proxy_async_smem();
     consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
 
@@ -354,9 +372,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     __syncwarp();
     if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
 
-    // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = 64 columns of the head dim
-    // (B = K rows read N-major), K = the CTA's 128 keys.
-    float dq[8][4];
+    // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
+    // dim (B = K rows read N-major), K = the CTA's kBN keys.
+    float dq[Shape::kDqCols / 8][4];
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
@@ -371,7 +389,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
     // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
 #pragma unroll
-    for (int dt = 0; dt < 8; ++dt)
+    for (int dt = 0; dt < Shape::kDqCols / 8; ++dt)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
@@ -384,7 +402,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
       const int row = static_cast<int>(sm80::bwd::row_index(p, b, hq, m0 + dq_m));
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
+      for (int c = 0; c < Shape::kDqCols / 32; ++c) {
         const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
         bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
                                           dq_wg + c * (64 * kSwizzleBytes));
@@ -392,7 +410,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       bptx::cp_async_bulk_commit_group();
     }
   }
-  // dK (times the softmax scale) and dV of this warpgroup's 64 keys, straight from the fragments.
+  // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kWgCols columns from wc0,
+  // straight from the fragments.
   T* gdk = static_cast<T*>(p.dk) + b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
   T* gdv = static_cast<T*>(p.dv) + b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
 #pragma unroll
@@ -401,7 +420,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     if (key >= sb.sk) continue;
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
-      const int col = 8 * dt + 2 * (lane % 4);
+      const int col = wc0 + 8 * dt + 2 * (lane % 4);
       if (col < p.head_dim)
         *reinterpret_cast<uint32_t*>(gdk + int64_t(key) * p.dk_row_stride + col) =
             pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale);
@@ -422,7 +441,8 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   float* dsum = static_cast<float*>(workspace);
   float* dq_accum = dsum + dq_accum_offset(p);
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of the sm80 preprocess / convert
-  const int n_blocks = (p.seqlen_k + kBwdBlockN - 1) / kBwdBlockN;
+  constexpr int kBN = BwdShape<kD>::kBN;
+  const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
   const int64_t accum_rows = int64_t(p.batch) * p.heads_q * p.seqlen_q;
   if (accum_rows > INT32_MAX)
     return Status{ErrorCode::Unsupported, "sm90 backward: more than 2^31 query rows in one call"};
@@ -433,9 +453,9 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   CUtensorMap tk, tv, tq, tdo, tdq;
   const bool ok =
       encode_tensor_map(&tk, {p.k, p.head_dim, rows_k, p.heads_k, batch, p.k_row_stride, p.k_head_stride, p.k_batch_stride},
-                        kBwdBlockN, type) &&
+                        kBN, type) &&
       encode_tensor_map(&tv, {p.v, p.head_dim_v, rows_k, p.heads_k, batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride},
-                        kBwdBlockN, type) &&
+                        kBN, type) &&
       encode_tensor_map(&tq, {p.q, p.head_dim, rows_q, p.heads_q, batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride},
                         BwdShape<kD>::kBM, type) &&
       encode_tensor_map(&tdo, {p.dout, p.head_dim_v, rows_q, p.heads_q, batch, p.do_row_stride, p.do_head_stride,

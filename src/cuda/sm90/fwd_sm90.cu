@@ -56,16 +56,17 @@ bool backward_describable(const Params& p) {
   const CUtensorMapDataType type = map_type(p);
   const int batch = p.varlen ? 1 : p.batch;
   const int64_t rows_q = p.varlen ? p.total_q : p.seqlen_q, rows_k = p.varlen ? p.total_k : p.seqlen_k;
+  const int bn = bwd_block_n(d), bm = bwd_block_m(d);
   CUtensorMap m;
   return encode_tensor_map(&m, {p.k, p.head_dim, rows_k, p.heads_k, batch, p.k_row_stride, p.k_head_stride, p.k_batch_stride},
-                           128, type) &&
+                           bn, type) &&
          encode_tensor_map(&m, {p.v, p.head_dim_v, rows_k, p.heads_k, batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride},
-                           128, type) &&
+                           bn, type) &&
          encode_tensor_map(&m, {p.q, p.head_dim, rows_q, p.heads_q, batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride},
-                           64, type) &&
+                           bm, type) &&
          encode_tensor_map(&m, {p.dout, p.head_dim_v, rows_q, p.heads_q, batch, p.do_row_stride, p.do_head_stride,
                                 p.do_batch_stride},
-                           64, type);
+                           bm, type);
 }
 
 Status launch_bwd_sm90(const Params& p, cudaStream_t stream, void* workspace) {
