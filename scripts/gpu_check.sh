@@ -148,7 +148,7 @@ if [ $BUILD_RC -eq 0 ]; then
     if [ $? -eq 0 ]; then
       PY_BUILT=1
       run_step pytest "$LOG_DIR/pytest.log" timeout "${TIMEOUT_TESTS:-300}" env IOATTN_REQUIRE_ULTRALYTICS=1 PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \
-        python3 -m pytest tests/python -q -p no:cacheprovider
+        python3 -m pytest tests/python -q -p no:cacheprovider --durations=15
       STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E '(passed|failed)' "$LOG_DIR/pytest.log" | tail -1)"
       # Host time per call of the Python API against SDPA (what bounds small models' steps).
       run_step py_overhead "$LOG_DIR/py_overhead.log" timeout 120 env PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" \

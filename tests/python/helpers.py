@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reference import check, fwd_bwd_ref
 
@@ -32,3 +33,17 @@ def compare(call, q, k, v, dtype, ref_kw=None, to_bshd=lambda t: t, check_lse=No
     for name, got, r, s in zip(("dq", "dk", "dv"), (dq, dk, dv), ref_g, std_g):
         check(name, to_bshd(got), r, s, dtype)
     return out, (dq, dk, dv)
+
+
+class CountIoattnOps(TorchDispatchMode):
+    """Counts ioattn's custom operators (torch.ops.ioattn.fwd / bwd) as they are dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name.startswith("ioattn."):
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))

@@ -38,10 +38,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import ioattn
 from ioattn.integrations import flash_attn_shim
+from helpers import CountIoattnOps
 from reference import check
 
 REQUIRED = os.environ.get("IOATTN_REQUIRE_ULTRALYTICS") == "1"
@@ -75,20 +75,6 @@ def ul(tmp_path_factory):
                                   get_cfg=get_cfg, adapter=adapter)
         finally:
             flash_attn_shim.uninstall()
-
-
-class CountIoattnOps(TorchDispatchMode):
-    """Counts ioattn's custom operators (torch.ops.ioattn.fwd / bwd) as they are dispatched."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func.overloadpacket)
-        if name.startswith("ioattn."):
-            self.counts[name] = self.counts.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
 
 
 def _yolo12n(ul, device, seed=0):
