@@ -13,11 +13,11 @@
 # Environment (all optional):
 #   BUILD_DIR    build directory                     (default build-gpu)
 #   ARCH         CMAKE_CUDA_ARCHITECTURES            (default 90a; 80 for Ampere)
-#   HEAD_DIMS    IOATTN_CUDA_HEAD_DIMS               (default "64;128;256": what the benchmark needs)
+#   HEAD_DIMS    IOATTN_CUDA_HEAD_DIMS               (default "64;128;192;256": what the benchmark needs)
 #   LOG_DIR      where logs and results are written  (default $BUILD_DIR/gpu_check)
 #   BENCH_ARGS   extra arguments for bench_attn.py   (e.g. "--seqlens 1024,4096,16384 --head-dims 128";
 #                "--shape-checks" adds the GQA / varlen per-FLOP table, about a minute more)
-#   SKIP_BENCH=1 / SKIP_SANITIZER=1 / SKIP_PYTHON=1  skip those steps
+#   SKIP_BENCH=1 / SKIP_SANITIZER=1 / SKIP_PYTHON=1 / SKIP_DECODE=1  skip those steps
 #   EXAMPLES=1   also train examples/vit and examples/gpt with --control (results in $LOG_DIR/examples)
 #   PY_TARGET    where the Python package is installed (default $BUILD_DIR/py-site; prepended to PYTHONPATH).
 #                The GPU image lacks nanobind / scikit-build-core / pytest: carry them as wheels in .whl/
@@ -56,7 +56,7 @@ if [ "${1:-}" = "--make-deps-prefix" ]; then
 fi
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 ARCH=${ARCH:-90a}
-HEAD_DIMS=${HEAD_DIMS:-64;128;256}
+HEAD_DIMS=${HEAD_DIMS:-64;128;192;256}
 LOG_DIR=${LOG_DIR:-$BUILD_DIR/gpu_check}
 BENCH_ARGS=${BENCH_ARGS:-}
 mkdir -p "$LOG_DIR"
@@ -125,10 +125,10 @@ if [ $BUILD_RC -eq 0 ]; then
   # 3. Sanitizers on the small shapes (10-100x slower than a plain run).
   if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
     run_step memcheck "$LOG_DIR/memcheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool memcheck --error-exitcode 1 \
-      --leak-check full "$TESTS" --gtest_filter='Gpu/Small.*:GpuContract.BadInputs*:GpuContract.BadDevice*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*:KVCacheGpu.BadIndicesRejected'
+      --leak-check full "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:GpuContract.BadInputs*:GpuContract.BadDevice*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*:KVCacheGpu.BadIndicesRejected'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'ERROR SUMMARY' "$LOG_DIR/memcheck.log" | tail -1)"
     run_step racecheck "$LOG_DIR/racecheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool racecheck --error-exitcode 1 \
-      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*'
+      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$LOG_DIR/racecheck.log" | tail -1)"
     run_step synccheck "$LOG_DIR/synccheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool synccheck --error-exitcode 1 \
       "$TESTS" --gtest_filter='Gpu/Small.*'
@@ -171,7 +171,7 @@ if [ $BUILD_RC -eq 0 ]; then
     # shellcheck disable=SC2086
     run_step bench "$LOG_DIR/bench.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 python3 bench/gpu/bench_attn.py --cli "$CLI" --out-dir bench/results $([ "$HOPPER" = 1 ] && echo --sm80-column) $BENCH_ARGS
     # Decoding (contiguous and paged KV cache vs SDPA) through the Python package built in step 4.
-    if [ "${PY_BUILT:-0}" = 1 ]; then
+    if [ "${PY_BUILT:-0}" = 1 ] && [ "${SKIP_DECODE:-0}" != 1 ]; then
       run_step bench_decode "$LOG_DIR/bench_decode.log" timeout "${TIMEOUT_BENCH:-600}" env PYTHONUNBUFFERED=1 \
         PYTHONPATH="$PWD/$PY_TARGET:${PYTHONPATH:-}" python3 bench/gpu/bench_decode.py --quick --out-dir bench/results
     fi

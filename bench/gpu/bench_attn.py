@@ -168,21 +168,24 @@ def table_line(r, peers, extra=()):
 def shape_checks(cli, repeat):
     """The issue's per-FLOP checks: GQA (32 query heads over 8 kv heads) and varlen batches (random
     lengths summing to the same tokens; FLOPs counted from the real lengths by the CLI) against the
-    dense case of the same shape, head dim 128, B*S = 16384, ioattn alone (TFLOP/s fwd / bwd).
+    dense case of the same shape, head dim 128, B*S = 16384, ioattn alone (TFLOP/s fwd / bwd); and the
+    deterministic backward's TFLOP/s on the default path and on the sm80 kernels (IOATTN_SM90_BWD=0).
     Returns rows and prints them between SHAPE TABLE / END SHAPE TABLE."""
     rows = []
     for s in (2048, 8192):
         b = TOKENS // s
         for causal in (False, True):
             row = {"seqlen": s, "batch": b, "heads": 32, "head_dim": 128, "causal": causal}
-            for name, extra in (("dense", ()), ("gqa_32_8", ("--kv-heads", "8")), ("varlen", ("--varlen",))):
-                row[name] = run_ioattn(cli, b, 32, s, 128, causal, repeat, extra=extra)
+            for name, extra, env in (("dense", (), None), ("gqa_32_8", ("--kv-heads", "8"), None),
+                                     ("varlen", ("--varlen",), None), ("deterministic", ("--deterministic",), None),
+                                     ("deterministic_sm80", ("--deterministic",), {"IOATTN_SM90_BWD": "0"})):
+                row[name] = run_ioattn(cli, b, 32, s, 128, causal, repeat, env=env, extra=extra)
             rows.append(row)
     print("SHAPE TABLE")
     print("ioattn TFLOP/s fwd / bwd, bf16, 32 query heads, head dim 128, batch x seqlen = 16384; "
           "ratios to dense per FLOP (target >= 0.90)")
     hdr = (f"{'seqlen':>6} {'causal':>6} | {'dense':>11} | {'gqa 32/8':>11} | {'varlen':>11} | "
-           f"{'gqa/dense':>11} | {'varlen/dense':>12}")
+           f"{'gqa/dense':>11} | {'varlen/dense':>12} | {'det bwd':>7} {'det sm80':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -196,7 +199,8 @@ def shape_checks(cli, repeat):
                 out.append(f"{a / d:4.2f}" if a and d else " -  ")
             return "/".join(out)
         print(f"{r['seqlen']:>6} {str(r['causal']):>6} | {cell('dense'):>11} | {cell('gqa_32_8'):>11} | "
-              f"{cell('varlen'):>11} | {ratio('gqa_32_8'):>11} | {ratio('varlen'):>12}")
+              f"{cell('varlen'):>11} | {ratio('gqa_32_8'):>11} | {ratio('varlen'):>12} | "
+              f"{fmt_tf(r, 'deterministic', 'bwd_tflops'):>7} {fmt_tf(r, 'deterministic_sm80', 'bwd_tflops'):>8}")
     print("END SHAPE TABLE")
     return rows
 
@@ -210,7 +214,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=shutil.which("ioattn") or "build-gpu/tools/ioattn", help="the ioattn CLI")
     ap.add_argument("--seqlens", default="512,1024,2048,4096,8192,16384")
-    ap.add_argument("--head-dims", default="64,128,256")
+    ap.add_argument("--head-dims", default="64,128,192,256")
     ap.add_argument("--causal", default="0,1", help="0, 1 or 0,1")
     ap.add_argument("--peers", default="flash,cudnn,efficient")
     ap.add_argument("--flex", action="store_true", help="also FlexAttention (torch.compile; slow to start)")

@@ -117,15 +117,16 @@ bool use_sm90_forward(const Params& p) {
 }
 
 // Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
-// softcap, ALiBi or dropout, the atomic (non-deterministic) mode, and a head dim whose sm90 kernel
-// uses the sm80 backward's workspace layout (its padded head dim is the same: 64, 128 or 256).
+// softcap, ALiBi or dropout, and a head dim whose sm90 kernel uses the sm80 backward's workspace
+// layout (its padded head dim is the same: 64, 128, 192 or 256). Both modes: the deterministic one
+// takes dQ from the sm80 dQ kernel (sm90::run_bwd).
 // The default on compute capability 9.0 since it passed every GPU test and compute-sanitizer's
 // racecheck on the H200 (bench/notes-sm90.md); IOATTN_SM90_BWD=0 turns the backward alone back to
 // the sm80 kernels (IOATTN_SM90=0 turns off both directions).
 bool use_sm90_backward(const Params& p) {
   const char* env = std::getenv("IOATTN_SM90_BWD");
   if (env != nullptr && std::string(env) == "0") return false;
-  if (p.deterministic || p.dropout_p > 0.0f || p.softcap > 0.0f || p.alibi_slopes != nullptr) return false;
+  if (p.dropout_p > 0.0f || p.softcap > 0.0f || p.alibi_slopes != nullptr) return false;
   const int d = std::max(p.head_dim, p.head_dim_v);
   const int k = sm90::backward_head_dim(d);
   if (k == 0 || sm80::padded_head_dim(d) != k) return false;
@@ -210,6 +211,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
       std::ostringstream n90;
       n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << d
           << ", " << sm90::bwd_block_n(d) << " keys x " << sm90::bwd_block_m(d) << " queries per step";
+      if (p.deterministic) n90 << ", deterministic (dQ by the sm80 kernel)";
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();
     }

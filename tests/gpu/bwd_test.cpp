@@ -227,6 +227,15 @@ std::vector<Case> bwd_cases() {
   add(c);
   c.name = "fp16_d256_dropout"; c.dtype = DType::F16; c.causal = false; c.dropout_p = 0.15f; c.sq = 70; c.sk = 150;
   add(c);
+  // d = 192: on Hopper, the sm90 backward's uneven head-dim split between its two warpgroups.
+  c = {};
+  c.name = "bf16_d192_causal_gqa_varlen"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 192; c.causal = true;
+  c.lens_q = {70, 0, 129}; c.lens_k = {70, 5, 200};
+  add(c);
+  c = {};
+  c.name = "fp16_d192_window_sq_lt_sk"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 100; c.sk = 230;
+  c.d = 192; c.window_left = 40; c.window_right = 16;
+  add(c);
   c = {};
   c.name = "fp16_d64_seqlen1"; c.dtype = DType::F16; c.batch = 3; c.hq = 2; c.hk = 2; c.sq = 1; c.sk = 1; c.d = 64;
   add(c);

@@ -5,6 +5,7 @@
 //   bwd_preprocess   D_i = sum_d dO_id O_id, and zeroes the fp32 dQ accumulator
 //   bwd_kernel       (below) one CTA per (key block of 128 keys, kv head, batch)
 //   bwd_convert_dq   dq = scale * accumulator, in the input dtype
+//                    (the deterministic mode: sm80's bwd_dq instead, and bwd_kernel skips dQ)
 //
 // bwd_kernel: 3 warpgroups, like the forward.
 //   producer   warp 0, one thread: K and V of the block once (TMA), then Q_m and dO_m for every
@@ -26,9 +27,8 @@
 //                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator
 //              dK, dV stay in registers over the whole loop (the group's query heads included:
 //              no dK/dV atomics) and are written at the end, dK times the softmax scale.
-// Served: fp16/bf16, head dims 64 and 128, causal/window masks, GQA, varlen. Softcap, ALiBi,
-// dropout and the deterministic mode (dQ is summed by atomic reductions) stay on the sm80 kernels
-// (backend.cu decides).
+// Served: fp16/bf16, head dims 64, 128, 192 and 256, causal/window masks, GQA, varlen, both modes
+// (atomic and deterministic). Softcap, ALiBi and dropout stay on the sm80 kernels (backend.cu decides).
 #pragma once
 
 #include <cuda/ptx>
@@ -69,25 +69,36 @@ constexpr int kBwdThreads = 384;
 //            compute the same S^T and dP^T (2 of the 5 products done twice: no fp32 exchange of
 //            P between the warpgroups), and one Q / dO stage: 2 would not fit next to the dQ
 //            staging (bench/notes-sm90.md, "Design sketch ... d = 256").
+//   d = 192: as d = 256, split on the 64-column boundaries that the 128-byte swizzle allows (a
+//            wgmma operand read N-major cannot start inside a swizzle atom): warpgroup 0 owns
+//            dK / dV columns [0, 128) and dQ columns [128, 192), warpgroup 1 dK / dV [128, 192)
+//            and dQ [0, 128): product columns 2 x 128 + 64 = 320 and 2 x 64 + 128 = 256 per
+//            warpgroup next to the 2 x 192 both spend on S^T and dP^T, nearly even. The column
+//            counts are compile-time (array sizes, wgmma shapes), so the consumer code is compiled
+//            once per warpgroup at d = 192. Two Q / dO stages fit.
 // Each warpgroup's dQ product covers all of the CTA's keys, so every dQ element is reduced into the
 // accumulator once per CTA (an earlier version reduced each warpgroup's 64-key part separately:
 // twice the reduction traffic).
 template <int kD>
 struct BwdShape {
-  static constexpr bool kSplitD = kD == 256;
+  static constexpr bool kSplitD = kD >= 192;
+  static constexpr bool kUneven = kD == 192;  // the warpgroups' column counts differ (below)
   static constexpr int kBM = bwd_block_m(kD);               // query rows per step
   static constexpr int kBN = bwd_block_n(kD);               // keys per CTA
-  static constexpr int kStages = kSplitD ? 1 : 2;           // Q / dO buffers in flight
+  static constexpr int kStages = kD == 256 ? 1 : 2;         // Q / dO buffers in flight
   static constexpr int kWgKeys = kSplitD ? 0 : 64;          // warpgroup w's first key: kWgKeys * w
-  static constexpr int kWgCols = kSplitD ? kD / 2 : kD;     // dK / dV columns per warpgroup
-  static constexpr int kDqCols = kSplitD ? 128 : 64;        // dQ part columns per warpgroup
-  static constexpr int kDqRowStep = kD == 64 ? 64 : 0;      // dQ part rows start at kDqRowStep * w
-  static constexpr int kDqColStep = kD == 64 ? 0 : kDqCols; // dQ part columns start at kDqColStep * w
-  static_assert(kBM * kD == 2 * 64 * kDqCols, "two 64-row dQ parts per step");
+  // Warpgroup w's dK / dV columns [wc0(w), + wg_cols(w)) and dQ part columns [dq_c(w), + dq_cols(w)),
+  // rows [dq_m(w), + 64) of the step.
+  __host__ __device__ static constexpr int wg_cols(int w) { return !kSplitD ? kD : kUneven && w == 1 ? 64 : 128; }
+  __host__ __device__ static constexpr int wc0(int w) { return kSplitD ? 128 * w : 0; }
+  __host__ __device__ static constexpr int dq_cols(int w) { return kD == 64 || kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128; }
+  __host__ __device__ static constexpr int dq_c(int w) { return kD == 64 ? 0 : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w; }
+  __host__ __device__ static constexpr int dq_m(int w) { return kD == 64 ? 64 * w : 0; }
+  static_assert(kBM * kD == 64 * (dq_cols(0) + dq_cols(1)), "the two 64-row dQ parts cover the step");
 };
 
 // Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB;
-// d = 256: 210 KB.
+// d = 192: 217 KB; d = 256: 210 KB.
 template <int kD>
 struct BwdSmem {
   using S = BwdShape<kD>;
@@ -95,14 +106,15 @@ struct BwdSmem {
   static constexpr int kKBytes = S::kBN * kD * 2;       // K or V
   static constexpr int kQBytes = S::kBM * kD * 2;       // Q or dO, one stage
   static constexpr int kDSBytes = S::kBN * S::kBM * 2;  // dS^T of the CTA's keys, one buffer
-  static constexpr int kDQBytes = 64 * S::kDqCols * 4;  // one warpgroup's fp32 dQ part, tiles of 32 columns
+  // Warpgroup w's fp32 dQ part (64 rows, tiles of 32 columns) at kDQ + dq_offset(w).
+  __host__ __device__ static constexpr int dq_offset(int w) { return w * 64 * S::dq_cols(0) * 4; }
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKBytes;
   static constexpr int kQ = kV + kKBytes;
   static constexpr int kDO = kQ + S::kStages * kQBytes;
   static constexpr int kDS = kDO + S::kStages * kQBytes;  // 2 buffers: step it writes it % 2
   static constexpr int kDQ = kDS + 2 * kDSBytes;
-  static constexpr int kStats = kDQ + 2 * kDQBytes;  // per consumer warpgroup: LSE (log2 units) and D, kBM each
+  static constexpr int kStats = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;  // per consumer warpgroup: LSE (log2 units) and D, kBM each
   static constexpr int kBar = kStats + 2 * 2 * S::kBM * 4;
   static constexpr int kBytes = kBar + 8 * (1 + 2 * S::kStages) + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
@@ -136,7 +148,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
-  constexpr int kDT = Shape::kWgCols / 8;  // 8-column tiles of this warpgroup's dK, dV
   constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
   constexpr int kQK = kBM / 16;  // 16-query k-steps of dV, dK
@@ -216,217 +227,238 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int n0w = n0 + wk0;
   const uint32_t k_wg = smem_base + L::kK + wk0 * kSwizzleBytes;  // this warpgroup's K rows
   const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
-  const int wc0 = Shape::kSplitD ? Shape::kWgCols * cwg : 0;  // the warpgroup's first dK / dV column
-  // This warpgroup's share of the dQ part: query rows [dq_m, dq_m + 64) of the step, columns
-  // [dq_c, dq_c + kDqCols) (BwdShape).
-  const int dq_m = Shape::kDqRowStep * cwg, dq_c = Shape::kDqColStep * cwg;
-  unsigned char* dq_wg = smem + L::kDQ + cwg * L::kDQBytes;
   float* stats_wg = stats + cwg * 2 * kBM;  // this warpgroup's LSE (log2 units) and D rows of the step
   const int tw = threadIdx.x % 128;
   const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
-
-  float dk[kDT][4], dv[kDT][4];
-#pragma unroll
-  for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
-
   if (steps > 0) bwd_wait(kv_full, 0);
-  for (int it = 0; it < steps; ++it) {
-    const int s = it % kStages;
-    const int hq = hk * p.group + it / m_count;
-    const int m0 = (m_begin + it % m_count) * kBM;
-    const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
-    const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
-    const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
-    const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
-    // This step's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM) into this
-    // warpgroup's buffer by cp.async, converted in place once the products are issued: the loads
-    // land while the products run and no register waits on them (ncu: with plain loads the
-    // compiler placed the LSE's conversion next to its load, a long-scoreboard stall every step).
-    // Rows past the sequence are zero-filled: D = 0, and the LSE becomes +inf below, so P = 0.
-#pragma unroll
-    for (int k = 0; k < kStatsPerThread; ++k) {
-      const int r = tw + 128 * k;
-      const bool is_lse = r < kBM;
-      const int i = m0 + (is_lse ? r : r - kBM);
-      const bool valid = i < sb.sq;
-      const float* src = !valid ? dsum
-                         : is_lse ? p.lse + b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i
-                                  : dsum + sm80::bwd::row_index(p, b, hq, i);
-      cp_async_4(stats_wg + r, src, valid);
-    }
-    cp_async_commit();
-    bwd_wait(qdo_full + s, (it / kStages) & 1);
 
-    // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
-    float st[kQT][4], dpt[kQT][4];
-    wgmma_fence();
+  // The consumer loop of warpgroup kW's columns (BwdShape): kW is cwg where the two warpgroups'
+  // column counts differ, else 0 for both (the counts are the same; offsets use cwg).
+  auto consume = [&](auto wg_const) {
+    constexpr int kW = decltype(wg_const)::value;
+    constexpr int kDT = Shape::wg_cols(kW) / 8;  // 8-column tiles of this warpgroup's dK, dV
+    constexpr int kDqCols = Shape::dq_cols(kW);
+    const int wc0 = Shape::wc0(cwg);  // the warpgroup's first dK / dV column
+    // This warpgroup's share of the dQ part: query rows [dq_m, dq_m + 64) of the step, columns
+    // [dq_c, dq_c + kDqCols).
+    const int dq_m = Shape::dq_m(cwg), dq_c = Shape::dq_c(cwg);
+    unsigned char* dq_wg = smem + L::kDQ + L::dq_offset(cwg);
+    float dk[kDT][4], dv[kDT][4];
 #pragma unroll
-    for (int kk = 0; kk < kKT; ++kk) {
-      const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-      const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-      wgmma_ss<T, 0, 0>(st, make_desc(k_wg + off, 16, kAtomBytes), make_desc(q_addr + offq, 16, kAtomBytes), kk > 0);
-    }
+    for (int dt = 0; dt < kDT; ++dt)
 #pragma unroll
-    for (int kk = 0; kk < kKT; ++kk) {
-      const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-      const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-      wgmma_ss<T, 0, 0>(dpt, make_desc(v_wg + off, 16, kAtomBytes), make_desc(do_addr + offq, 16, kAtomBytes), kk > 0);
-    }
-    wgmma_commit();
-    // The last step's reads of stats_wg all came before its consumers_sync (the dS^T hand-off
-    // below), so the cp.async above could overwrite them.
-    cp_async_wait<0>();  // this thread's rows are in (each thread converts only its own)
+      for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+
+    for (int it = 0; it < steps; ++it) {
+      const int s = it % kStages;
+      const int hq = hk * p.group + it / m_count;
+      const int m0 = (m_begin + it % m_count) * kBM;
+      const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
+      const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
+      const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
+      const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
+      // This step's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM) into this
+      // warpgroup's buffer by cp.async, converted in place once the products are issued: the loads
+      // land while the products run and no register waits on them (ncu: with plain loads the
+      // compiler placed the LSE's conversion next to its load, a long-scoreboard stall every step).
+      // Rows past the sequence are zero-filled: D = 0, and the LSE becomes +inf below, so P = 0.
 #pragma unroll
-    for (int k = 0; k < kStatsPerThread; ++k) {
-      const int r = tw + 128 * k;
-      if (r < kBM) {  // LSE to log2 units; -inf (no key seen) and rows past the sequence to +inf
-        const float l = stats_wg[r];
-        stats_wg[r] = (m0 + r >= sb.sq || l == -INFINITY) ? INFINITY : l * kLog2e;
+      for (int k = 0; k < kStatsPerThread; ++k) {
+        const int r = tw + 128 * k;
+        const bool is_lse = r < kBM;
+        const int i = m0 + (is_lse ? r : r - kBM);
+        const bool valid = i < sb.sq;
+        const float* src = !valid ? dsum
+                           : is_lse ? p.lse + b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i
+                                    : dsum + sm80::bwd::row_index(p, b, hq, i);
+        cp_async_4(stats_wg + r, src, valid);
       }
-    }
-    warpgroup_sync(cwg);
-    wgmma_wait<0>();
-    fence_operands(st);
-    fence_operands(dpt);
+      cp_async_commit();
+      bwd_wait(qdo_full + s, (it / kStages) & 1);
 
-    // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
-    // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
-    // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
-    // element of every block (ncu: integer and predicate instructions were most of this loop).
-    const float* s_lse = stats_wg;
-    auto scores_to_ds = [&](auto masked) {
+      // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
+      float st[kQT][4], dpt[kQT][4];
+      wgmma_fence();
 #pragma unroll
-      for (int j = 0; j < kQT; ++j) {
+      for (int kk = 0; kk < kKT; ++kk) {
+        const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+        const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+        wgmma_ss<T, 0, 0>(st, make_desc(k_wg + off, 16, kAtomBytes), make_desc(q_addr + offq, 16, kAtomBytes), kk > 0);
+      }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
-          float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
-          if constexpr (decltype(masked)::value) {
-            const int key = key0 + 8 * (e / 2);
-            if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
-          }
-          const float pr = fast_exp2(x);
-          st[j][e] = pr;
-          dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
+      for (int kk = 0; kk < kKT; ++kk) {
+        const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+        const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+        wgmma_ss<T, 0, 0>(dpt, make_desc(v_wg + off, 16, kAtomBytes), make_desc(do_addr + offq, 16, kAtomBytes), kk > 0);
+      }
+      wgmma_commit();
+      // The last step's reads of stats_wg all came before its consumers_sync (the dS^T hand-off
+      // below), so the cp.async above could overwrite them.
+      cp_async_wait<0>();  // this thread's rows are in (each thread converts only its own)
+#pragma unroll
+      for (int k = 0; k < kStatsPerThread; ++k) {
+        const int r = tw + 128 * k;
+        if (r < kBM) {  // LSE to log2 units; -inf (no key seen) and rows past the sequence to +inf
+          const float l = stats_wg[r];
+          stats_wg[r] = (m0 + r >= sb.sq || l == -INFINITY) ? INFINITY : l * kLog2e;
         }
       }
-    };
-    if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
-      scores_to_ds(std::true_type{});
-    else
-      scores_to_ds(std::false_type{});
-    uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
-#pragma unroll
-    for (int kk = 0; kk < kQK; ++kk) {
-      pp[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-      pp[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-      pp[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-      pp[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-      pds[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
-      pds[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
-      pds[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-      pds[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
-    }
+      warpgroup_sync(cwg);
+      wgmma_wait<0>();
+      fence_operands(st);
+      fence_operands(dpt);
 
-    // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
-    fence_operands(dk);
-    fence_operands(dv);
-    wgmma_fence();
-    // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
-    const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
+      // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
+      // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
+      // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
+      // element of every block (ncu: integer and predicate instructions were most of this loop).
+      const float* s_lse = stats_wg;
+      auto scores_to_ds = [&](auto masked) {
 #pragma unroll
-    for (int kk = 0; kk < kQK; ++kk)
-      wgmma_rs<T, 1>(dv, pp[kk], make_desc(do_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+        for (int j = 0; j < kQT; ++j) {
 #pragma unroll
-    for (int kk = 0; kk < kQK; ++kk)
-      wgmma_rs<T, 1>(dk, pds[kk], make_desc(q_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
-    wgmma_commit();
+          for (int e = 0; e < 4; ++e) {
+            const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
+            float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
+            if constexpr (decltype(masked)::value) {
+              const int key = key0 + 8 * (e / 2);
+              if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
+            }
+            const float pr = fast_exp2(x);
+            st[j][e] = pr;
+            dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
+          }
+        }
+      };
+      if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
+        scores_to_ds(std::true_type{});
+      else
+        scores_to_ds(std::false_type{});
+      uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
+#pragma unroll
+      for (int kk = 0; kk < kQK; ++kk) {
+        pp[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
+        pp[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
+        pp[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
+        pp[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
+        pds[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
+        pds[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
+        pds[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
+        pds[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
+      }
 
-    // dS^T -> shared memory buffer it % 2, the A operand of dQ = dS K read M-major (queries
-    // contiguous): per 64-query chunk, 128 rows (keys; this warpgroup's at 64 cwg) of 128 bytes,
-    // 16-byte chunk c of a row at c ^ (row % 8). The buffer was last read by step it - 2's dQ
-    // products, which both warpgroups finished before step it - 1's consumers_sync.
-    if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
-    // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
-    // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
-    // At d = 256 both warpgroups hold the same dS^T: warpgroup 0 writes it.
-    unsigned char* ds = smem + L::kDS + (it % 2) * L::kDSBytes;
-    if (!Shape::kSplitD || cwg == 0) {
+      // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
+      fence_operands(dk);
+      fence_operands(dv);
+      wgmma_fence();
+      // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
+      const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
 #pragma unroll
       for (int kk = 0; kk < kQK; ++kk)
+        wgmma_rs<T, 1>(dv, pp[kk], make_desc(do_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
-          *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
-                                       (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
+      for (int kk = 0; kk < kQK; ++kk)
+        wgmma_rs<T, 1>(dk, pds[kk], make_desc(q_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+      wgmma_commit();
+
+      if (!p.deterministic) {
+        // dS^T -> shared memory buffer it % 2, the A operand of dQ = dS K read M-major (queries
+        // contiguous): per 64-query chunk, 128 rows (keys; this warpgroup's at 64 cwg) of 128 bytes,
+        // 16-byte chunk c of a row at c ^ (row % 8). The buffer was last read by step it - 2's dQ
+        // products, which both warpgroups finished before step it - 1's consumers_sync.
+        if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
+        // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
+        // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+        // At d = 256 both warpgroups hold the same dS^T: warpgroup 0 writes it.
+        unsigned char* ds = smem + L::kDS + (it % 2) * L::kDSBytes;
+        if (!Shape::kSplitD || cwg == 0) {
+#pragma unroll
+          for (int kk = 0; kk < kQK; ++kk)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
+              *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
+                                           (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
+            }
         }
-    }
-    fence_proxy_async_smem();
-    consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
+        fence_proxy_async_smem();
+        consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
+      } else {
+        warpgroup_sync(cwg);  // this step's reads of stats_wg are done before the next step's cp.async
+      }
 
-    wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
-    fence_operands(dk);
-    fence_operands(dv);
-    __syncwarp();
-    if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
+      wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
+      fence_operands(dk);
+      fence_operands(dv);
+      __syncwarp();
+      if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
 
-    // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
-    // dim (B = K rows read N-major), K = the CTA's kBN keys.
-    float dq[Shape::kDqCols / 8][4];
-    wgmma_fence();
+      if (!p.deterministic) {  // (the deterministic mode computes dQ in a separate kernel: run_bwd)
+        // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
+        // dim (B = K rows read N-major), K = the CTA's kBN keys.
+        float dq[kDqCols / 8][4];
+        wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk)
-      wgmma_ss<T, 1, 1>(dq, make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
+        for (int kk = 0; kk < kBN / 16; ++kk)
+          wgmma_ss<T, 1, 1>(dq, make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
+                                          kBN * kSwizzleBytes, kAtomBytes),
+                            make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
                                       kBN * kSwizzleBytes, kAtomBytes),
-                        make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
-                                  kBN * kSwizzleBytes, kAtomBytes),
-                        kk > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
-    fence_operands(dq);
-    // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-    // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
+                            kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_operands(dq);
+        // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
+        // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
 #pragma unroll
-    for (int dt = 0; dt < Shape::kDqCols / 8; ++dt)
+        for (int dt = 0; dt < kDqCols / 8; ++dt)
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
-        const int unit = (col % 32) / 4;
-        *reinterpret_cast<float2*>(dq_wg + (col / 32) * (64 * kSwizzleBytes) + row * kSwizzleBytes +
-                                   ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+          for (int r = 0; r < 2; ++r) {
+            const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
+            const int unit = (col % 32) / 4;
+            *reinterpret_cast<float2*>(dq_wg + (col / 32) * (64 * kSwizzleBytes) + row * kSwizzleBytes +
+                                       ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+          }
+        fence_proxy_async_smem();
+        warpgroup_sync(cwg);
+        if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
+          const int row = static_cast<int>(sm80::bwd::row_index(p, b, hq, m0 + dq_m));
+#pragma unroll
+          for (int c = 0; c < kDqCols / 32; ++c) {
+            const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
+            bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
+                                              dq_wg + c * (64 * kSwizzleBytes));
+          }
+          bptx::cp_async_bulk_commit_group();
+        }
       }
-    fence_proxy_async_smem();
-    warpgroup_sync(cwg);
-    if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
-      const int row = static_cast<int>(sm80::bwd::row_index(p, b, hq, m0 + dq_m));
+    }
+    // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
+    // straight from the fragments.
+    T* gdk = static_cast<T*>(p.dk) + b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
+    T* gdv = static_cast<T*>(p.dv) + b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
 #pragma unroll
-      for (int c = 0; c < Shape::kDqCols / 32; ++c) {
-        const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
-        bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
-                                          dq_wg + c * (64 * kSwizzleBytes));
+    for (int r = 0; r < 2; ++r) {
+      const int key = key0 + 8 * r;
+      if (key >= sb.sk) continue;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int col = wc0 + 8 * dt + 2 * (lane % 4);
+        if (col < p.head_dim)
+          *reinterpret_cast<uint32_t*>(gdk + int64_t(key) * p.dk_row_stride + col) =
+              pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale);
+        if (col < p.head_dim_v)
+          *reinterpret_cast<uint32_t*>(gdv + int64_t(key) * p.dv_row_stride + col) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
       }
-      bptx::cp_async_bulk_commit_group();
     }
-  }
-  // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kWgCols columns from wc0,
-  // straight from the fragments.
-  T* gdk = static_cast<T*>(p.dk) + b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
-  T* gdv = static_cast<T*>(p.dv) + b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + 8 * r;
-    if (key >= sb.sk) continue;
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt) {
-      const int col = wc0 + 8 * dt + 2 * (lane % 4);
-      if (col < p.head_dim)
-        *reinterpret_cast<uint32_t*>(gdk + int64_t(key) * p.dk_row_stride + col) =
-            pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale);
-      if (col < p.head_dim_v)
-        *reinterpret_cast<uint32_t*>(gdv + int64_t(key) * p.dv_row_stride + col) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
-    }
+  };
+  if constexpr (Shape::kUneven) {
+    if (cwg == 0)
+      consume(std::integral_constant<int, 0>{});
+    else
+      consume(std::integral_constant<int, 1>{});
+  } else {
+    consume(std::integral_constant<int, 0>{});
   }
   if (leader) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
 #else
@@ -468,8 +500,16 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   constexpr int kSmem = BwdSmem<kD>::kBytes;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
+  // The deterministic mode: this kernel computes dK and dV only (in a fixed order already: no
+  // atomics), and the sm80 backward's dQ kernel sums each query block's dQ over the key blocks in
+  // order instead of the accumulator's atomic reductions.
+  auto dq_kernel = bwd_dq<kD, T, false>;  // use_sm90_backward: no softcap, ALiBi or dropout here
+  static std::atomic<uint64_t> dq_configured{0};
+  if (e == cudaSuccess && p.deterministic)
+    e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kD>::kSmemDq, dq_configured);
   if (e == cudaSuccess && m_blocks > 0) {
-    bwd_preprocess<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum);
+    bwd_preprocess<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
+        p, dsum, p.deterministic ? nullptr : dq_accum);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && n_blocks > 0) {
@@ -477,7 +517,10 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && m_blocks > 0) {
-    bwd_convert_dq<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
+    if (p.deterministic)
+      dq_kernel<<<dim3(m_blocks, p.heads_q, p.batch), kThreads, Config<kD>::kSmemDq, stream>>>(p, dsum);
+    else
+      bwd_convert_dq<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
     e = cudaGetLastError();
   }
   if (e != cudaSuccess)

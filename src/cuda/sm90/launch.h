@@ -30,8 +30,7 @@ int backward_head_dim(int d);
 // Whether TMA can describe this backward call's q, k, v, dout.
 bool backward_describable(const Params& p);
 
-// Backward, same contract and workspace (layout and size) as sm80::launch_bwd_sm80 in its atomic
-// (non-deterministic) mode.
+// Backward, same contract and workspace (layout and size) as sm80::launch_bwd_sm80, both modes.
 Status launch_bwd_sm90(const Params& p, cudaStream_t stream, void* workspace);
 
 }  // namespace ioattn::cuda::sm90
