@@ -5,9 +5,8 @@
 // (fwd_config.h) either one CTA per multiprocessor walks them in snake order (persistent), or
 // one CTA per tile is launched. A CTA has 3 warpgroups:
 //   producer   warpgroup 0 gives its registers back (setmaxnreg) and one thread issues the TMA
-//              copies: each tile's Q once (into a ring of q_stages buffers: with 2, during the
-//              previous tile), then K_n and V_n for each key block into a ring of kStages buffers
-//              that runs on across tiles.
+//              copies: each tile's Q once (after the consumers release the previous one), then K_n
+//              and V_n for each key block into a ring of kStages buffers that runs on across tiles.
 //              "full" mbarriers complete when a copy's bytes land, "empty" ones when all 8
 //              consumer warps are done reading a buffer.
 //   consumers  warpgroups 1 and 2, 64 query rows each, with 240 registers per thread. Per key block
@@ -22,7 +21,7 @@
 //                wait PV; release V_{n-1}; rescale O by the new row maxima
 //              The two consumer warpgroups also run out of step, so one's softmax overlaps the
 //              other's products; with kPingpong (FA3's inter-warpgroup scheduling) they take strict
-//              turns issuing the products of a step, on two named barriers (turn_wait below).
+//              turns issuing the two products of a step, on two named barriers (turn_wait below).
 //   epilogue   O / l -> input dtype, straight from registers to global memory, LSE in fp32, while
 //              the producer already loads the next tile.
 // Dropout is not served here (backend.cu sends it to the sm80 kernel).
@@ -61,15 +60,14 @@ template <int kD>
 struct FwdSmem {
   static constexpr int kBM = FwdTileFor<kD>::block_m, kBN = FwdTileFor<kD>::block_n;
   static constexpr int kStages = FwdTileFor<kD>::stages;
-  static constexpr int kQStages = FwdTileFor<kD>::q_stages;
   static constexpr int kChunks = kD / 64;  // 64-column tiles per row (wgmma.cuh)
   static constexpr int kQBytes = kBM * kD * 2;
   static constexpr int kKVBytes = kBN * kD * 2;
   static constexpr int kQ = 0;
-  static constexpr int kK = kQ + kQStages * kQBytes;
+  static constexpr int kK = kQ + kQBytes;
   static constexpr int kV = kK + kStages * kKVBytes;
   static constexpr int kBar = kV + kStages * kKVBytes;
-  static constexpr int kBars = 2 * kQStages + 4 * kStages;  // q_full[], q_empty[], k_full[], v_full[], k_empty[], v_empty[]
+  static constexpr int kBars = 2 + 4 * kStages;  // q_full, q_empty, k_full[], v_full[], k_empty[], v_empty[]
   static constexpr int kBytes = kBar + 8 * kBars + 1024;  // + room to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -153,7 +151,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
                int tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kD>;
-  constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
+  constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
   constexpr int kDT = kD / 8;   // 8-column tiles of O
   constexpr int kPT = kBN / 16; // 16-key k-steps of O += P V
@@ -162,8 +160,8 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   unsigned char* smem = smem_align_1024(smem_raw);
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
-  uint64_t* q_empty = q_full + kQStages;
-  uint64_t* k_full = q_empty + kQStages;
+  uint64_t* q_empty = q_full + 1;
+  uint64_t* k_full = q_empty + 1;
   uint64_t* v_full = k_full + kStages;
   uint64_t* k_empty = v_full + kStages;
   uint64_t* v_empty = k_empty + kStages;
@@ -171,10 +169,8 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);  // warp-uniform
   const int lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
-    for (int s = 0; s < kQStages; ++s) {
-      ptx::mbarrier_init(q_full + s, 1);
-      ptx::mbarrier_init(q_empty + s, kConsumerWarps);
-    }
+    ptx::mbarrier_init(q_full, 1);
+    ptx::mbarrier_init(q_empty, kConsumerWarps);
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(k_full + s, 1);
       ptx::mbarrier_init(v_full + s, 1);
@@ -198,16 +194,14 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
       const int hk = w.h / p.group;
       const int bt = p.varlen ? 0 : w.b;  // varlen: the row index carries the sequence
       const int q_row = static_cast<int>(w.sb.q_row0) + w.m0, k_row = static_cast<int>(w.sb.k_row0);
-      // Q into its ring slot once the tile that used the slot last has issued its last S = Q K^T.
-      const int qs = q % kQStages;
-      if (q >= kQStages) wait_barrier(q_empty + qs, ((q / kQStages) & 1) ^ 1);
+      if (q > 0) wait_barrier(q_empty, (q - 1) & 1);  // the previous tile's last S = Q K^T is done
       ++q;
-      ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, q_full + qs, L::kQBytes);
+      ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, q_full, L::kQBytes);
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c) {
         const int32_t coords[4] = {c * 64, q_row, w.h, bt};
-        ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global,
-                                  smem + L::kQ + qs * L::kQBytes + c * kBM * kSwizzleBytes, &tm_q, coords, q_full + qs);
+        ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global, smem + L::kQ + c * kBM * kSwizzleBytes,
+                                  &tm_q, coords, q_full);
       }
       for (int n = w.n_begin; n < w.n_end; ++n, ++kv) {
         const int s = kv % kStages;
@@ -233,26 +227,22 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   // ---- consumer warpgroups ----
   regs_alloc<kConsumerRegs>();
   const int cwg = warp / 4 - 1;  // 0 or 1: query rows [64 cwg, 64 cwg + 64) of the block
-  // Pingpong protocol (kPingpong). Turns are the issue points of a tile's products: the first key
-  // block's S = Q K^T, then one per further key block n covering S_n = Q K_n^T and
-  // O += P_{n-1} V_{n-1}. Warpgroup 0 takes the first turn: warpgroup 1 arrives once on warpgroup
-  // 0's barrier here, before any step. From then on every bar.sync of one warpgroup is completed by
-  // the other's latest bar.arrive, so turns strictly alternate 0, 1, 0, 1, ... over the whole
-  // kernel, across tile boundaries, and no barrier ever holds more than one pending arrival (a
-  // warpgroup's next arrive needs a turn that only the other's sync can grant). This needs both
-  // warpgroups to take the same number of turns: they do, because every per-tile decision (the tile
-  // index, w.skip, n_begin / n_end: plan_tile has no per-warpgroup input) is the same for both, and
-  // each takes n_end - n_begin turns in a tile (none for a skipped or empty tile). The last P V is
-  // issued outside the turns. The first S is inside them so that the warpgroups stay half a step
-  // apart across a tile boundary: issued outside (an earlier version), both warpgroups' first
-  // softmax ran at once with the tensor cores idle, a bubble per tile that short tiles (causal,
-  // seqlen 2048) felt most.
-  // No cycle with the TMA producer: the mbarrier waits for Q, K_n and V_{n-1} are for data the other
+  // Pingpong protocol (kPingpong). Turns are the main-loop steps (one per key block after a tile's
+  // first); a step's turn covers issuing S_n = Q K_n^T and O += P_{n-1} V_{n-1}. Warpgroup 0 takes
+  // the first turn: warpgroup 1 arrives once on warpgroup 0's barrier here, before any step. From
+  // then on every bar.sync of one warpgroup is completed by the other's latest bar.arrive, so turns
+  // strictly alternate 0, 1, 0, 1, ... over the whole kernel, across tile boundaries, and no
+  // barrier ever holds more than one pending arrival (a warpgroup's next arrive needs a turn that
+  // only the other's sync can grant). This needs both warpgroups to take the same number of turns:
+  // they do, because every per-tile decision (the tile index, w.skip, n_begin / n_end: plan_tile
+  // has no per-warpgroup input) is the same for both, and each takes n_end - n_begin - 1 turns in a
+  // tile (none for a skipped or empty tile, none for a single key block). The first S of a tile
+  // and the last P V are issued outside the turns (as in FA3), so nothing else is ordered by them.
+  // No cycle with the TMA producer: the mbarrier waits for K_n / V_{n-1} are for data the other
   // warpgroup, at most one turn behind, has already waited for or needs next, and the producer's
-  // rings (kStages >= 2; Q's) only wait for releases that come after turns already taken.
+  // ring (kStages >= 2) only waits for releases that come after turns already taken.
   if (kPingpong && cwg == 1) turn_pass(cwg);
-  const uint32_t q_wg = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;  // this warpgroup's rows, slot 0
-  uint32_t q_addr = q_wg;  // ... of the current tile's Q slot
+  const uint32_t q_addr = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;
   auto arrive = [&](uint64_t* bar) {  // one arrival per warp, after all its lanes are done
     __syncwarp();
     if (lane == 0) ptx::mbarrier_arrive(bar);
@@ -332,9 +322,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     };
 
     if (w.n_begin < w.n_end) {
-      const int qs = q % kQStages;
-      q_addr = q_wg + qs * L::kQBytes;
-      wait_barrier(q_full + qs, (q / kQStages) & 1);
+      wait_barrier(q_full, q & 1);
       ++q;
       // Key block n_begin: S, softmax -> P. Then each further block n overlaps its softmax with
       // the previous block's O += P V on the tensor cores (FA3's intra-warpgroup pipelining):
@@ -345,13 +333,11 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         float sacc[kNT][4];
         const int s = kv % kStages;
         wait_barrier(k_full + s, (kv / kStages) & 1);
-        if (kPingpong) turn_wait(cwg);
         issue_s(sacc, s);
-        if (kPingpong) turn_pass(cwg);
         wgmma_wait<0>();
         fence_operands(sacc);
         arrive(k_empty + s);
-        if (w.n_begin + 1 == w.n_end) arrive(q_empty + qs);  // the tile's last use of Q
+        if (w.n_begin + 1 == w.n_end) arrive(q_empty);  // the tile's last use of Q
         softmax_step(sacc, w.n_begin, pk, alpha);
       }
       for (int n = w.n_begin + 1; n < w.n_end; ++n) {
@@ -373,7 +359,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         }
         fence_operands(sacc);
         arrive(k_empty + s);
-        if (n + 1 == w.n_end) arrive(q_empty + qs);
+        if (n + 1 == w.n_end) arrive(q_empty);
         // P_n into registers of its own: the PV product still reads P_{n-1} from `pk` (register
         // operands of wgmma are read asynchronously; overwriting them before the wait makes ptxas
         // serialise the wgmma pipeline, warning C7513).
