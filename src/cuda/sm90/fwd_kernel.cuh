@@ -21,7 +21,7 @@
 //                wait PV; release V_{n-1}; rescale O by the new row maxima
 //              The two consumer warpgroups also run out of step, so one's softmax overlaps the
 //              other's products; with kPingpong (FA3's inter-warpgroup scheduling) they take strict
-//              turns issuing the products of a step, on two named barriers (turn_wait below).
+//              turns issuing the two products of a step, on two named barriers (turn_wait below).
 //   epilogue   O / l -> input dtype, straight from registers to global memory, LSE in fp32, while
 //              the producer already loads the next tile.
 // Dropout is not served here (backend.cu sends it to the sm80 kernel).
@@ -109,36 +109,17 @@ struct FwdTilePlan {
   bool skip;             // the block starts past this (varlen) sequence's end: nothing to do
 };
 
-// Under a causal-like mask, the (query head, batch) pairs whose K and V fit in this much L2
-// together are scheduled as a group (plan_tile). Hopper has 50 MB; the rest is left to the Q and O
-// tiles streaming through.
-constexpr int64_t kFwdL2Bytes = 32 << 20;
-
 template <int kBM, int kBN>
 __device__ __forceinline__ FwdTilePlan plan_tile(const Params& p, int t, int m_blocks) {
   // Without a lower-triangular mask every query block costs the same: query block fastest, so the
   // CTAs running at one time share a head's K/V in L2. Under a causal-like mask (window_left < 0,
-  // window_right >= 0) the cost grows with the query block: the tiles go in descending order of cost
-  // (query block from the last), which the snake assignment of tile_of() balances, within groups of
-  // heads whose K/V fit in L2 together (heads fastest). An earlier order ran the costliest query
-  // block of every head first, so the CTAs running at one time each read a different head's K/V
-  // and little of it was still in L2 when the head's next query block came.
+  // window_right >= 0) the cost grows with the query block: blocks in descending order of cost
+  // (query block slowest, from the last), which the snake assignment of tile_of() balances.
   FwdTilePlan w;
   const int hbs = p.heads_q * p.batch;
   const bool by_cost = p.window_left < 0 && p.window_right >= 0;
-  int m_block, hb;
-  if (by_cost) {
-    const int64_t kv_bytes = int64_t(p.seqlen_k) * (p.head_dim + p.head_dim_v) * 2 / p.group;  // per query head
-    const int group = static_cast<int>(max(int64_t(1), min(int64_t(hbs), kFwdL2Bytes / max(kv_bytes, int64_t(1)))));
-    const int first = t / (group * m_blocks) * group;  // the group's first (head, batch) pair
-    const int in_group = min(group, hbs - first);
-    const int r = t - first * m_blocks;  // tile within the group
-    m_block = m_blocks - 1 - r / in_group;
-    hb = first + r % in_group;
-  } else {
-    m_block = m_blocks - 1 - t % m_blocks;
-    hb = t / m_blocks;
-  }
+  const int m_block = m_blocks - 1 - (by_cost ? t / hbs : t % m_blocks);
+  const int hb = by_cost ? t % hbs : t / m_blocks;
   w.h = hb % p.heads_q;
   w.b = hb / p.heads_q;
   w.sb = seq_bounds(p, w.b);
@@ -246,18 +227,17 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   // ---- consumer warpgroups ----
   regs_alloc<kConsumerRegs>();
   const int cwg = warp / 4 - 1;  // 0 or 1: query rows [64 cwg, 64 cwg + 64) of the block
-  // Pingpong protocol (kPingpong). Turns are the issue points of a tile's products: the first key
-  // block's S = Q K^T, then one per further key block n covering S_n = Q K_n^T and
-  // O += P_{n-1} V_{n-1}. Warpgroup 0 takes the first turn: warpgroup 1 arrives once on warpgroup
-  // 0's barrier here, before any step. From then on every bar.sync of one warpgroup is completed by
-  // the other's latest bar.arrive, so turns strictly alternate 0, 1, 0, 1, ... over the whole
-  // kernel, across tile boundaries, and no barrier ever holds more than one pending arrival (a
-  // warpgroup's next arrive needs a turn that only the other's sync can grant). This needs both
-  // warpgroups to take the same number of turns: they do, because every per-tile decision (the tile
-  // index, w.skip, n_begin / n_end: plan_tile has no per-warpgroup input) is the same for both, and
-  // each takes n_end - n_begin turns in a tile (none for a skipped or empty tile). The last P V is
-  // issued outside the turns. The first S is inside them (FA3 does the same) so that the
-  // warpgroups stay half a step apart across a tile boundary.
+  // Pingpong protocol (kPingpong). Turns are the main-loop steps (one per key block after a tile's
+  // first); a step's turn covers issuing S_n = Q K_n^T and O += P_{n-1} V_{n-1}. Warpgroup 0 takes
+  // the first turn: warpgroup 1 arrives once on warpgroup 0's barrier here, before any step. From
+  // then on every bar.sync of one warpgroup is completed by the other's latest bar.arrive, so turns
+  // strictly alternate 0, 1, 0, 1, ... over the whole kernel, across tile boundaries, and no
+  // barrier ever holds more than one pending arrival (a warpgroup's next arrive needs a turn that
+  // only the other's sync can grant). This needs both warpgroups to take the same number of turns:
+  // they do, because every per-tile decision (the tile index, w.skip, n_begin / n_end: plan_tile
+  // has no per-warpgroup input) is the same for both, and each takes n_end - n_begin - 1 turns in a
+  // tile (none for a skipped or empty tile, none for a single key block). The first S of a tile
+  // and the last P V are issued outside the turns (as in FA3), so nothing else is ordered by them.
   // No cycle with the TMA producer: the mbarrier waits for K_n / V_{n-1} are for data the other
   // warpgroup, at most one turn behind, has already waited for or needs next, and the producer's
   // ring (kStages >= 2) only waits for releases that come after turns already taken.
@@ -353,9 +333,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         float sacc[kNT][4];
         const int s = kv % kStages;
         wait_barrier(k_full + s, (kv / kStages) & 1);
-        if (kPingpong) turn_wait(cwg);
         issue_s(sacc, s);
-        if (kPingpong) turn_pass(cwg);
         wgmma_wait<0>();
         fence_operands(sacc);
         arrive(k_empty + s);
