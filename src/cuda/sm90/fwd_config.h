@@ -37,8 +37,9 @@ struct FwdTile {
 //            2048 / 16k). With pingpong persistent without overlap: 591 / 391 / 666 / 654 against
 //            460 / 341 / 587 / 559 for the old schedule in the same run (one CTA per tile with
 //            pingpong: 561 / 353 / 684 / 644, + overlap 561 / 362 / 689 / 653).
-//   d = 192: the d = 256 schedule (block_n 64) with 3 of its 4 column tiles, not yet measured; its
-//            own kernel instead of rounding up to 256 saves a quarter of the products and bytes.
+//   d = 192: the d = 256 schedule (block_n 64) with 3 of its 4 column tiles: 596 / 415 / 691 / 673
+//            (cuDNN 622 / 519 / 646 / 564 in the same run, session 4), where rounding up to the
+//            d = 256 kernel had spent a quarter more products and bytes.
 //   d = 256: persistent without overlap best or tied on all 6 (643 .. 749); with pingpong 624 / 452 /
 //            736 / 710 against 637 / 459 / 750 / 726 without (2048 / 2048 causal / 16k / 16k causal).
 inline constexpr FwdTile kFwdTiles[] = {
