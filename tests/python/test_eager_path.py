@@ -29,6 +29,19 @@ def test_eager_path_equals_operators(kw):
         assert torch.equal(a, b), name
 
 
+def test_eager_backward_allocates_no_lse_gradient():
+    """The LSE output takes no gradient, so the backward must not have autograd materialise a
+    zero-filled one for it (it did: one aten::zeros + fill kernel per call, seen on the H200)."""
+    from torch.profiler import ProfilerActivity, profile
+    q, k, v = randn(2, 9, 4, 16), randn(2, 12, 2, 16), randn(2, 12, 2, 16)
+    dout = torch.randn(2, 9, 4, 16)
+    out = ioattn.flash_attn_func(q, k, v, causal=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+    names = [e.key for e in prof.key_averages()]
+    assert not any(n in ("aten::zeros", "aten::zeros_like") for n in names), names
+    assert all(g is not None and g.shape == t.shape for g, t in zip(grads, (q, k, v)))
+
 
 def test_jit_trace_records_the_operator():
     """Under torch.jit.trace the registered operator is recorded (a Python autograd.Function would
