@@ -117,9 +117,9 @@ bool use_sm90_forward(const Params& p) {
 }
 
 // Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
-// softcap, ALiBi or dropout, and a head dim whose sm90 kernel uses the sm80 backward's workspace
-// layout (its padded head dim is the same: 64, 128, 192 or 256). Both modes: the deterministic one
-// takes dQ from the sm80 dQ kernel (sm90::run_bwd).
+// softcap, ALiBi or dropout, and an sm90 backward built for the call's sm80 head dim (the sm90
+// kernel of the next head dim among 64, 128, 192, 256, with the sm80 workspace layout). Both modes:
+// the deterministic one takes dQ from the sm80 dQ kernel (sm90::run_bwd).
 // The default on compute capability 9.0 since it passed every GPU test and compute-sanitizer's
 // racecheck on the H200 (bench/notes-sm90.md); IOATTN_SM90_BWD=0 turns the backward alone back to
 // the sm80 kernels (IOATTN_SM90=0 turns off both directions).
@@ -127,10 +127,9 @@ bool use_sm90_backward(const Params& p) {
   const char* env = std::getenv("IOATTN_SM90_BWD");
   if (env != nullptr && std::string(env) == "0") return false;
   if (p.dropout_p > 0.0f || p.softcap > 0.0f || p.alibi_slopes != nullptr) return false;
-  const int d = std::max(p.head_dim, p.head_dim_v);
-  const int k = sm90::backward_head_dim(d);
-  if (k == 0 || sm80::padded_head_dim(d) != k) return false;
-  return sm90_eligible(p) && sm90::backward_describable(p);
+  const int acc = sm80::padded_head_dim(std::max(p.head_dim, p.head_dim_v));
+  if (sm90::backward_head_dim(acc) == 0) return false;
+  return sm90_eligible(p) && sm90::backward_describable(p, acc);
 }
 #endif  // IOATTN_HAVE_SM90
 
@@ -209,8 +208,10 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
 #ifdef IOATTN_HAVE_SM90
     if (use_sm90_backward(p)) {
       std::ostringstream n90;
-      n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << d
-          << ", " << sm90::bwd_block_n(d) << " keys x " << sm90::bwd_block_m(d) << " queries per step";
+      const int k = sm90::backward_head_dim(d);
+      n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << k;
+      if (k != std::max(p.head_dim, p.head_dim_v)) n90 << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
+      n90 << ", " << sm90::bwd_block_n(k) << " keys x " << sm90::bwd_block_m(k) << " queries per step";
       if (p.deterministic) n90 << ", deterministic (dQ by the sm80 kernel)";
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();
@@ -259,7 +260,9 @@ Status backward(const Params& p) {
   if (Status s = guard.status(); !s.ok()) return s;
 #ifdef IOATTN_HAVE_SM90
   // Same workspace as the sm80 backward's atomic mode (workspace_size above).
-  if (use_sm90_backward(p)) return sm90::launch_bwd_sm90(p, static_cast<cudaStream_t>(p.stream), p.workspace);
+  if (use_sm90_backward(p))
+    return sm90::launch_bwd_sm90(p, sm80::padded_head_dim(std::max(p.head_dim, p.head_dim_v)),
+                                 static_cast<cudaStream_t>(p.stream), p.workspace);
 #endif
   return sm80::launch_bwd_sm80(p, static_cast<cudaStream_t>(p.stream), p.workspace);
 #else

@@ -466,8 +466,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #endif
 }
 
-template <class T, int kD>
+template <class T, int kD, int kAccD>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
+  static_assert(kAccD <= kD, "the accumulator is at most as wide as the kernel's head dim");
   using namespace sm80::bwd;
   if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
   float* dsum = static_cast<float*>(workspace);
@@ -493,7 +494,9 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
       encode_tensor_map(&tdo, {p.dout, p.head_dim_v, rows_q, p.heads_q, batch, p.do_row_stride, p.do_head_stride,
                                p.do_batch_stride},
                         BwdShape<kD>::kBM, type) &&
-      encode_tensor_map(&tdq, {dq_accum, kD, accum_rows, 1, 1, kD, 0, 0}, 64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4);
+      // The accumulator is kAccD wide: the reductions of columns past it (kD > kAccD) fall outside
+      // the tensor and TMA drops them.
+      encode_tensor_map(&tdq, {dq_accum, kAccD, accum_rows, 1, 1, kAccD, 0, 0}, 64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4);
   if (!ok) return Status{ErrorCode::Unsupported, "sm90 backward: the driver refused a tensor map for these strides"};
 
   auto kernel = bwd_kernel<T, kD>;
@@ -503,12 +506,12 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   // The deterministic mode: this kernel computes dK and dV only (in a fixed order already: no
   // atomics), and the sm80 backward's dQ kernel sums each query block's dQ over the key blocks in
   // order instead of the accumulator's atomic reductions.
-  auto dq_kernel = bwd_dq<kD, T, false>;  // use_sm90_backward: no softcap, ALiBi or dropout here
+  auto dq_kernel = bwd_dq<kAccD, T, false>;  // use_sm90_backward: no softcap, ALiBi or dropout here
   static std::atomic<uint64_t> dq_configured{0};
   if (e == cudaSuccess && p.deterministic)
-    e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kD>::kSmemDq, dq_configured);
+    e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kAccD>::kSmemDq, dq_configured);
   if (e == cudaSuccess && m_blocks > 0) {
-    bwd_preprocess<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
+    bwd_preprocess<kAccD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
         p, dsum, p.deterministic ? nullptr : dq_accum);
     e = cudaGetLastError();
   }
@@ -518,9 +521,9 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   }
   if (e == cudaSuccess && m_blocks > 0) {
     if (p.deterministic)
-      dq_kernel<<<dim3(m_blocks, p.heads_q, p.batch), kThreads, Config<kD>::kSmemDq, stream>>>(p, dsum);
+      dq_kernel<<<dim3(m_blocks, p.heads_q, p.batch), kThreads, Config<kAccD>::kSmemDq, stream>>>(p, dsum);
     else
-      bwd_convert_dq<kD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
+      bwd_convert_dq<kAccD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
     e = cudaGetLastError();
   }
   if (e != cudaSuccess)

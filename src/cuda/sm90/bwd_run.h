@@ -15,7 +15,9 @@ constexpr int bwd_block_m(int d) { return d == 64 ? 128 : 64; }
 // which split the head dim; BwdShape).
 constexpr int bwd_block_n(int d) { return d >= 192 ? 64 : 128; }
 
-template <class T, int kD>
+// kD: the kernel's head dim; kAccD: the sm80 head dim of the call (its dQ accumulator's row width,
+// and the sm80 preprocess / convert / deterministic dQ kernels it runs), kAccD <= kD.
+template <class T, int kD, int kAccD>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace);
 
 }  // namespace ioattn::cuda::sm90

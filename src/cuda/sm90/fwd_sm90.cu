@@ -41,17 +41,16 @@ Status launch_fwd_sm90(const Params& p, cudaStream_t stream) {
   }
 }
 
-int backward_head_dim(int d) {
-  const int k = sm90_head_dim(d);
+int backward_head_dim(int acc) {
 #define IOATTN_SM90_BWD_CASE(D) \
-  if (k == D) return D;
+  if (acc == D) return sm90_head_dim(D);
   IOATTN_FOR_EACH_SM90_BWD_HEAD_DIM(IOATTN_SM90_BWD_CASE)
 #undef IOATTN_SM90_BWD_CASE
   return 0;
 }
 
-bool backward_describable(const Params& p) {
-  const int d = backward_head_dim(std::max(p.head_dim, p.head_dim_v));
+bool backward_describable(const Params& p, int acc) {
+  const int d = backward_head_dim(acc);
   if (d == 0) return false;
   const CUtensorMapDataType type = map_type(p);
   const int batch = p.varlen ? 1 : p.batch;
@@ -69,12 +68,13 @@ bool backward_describable(const Params& p) {
                            bm, type);
 }
 
-Status launch_bwd_sm90(const Params& p, cudaStream_t stream, void* workspace) {
-  const int d = backward_head_dim(std::max(p.head_dim, p.head_dim_v));
+Status launch_bwd_sm90(const Params& p, int acc, cudaStream_t stream, void* workspace) {
   [[maybe_unused]] const bool bf16 = p.dtype == DType::BF16;  // unused when no backward head dim is built
-  switch (d) {
-#define IOATTN_SM90_BWD_LAUNCH(D) \
-  case D: return bf16 ? run_bwd<__nv_bfloat16, D>(p, stream, workspace) : run_bwd<__half, D>(p, stream, workspace);
+  switch (acc) {
+#define IOATTN_SM90_BWD_LAUNCH(D)                                                      \
+  case D:                                                                              \
+    return bf16 ? run_bwd<__nv_bfloat16, sm90_head_dim(D), D>(p, stream, workspace) \
+                : run_bwd<__half, sm90_head_dim(D), D>(p, stream, workspace);
     IOATTN_FOR_EACH_SM90_BWD_HEAD_DIM(IOATTN_SM90_BWD_LAUNCH)
 #undef IOATTN_SM90_BWD_LAUNCH
     default:

@@ -23,14 +23,17 @@ bool forward_describable(const Params& p);
 // driver cannot describe the tensors to TMA; the backend then runs the sm80 kernel.
 Status launch_fwd_sm90(const Params& p, cudaStream_t stream);
 
-// Backward: the sm90 head dim serving a call of head dim d (64 or 128), or 0 (then the sm80
-// backward serves it; so do softcap, ALiBi, dropout and the deterministic mode: backend.cu).
-int backward_head_dim(int d);
+// Backward. `acc` is the call's sm80 head dim (sm80::padded_head_dim: the width of the workspace's
+// dQ accumulator rows, which both backward paths share). The sm90 kernel's head dim for it (64, 128,
+// 192 or 256: columns past the call's head dim read as zeros and are not written), or 0 when this
+// build has no sm90 backward for it (then the sm80 backward serves the call; so do softcap, ALiBi
+// and dropout: backend.cu).
+int backward_head_dim(int acc);
 
 // Whether TMA can describe this backward call's q, k, v, dout.
-bool backward_describable(const Params& p);
+bool backward_describable(const Params& p, int acc);
 
 // Backward, same contract and workspace (layout and size) as sm80::launch_bwd_sm80, both modes.
-Status launch_bwd_sm90(const Params& p, cudaStream_t stream, void* workspace);
+Status launch_bwd_sm90(const Params& p, int acc, cudaStream_t stream, void* workspace);
 
 }  // namespace ioattn::cuda::sm90
