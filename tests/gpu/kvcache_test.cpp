@@ -1,6 +1,7 @@
 // forward_kvcache on the GPU (src/cuda/decode/): the shared KV-cache cases (tests/common/
 // kvcache_case.h) through device copies against the float64 reference, head dims 64/128/256 and
-// padded ones, GQA packing across row blocks, paged == contiguous bit for bit, split counts,
+// padded ones, GQA packing across row blocks, paged == contiguous bit for bit, split counts, the
+// in-kernel split merge bit for bit from call to call and with 128 splits,
 // named errors from device-resident index tensors with nothing written, workspace and CUDA graph
 // capture. Each failure message names the case, the tensor and the numbers.
 #include <cuda_runtime.h>
@@ -135,8 +136,8 @@ std::vector<KVCase> gpu_cases() {
     c.capacity = 4096; c.seqlens = {4000, 1234}; v.push_back(c); }
   { KVCase c = base("WindowUnalignedSplits3", DType::F16, 128); c.capacity = 2000; c.seqlens = {1900, 777};
     c.sq = 2; c.snew = 2; c.window_left = 301; c.window_right = 0; c.num_splits = 3; v.push_back(c); }
-  // 100 splits (over a third of them empty): the combine's LSE pass over 4 warps and its unrolled O loop
-  // over more splits than one batch.
+  // 100 splits (over a third of them empty): the merge's LSEs over all 4 per lane and its unrolled O
+  // loop over more splits than one batch (16 at head dim 128).
   { KVCase c = base("Splits100", DType::F16, 128); c.hq = 8; c.hk = 2; c.capacity = 8000; c.seqlens = {7900, 3000};
     c.num_splits = 100; v.push_back(c); }
   // Head-major (BHSD) q, k_new, caches and out: strides that are multiples of 8, not contiguous rows.
@@ -174,6 +175,70 @@ TEST(KVCacheGpu, SplitCountsAgree) {
     c.num_splits = splits;
     c.name = "SplitSweep" + std::to_string(splits);
     ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run_gpu)) << "num_splits " << splits;
+  }
+}
+
+// The split merge runs in the attend kernel's last-arriving block per group, ordered by arrival
+// counters in the workspace. Which block arrives last varies from call to call; the merge order
+// does not (splits in index order), so repeated calls must agree bit for bit. Every call reuses one
+// workspace that starts as garbage (0xA5 bytes) and keeps the previous call's counters: the call
+// itself must zero them. Shapes: group 4 over 24 splits (4 rows per block, one per warp), group 16
+// at head dim 256 over 13 splits (16 rows, four per warp), paged group 8 over the heuristic's splits.
+TEST(KVCacheGpu, SplitMergeBitwiseRepeatable) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  std::vector<KVCase> cases;
+  { KVCase c = base("RepeatGqa4Splits24", DType::F16, 128); c.batch = 2; c.hq = 32; c.hk = 8; c.capacity = 6000;
+    c.seqlens = {5900, 2500}; c.snew = 0; c.num_splits = 24; cases.push_back(c); }
+  { KVCase c = base("RepeatGroup16D256Splits13", DType::BF16, 256); c.batch = 1; c.hq = 16; c.hk = 1;
+    c.capacity = 3000; c.seqlens = {2950}; c.snew = 0; c.num_splits = 13; cases.push_back(c); }
+  { KVCase c = base("RepeatPagedGqa8Heuristic", DType::BF16, 128); c.batch = 1; c.hq = 32; c.hk = 4;
+    c.page_size = 16; c.capacity = 16384; c.seqlens = {16000}; c.snew = 0; cases.push_back(c); }
+  for (const KVCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    KVRun first;
+    ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run_gpu, &first));  // against the reference, fresh workspace
+    KVInputs in = make_kv_inputs(c);
+    DeviceKV d(c, in);
+    size_t bytes = 0;
+    ASSERT_TRUE(forward_kvcache_workspace_size(d.q.view(), d.k_cache.view(), d.v_cache.view(), d.args, &bytes).ok());
+    ASSERT_GT(bytes, 0u) << "a split call needs a workspace";
+    DeviceScratch ws(bytes);
+    CUDA_OK(cudaMemset(ws.get(), 0xA5, bytes));
+    d.args.workspace = ws.get();
+    d.args.workspace_bytes = bytes;
+    for (int rep = 0; rep < 5; ++rep) {
+      HostTensor out(c.dtype, in.out_shape, c.layout), lse(DType::F32, in.lse_shape);
+      out.poison();
+      lse.poison();
+      DeviceBuffer dout(out), dlse(lse);
+      const Status s = forward_kvcache(d.q.view(), d.k_cache.view(), d.v_cache.view(), dout.view(), dlse.view(), d.args);
+      ASSERT_TRUE(s.ok()) << "call " << rep << ": " << s.message;
+      CUDA_OK(cudaDeviceSynchronize());
+      dout.copy_to(out);
+      dlse.copy_to(lse);
+      EXPECT_TRUE(out.bytes() == first.out.bytes()) << "call " << rep << ": out differs bitwise from the first call";
+      EXPECT_TRUE(lse.bytes() == first.lse.bytes()) << "call " << rep << ": lse differs bitwise from the first call";
+    }
+  }
+}
+
+// Many splits on one long sequence: 65536 keys at batch 1 forced to the most splits the kernel
+// takes (128 = decode::kMaxSplits; 8 key tiles each), so one block merges 128 partials per row:
+// one query row per group (MHA), and 16 rows per group (four per warp) at head dim 64.
+TEST(KVCacheGpu, ManySplitsLongCache) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  std::vector<KVCase> cases;
+  { KVCase c = base("ManySplitsOneRow", DType::F16, 128); c.batch = 1; c.hq = 1; c.hk = 1; c.capacity = 65536;
+    c.seqlens = {65535}; c.snew = 1; c.num_splits = 128; cases.push_back(c); }
+  { KVCase c = base("ManySplitsGroup16", DType::BF16, 64); c.batch = 1; c.hq = 16; c.hk = 1; c.capacity = 65536;
+    c.seqlens = {65535}; c.snew = 1; c.num_splits = 128; cases.push_back(c); }
+  for (const KVCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const KVInputs in = make_kv_inputs(c);
+    DeviceKV d(c, in);
+    const std::string name = describe_kvcache_choice(d.q.view(), d.k_cache.view(), d.v_cache.view(), d.args);
+    EXPECT_NE(name.find("128 splits"), std::string::npos) << name;
+    ASSERT_NO_FATAL_FAILURE(check_kv_case(c, run_gpu));
   }
 }
 

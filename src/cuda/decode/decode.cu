@@ -1,7 +1,8 @@
 // Host side of the GPU decode path (forward_kvcache; declared in src/core/backends.h):
 // select_kvcache() answers "can it run?" and "which kernel, how many splits?", the launcher runs
-// append -> attend -> combine on the caller's stream with the caller's workspace (no allocation, no
-// host synchronisation). Device-resident index tensors are checked during validation:
+// append -> (with splits: zero the arrival counters) -> attend, whose last block per group merges
+// the splits, on the caller's stream with the caller's workspace (no allocation, no host
+// synchronisation). Device-resident index tensors are checked during validation:
 // forward_kvcache's by check_kvcache_indices() in backend.cu, forward_paged's by
 // check_paged_indices() here. The kernels are in decode_kernels.cuh.
 #include <cuda_runtime.h>
@@ -54,7 +55,6 @@ struct DeviceLimits {
   int sms = 0;
   size_t smem_per_sm = 0;
   size_t smem_optin = 0;  // the most dynamic shared memory one block may opt in to
-  int cc_major = 0;
 };
 DeviceLimits limits(int device) {
   DeviceLimits l;
@@ -64,7 +64,6 @@ DeviceLimits limits(int device) {
     l.smem_per_sm = static_cast<size_t>(v);
   if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess)
     l.smem_optin = static_cast<size_t>(v);
-  if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess) l.cc_major = v;
   cudaGetLastError();
   return l;
 }
@@ -82,8 +81,8 @@ int64_t m_blocks(const Params& p, const Config& c) {
 // the best wave efficiency, left most SMs with one block and a few with two: at batch 1 and 128k
 // keys it chose 29 splits, 232 blocks on 132 SMs, and ran at 76% of copy.) Work that fills the
 // wave on its own is not split. The key tiles are those of the cache capacity (the per-sequence
-// lengths are on the device; the capacity bounds them). Capped at kMaxSplits (one combine thread
-// per split) and at the key tiles.
+// lengths are on the device; the capacity bounds them). Capped at kMaxSplits (the merge's LSEs
+// per lane) and at the key tiles.
 int splits_for(const Params& p, const Config& c, const DeviceLimits& l) {
   const int key_tiles = std::max(1, (p.seqlen_k + c.block_n - 1) / c.block_n);
   constexpr int kMaxSplits = decode::kMaxSplits;
@@ -99,18 +98,24 @@ int splits_for(const Params& p, const Config& c, const DeviceLimits& l) {
   return 1;
 }
 
+// The workspace with splits > 1: [arrival counters | partial LSEs | partial outputs], each part
+// 16-byte aligned. The counters (one per attend group: batch x kv heads x row blocks) come first
+// and are the only part zeroed per call; the partials are written before they are read.
 size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+int64_t groups(const Params& p, const Config& c) { return static_cast<int64_t>(p.batch) * p.heads_k * m_blocks(p, c); }
+size_t arrival_bytes(const Params& p, const Config& c) { return align16(sizeof(unsigned) * groups(p, c)); }
 size_t partial_lse_bytes(const Params& p, int splits) {
   return align16(sizeof(float) * splits * static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q);
 }
-size_t workspace_for(const Params& p, int splits) {
+size_t workspace_for(const Params& p, const Config& c, int splits) {
   if (splits <= 1) return 0;
-  return partial_lse_bytes(p, splits) +
+  return arrival_bytes(p, c) + partial_lse_bytes(p, splits) +
          sizeof(float) * splits * static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q * p.head_dim_v;
 }
 
 template <class T, int kD, int kStagesT>
-cudaError_t launch_attend(const Params& p, int splits, float* part_o, float* part_lse, cudaStream_t stream) {
+cudaError_t launch_attend(const Params& p, int splits, float* part_o, float* part_lse, unsigned* arrivals,
+                          cudaStream_t stream) {
   using C = decode::Tile<kD, kStagesT>;
   // Opt in to more than 48 KiB of dynamic shared memory (a function attribute, not a stream
   // operation: legal during capture).
@@ -121,71 +126,43 @@ cudaError_t launch_attend(const Params& p, int splits, float* part_o, float* par
                              cudaSharedmemCarveoutMaxShared);
   if (e != cudaSuccess) return e;
   const dim3 grid(splits, static_cast<unsigned>(p.heads_k * ((p.seqlen_q * p.group + C::kM - 1) / C::kM)), p.batch);
-  decode::attend_kernel<T, kD, kStagesT><<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, splits, part_o, part_lse);
+  decode::attend_kernel<T, kD, kStagesT>
+      <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, splits, part_o, part_lse, arrivals);
   return cudaGetLastError();
 }
 
-// The combine as a programmatic dependent launch of attend on sm_90 (its launch and scheduling
-// overlap attend's tail; the kernel waits for attend's memory in griddepcontrol.wait): at batch 1
-// and 8k keys the whole read takes ~8 us, so a plain launch gap of 1-2 us would show. Stream
-// capture records it as a programmatic graph edge. Before sm_90 a plain launch.
 template <class T>
-cudaError_t launch_combine(const Params& p, int splits, const float* part_o, const float* part_lse, bool pdl,
-                           cudaStream_t stream) {
-  // One block per row; past 2^31 - 1 rows (paged prefill of huge chunks) blocks take several.
-  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(rows, 2147483647LL));
-  // The same L1 / shared-memory split as attend: an SM switches its split only when idle, so a
-  // different one would keep combine blocks off the SMs until attend's blocks there have left.
-  if (cudaError_t e = cudaFuncSetAttribute(decode::combine_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                           cudaSharedmemCarveoutMaxShared);
-      e != cudaSuccess)
-    return e;
-  if (!pdl) {
-    decode::combine_kernel<T><<<blocks, decode::kCombineThreads, 0, stream>>>(p, splits, part_o, part_lse);
-    return cudaGetLastError();
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(decode::kCombineThreads);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, decode::combine_kernel<T>, p, splits, part_o, part_lse);
-}
-
-template <class T>
-cudaError_t launch_all(const Params& p, const Config& c, int splits, bool pdl, cudaStream_t stream) {
+cudaError_t launch_all(const Params& p, const Config& c, int splits, cudaStream_t stream) {
   if (p.seqlen_new > 0 && p.batch > 0) {
     decode::append_kernel<T><<<dim3(p.batch * p.seqlen_new, p.heads_k), 128, 0, stream>>>(p);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   if (p.batch == 0 || p.seqlen_q == 0) return cudaSuccess;
-  float* part_lse = static_cast<float*>(p.workspace);
-  float* part_o = splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(p.workspace) + partial_lse_bytes(p, splits))
-                             : nullptr;
-  cudaError_t e;
+  unsigned* arrivals = nullptr;
+  float *part_lse = nullptr, *part_o = nullptr;
+  if (splits > 1) {
+    char* ws = static_cast<char*>(p.workspace);
+    arrivals = reinterpret_cast<unsigned*>(ws);
+    part_lse = reinterpret_cast<float*>(ws + arrival_bytes(p, c));
+    part_o = reinterpret_cast<float*>(ws + arrival_bytes(p, c) + partial_lse_bytes(p, splits));
+    // The workspace arrives uninitialised (torch.empty), so the counters are zeroed on the stream
+    // every call: a memset node under capture, no host synchronisation. The merging block does not
+    // reset its counter afterwards: with this memset it would be a second, redundant write, and
+    // the memset alone also recovers from a call that was aborted midway.
+    if (cudaError_t e = cudaMemsetAsync(arrivals, 0, arrival_bytes(p, c), stream); e != cudaSuccess) return e;
+  }
   const bool few = c.stages != 0;
   switch (c.kd) {
     case 64:
-      e = few ? launch_attend<T, 64, decode::kFewStages<64>>(p, splits, part_o, part_lse, stream)
-              : launch_attend<T, 64, 0>(p, splits, part_o, part_lse, stream);
-      break;
+      return few ? launch_attend<T, 64, decode::kFewStages<64>>(p, splits, part_o, part_lse, arrivals, stream)
+                 : launch_attend<T, 64, 0>(p, splits, part_o, part_lse, arrivals, stream);
     case 128:
-      e = few ? launch_attend<T, 128, decode::kFewStages<128>>(p, splits, part_o, part_lse, stream)
-              : launch_attend<T, 128, 0>(p, splits, part_o, part_lse, stream);
-      break;
+      return few ? launch_attend<T, 128, decode::kFewStages<128>>(p, splits, part_o, part_lse, arrivals, stream)
+                 : launch_attend<T, 128, 0>(p, splits, part_o, part_lse, arrivals, stream);
     default:
-      e = few ? launch_attend<T, 256, decode::kFewStages<256>>(p, splits, part_o, part_lse, stream)
-              : launch_attend<T, 256, 0>(p, splits, part_o, part_lse, stream);
-      break;
+      return few ? launch_attend<T, 256, decode::kFewStages<256>>(p, splits, part_o, part_lse, arrivals, stream)
+                 : launch_attend<T, 256, 0>(p, splits, part_o, part_lse, arrivals, stream);
   }
-  if (e != cudaSuccess || splits == 1) return e;
-  return launch_combine<T>(p, splits, part_o, part_lse, pdl, stream);
 }
 
 Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, int64_t row, int64_t head,
@@ -203,12 +180,10 @@ Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, i
 }
 
 // What a call runs: the validated shape's tile configuration (by padded head dim and the
-// device's shared memory per block), split count, and whether the combine is a programmatic
-// dependent launch (sm_90).
+// device's shared memory per block) and split count.
 struct Plan {
   Config c;
   int splits = 1;
-  bool pdl = false;
 };
 
 Status plan_kvcache(const Params& p, Plan* out) {
@@ -241,7 +216,6 @@ Status plan_kvcache(const Params& p, Plan* out) {
     return make_error(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
   out->c = c;
   out->splits = splits_for(p, c, l);
-  out->pdl = l.cc_major >= 9;
   return Status::Ok();
 }
 
@@ -256,7 +230,8 @@ Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out
   if (kernel_name) {
     std::ostringstream os;
     os << "decode split-KV (mma.sync, per-warp cp.async pipeline), " << dtype_name(p.dtype) << ", head dim " << c.kd << ", tile "
-       << c.block_m << " packed rows x " << c.block_n << " keys, " << splits << (splits == 1 ? " split" : " splits")
+       << c.block_m << " packed rows x " << c.block_n << " keys, " << splits
+       << (splits == 1 ? " split" : " splits, merged by the last block")
        << (p.page_size ? ", paged" : ", contiguous") << (p.num_splits > 0 ? " (num_splits given)" : " (heuristic)")
        << (c.stages != 0 ? ", fewer stages (small shared memory)" : "");
     *kernel_name = os.str();
@@ -265,16 +240,16 @@ Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out
 }
 
 size_t kvcache_workspace_size(const Params& p) {
-  int splits = 1;
-  if (!select_kvcache(p, nullptr, &splits).ok()) return 0;
-  return workspace_for(p, splits);
+  Plan plan;
+  if (!plan_kvcache(p, &plan).ok()) return 0;
+  return workspace_for(p, plan.c, plan.splits);
 }
 
 Status forward_kvcache(const Params& p) {
   Plan plan;
   IOATTN_TRY(plan_kvcache(p, &plan));
   const int splits = plan.splits;
-  const size_t need = workspace_for(p, splits);
+  const size_t need = workspace_for(p, plan.c, splits);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
     return make_error(ErrorCode::WorkspaceTooSmall, "workspace: forward_kvcache needs ", need,
                " bytes of device memory (forward_kvcache_workspace_size) for ", splits, " splits, got ",
@@ -282,8 +257,8 @@ Status forward_kvcache(const Params& p) {
   DeviceGuard guard(p.device_index);
   IOATTN_TRY(guard.status());
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, plan.c, splits, plan.pdl, stream)
-                                              : launch_all<__nv_bfloat16>(p, plan.c, splits, plan.pdl, stream);
+  const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, plan.c, splits, stream)
+                                              : launch_all<__nv_bfloat16>(p, plan.c, splits, stream);
   if (e != cudaSuccess) return cuda_error("forward_kvcache: launching the decode kernels", e);
   return Status::Ok();
 }

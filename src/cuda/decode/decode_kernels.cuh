@@ -5,10 +5,10 @@
 //            of the kv head: row r = i * group + g) form the M side of mma.sync.m16n8k16, so each
 //            K/V byte a block reads serves the whole group (decode with group 4 fills 4 of the 16
 //            rows; the spare rows cost tensor-core slots, not bytes). Split s covers an equal share
-//            of the 64-key tiles of [0, Sk_b).
-//   combine  one block per (b, h, i) merges the splits' normalised partials by LSE, all splits'
-//            loads in flight at once (launched as a programmatic dependent of attend on sm_90, so
-//            its launch overlaps attend's tail).
+//            of the 64-key tiles of [0, Sk_b). With more than one split each block writes
+//            normalised partials and the last block of its group (b, kv head x row block) to
+//            arrive merges all splits' partials by LSE (merge_row), ordered by an arrival counter
+//            per group in the workspace: no separate combine launch.
 //
 // Why it is shaped like this: decode is memory-bound (bytes = K + V of the visible cache once;
 // arithmetic per byte is a few FLOPs), so the kernel's one job is to keep enough bytes in flight
@@ -94,17 +94,12 @@ __device__ __forceinline__ float warp_max(float x) {
   return x;
 }
 
-// Programmatic dependent launch (sm_90): the dependent (combine) may start launching now; it
-// waits for this grid's completion and memory in grid_dependency_wait(). No-ops before sm_90.
-__device__ __forceinline__ void launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
+// The sum over the warp by xor butterfly: every lane ends with the same value (each step adds
+// the same two numbers on both lanes of a pair), and the order is fixed, so it is deterministic.
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
 }
 
 // Element d of a row `x` (global, T) rotated at cache position pos, rounded to T, as float.
@@ -135,6 +130,94 @@ __global__ void append_kernel(const Params p) {
   for (int d = threadIdx.x; d < p.head_dim_v; d += blockDim.x) vc[d] = vn[d];
 }
 
+// ---- split merge -----------------------------------------------------------------------------
+// With splits > 1 the attend blocks of one group (b, kv head x row block) write normalised
+// partials (o_s, lse_s) of the group's rows, and the block that arrives last merges them. This
+// replaces a separate combine kernel, which with its launch cost 5.3-6.4 us per call (ncu,
+// bench/notes-decode.md) on calls whose bytes take 8-30 us.
+constexpr int kMaxSplits = 128;  // the merge keeps kMaxSplits / 32 LSEs per lane in registers
+
+// Split-KV arrival at the group's counter (zeroed on the stream before attend, every call; the
+// merging block leaves it at `splits`, the next call's memset clears it). Returns true, in every
+// thread, in the one block of the group that arrives last; every split's partial writes are then
+// visible to all of its threads. Ordering (the pattern of cooperative groups' grid sync):
+//   release: each thread's __threadfence() orders its partial stores before its later accesses,
+//            device-wide; the barrier puts all four warps' fences before thread 0's atomicAdd.
+//   acquire: the block whose atomicAdd returns splits - 1 has observed every other block's
+//            increment, each made after that block's fences; thread 0's __threadfence() after
+//            the atomic, then the barrier, order the merge's plain loads (all threads) after those
+//            increments, so they see the partials. The fence also keeps stale L1 lines from being
+//            read: part_lse rows of neighbouring groups share cache lines, which an earlier merge
+//            on this SM may have cached.
+__device__ __forceinline__ bool last_to_arrive(unsigned* counter, int splits) {
+  __threadfence();
+  __syncthreads();
+  bool last = false;
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == static_cast<unsigned>(splits - 1);
+    if (last) __threadfence();
+  }
+  return __syncthreads_or(last);
+}
+
+// Merges the splits' partials of output row `row` = (b * Hq + h) * Sq + i with one warp, by LSE
+// (softmax_state.h's LseMerge): LSE = log sum_s exp(lse_s), O = sum_s exp(lse_s - LSE) o_s. Lane l
+// reads the LSEs of splits l, l + 32, ... (all loads in flight), then owns dims l + 32 k of O and
+// sums the splits in index order, kUnroll splits' loads in flight at a time (64 floats per lane),
+// so a row costs a few L2 latencies. One warp per row, not one block: the merging block has up
+// to kM rows to merge and its warps take them in parallel. Every sum has a fixed order (splits
+// ascending; the weights' sum a butterfly), so the result does not depend on which block merges.
+// s_w: kMaxSplits floats of shared memory owned by this warp. orow: the row of out (T); lse_out:
+// its LSE, or null.
+template <class T, int kMaxD>
+__device__ void merge_row(const Params& p, int splits, const float* part_o, const float* part_lse, int64_t total_rows,
+                          int64_t row, T* orow, float* lse_out, float* s_w) {
+  // Loads in flight per lane: 64 floats, 32 at kMaxD = 256 (the attend kernel is at its 255
+  // registers there, and 64 added 4 bytes of spill loads on sm_80).
+  constexpr int kL = kMaxSplits / 32, kDL = kMaxD / 32, kUnroll = (kMaxD <= 128 ? 2048 : 1024) / kMaxD;
+  const int lane = threadIdx.x % 32, Dv = p.head_dim_v;
+  float lse[kL];
+#pragma unroll
+  for (int k = 0; k < kL; ++k) {
+    const int sp = lane + 32 * k;
+    lse[k] = sp < splits ? part_lse[sp * total_rows + row] : -INFINITY;
+  }
+  float mx = lse[0];
+#pragma unroll
+  for (int k = 1; k < kL; ++k) mx = fmaxf(mx, lse[k]);
+  LseMerge m = LseMerge::begin(warp_max(mx));
+#pragma unroll
+  for (int k = 0; k < kL; ++k) s_w[lane + 32 * k] = m.add(lse[k]);  // empty splits (lse = -inf) weigh exactly 0
+  m.sum = warp_sum(m.sum);
+  __syncwarp();  // s_w written by all lanes
+
+  float acc[kDL];
+#pragma unroll
+  for (int k = 0; k < kDL; ++k) acc[k] = 0.0f;
+  for (int sp0 = 0; sp0 < splits; sp0 += kUnroll) {
+    float v[kUnroll][kDL];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int sp = sp0 + u;
+      const float* src = part_o + (sp * total_rows + row) * Dv;
+#pragma unroll
+      for (int k = 0; k < kDL; ++k) v[u][k] = (sp < splits && lane + 32 * k < Dv) ? src[lane + 32 * k] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const float w = sp0 + u < splits ? s_w[sp0 + u] : 0.0f;
+#pragma unroll
+      for (int k = 0; k < kDL; ++k) acc[k] += w * v[u][k];
+    }
+  }
+  const float scale = m.out_scale();
+#pragma unroll
+  for (int k = 0; k < kDL; ++k)
+    if (lane + 32 * k < Dv) orow[lane + 32 * k] = from_float<T>(acc[k] * scale);
+  if (lane == 0 && lse_out) *lse_out = m.lse();
+  __syncwarp();  // every lane's reads of s_w precede the warp's next row
+}
+
 // ---- attend ----------------------------------------------------------------------------------
 // Shared-memory rows of kD 16-bit elements with the 16-byte chunk c of row r stored at chunk
 // c ^ (r % 8): ldmatrix's 8 row addresses (8 consecutive rows, one logical chunk) then fall in 8
@@ -146,10 +229,12 @@ __device__ __forceinline__ int swz(int r, int c) {
 
 // grid (splits, heads_k * m_blocks, batch), Tile<kD, kStagesT>::kThreads threads,
 // Tile<kD, kStagesT>::kSmemBytes dynamic shared memory. splits == 1 writes out / lse; otherwise normalised partials:
-// part_o[(split * rows + row) * Dv + d], part_lse[split * rows + row], row = (b * Hq + h) * Sq + i.
+// part_o[(split * rows + row) * Dv + d], part_lse[split * rows + row], row = (b * Hq + h) * Sq + i,
+// and the group's last block merges them into out / lse. arrivals: one counter per group
+// (b * grid.y + blockIdx.y), zero at launch (unused with one split).
 template <class T, int kD, int kStagesT>
 __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStagesT>::kMinBlocks)
-    attend_kernel(const Params p, int splits, float* part_o, float* part_lse) {
+    attend_kernel(const Params p, int splits, float* part_o, float* part_lse, unsigned* arrivals) {
   using C = Tile<kD, kStagesT>;
   constexpr int kM = C::kM, kN = C::kN, kWN = C::kWN, kStages = C::kStages, kChunks = C::kChunks;
   constexpr int kKSteps = kD / 16;                 // k16 steps of Q K^T
@@ -160,7 +245,6 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   T* skv = reinterpret_cast<T*>(smem + C::kQBytes);                     // stages x warps x {K, V}
   float* sstate = reinterpret_cast<float*>(smem + C::kQBytes + C::kKVBytes);  // (warps, kM, {m, l})
 
-  launch_dependents();
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int split = blockIdx.x, b = blockIdx.z;
@@ -403,93 +487,21 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
       if (d == 0) part_lse[row] = tot.lse();
     }
   }
-}
+  if (splits == 1) return;
 
-// ---- combine ---------------------------------------------------------------------------------
-// One block of kCombineThreads per output row (b, h, i). Every load is issued in parallel: thread
-// sp reads split sp's LSE (splits <= kMaxSplits = the block size), and warp w accumulates splits
-// w, w + 4, ... kUnroll at a time with all their loads in flight, so the row costs a few L2
-// latencies instead of one per split (a loop over 32 splits, one after the other, took ~10 us at
-// batch 1). Launched as a programmatic dependent of attend on sm_90: everything before
-// grid_dependency_wait() overlaps attend's tail.
-constexpr int kMaxSplits = 128;
-constexpr int kCombineThreads = 128;
-static_assert(kMaxSplits <= kCombineThreads, "one thread per split's LSE");
-template <class T>
-__global__ void __launch_bounds__(kCombineThreads) combine_kernel(const Params p, int splits, const float* part_o,
-                                                                  const float* part_lse) {
-  constexpr int kWarps = kCombineThreads / 32, kMaxDL = 256 / 32, kUnroll = 8;
-  __shared__ float s_w[kMaxSplits];
-  __shared__ float s_red[kWarps];
-  __shared__ float s_acc[kWarps][256];
-  const int64_t total_rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  grid_dependency_wait();
-  for (int64_t row = blockIdx.x; row < total_rows; row += gridDim.x) {  // grid.x may be capped
-    const int i = static_cast<int>(row % p.seqlen_q);
-    const int h = static_cast<int>(row / p.seqlen_q % p.heads_q);
-    const int b = static_cast<int>(row / p.seqlen_q / p.heads_q);
-    const KVSeq s = kv_seq(p, b);
-    if (i >= s.sq) continue;  // paged varlen: past this sequence's queries (never written by attend); block-uniform
-
-    // LSE merge (softmax_state.h's rules): the maximum, then exp(lse_s - max) per split and their sum.
-    const float lse_s = tid < splits ? part_lse[tid * total_rows + row] : -INFINITY;
-    float mx = warp_max(lse_s);
-    if (lane == 0) s_red[warp] = mx;
-    __syncthreads();
-    mx = s_red[0];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, s_red[w]);
-    LseMerge m = LseMerge::begin(mx);
-    const float wgt = tid < splits ? m.add(lse_s) : 0.0f;
-    if (tid < kMaxSplits) s_w[tid] = wgt;
-    float part = wgt;
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) part += __shfl_xor_sync(0xffffffffu, part, o);
-    __syncthreads();  // s_red (maximum) read by all, s_w written
-    if (lane == 0) s_red[warp] = part;
-    __syncthreads();
-    m.sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) m.sum += s_red[w];
-
-    // O: warp w sums splits w, w + kWarps, ...; lane owns dims lane + 32 k.
-    const int Dv = p.head_dim_v;
-    float acc[kMaxDL];
-#pragma unroll
-    for (int k = 0; k < kMaxDL; ++k) acc[k] = 0.0f;
-    for (int sp0 = warp; sp0 < splits; sp0 += kWarps * kUnroll) {
-      float v[kUnroll][kMaxDL];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int sp = sp0 + u * kWarps;
-        const float* src = part_o + (sp * total_rows + row) * Dv;
-#pragma unroll
-        for (int k = 0; k < kMaxDL; ++k)
-          v[u][k] = (sp < splits && lane + 32 * k < Dv) ? src[lane + 32 * k] : 0.0f;
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int sp = sp0 + u * kWarps;
-        const float w = sp < splits ? s_w[sp] : 0.0f;  // an empty split (lse = -inf) weighs exactly 0
-#pragma unroll
-        for (int k = 0; k < kMaxDL; ++k) acc[k] += w * v[u][k];
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < kMaxDL; ++k)
-      if (lane + 32 * k < Dv) s_acc[warp][lane + 32 * k] = acc[k];
-    __syncthreads();
-    const float scale = m.out_scale();
+  // ---- Split merge by the group's last block: its warps take the group's rows in turn. The
+  // K/V stages are free (last_to_arrive's barriers follow every read of `so`): each warp's
+  // merge weights go there.
+  if (!last_to_arrive(arrivals + static_cast<int64_t>(b) * gridDim.y + blockIdx.y, splits)) return;
+  static_assert(sizeof(float) * C::kWarps * kMaxSplits <= C::kKVBytes, "merge weights must fit in the K/V stages");
+  static_assert(kMaxSplits % 32 == 0, "whole LSEs per lane");
+  float* s_w = reinterpret_cast<float*>(skv) + warp * kMaxSplits;
+  for (int r = warp; r < min(kM, rows - r0); r += C::kWarps) {
+    const int rg = r0 + r, i = rg / p.group, h = hk * p.group + rg % p.group;
     T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
-    for (int d = tid; d < Dv; d += kCombineThreads) {
-      float sum = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += s_acc[w][d];
-      orow[d] = from_float<T>(sum * scale);
-    }
-    if (tid == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = m.lse();
-    __syncthreads();  // s_red / s_w / s_acc are rewritten for the next row
+    float* lse_out = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i : nullptr;
+    const int64_t row = (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
+    merge_row<T, kD>(p, splits, part_o, part_lse, total_rows, row, orow, lse_out, s_w);
   }
 }
 
