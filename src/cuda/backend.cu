@@ -198,7 +198,9 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
        << d;
   if (d != std::max(p.head_dim, p.head_dim_v)) name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
   if (!backward) {
-    const sm80::FwdTile tile = sm80::fwd_tile(d);
+    // The tile of the instantiation run_fwd will launch (plain or softcap/ALiBi/dropout: at d = 64
+    // their key tiles differ).
+    const sm80::FwdTile tile = sm80::fwd_tile(d, sm80::fwd_uses_mods(p));
     name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.warps << " warps x " << tile.m_tiles
          << " m-tiles";
   } else {

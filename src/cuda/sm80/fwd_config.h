@@ -10,44 +10,72 @@
 namespace ioattn::cuda::sm80 {
 
 struct FwdTile {
-  int max_head_dim;  // rows apply to padded head dims <= this
   int block_m;       // query rows per CTA = 16 * m_tiles * warps
   int block_n;       // keys per streamed K/V tile
   int warps;
   int m_tiles;       // 16-row mma tiles per warp: each K/V fragment loaded from shared memory feeds
                      // m_tiles MMAs, so 2 halves the shared-memory traffic per MMA (FA2's layout)
+  int min_ctas;      // __launch_bounds__ minimum CTAs per SM (the register cap: 65536 / (threads x this))
   const char* why;
+};
+
+// One row per head-dim range, a tile for each of the kernel's two instantiations: `plain` for calls
+// without softcap, ALiBi and dropout (kMods = false, the common case), `mods` for calls with any of
+// them (kMods = true: their per-element code and state need registers the plain kernel does not).
+struct FwdTileRow {
+  int max_head_dim;  // rows apply to padded head dims <= this
+  FwdTile plain, mods;
 };
 
 // Shared memory = Q (block_m x d) + K + V (block_n x d each), rows padded by 16 bytes (tile.cuh).
 // Registers per thread: O accumulator m_tiles * d/2 floats, S accumulator m_tiles * block_n/2.
 // Measured (H200, bf16, 16k tokens, 2048/d heads, seqlen 16384, non-causal; bench/results/
-// gpu-nvidia-h200-2026-11-22.json): d=64 226 TFLOP/s, d=128 295, d=256 244 (SDPA flash-attn 2:
-// 311, 352, 325). ptxas (sm_90a): d=64 218 regs, no spills; d=128 255 regs, 24-byte spill (120 with
-// softcap/ALiBi/dropout compiled in); d=256 246 regs, no spills.
-inline constexpr FwdTile kFwdTiles[] = {
-    {64, 128, 64, 4, 2, "d<=64: O 64 + S 64 regs (128 keys spilled ~200 B); 36 KB smem, 2 CTAs/SM"},
-    {128, 128, 64, 4, 2, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
-    {256, 128, 64, 8, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"},
+// gpu-nvidia-h200-2026-11-22-run2.json), all with 64-key tiles: d=64 264 TFLOP/s, d=128 330,
+// d=256 263 (SDPA flash-attn 2: 310, 355, 325). ptxas numbers per instantiation: bench/notes-sm80.md.
+inline constexpr FwdTileRow kFwdTiles[] = {
+    // d = 64, plain: FA2's d64 tile (128 x 128, 4 warps). Against 64 keys: half the barriers, softmax
+    // row reductions (shuffles), O rescale votes and cp.async set-ups per key, and S = Q K^T loads
+    // 2 Q + 8 K fragments per 32 MMAs instead of 2 + 4 per 16 (ldmatrix/mma 0.375 -> 0.3125).
+    // O 64 + S 128 accumulator registers: 253 registers, no spill (ptxas, sm_80 and sm_90a) thanks to
+    // the plain kernel's interval mask and epilogue re-read (fwd_kernel.cuh); 54 KB smem, 2 CTAs/SM as
+    // before. Branch wip/sm80-fwd-d64, not yet measured (bench/notes-sm80.md).
+    {64,
+     {128, 128, 4, 2, 1, "d<=64: FA2's 128x128; O 64 + S 128 regs, 54 KB smem, 2 CTAs/SM"},
+     // With softcap / ALiBi / dropout, 128 keys spill 360 B (ptxas, sm_90a); 64 keys spill nothing.
+     {128, 64, 4, 2, 1, "d<=64 (softcap/ALiBi/dropout): O 64 + S 64 regs (128 keys spill); 36 KB smem"}},
+    {128,
+     {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
+     {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"}},
+    {256,
+     {128, 64, 8, 1, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"},
+     {128, 64, 8, 1, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"}},
 };
 
-constexpr FwdTile fwd_tile(int head_dim) {
-  for (const FwdTile& t : kFwdTiles)
-    if (head_dim <= t.max_head_dim) return t;
-  return kFwdTiles[sizeof(kFwdTiles) / sizeof(kFwdTiles[0]) - 1];
+constexpr FwdTile fwd_tile(int head_dim, bool mods) {
+  for (const FwdTileRow& r : kFwdTiles)
+    if (head_dim <= r.max_head_dim) return mods ? r.mods : r.plain;
+  const FwdTileRow& last = kFwdTiles[sizeof(kFwdTiles) / sizeof(kFwdTiles[0]) - 1];
+  return mods ? last.mods : last.plain;
 }
 
-// The row of one head dim as integral constants, usable in device code.
-template <int kHeadDim>
+// Which instantiation a call runs: the one place that decides (run_fwd launches by it, the
+// backend's kernel description reports its tile).
+inline bool fwd_uses_mods(const Params& p) {
+  return p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
+}
+
+// The tile of one instantiation as integral constants, usable in device code.
+template <int kHeadDim, bool kMods>
 struct FwdTileFor {
-  static constexpr int block_m = fwd_tile(kHeadDim).block_m;
-  static constexpr int block_n = fwd_tile(kHeadDim).block_n;
-  static constexpr int warps = fwd_tile(kHeadDim).warps;
-  static constexpr int m_tiles = fwd_tile(kHeadDim).m_tiles;
+  static constexpr int block_m = fwd_tile(kHeadDim, kMods).block_m;
+  static constexpr int block_n = fwd_tile(kHeadDim, kMods).block_n;
+  static constexpr int warps = fwd_tile(kHeadDim, kMods).warps;
+  static constexpr int m_tiles = fwd_tile(kHeadDim, kMods).m_tiles;
+  static constexpr int min_ctas = fwd_tile(kHeadDim, kMods).min_ctas;
 };
 
-constexpr int fwd_smem_bytes(int head_dim) {
-  const FwdTile t = fwd_tile(head_dim);
+constexpr int fwd_smem_bytes(int head_dim, bool mods) {
+  const FwdTile t = fwd_tile(head_dim, mods);
   return (t.block_m + 2 * t.block_n) * (head_dim + 8) * 2;
 }
 

@@ -1,7 +1,8 @@
 // The sm80 forward kernel (FlashAttention-2 scheme on mma.sync), and its launcher run_fwd<T, D>.
 //
 // One CTA per (query block of block_m rows, query head, batch); each warp owns 16 * m_tiles query
-// rows (tile table: fwd_config.h).
+// rows. The tile (fwd_config.h) is chosen per head dim and per kMods: d = 64 plain calls stream
+// 128-key K/V tiles, everything else 64-key tiles.
 //   prologue   Q tile and the first K tile -> shared memory (cp.async, zero-filled tails)
 //   main loop  over the key blocks the mask lets this query block see (WindowMask range):
 //                wait K_n; start V_n                        (V_n load overlaps S = Q K_n^T)
@@ -33,12 +34,37 @@
 
 namespace ioattn::cuda::sm80 {
 
-// kMods: the call uses softcap, ALiBi or dropout. Calls without them (the common case) run an
-// instantiation with that code compiled out, which keeps register spills at the tiles of
-// fwd_config.h small or zero (ptxas numbers there); with kMods the same tiles spill a little more.
+// The element mask of a boundary key block for plain calls (raw scores, no softcap / ALiBi), same
+// result as ScoreMod::apply_mask: a row's visible keys are one interval, [first_key(i),
+// end_key(i, sk)) of its WindowMask (window and ragged key tail together; j >= 0 always), so each
+// element costs one unsigned compare of j - first_key against the interval's width instead of the
+// window test per element. Besides fewer instructions on diagonal blocks, it needs fewer live
+// registers next to the scores: with apply_mask the d = 64 / 128-key plain kernel spilled inside
+// its main loop (20 B on sm_90a, 84 B on sm_80); with this it does not (bench/notes-sm80.md).
+// It belongs beside apply_mask in common/score.cuh (the backward's plain path could use it too).
+template <int kNTiles>
+__device__ __forceinline__ void mask_key_interval(const ScoreMod& mod, float (&s)[kNTiles][4], int row0, int col0) {
+  int off[2], width[2];  // rows row0 (c[0], c[1]) and row0 + 8 (c[2], c[3])
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int lo = mod.mask.first_key(row0 + 8 * r), hi = mod.mask.end_key(row0 + 8 * r, mod.sk);
+    off[r] = col0 - lo;           // j - lo of column col0
+    width[r] = max(hi - lo, 0);   // 0: the row sees no key of any block
+  }
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)  // visible iff 0 <= j - lo < width
+      if (unsigned(off[e / 2] + nt * 8 + e % 2) >= unsigned(width[e / 2])) s[nt][e] = -INFINITY;
+}
+
+// kMods: the call uses softcap, ALiBi or dropout (fwd_uses_mods). Calls without them (the common
+// case) run an instantiation with that code compiled out, which frees the registers for a larger
+// key tile at d = 64 and keeps the others spill-free (ptxas numbers: bench/notes-sm80.md).
 template <class T, int kD, bool kMods>
-__global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(const Params p) {
-  using Cfg = FwdTileFor<kD>;
+__global__ void __launch_bounds__(FwdTileFor<kD, kMods>::warps * 32, FwdTileFor<kD, kMods>::min_ctas)
+    fwd_kernel(const Params p) {
+  using Cfg = FwdTileFor<kD, kMods>;
   constexpr int kBM = Cfg::block_m, kBN = Cfg::block_n, kThreads = Cfg::warps * 32;
   constexpr int kMT = Cfg::m_tiles;  // 16-row tiles per warp
   constexpr int kNT = kBN / 8;       // 8-key tiles of S per m-tile:    S is (16 kMT, kBN) per warp
@@ -154,7 +180,7 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
           mod.apply<false, true>(s[mt], row, col0);
         softmax[mt].update(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
       } else {  // raw scores; the scale is folded into the exponent (one FFMA per element)
-        if (boundary) mod.apply_mask(s[mt], row, col0);
+        if (boundary) mask_key_interval(mod, s[mt], row, col0);
         softmax[mt].update<true>(s[mt], alpha, mod.scale_log2);
       }
       if (kMods && has_dropout) dropout.apply(s[mt], row, col0);
@@ -226,8 +252,14 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
     }
   }
   __syncthreads();
-  T* gO = static_cast<T*>(p.out) + b * p.o_batch_stride + (sb.q_row0 + m0) * p.o_row_stride + h * p.o_head_stride;
-  const int rows_valid = sb.sq - m0;
+  // Plain calls read the sequence bounds once more (varlen: two loads of cu_seqlens, L2 hits)
+  // rather than keep the 64-bit row offset live through the main loop: at d = 64 with 128-key
+  // tiles that value was the kernel's one spill (stored before the loop, reloaded here). The kMods
+  // kernels keep sb: for them the re-read only moves spills around (d = 256: 4 B from sm_80 into
+  // sm_90a's main loop; bench/notes-sm80.md).
+  const SeqBounds sbo = kMods ? sb : seq_bounds(p, b);
+  T* gO = static_cast<T*>(p.out) + b * p.o_batch_stride + (sbo.q_row0 + m0) * p.o_row_stride + h * p.o_head_stride;
+  const int rows_valid = sbo.sq - m0;
   constexpr int kChunksPerRow = kD / 8;
 #pragma unroll
   for (int c = tid; c < kBM * kChunksPerRow; c += kThreads) {
@@ -237,20 +269,21 @@ __global__ void __launch_bounds__(FwdTileFor<kD>::warps * 32, 1) fwd_kernel(cons
           *reinterpret_cast<const uint4*>(sO + r * QTile::kPitch + col);
   }
   if (p.lse != nullptr && lane % 4 == 0) {
-    float* gL = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + sb.q_row0;
+    float* gL = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + sbo.q_row0;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
       const int row = row0 + mt * 16;
-      if (row < sb.sq) gL[row] = lse[mt][0];
-      if (row + 8 < sb.sq) gL[row + 8] = lse[mt][1];
+      if (row < sbo.sq) gL[row] = lse[mt][0];
+      if (row + 8 < sbo.sq) gL[row + 8] = lse[mt][1];
     }
   }
 }
 
 template <class T, int kD, bool kMods>
-cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks) {
-  using Cfg = FwdTileFor<kD>;
-  constexpr int kSmem = fwd_smem_bytes(kD);
+cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream) {
+  using Cfg = FwdTileFor<kD, kMods>;
+  constexpr int kSmem = fwd_smem_bytes(kD, kMods);
+  const int m_blocks = (p.seqlen_q + Cfg::block_m - 1) / Cfg::block_m;  // varlen: the longest sequence
   auto kernel = fwd_kernel<T, kD, kMods>;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
@@ -261,16 +294,14 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
 
 template <class T, int kD>
 Status run_fwd(const Params& p, cudaStream_t stream) {
-  const int m_blocks = (p.seqlen_q + FwdTileFor<kD>::block_m - 1) / FwdTileFor<kD>::block_m;  // varlen: longest
-  if (m_blocks == 0 || p.batch == 0) return Status::Ok();  // nothing to write
+  if (p.seqlen_q <= 0 || p.batch == 0) return Status::Ok();  // nothing to write
   // Heads are grid y (65535 at most, as in the backward's grids); select() bounds batch (grid z)
   // and the query-block count.
   if (p.heads_q > 65535)
     return Status{ErrorCode::Unsupported, "q: " + std::to_string(p.heads_q) +
                                               " heads exceed the CUDA kernels' 65535 (grid y)"};
-  const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
-  const cudaError_t e = mods ? launch_fwd_kernel<T, kD, true>(p, stream, m_blocks)
-                             : launch_fwd_kernel<T, kD, false>(p, stream, m_blocks);
+  const cudaError_t e = fwd_uses_mods(p) ? launch_fwd_kernel<T, kD, true>(p, stream)
+                                         : launch_fwd_kernel<T, kD, false>(p, stream);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError, std::string("cuda forward (sm80, head dim ") + std::to_string(kD) +
                                                "): " + cudaGetErrorString(e)};
