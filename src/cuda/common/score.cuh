@@ -68,16 +68,26 @@ struct ScoreMod {
   // The element mask alone (-inf outside the window and past the key tail), scores left in raw
   // units: for calls without softcap and ALiBi, where the scale is folded into the exponent
   // (OnlineSoftmax::update's `scale`; the backward's exp2(fma(x, scale_log2, -lse))).
+  // A row's visible keys are one interval, [first_key(i), end_key(i, sk)) of its WindowMask (the
+  // window and the ragged key tail together; j >= 0 always), so each element costs one unsigned
+  // compare of j - first_key against the interval's width. The per-element window test it replaces
+  // compiled to a branch per element pair, ~13 instructions per element on diagonal blocks, and
+  // needed more live registers next to the scores (the sm80 d = 64 forward on 128-key tiles
+  // spilled with it: bench/notes-sm80.md).
   template <int kNTiles>
   __device__ __forceinline__ void apply_mask(float (&s)[kNTiles][4], int row0, int col0) const {
+    int off[2], width[2];  // rows row0 (elements 0, 1) and row0 + 8 (elements 2, 3)
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = row0 + (e / 2) * 8, j = col0 + nt * 8 + (e % 2);
-        if (j >= sk || !mask.visible(i, j)) s[nt][e] = -INFINITY;
-      }
+    for (int r = 0; r < 2; ++r) {
+      const int lo = mask.first_key(row0 + 8 * r), hi = mask.end_key(row0 + 8 * r, sk);
+      off[r] = col0 - lo;          // j - lo of column col0
+      width[r] = max(hi - lo, 0);  // 0: the row sees no key at all
     }
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)  // visible iff 0 <= j - lo < width
+        if (unsigned(off[e / 2] + nt * 8 + e % 2) >= unsigned(width[e / 2])) s[nt][e] = -INFINITY;
   }
 };
 

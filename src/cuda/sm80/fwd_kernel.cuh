@@ -34,30 +34,6 @@
 
 namespace ioattn::cuda::sm80 {
 
-// The element mask of a boundary key block for plain calls (raw scores, no softcap / ALiBi), same
-// result as ScoreMod::apply_mask: a row's visible keys are one interval, [first_key(i),
-// end_key(i, sk)) of its WindowMask (window and ragged key tail together; j >= 0 always), so each
-// element costs one unsigned compare of j - first_key against the interval's width instead of the
-// window test per element. Besides fewer instructions on diagonal blocks, it needs fewer live
-// registers next to the scores: with apply_mask the d = 64 / 128-key plain kernel spilled inside
-// its main loop (20 B on sm_90a, 84 B on sm_80); with this it does not (bench/notes-sm80.md).
-// It belongs beside apply_mask in common/score.cuh (the backward's plain path could use it too).
-template <int kNTiles>
-__device__ __forceinline__ void mask_key_interval(const ScoreMod& mod, float (&s)[kNTiles][4], int row0, int col0) {
-  int off[2], width[2];  // rows row0 (c[0], c[1]) and row0 + 8 (c[2], c[3])
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int lo = mod.mask.first_key(row0 + 8 * r), hi = mod.mask.end_key(row0 + 8 * r, mod.sk);
-    off[r] = col0 - lo;           // j - lo of column col0
-    width[r] = max(hi - lo, 0);   // 0: the row sees no key of any block
-  }
-#pragma unroll
-  for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)  // visible iff 0 <= j - lo < width
-      if (unsigned(off[e / 2] + nt * 8 + e % 2) >= unsigned(width[e / 2])) s[nt][e] = -INFINITY;
-}
-
 // kMods: the call uses softcap, ALiBi or dropout (fwd_uses_mods). Calls without them (the common
 // case) run an instantiation with that code compiled out, which frees the registers for a larger
 // key tile at d = 64 and keeps the others spill-free (ptxas numbers: bench/notes-sm80.md).
@@ -180,7 +156,7 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods>::warps * 32, FwdTileFor<
           mod.apply<false, true>(s[mt], row, col0);
         softmax[mt].update(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
       } else {  // raw scores; the scale is folded into the exponent (one FFMA per element)
-        if (boundary) mask_key_interval(mod, s[mt], row, col0);
+        if (boundary) mod.apply_mask(s[mt], row, col0);
         softmax[mt].update<true>(s[mt], alpha, mod.scale_log2);
       }
       if (kMods && has_dropout) dropout.apply(s[mt], row, col0);
