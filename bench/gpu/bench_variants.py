@@ -1,40 +1,41 @@
 #!/usr/bin/env python3
-"""Forward TFLOP/s of the ioattn CLI under several environment settings, side by side: for choosing
-between kernel variants exposed through environment knobs (IOATTN_SM90=0 selects the sm80 kernels
-on Hopper; the sm90 schedule table in src/cuda/sm90/fwd_config.h was chosen with temporary knobs
-IOATTN_SM90_PERSISTENT / IOATTN_SM90_OVERLAP, since removed).
-Shapes follow BENCHMARKS.md (bf16, heads = 2048 / d, batch x seqlen = 16384). With --cudnn, PyTorch
-SDPA's cuDNN backend is timed in the same run (bench_attn.py's timing); other peers: bench_attn.py.
-Saves bench/results/variants-<device>-<date>.json.
+"""A/B timing of kernel variants in one run on one device: builds of other git refs and / or
+environment settings, side by side with the current build, alternating the variants within every
+shape and repeating the whole sweep (--rounds), so the spread between rounds is visible next to the
+differences between variants (METHOD.md: a difference smaller than the spread is noise).
 
-  python3 bench/gpu/bench_variants.py --cli build-gpu/tools/ioattn \\
-      --variant sm80:IOATTN_SM90=0
+Variants (the first column is always "base": --cli as it is):
+  --ref NAME=GITREF      the ioattn CLI built from GITREF (a detached `git worktree` under --work-dir,
+                         CMake with CUDA on for sm_90a and only the head dims timed; the build reuses
+                         IOATTN_DEPS_PREFIX like scripts/gpu_check.sh)
+  --env NAME:VAR=v,...   the --cli build under environment settings (IOATTN_SM90=0: the sm80 kernels;
+                         IOATTN_SM90_BWD=0: the sm80 backward)
+  --ref-env NAME=GITREF:VAR=v,...   both
+Before timing, every variant is checked against the float64 reference (`ioattn run --check`) on small
+shapes that walk several tiles per persistent CTA (causal + varlen, window + GQA); a FAIL stops the run.
 
---preset pingpong (the sm90 forward's pingpong scheduling; needs the temporary knobs
-IOATTN_SM90_FWD_VARIANT / IOATTN_SM90_FWD_PERSISTENT of commit d5f3a67's src/cuda/sm90/fwd_kernel.cuh,
-removed once fwd_config.h's pingpong column was chosen with them: bring them back to re-measure) times, per head dim,
-against the schedule of fwd_config.h's table (column "table"; about 80 s on an H200):
-  pp       the table's schedule with pingpong
-  pp~ov    pingpong with the table's overlap flipped
-  pp~pers  pingpong with the table's persistent flipped
-and cuDNN; d = 64 and 128, seqlen 2048 and 16384, causal and not. First it checks every pingpong
-variant against the float64 reference (ioattn run --check) on small shapes that walk several tiles
-per persistent CTA, with causal, varlen (skipped tiles), sliding-window and GQA masks; a FAIL stops
-the run before timing.
+Shapes follow BENCHMARKS.md: bf16, heads = 2048 / d, batch x seqlen = 16384. Forward TFLOP/s, and with
+--backward the backward's too (FLOPs: DESIGN.md's convention, backward = 2.5 x forward). --cudnn adds
+PyTorch SDPA's cuDNN backend (forward) in the same run. Saves bench/results/variants-<device>-<date>.json.
 
-  python3 bench/gpu/bench_variants.py --cli build-gpu/tools/ioattn --preset pingpong
+  python3 bench/gpu/bench_variants.py --cli build-gpu/tools/ioattn --ref old=HEAD~1 \\
+      --env sm80:IOATTN_SM90=0 --head-dims 64,128 --seqlens 2048 --backward --rounds 3
+
+The sm90 forward's schedule table (src/cuda/sm90/fwd_config.h) was chosen with this script's earlier
+form and temporary environment knobs, since removed (bench/notes-sm90.md has the tables).
 """
 import argparse
 import datetime
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FWD_CONFIG = os.path.join(HERE, "..", "..", "src", "cuda", "sm90", "fwd_config.h")
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 
 
 def cli_cmd(cli, d, s, causal, repeat, b=None, h=None, extra=()):
@@ -44,69 +45,64 @@ def cli_cmd(cli, d, s, causal, repeat, b=None, h=None, extra=()):
             str(s), "--head-dim", str(d), "--json", "--repeat", str(repeat)] + (["--causal"] if causal else []) + list(extra)
 
 
-def run_json(cmd, env, timeout=60):
+def run_json(cmd, env, timeout=120):
     """(exit code, the CLI's JSON object or None, last output line). A kernel that hangs (a deadlocked
     barrier protocol) is killed after `timeout` seconds: exit code None."""
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, None, f"TIMEOUT after {timeout} s (hung kernel?)"
+    except OSError as e:  # no such CLI
+        return None, None, str(e)
     start = r.stdout.find("{")
     j = json.JSONDecoder().raw_decode(r.stdout[start:])[0] if start >= 0 else None
     out = (r.stderr or r.stdout).strip().splitlines()
     return r.returncode, j, (out[-1] if out else f"exit {r.returncode}")
 
 
-def run(cli, d, s, causal, repeat, env):
-    rc, j, last = run_json(cli_cmd(cli, d, s, causal, repeat), env)
-    if rc != 0 or j is None:
-        print(f"  d={d} s={s} causal={causal} {env}: {last[:160]}", file=sys.stderr)
-        return None
-    return j.get("fwd_tflops")
+def parse_env(assigns):
+    return dict(a.split("=", 1) for a in assigns.split(",") if a)
 
 
-def table_schedule():
-    """{head_dim: (persistent, overlap)} from fwd_config.h's kFwdTiles (fields: head_dim, block_m,
-    block_n, stages, persistent, overlap, pingpong, why)."""
-    rows = {}
-    with open(FWD_CONFIG) as f:
-        for m in re.finditer(r"\{\s*(\d+),\s*\d+,\s*\d+,\s*\d+,\s*(true|false),\s*(true|false),\s*(true|false),\s*\"",
-                             f.read()):
-            rows[int(m.group(1))] = (m.group(2) == "true", m.group(3) == "true")
-    return rows
+def build_ref(name, ref, head_dims, work_dir, jobs, worktrees):
+    """The path of the ioattn CLI built from git ref `ref` (a detached worktree, its own build; the
+    worktree's path is appended to `worktrees` for removal at the end)."""
+    src = os.path.join(work_dir, name)
+    if not os.path.isdir(src):
+        subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "--force", src, ref], check=True,
+                       capture_output=True)
+        worktrees.append(src)
+    build = os.path.join(src, "build-variant")
+    dims = ";".join(str(d) for d in sorted(set(head_dims)))
+    cfg = ["cmake", "-S", src, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DIOATTN_WITH_CUDA=ON",
+           "-DCMAKE_CUDA_ARCHITECTURES=90a", f"-DIOATTN_CUDA_HEAD_DIMS={dims}", "-DIOATTN_BUILD_TESTS=OFF",
+           "-DIOATTN_BUILD_TOOLS=ON", "-DIOATTN_BUILD_BENCH=OFF"]
+    t0 = time.time()
+    for cmd in (cfg, ["cmake", "--build", build, "--target", "ioattn_cli", "-j", str(jobs)]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"variant {name} ({ref}): {' '.join(cmd[:3])} failed:\n{(r.stdout + r.stderr)[-3000:]}")
+    print(f"built {name} = {ref} ({time.time() - t0:.0f} s)", flush=True)
+    return os.path.join(build, "tools", "ioattn")
 
 
-def pingpong_variants(sched):
-    """[(column, {head_dim: env})] of --preset pingpong."""
-    def overlap_flip(d):
-        return "pingpong_nooverlap" if sched[d][1] else "pingpong_overlap"
-
-    def pers_flip(d):
-        return "0" if sched[d][0] else "1"
-    return [("pp", {d: {"IOATTN_SM90_FWD_VARIANT": "pingpong"} for d in sched}),
-            ("pp~ov", {d: {"IOATTN_SM90_FWD_VARIANT": overlap_flip(d)} for d in sched}),
-            ("pp~pers", {d: {"IOATTN_SM90_FWD_VARIANT": "pingpong", "IOATTN_SM90_FWD_PERSISTENT": pers_flip(d)}
-                         for d in sched})]
-
-
-# Correctness shapes for --preset pingpong: 4 x 6 x ceil(700 / 128) = 144 query tiles (> 132 SMs, so
-# persistent CTAs take several tiles, and the turn protocol runs across tile boundaries); the causal
-# tiles have 1 .. 6 key blocks (0 .. 5 turns), varlen adds tiles past a sequence's end (skipped),
-# the window gives tiles whose key range starts past 0, GQA shares K/V heads. (About 2 s each: the
-# float64 reference runs on one core. Unmasked blocks: the interior ones of the causal tiles.)
+# Correctness shapes: 4 x 6 x ceil(700 / 128) = 144 query tiles (> 132 SMs, so persistent CTAs take
+# several tiles, and barrier protocols run across tile boundaries); the causal tiles have 1 .. 6 key
+# blocks, varlen adds tiles past a sequence's end (skipped), the window gives tiles whose key range
+# starts past 0, GQA shares K/V heads. (About 2 s each: the float64 reference runs on one core.)
 CHECK_SHAPES = [
     ("causal+varlen", ["--causal", "--varlen"]),
     ("window+gqa", ["--window=200,0", "--kv-heads", "2"]),
 ]
 
 
-def check(cli, d, env, extra):
+def check(cli, d, env, extra, backward):
     """(passed, one-line summary) of `ioattn run --check` (exit 1 on FAIL) on a small shape."""
-    rc, j, last = run_json(cli_cmd(cli, d, 700, False, 1, b=4, h=6, extra=list(extra) + ["--check"]), env)
+    extra = list(extra) + ["--check"] + (["--backward"] if backward else [])
+    rc, j, last = run_json(cli_cmd(cli, d, 700, False, 1, b=4, h=6, extra=extra), env, timeout=300)
     if j is None:
         return False, last
-    ok = rc == 0 and j.get("pass") is True and "sm90" in str(j.get("choice"))
-    return ok, f"max abs err {j.get('max_abs_err')}, lse {j.get('lse_max_abs_err')}; {j.get('choice')}"
+    return rc == 0 and j.get("pass") is True, f"{j.get('choice')}"
 
 
 def cudnn_timer():
@@ -141,86 +137,131 @@ def cudnn_timer():
 
 
 def main():
+    worktrees = []
+    try:
+        run_variants(worktrees)
+    finally:  # the repository's worktree list keeps no entries of this run
+        for w in worktrees:
+            subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", w], capture_output=True)
+
+
+def run_variants(worktrees):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cli", default="build-gpu/tools/ioattn")
-    ap.add_argument("--seqlens", default=None, help="default 2048,16384")
-    ap.add_argument("--head-dims", default=None, help="default 64,128,256 (64,128 with --preset pingpong)")
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--variant", action="append", default=[], help="name:VAR=value,VAR=value (repeatable)")
-    ap.add_argument("--preset", choices=["pingpong"], help="the variants of a pending choice (see above)")
-    ap.add_argument("--cudnn", action="store_true", help="also time SDPA's cuDNN backend (on with --preset)")
-    ap.add_argument("--no-check", action="store_true", help="--preset: skip the correctness pass")
+    ap.add_argument("--cli", default="build-gpu/tools/ioattn", help="the base build's CLI")
+    ap.add_argument("--seqlens", default="2048,16384")
+    ap.add_argument("--head-dims", default="64,128,256")
+    ap.add_argument("--causal", default="0,1", help="0, 1 or 0,1")
+    ap.add_argument("--repeat", type=int, default=20, help="timed calls per CLI run (median)")
+    ap.add_argument("--rounds", type=int, default=2, help="sweeps over all shapes and variants")
+    ap.add_argument("--backward", action="store_true", help="also time the backward")
+    ap.add_argument("--ref", action="append", default=[], help="NAME=GITREF (repeatable)")
+    ap.add_argument("--env", action="append", default=[], help="NAME:VAR=value,VAR=value (repeatable)")
+    ap.add_argument("--ref-env", action="append", default=[], help="NAME=GITREF:VAR=value,... (repeatable)")
+    ap.add_argument("--cudnn", action="store_true", help="also time SDPA's cuDNN backend (forward)")
+    ap.add_argument("--no-check", action="store_true", help="skip the correctness pass")
+    ap.add_argument("--work-dir", default="/tmp/ioattn-variants", help="worktrees and builds of --ref")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 4)
     ap.add_argument("--out-dir", default="bench/results")
     args = ap.parse_args()
     t0 = time.time()
-    head_dims = [int(x) for x in (args.head_dims or ("64,128" if args.preset else "64,128,256")).split(",")]
-    seqlens = [int(x) for x in (args.seqlens or "2048,16384").split(",")]
+    head_dims = [int(x) for x in args.head_dims.split(",")]
+    seqlens = [int(x) for x in args.seqlens.split(",")]
+    causals = [c == "1" for c in args.causal.split(",")]
 
-    # variants: [(name, {head_dim: env})]; "default" is the build's own choice (the table).
-    variants = [("table" if args.preset else "default", {d: {} for d in head_dims})]
-    if args.preset == "pingpong":
-        sched = table_schedule()
-        missing = [d for d in head_dims if d not in sched]
-        if missing:
-            sys.exit(f"{FWD_CONFIG}: no kFwdTiles row parsed for head dims {missing}")
-        for d in head_dims:
-            print(f"d={d}: table = {'persistent' if sched[d][0] else 'one CTA per tile'}, "
-                  f"{'overlap' if sched[d][1] else 'no overlap'}")
-        variants += [(n, {d: e[d] for d in head_dims}) for n, e in pingpong_variants(sched)]
-    for v in args.variant:
-        name, _, assigns = v.partition(":")
-        env = dict(a.split("=", 1) for a in assigns.split(",") if a)
-        variants.append((name, {d: env for d in head_dims}))
+    # variants: [(name, cli, env)]
+    variants = [("base", args.cli, {})]
+    built = {}
+    for spec in args.ref + args.ref_env:
+        name, _, rest = spec.partition("=")
+        ref, _, assigns = rest.partition(":")
+        if ref not in built:
+            built[ref] = build_ref(re.sub(r"[^A-Za-z0-9_.-]", "_", name), ref, head_dims, args.work_dir, args.jobs,
+                                   worktrees)
+        variants.append((name, built[ref], parse_env(assigns)))
+    for spec in args.env:
+        name, _, assigns = spec.partition(":")
+        variants.append((name, args.cli, parse_env(assigns)))
 
     checks = []
-    if args.preset and not args.no_check:
+    if not args.no_check:
         failed = False
         for d in head_dims:
-            for name, envs in variants[1:]:
+            for name, cli, env in variants:
                 for shape, extra in CHECK_SHAPES:
-                    ok, last = check(args.cli, d, envs[d], extra)
+                    ok, last = check(cli, d, env, extra, args.backward)
                     checks.append({"head_dim": d, "variant": name, "shape": shape, "ok": ok, "last_line": last})
                     failed |= not ok
-                    print(f"check d={d} {name:8} {shape:14} {'ok' if ok else 'FAIL'}  {last[:120]}", flush=True)
+                    print(f"check d={d} {name:10} {shape:14} {'ok' if ok else 'FAIL'}  {last[:120]}", flush=True)
         print(f"checks: {sum(c['ok'] for c in checks)}/{len(checks)} passed ({time.time() - t0:.0f} s)", flush=True)
         if failed:
             sys.exit(1)
 
-    cudnn = cudnn_timer() if (args.cudnn or args.preset) else None
-    names = [n for n, _ in variants] + (["cudnn"] if cudnn else [])
-    extra_cols = ["best/tab", "best/cudnn"] if args.preset and cudnn else []
+    keys = ["fwd_tflops"] + (["bwd_tflops"] if args.backward else [])
+    shapes = [(d, s, c) for d in head_dims for s in seqlens for c in causals]
+    samples = {(shape, name, key): [] for shape in shapes for name, _, _ in variants for key in keys}
+    for r in range(args.rounds):
+        for shape in shapes:
+            d, s, causal = shape
+            # Alternate the variants' order between rounds, so neither always runs first (clocks, L2).
+            for name, cli, env in (variants if r % 2 == 0 else variants[::-1]):
+                extra = ["--backward"] if args.backward else []
+                rc, j, last = run_json(cli_cmd(cli, d, s, causal, args.repeat, extra=extra), env)
+                if rc != 0 or j is None:
+                    print(f"  d={d} s={s} causal={causal} {name}: {last[:160]}", file=sys.stderr)
+                    continue
+                for key in keys:
+                    if j.get(key):
+                        samples[(shape, name, key)].append(j[key])
+        print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", flush=True)
+    cudnn = cudnn_timer() if args.cudnn else None
+
+    names = [n for n, _, _ in variants]
     rows = []
-    head = f"{'d':>4} {'seqlen':>6} {'causal':>6} | " + " | ".join(f"{n:>8}" for n in names + extra_cols)
-    print("forward TFLOP/s, bf16, heads = 2048/d, batch x seqlen = 16384")
-    print(head + "\n" + "-" * len(head), flush=True)
-    for d in head_dims:
-        for s in seqlens:
-            for causal in (False, True):
-                row = {"head_dim": d, "seqlen": s, "causal": causal}
-                for name, envs in variants:
-                    row[name] = run(args.cli, d, s, causal, args.repeat, envs[d])
-                if cudnn:
-                    row["cudnn"] = cudnn(d, s, causal)
-                rows.append(row)
-                cells = [f"{row[n]:8.0f}" if row[n] else f"{'n/a':>8}" for n in names]
-                if extra_cols:
-                    ours = [row[n] for n, _ in variants[1:] if row[n]]
-                    best, tab, ref = max(ours, default=None), row[variants[0][0]], row.get("cudnn")
-                    cells += [f"{best / tab:8.2f}" if best and tab else f"{'-':>8}",
-                              f"{best / ref:8.2f}" if best and ref else f"{'-':>8}"]
-                print(f"{d:>4} {s:>6} {str(causal):>6} | " + " | ".join(cells), flush=True)
+    print("VARIANT TABLE")
+    print(f"TFLOP/s (median of {args.rounds} rounds; spread = (max - min) / median over the rounds), bf16, "
+          "heads = 2048/d, batch x seqlen = 16384; ratios to base")
+    for key in keys:
+        head = (f"{key[:3]:>3} {'d':>4} {'seqlen':>6} {'causal':>6} | " + " | ".join(f"{n:>16}" for n in names) +
+                (f" | {'cudnn':>6}" if cudnn and key == "fwd_tflops" else ""))
+        print(head + "\n" + "-" * len(head))
+        for shape in shapes:
+            d, s, causal = shape
+            row = {"head_dim": d, "seqlen": s, "causal": causal, "key": key}
+            cells = []
+            base = samples[(shape, "base", key)]
+            base_med = statistics.median(base) if base else None
+            for n in names:
+                xs = samples[(shape, n, key)]
+                row[n] = xs
+                if not xs:
+                    cells.append(f"{'n/a':>16}")
+                    continue
+                med = statistics.median(xs)
+                spread = (max(xs) - min(xs)) / med if med else 0.0
+                ratio = f" {med / base_med:4.2f}x" if n != "base" and base_med else "      "
+                cells.append(f"{med:5.0f} ±{100 * spread:3.0f}%{ratio}")
+            if cudnn and key == "fwd_tflops":
+                row["cudnn"] = cudnn(d, s, causal)
+                cells.append(f"{row['cudnn']:6.0f}" if row["cudnn"] else f"{'n/a':>6}")
+            rows.append(row)
+            print(f"{key[:3]:>3} {d:>4} {s:>6} {str(causal):>6} | " + " | ".join(cells), flush=True)
+    print("END VARIANT TABLE")
     try:
         dev = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                              text=True).stdout.strip().splitlines()
     except FileNotFoundError:
         dev = []
-    name = re.sub(r"[^A-Za-z0-9]+", "-", dev[0] if dev else "gpu").strip("-").lower()
+    dname = re.sub(r"[^A-Za-z0-9]+", "-", dev[0] if dev else "gpu").strip("-").lower()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"variants-{name}-{date}{'-' + args.preset if args.preset else ''}.json")
+    path = os.path.join(args.out_dir, f"variants-{dname}-{date}.json")
+    n = 2
+    while os.path.exists(path):  # several runs a day: never overwrite one
+        path = os.path.join(args.out_dir, f"variants-{dname}-{date}-run{n}.json")
+        n += 1
     with open(path, "w") as f:
-        json.dump({"device": dev, "date": date, "variants": {n: {str(d): e for d, e in envs.items()}
-                                                             for n, envs in variants},
+        json.dump({"device": dev, "date": date, "rounds": args.rounds, "repeat": args.repeat,
+                   "variants": [{"name": n, "cli": c, "env": e} for n, c, e in variants],
                    "checks": checks, "rows": rows}, f, indent=1)
     print(f"saved {path} ({time.time() - t0:.0f} s)")
 
