@@ -42,6 +42,21 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&h2);
 }
 
+// fp32 accumulator fragments of a 16-row tile (8 columns per fragment) -> 16-bit A-operand fragments
+// of a product with K = those columns (16 per k-step). The mma.sync / wgmma accumulator layout is
+// the A layout, so this is a rounding and packing, no data exchange between threads: how P (and dS)
+// feed the next product straight from registers.
+template <class T, int kK>
+__device__ __forceinline__ void pack_a_fragments(const float (&acc)[2 * kK][4], uint32_t (&a)[kK][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kK; ++kk) {
+    a[kk][0] = pack2<T>(acc[2 * kk][0], acc[2 * kk][1]);
+    a[kk][1] = pack2<T>(acc[2 * kk][2], acc[2 * kk][3]);
+    a[kk][2] = pack2<T>(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+    a[kk][3] = pack2<T>(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+  }
+}
+
 // d += a * b on one 16x8x16 tile.
 template <class T>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);

@@ -177,14 +177,7 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods>::warps * 32, FwdTileFor<
     // product below holds O, P packed (half the registers of S) and one V fragment.
     uint32_t pk[kMT][kBN / 16][4];
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk) {
-        pk[mt][kk][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pk[mt][kk][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pk[mt][kk][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pk[mt][kk][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
+    for (int mt = 0; mt < kMT; ++mt) pack_a_fragments<T>(s[mt], pk[mt]);
 
     cp_async_wait<0>();
     __syncthreads();  // V_n visible; every warp is done reading K_n

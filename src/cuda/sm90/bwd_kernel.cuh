@@ -351,17 +351,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       else
         scores_to_ds(std::false_type{});
       uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
-#pragma unroll
-      for (int kk = 0; kk < kQK; ++kk) {
-        pp[kk][0] = pack2<T>(st[2 * kk][0], st[2 * kk][1]);
-        pp[kk][1] = pack2<T>(st[2 * kk][2], st[2 * kk][3]);
-        pp[kk][2] = pack2<T>(st[2 * kk + 1][0], st[2 * kk + 1][1]);
-        pp[kk][3] = pack2<T>(st[2 * kk + 1][2], st[2 * kk + 1][3]);
-        pds[kk][0] = pack2<T>(dpt[2 * kk][0], dpt[2 * kk][1]);
-        pds[kk][1] = pack2<T>(dpt[2 * kk][2], dpt[2 * kk][3]);
-        pds[kk][2] = pack2<T>(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]);
-        pds[kk][3] = pack2<T>(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3]);
-      }
+      pack_a_fragments<T>(st, pp);
+      pack_a_fragments<T>(dpt, pds);
 
       // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
       fence_operands(dk);

@@ -329,13 +329,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         if (boundary) w.mod.apply_mask(sacc, row0, col0);
         softmax.template update<true>(sacc, alpha, w.mod.scale_log2);
       }
-#pragma unroll
-      for (int kk = 0; kk < kPT; ++kk) {
-        pk[kk][0] = pack2<T>(sacc[2 * kk][0], sacc[2 * kk][1]);
-        pk[kk][1] = pack2<T>(sacc[2 * kk][2], sacc[2 * kk][3]);
-        pk[kk][2] = pack2<T>(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-        pk[kk][3] = pack2<T>(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
-      }
+      pack_a_fragments<T>(sacc, pk);
     };
     auto rescale = [&](const float (&alpha)[2]) {
       // Only when some row of the warp got a new maximum (alpha != 1): exact skip, warp-uniform.
