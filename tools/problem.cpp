@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "core/half.h"
 
@@ -33,17 +34,31 @@ void store(DType dt, unsigned char* dst, size_t i, float x) {
   }
 }
 
-// n normal(0, 1) values (Box-Muller) in dtype dt.
+// n normal(0, 1) values (Box-Muller) in dtype dt. Pair j uses the stream's draws 2j and 2j+1, and
+// splitmix64's state after k draws is s + k * gamma, so chunks of pairs run on their own threads and
+// give the same values as one thread (10^8 elements took ~2 s of every timed CLI run on one core).
 std::vector<unsigned char> random_normal(DType dt, int64_t n, Rng& rng) {
   std::vector<unsigned char> out(static_cast<size_t>(n) * ioattn::dtype_size(dt));
   constexpr double kTwoPi = 6.283185307179586;
-  for (int64_t i = 0; i < n; i += 2) {
-    const double u1 = 1.0 - rng.uniform();  // (0, 1]: log stays finite
-    const double u2 = rng.uniform();
-    const double r = std::sqrt(-2.0 * std::log(u1));
-    store(dt, out.data(), i, static_cast<float>(r * std::cos(kTwoPi * u2)));
-    if (i + 1 < n) store(dt, out.data(), i + 1, static_cast<float>(r * std::sin(kTwoPi * u2)));
-  }
+  constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
+  const int64_t pairs = (n + 1) / 2;
+  auto fill = [&](int64_t p0, int64_t p1) {
+    Rng r{rng.s + static_cast<uint64_t>(2 * p0) * kGamma};
+    for (int64_t j = p0; j < p1; ++j) {
+      const int64_t i = 2 * j;
+      const double u1 = 1.0 - r.uniform();  // (0, 1]: log stays finite
+      const double u2 = r.uniform();
+      const double rad = std::sqrt(-2.0 * std::log(u1));
+      store(dt, out.data(), i, static_cast<float>(rad * std::cos(kTwoPi * u2)));
+      if (i + 1 < n) store(dt, out.data(), i + 1, static_cast<float>(rad * std::sin(kTwoPi * u2)));
+    }
+  };
+  const int64_t threads = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, std::max<int64_t>(1, pairs >> 20));
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(fill, pairs * t / threads, pairs * (t + 1) / threads);
+  fill(0, pairs / threads);
+  for (auto& th : pool) th.join();
+  rng.s += static_cast<uint64_t>(2 * pairs) * kGamma;
   return out;
 }
 

@@ -5,7 +5,9 @@ shape and repeating the whole sweep (--rounds), so the spread between rounds is 
 differences between variants (METHOD.md: a difference smaller than the spread is noise).
 
 Variants (the first column is always "base": --cli as it is):
-  --ref NAME=GITREF      the ioattn CLI built from GITREF (a detached `git worktree` under --work-dir,
+  --ref NAME=GITREF      the ioattn CLI built from GITREF (a detached `git worktree` under --work-dir, or
+                         GITREF itself when it is a directory holding a source tree, e.g. `git archive`
+                         output carried to a GPU machine that has no .git;
                          CMake with CUDA on for sm_90a and only the head dims timed; the build reuses
                          IOATTN_DEPS_PREFIX like scripts/gpu_check.sh)
   --env NAME:VAR=v,...   the --cli build under environment settings (IOATTN_SM90=0: the sm80 kernels;
@@ -68,7 +70,9 @@ def build_ref(name, ref, head_dims, work_dir, jobs, worktrees):
     """The path of the ioattn CLI built from git ref `ref` (a detached worktree, its own build; the
     worktree's path is appended to `worktrees` for removal at the end)."""
     src = os.path.join(work_dir, name)
-    if not os.path.isdir(src):
+    if os.path.isdir(ref):  # a source tree (e.g. `git archive` output carried to a machine without .git)
+        src = os.path.abspath(ref)
+    elif not os.path.isdir(src):
         subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "--force", src, ref], check=True,
                        capture_output=True)
         worktrees.append(src)
@@ -77,6 +81,10 @@ def build_ref(name, ref, head_dims, work_dir, jobs, worktrees):
     cfg = ["cmake", "-S", src, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DIOATTN_WITH_CUDA=ON",
            "-DCMAKE_CUDA_ARCHITECTURES=90a", f"-DIOATTN_CUDA_HEAD_DIMS={dims}", "-DIOATTN_BUILD_TESTS=OFF",
            "-DIOATTN_BUILD_TOOLS=ON", "-DIOATTN_BUILD_BENCH=OFF"]
+    prefix = os.environ.get("IOATTN_DEPS_PREFIX")
+    if prefix:  # what gpu_check.sh does with it: the GPU image lacks CLI11 / nlohmann-json / OpenBLAS
+        cfg.append(f"-DCMAKE_PREFIX_PATH={prefix}")
+        os.environ["CPATH"] = f"{prefix}/include" + (":" + os.environ["CPATH"] if os.environ.get("CPATH") else "")
     t0 = time.time()
     for cmd in (cfg, ["cmake", "--build", build, "--target", "ioattn_cli", "-j", str(jobs)]):
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -160,11 +168,14 @@ def run_variants(worktrees):
     ap.add_argument("--cudnn", action="store_true", help="also time SDPA's cuDNN backend (forward)")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness pass")
     ap.add_argument("--work-dir", default="/tmp/ioattn-variants", help="worktrees and builds of --ref")
+    ap.add_argument("--build-head-dims", default=None,
+                    help="head dims the --ref builds compile (default --head-dims; a superset lets two runs share one build)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 4)
     ap.add_argument("--out-dir", default="bench/results")
     args = ap.parse_args()
     t0 = time.time()
     head_dims = [int(x) for x in args.head_dims.split(",")]
+    build_dims = [int(x) for x in (args.build_head_dims or args.head_dims).split(",")]
     seqlens = [int(x) for x in args.seqlens.split(",")]
     causals = [c == "1" for c in args.causal.split(",")]
 
@@ -175,7 +186,7 @@ def run_variants(worktrees):
         name, _, rest = spec.partition("=")
         ref, _, assigns = rest.partition(":")
         if ref not in built:
-            built[ref] = build_ref(re.sub(r"[^A-Za-z0-9_.-]", "_", name), ref, head_dims, args.work_dir, args.jobs,
+            built[ref] = build_ref(re.sub(r"[^A-Za-z0-9_.-]", "_", name), ref, build_dims, args.work_dir, args.jobs,
                                    worktrees)
         variants.append((name, built[ref], parse_env(assigns)))
     for spec in args.env:
