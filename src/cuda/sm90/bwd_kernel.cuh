@@ -249,15 +249,19 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
 
-    // Step it's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM) into this
-    // warpgroup's buffer by cp.async, converted in place once the products are issued: the loads
-    // land while the products run and no register waits on them (ncu: with plain loads the
-    // compiler placed the LSE's conversion next to its load, a long-scoreboard stall every step).
-    // Rows past the sequence are zero-filled: D = 0, and the LSE becomes +inf below, so P = 0.
-    // Called only after a barrier that follows the previous step's last reads of stats_wg.
-    auto load_stats = [&](int it) {
+    for (int it = 0; it < steps; ++it) {
+      const int s = it % kStages;
       const int hq = hk * p.group + it / m_count;
       const int m0 = (m_begin + it % m_count) * kBM;
+      const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
+      const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
+      const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
+      const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
+      // This step's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM) into this
+      // warpgroup's buffer by cp.async, converted in place once the products are issued: the loads
+      // land while the products run and no register waits on them (ncu: with plain loads the
+      // compiler placed the LSE's conversion next to its load, a long-scoreboard stall every step).
+      // Rows past the sequence are zero-filled: D = 0, and the LSE becomes +inf below, so P = 0.
 #pragma unroll
       for (int k = 0; k < kStatsPerThread; ++k) {
         const int r = tw + 128 * k;
@@ -270,46 +274,26 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         cp_async_4(stats_wg + r, src, valid);
       }
       cp_async_commit();
-    };
-    // S^T = K Q^T (into st) or dP^T = V dO^T (into dpt) of step it: M = 64 keys, N = kBM queries,
-    // K = head dim; one wgmma group each, not waited on.
-    float st[kQT][4], dpt[kQT][4];
-    auto issue_score = [&](int it, auto is_dp) {
-      constexpr bool kDP = decltype(is_dp)::value;
-      const int s = it % kStages;
-      const uint32_t b_addr = smem_base + (kDP ? L::kDO : L::kQ) + s * L::kQBytes;
-      const uint32_t a_wg = kDP ? v_wg : k_wg;
-      if (!kDP) bwd_wait(qdo_full + s, (it / kStages) & 1);  // Q and dO of the stage land together
+      bwd_wait(qdo_full + s, (it / kStages) & 1);
+
+      // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
+      float st[kQT][4], dpt[kQT][4];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk) {
         const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
         const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-        wgmma_ss<T, 0, 0>(kDP ? dpt : st, make_desc(a_wg + off, 16, kAtomBytes), make_desc(b_addr + offq, 16, kAtomBytes),
-                          kk > 0);
+        wgmma_ss<T, 0, 0>(st, make_desc(k_wg + off, 16, kAtomBytes), make_desc(q_addr + offq, 16, kAtomBytes), kk > 0);
+      }
+#pragma unroll
+      for (int kk = 0; kk < kKT; ++kk) {
+        const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+        const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+        wgmma_ss<T, 0, 0>(dpt, make_desc(v_wg + off, 16, kAtomBytes), make_desc(do_addr + offq, 16, kAtomBytes), kk > 0);
       }
       wgmma_commit();
-    };
-    // Whether a step issues the next step's S^T behind its dQ product, so the tensor cores compute
-    // it while the warpgroup stages and reduces dQ (needs the next Q / dO stage while this one is
-    // still held: two stages; and a dQ product: not the deterministic mode). Only S^T: with dP^T too,
-    // both score accumulators, dK / dV and the dQ part would be live at once, 224 of the 240
-    // registers, and ptxas spilled 600-850 bytes.
-    const bool early_s = kStages >= 2 && !p.deterministic;
-
-    for (int it = 0; it < steps; ++it) {
-      const int s = it % kStages;
-      const int hq = hk * p.group + it / m_count;
-      const int m0 = (m_begin + it % m_count) * kBM;
-      const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
-      const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
-      const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
-      const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
-      if (!early_s || it == 0) {  // else the previous step issued them
-        load_stats(it);
-        issue_score(it, std::false_type{});
-      }
-      issue_score(it, std::true_type{});
+      // The last step's reads of stats_wg all came before its consumers_sync (the dS^T hand-off
+      // below), so the cp.async above could overwrite them.
       cp_async_wait<0>();  // this thread's rows are in (each thread converts only its own)
 #pragma unroll
       for (int k = 0; k < kStatsPerThread; ++k) {
@@ -413,13 +397,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                                       kBN * kSwizzleBytes, kAtomBytes),
                             kk > 0);
         wgmma_commit();
-        if (early_s && it + 1 < steps) {
-          load_stats(it + 1);  // after this step's consumers_sync: its reads of stats_wg are done
-          issue_score(it + 1, std::false_type{});
-          wgmma_wait<1>();  // groups complete in order: the dQ product is done, S^T may still run
-        } else {
-          wgmma_wait<0>();
-        }
+        wgmma_wait<0>();
         fence_operands(dq);
         // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
         // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
