@@ -9,7 +9,9 @@ In one run, on one device:
   ioattn      ioattn.flash_attn_with_kvcache (the Python package) over a contiguous cache
               (B, seqlen_k, 8, 128) and over paged caches of page size 16 and 256 (the contiguous
               cache's memory viewed as (B·seqlen_k / page, page, 8, 128) with a shuffled block table,
-              so pages are visited out of order), cache_seqlens an int32 tensor
+              so pages are visited out of order), cache_seqlens an int32 tensor; with
+              --layouts ...,headmajor also a contiguous cache stored in the peers' memory order
+              (B, 8, seqlen_k, 128) and passed as its (B, seqlen_k, 8, 128) strided view
   SDPA peers  torch.nn.functional.scaled_dot_product_attention pinned to each backend (FLASH_ATTENTION,
               CUDNN_ATTENTION, EFFICIENT_ATTENTION, MATH) on BHSD tensors q (B, 32, 1, 128),
               k / v (B, 8, seqlen_k, 128) with enable_gqa=True. A backend that rejects
@@ -64,6 +66,7 @@ PEERS = {
     "math": SDPBackend.MATH,
 }
 LAYOUTS = ("contiguous", "paged16", "paged256")
+EXTRA_LAYOUTS = ("headmajor",)  # --layouts only: a contiguous cache in the peers' BHSD memory order
 FULL = dict(batches="1,4,16,64", seqlens="1024,4096,8192,16384,32768,65536,131072")
 QUICK = dict(batches="1,8,64", seqlens="1024,8192,32768,131072")
 CPU = dict(batches="1,2", seqlens="256,1024")
@@ -159,6 +162,8 @@ def time_ioattn(timer, q, k, v, b, sk, layout, device):
     same = True
     if layout == "contiguous":
         kc, vc, table = k, v, None
+    elif layout == "headmajor":  # the peers' memory order (B, Hk, Sk, D), passed as a strided (B, Sk, Hk, D) view
+        kc, vc, table = k.transpose(1, 2).contiguous().transpose(1, 2), v.transpose(1, 2).contiguous().transpose(1, 2), None
     else:
         page = int(layout[len("paged"):])
         g = torch.Generator(device="cpu").manual_seed(1)
@@ -355,13 +360,13 @@ def main():
     layouts = [x for x in args.layouts.split(",") if x]
     peers = [x for x in args.peers.split(",") if x]
     for x in layouts:
-        if x not in LAYOUTS:
-            sys.exit(f"--layouts: unknown {x!r} (choose from {', '.join(LAYOUTS)})")
+        if x not in LAYOUTS + EXTRA_LAYOUTS:
+            sys.exit(f"--layouts: unknown {x!r} (choose from {', '.join(LAYOUTS + EXTRA_LAYOUTS)})")
     for x in peers:
         if x not in PEERS:
             sys.exit(f"--peers: unknown {x!r} (choose from {', '.join(PEERS)})")
     for s in seqlens:
-        if any(x != "contiguous" and s % int(x[len('paged'):]) for x in layouts):
+        if any(x.startswith("paged") and s % int(x[len('paged'):]) for x in layouts):
             sys.exit(f"--seqlens: {s} is not a multiple of every page size")
 
     timer = Timer(device, args.repeat, not args.eager)
