@@ -42,6 +42,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1x1024,1x8192,8x1024,8x8192,64x8192", help="BATCHxSEQLEN_K list")
     ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--splits", default="0", help="ioattn's num_splits values to time (0: its heuristic)")
+    ap.add_argument("--plain", action="store_true", help="only call (flush, call) x --calls, no profiler: under ncu")
+    ap.add_argument("--impls", default="", help="only these (comma list of the names printed), e.g. for ncu")
     args = ap.parse_args()
     flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda")
     for shape in args.shapes.split(","):
@@ -53,18 +56,28 @@ def main():
         lens = torch.full((b,), sk, dtype=torch.int32, device="cuda")
         kh, vh = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
         qb = q.transpose(1, 2).contiguous()
-        impls = {
-            "ioattn": lambda: ioattn.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens),
-            "ioattn-headmajor": lambda: ioattn.flash_attn_with_kvcache(q, kh.transpose(1, 2), vh.transpose(1, 2),
-                                                                       cache_seqlens=lens),
-        }
+        impls = {}
+        for ns in (int(x) for x in args.splits.split(",")):
+            tag = "" if ns == 0 else f"-s{ns}"
+            impls["ioattn" + tag] = lambda ns=ns: ioattn.flash_attn_with_kvcache(q, k, v, cache_seqlens=lens, num_splits=ns)
+            impls["ioattn-headmajor" + tag] = lambda ns=ns: ioattn.flash_attn_with_kvcache(
+                q, kh.transpose(1, 2), vh.transpose(1, 2), cache_seqlens=lens, num_splits=ns)
         for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
             def call(be=be):
                 with sdpa_kernel(be):
                     return F.scaled_dot_product_attention(qb, kh, vh, enable_gqa=True)
             impls[name] = call
         print(f"== batch {b}, seqlen_k {sk}: K/V {2 * b * sk * HK * D * 2 / 2**20:.1f} MiB")
+        only = [x for x in args.impls.split(",") if x]
         for name, fn in impls.items():
+            if only and name not in only:
+                continue
+            if args.plain:
+                for _ in range(args.calls):
+                    flush.zero_()
+                    fn()
+                torch.cuda.synchronize()
+                continue
             try:
                 per = kernels_per_call(fn, flush, args.calls)
             except Exception as e:  # a backend that rejects the shape

@@ -268,11 +268,20 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   const int n_iter = k_end > k_begin ? (k_end - k_start + kN - 1) / kN : 0;
 
   // ---- K/V producer: this warp's 16 keys of block tile `it` into stage it % kStages.
+  // A warp tile's 16 keys are 16 consecutive cache rows of one page (page sizes are multiples of
+  // 16 and paged caches have no left padding: validate_kvcache.cpp; a contiguous cache's rows are
+  // consecutive anyway), so every address of a tile is the tile's first row plus per-lane
+  // constants: lane l copies 16-byte column cc = l % kChunks of rows n0 + e * kRowStep, e < kLoads.
+  // The per-chunk work is then one 64-bit add and one compare (ncu, batch 1 / 8k keys: the general
+  // per-chunk location arithmetic was ~40 integer instructions per cp.async and made the kernel
+  // issue-bound at 2.6x cuDNN's instruction count).
+  static_assert(32 % kChunks == 0, "a warp covers whole rows per load step");
+  constexpr int kRowStep = 32 / kChunks;
+  const int n0 = lane / kChunks, cc = lane % kChunks;
+  const bool k_col = cc * 8 < D, v_col = cc * 8 < Dv;
   const T* kbase = static_cast<const T*>(p.k) + hk * p.k_head_stride;
   const T* vbase = static_cast<const T*>(p.v) + hk * p.v_head_stride;
-  // Per-row page lookups only when a warp tile can straddle pages (never for the layouts the API
-  // allows: page sizes are multiples of 16 and paged caches have no left padding).
-  const bool per_row = p.page_size > 0 && (p.page_size % kWN != 0 || s.start % kWN != 0);
+  const int64_t k_step = static_cast<int64_t>(kRowStep) * p.k_row_stride, v_step = static_cast<int64_t>(kRowStep) * p.v_row_stride;
   auto tile_key = [&](int it) { return k_start + it * kN + warp * kWN; };  // first key of the warp tile
   auto tile_loc = [&](int it) {
     const int j0 = tile_key(it);
@@ -283,23 +292,17 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     if (it < n_iter) {
       T* sk = my_stages + (it % kStages) * (C::kWarps * 2 * kWN * kD);
       T* sv = sk + kWN * kD;
-      const int j0 = tile_key(it);
+      const int rows_left = k_end - tile_key(it) - n0;  // this lane's rows e * kRowStep < rows_left exist
+      const T* kp = kbase + loc0.outer * p.k_batch_stride + static_cast<int64_t>(loc0.row + n0) * p.k_row_stride + cc * 8;
+      const T* vp = vbase + loc0.outer * p.v_batch_stride + static_cast<int64_t>(loc0.row + n0) * p.v_row_stride + cc * 8;
 #pragma unroll
       for (int e = 0; e < kLoads; ++e) {
-        const int idx = lane + 32 * e, n = idx / kChunks, c = idx % kChunks;
-        const int j = j0 + n;
-        const bool row_ok = j < k_end;
-        KVLoc loc{loc0.outer, loc0.row + n};
-        if (per_row && row_ok) loc = kv_loc(p, b, s, s.start + j);
-        const bool k_ok = row_ok && c * 8 < D, v_ok = row_ok && c * 8 < Dv;
-        cp_async_16(sk + swz<kD>(n, c),
-                    k_ok ? kbase + loc.outer * p.k_batch_stride + static_cast<int64_t>(loc.row) * p.k_row_stride + c * 8
-                         : kbase,
-                    k_ok);
-        cp_async_16(sv + swz<kD>(n, c),
-                    v_ok ? vbase + loc.outer * p.v_batch_stride + static_cast<int64_t>(loc.row) * p.v_row_stride + c * 8
-                         : vbase,
-                    v_ok);
+        const int so = swz<kD>(n0 + e * kRowStep, cc);
+        const bool row_ok = e * kRowStep < rows_left;
+        cp_async_16(sk + so, row_ok && k_col ? kp : kbase, row_ok && k_col);
+        cp_async_16(sv + so, row_ok && v_col ? vp : vbase, row_ok && v_col);
+        kp += k_step;
+        vp += v_step;
       }
     }
     cp_async_commit();  // one group per tile, empty past the end: the wait count stays uniform
@@ -462,29 +465,45 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
       *reinterpret_cast<float2*>(so + (warp * kM + row) * kD + n * 8 + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
   }
   __syncthreads();
+  // Each row's warp weights, once per row (thread r < kM): folding the warps' states in order,
+  // warp w's output ends multiplied by its a_other times every later warp's a_self, and by the
+  // row's 1 / l. The weights replace the row's (m, l) in sstate (each thread reads and writes only
+  // its own row); slot 1 of warp 0 takes the row's LSE.
+  if (tid < kM) {
+    SoftmaxState tot = SoftmaxState::empty();
+    float wgt[C::kWarps];
+#pragma unroll
+    for (int w = 0; w < C::kWarps; ++w) {
+      const SoftmaxState sw{sstate[(w * kM + tid) * 2], sstate[(w * kM + tid) * 2 + 1]};
+      float a_self, a_other;
+      tot.merge(sw, &a_self, &a_other);
+#pragma unroll
+      for (int u = 0; u < w; ++u) wgt[u] *= a_self;
+      wgt[w] = a_other;
+    }
+    const float scale = tot.out_scale();
+#pragma unroll
+    for (int w = 0; w < C::kWarps; ++w) sstate[(w * kM + tid) * 2] = wgt[w] * scale;
+    sstate[tid * 2 + 1] = tot.lse();
+  }
+  __syncthreads();
   const int64_t total_rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
   for (int e = tid; e < kM * kD; e += C::kThreads) {
     const int r = e / kD, d = e % kD, rg = r0 + r;
     if (rg >= rows || d >= Dv) continue;
-    SoftmaxState tot = SoftmaxState::empty();
-    float acc = 0.0f;
+    float val = 0.0f;
 #pragma unroll
-    for (int w = 0; w < C::kWarps; ++w) {
-      const SoftmaxState sw{sstate[(w * kM + r) * 2], sstate[(w * kM + r) * 2 + 1]};
-      float a_self, a_other;
-      tot.merge(sw, &a_self, &a_other);
-      acc = acc * a_self + so[(w * kM + r) * kD + d] * a_other;
-    }
+    for (int w = 0; w < C::kWarps; ++w) val += so[(w * kM + r) * kD + d] * sstate[(w * kM + r) * 2];
+    const float row_lse = sstate[r * 2 + 1];
     const int i = rg / p.group, h = hk * p.group + rg % p.group;
-    const float val = acc * tot.out_scale();
     if (splits == 1) {
       T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
       orow[d] = from_float<T>(val);
-      if (d == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = tot.lse();
+      if (d == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = row_lse;
     } else {
       const int64_t row = split * total_rows + (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
       part_o[row * Dv + d] = val;
-      if (d == 0) part_lse[row] = tot.lse();
+      if (d == 0) part_lse[row] = row_lse;
     }
   }
   if (splits == 1) return;
