@@ -28,6 +28,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
 #include <cstdint>
 #include <type_traits>
 
@@ -288,19 +289,24 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     return (it < n_iter && j0 < k_end) ? kv_loc(p, b, s, s.start + j0) : KVLoc{0, 0};
   };
   T* const my_stages = skv + warp * (2 * kWN * kD);
+  constexpr int kStageElems = C::kWarps * 2 * kWN * kD;  // one stage of all warps
+  int soff[kLoads];  // this lane's swizzled element offsets in a stage's K (and V) rows
+#pragma unroll
+  for (int e = 0; e < kLoads; ++e) soff[e] = swz<kD>(n0 + e * kRowStep, cc);
+  // Chunks past the tile's rows or the head dim pass src-size 0: cp.async zero-fills the 16 bytes
+  // and reads nothing, so the (possibly out-of-range) address is never dereferenced.
   auto issue = [&](int it, KVLoc loc0) {
     if (it < n_iter) {
-      T* sk = my_stages + (it % kStages) * (C::kWarps * 2 * kWN * kD);
+      T* sk = my_stages + (it % kStages) * kStageElems;
       T* sv = sk + kWN * kD;
       const int rows_left = k_end - tile_key(it) - n0;  // this lane's rows e * kRowStep < rows_left exist
       const T* kp = kbase + loc0.outer * p.k_batch_stride + static_cast<int64_t>(loc0.row + n0) * p.k_row_stride + cc * 8;
       const T* vp = vbase + loc0.outer * p.v_batch_stride + static_cast<int64_t>(loc0.row + n0) * p.v_row_stride + cc * 8;
 #pragma unroll
       for (int e = 0; e < kLoads; ++e) {
-        const int so = swz<kD>(n0 + e * kRowStep, cc);
         const bool row_ok = e * kRowStep < rows_left;
-        cp_async_16(sk + so, row_ok && k_col ? kp : kbase, row_ok && k_col);
-        cp_async_16(sv + so, row_ok && v_col ? vp : vbase, row_ok && v_col);
+        cp_async_16(sk + soff[e], kp, row_ok && k_col);
+        cp_async_16(sv + soff[e], vp, row_ok && v_col);
         kp += k_step;
         vp += v_step;
       }
@@ -360,7 +366,10 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     const int h = hk * p.group + rg % p.group;
     slope[r] = (p.alibi_slopes && real) ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2eF : 0.0f;
   }
-  const bool alibi = p.alibi_slopes != nullptr;
+  const bool alibi = p.alibi_slopes != nullptr, mods = softcap || alibi;
+  // The keys every real row of the block sees: [vis_lo, vis_hi) (empty when some row sees none).
+  const int vis_lo = __reduce_max_sync(0xffffffffu, max(r0 + g < rows ? lo[0] : INT_MIN, r0 + g + 8 < rows ? lo[1] : INT_MIN));
+  const int vis_hi = __reduce_min_sync(0xffffffffu, min(r0 + g < rows ? hi[0] : INT_MAX, r0 + g + 8 < rows ? hi[1] : INT_MAX));
 
   SoftmaxState st[2] = {SoftmaxState::empty(), SoftmaxState::empty()};  // l: this lane's partial sum
   float o[kDT][4];
@@ -402,36 +411,54 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
       }
     }
 
-    // Scores in log2 units, masked; online softmax per row (the max over the row's 4 lanes).
+    // Scores in log2 units, masked; online softmax per row (the max over the row's 4 lanes). Three
+    // forms of one body, chosen per tile, uniformly over the warp: with score modifiers (softcap,
+    // ALiBi), or plain and either masked or (a tile every row of the block sees whole) unmasked; the
+    // plain unmasked form is most tiles of a long cache and half the instructions of the general one.
     uint32_t pa[4];
+    float alpha[2];
+    auto softmax_tile = [&](auto mods_tag, auto masked_tag) {
+      constexpr bool kMods = decltype(mods_tag)::value, kMasked = decltype(masked_tag)::value;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float x[4];
+      for (int r = 0; r < 2; ++r) {
+        float x[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int nt = e / 2, j = j0 + nt * 8 + 2 * t + (e & 1);
-        const float acc = sc[nt][2 * r + (e & 1)];
-        float v = softcap ? cap_out * tanhf(acc * cap_in) : acc * p.scale_log2;
-        if (alibi) v -= slope[r] * static_cast<float>(mask.alibi_distance(qi[r], j));
-        x[e] = (j >= lo[r] && j < hi[r]) ? v : -INFINITY;
-      }
-      float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float alpha = st[r].raise_max(mx);
-      float pr[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pr[e] = st[r].prob(x[e]);
-      st[r].l += (pr[0] + pr[1]) + (pr[2] + pr[3]);
-      // A fragment of P V: a[r] = keys 2t.. of tile 0, a[r + 2] = keys 8 + 2t.. (tile 1).
-      pa[r] = pack2<T>(pr[0], pr[1]);
-      pa[r + 2] = pack2<T>(pr[2], pr[3]);
-      if (alpha != 1.0f) {
-#pragma unroll
-        for (int n = 0; n < kDT; ++n) {
-          o[n][2 * r] *= alpha;
-          o[n][2 * r + 1] *= alpha;
+        for (int e = 0; e < 4; ++e) {
+          const int nt = e / 2, j = j0 + nt * 8 + 2 * t + (e & 1);
+          const float acc = sc[nt][2 * r + (e & 1)];
+          float v = acc * p.scale_log2;
+          if constexpr (kMods) {
+            if (softcap) v = cap_out * tanhf(acc * cap_in);
+            if (alibi) v -= slope[r] * static_cast<float>(mask.alibi_distance(qi[r], j));
+          }
+          if constexpr (kMasked) v = (j >= lo[r] && j < hi[r]) ? v : -INFINITY;
+          x[e] = v;
         }
+        float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        alpha[r] = st[r].raise_max(mx);
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) pr[e] = st[r].prob(x[e]);
+        st[r].l += (pr[0] + pr[1]) + (pr[2] + pr[3]);
+        // A fragment of P V: a[r] = keys 2t.. of tile 0, a[r + 2] = keys 8 + 2t.. (tile 1).
+        pa[r] = pack2<T>(pr[0], pr[1]);
+        pa[r + 2] = pack2<T>(pr[2], pr[3]);
+      }
+    };
+    if (mods) softmax_tile(std::true_type{}, std::true_type{});
+    else if (j0 >= vis_lo && j0 + kWN <= vis_hi) softmax_tile(std::false_type{}, std::false_type{});
+    else softmax_tile(std::false_type{}, std::true_type{});
+    // The output's rescale, skipped by the whole warp when no row's maximum moved (most tiles once
+    // a row has seen a few: a multiply by 1 is exact, so lanes that did not need it may take it).
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+      for (int n = 0; n < kDT; ++n) {
+        o[n][0] *= alpha[0];
+        o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1];
+        o[n][3] *= alpha[1];
       }
     }
 
