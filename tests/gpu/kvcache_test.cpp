@@ -309,9 +309,13 @@ TEST(KVCacheGpu, MisalignedCacheAndSmallWorkspace) {
   EXPECT_EQ(s.code, ErrorCode::WorkspaceTooSmall) << s.message;
   TensorView shifted = d.k_cache.view();
   shifted.data = static_cast<char*>(shifted.data) + 2;  // one fp16 element: not 16-byte aligned (query only)
-  DeviceScratch ws(bytes);
-  d.args.workspace = ws.get();
+  DeviceScratch ws(bytes + 16);
+  d.args.workspace = static_cast<char*>(ws.get()) + 4;  // large enough, but not 16-byte aligned
   d.args.workspace_bytes = bytes;
+  s = forward_kvcache(d.q.view(), d.k_cache.view(), d.v_cache.view(), dout.view(), dlse.view(), d.args);
+  EXPECT_EQ(s.code, ErrorCode::Misaligned) << error_code_name(s.code) << ": " << s.message;
+  EXPECT_NE(s.message.find("workspace"), std::string::npos) << s.message;
+  d.args.workspace = ws.get();
   KVCacheArgs one = d.args;
   s = forward_kvcache_workspace_size(d.q.view(), shifted, d.v_cache.view(), one, &bytes);
   EXPECT_EQ(s.code, ErrorCode::Misaligned) << error_code_name(s.code) << ": " << s.message;

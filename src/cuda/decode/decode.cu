@@ -254,6 +254,9 @@ Status forward_kvcache(const Params& p) {
     return make_error(ErrorCode::WorkspaceTooSmall, "workspace: forward_kvcache needs ", need,
                " bytes of device memory (forward_kvcache_workspace_size) for ", splits, " splits, got ",
                p.workspace ? p.workspace_bytes : 0);
+  if (need > 0 && reinterpret_cast<uintptr_t>(p.workspace) % 16 != 0)
+    return make_error(ErrorCode::Misaligned, "workspace: the GPU decode kernels store 16-byte vectors of partial results "
+               "and need a 16-byte aligned workspace, got offset ", reinterpret_cast<uintptr_t>(p.workspace) % 16);
   DeviceGuard guard(p.device_index);
   IOATTN_TRY(guard.status());
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);

@@ -173,9 +173,10 @@ __device__ __forceinline__ bool last_to_arrive(unsigned* counter, int splits) {
 template <class T, int kMaxD>
 __device__ void merge_row(const Params& p, int splits, const float* part_o, const float* part_lse, int64_t total_rows,
                           int64_t row, T* orow, float* lse_out, float* s_w) {
-  // Loads in flight per lane: 64 floats, 32 at kMaxD = 256 (the attend kernel is at its 255
-  // registers there, and 64 added 4 bytes of spill loads on sm_80).
-  constexpr int kL = kMaxSplits / 32, kDL = kMaxD / 32, kUnroll = (kMaxD <= 128 ? 2048 : 1024) / kMaxD;
+  // Loads in flight per lane: 128 floats up to kMaxD = 128 (32 splits in one round trip to L2:
+  // with 16 per round the merge's dependent rounds were most of its time), 32 at kMaxD = 256 (the
+  // attend kernel is at its 255 registers there, and 64 added 4 bytes of spill loads on sm_80).
+  constexpr int kL = kMaxSplits / 32, kDL = kMaxD / 32, kUnroll = (kMaxD <= 128 ? 4096 : 1024) / kMaxD;
   const int lane = threadIdx.x % 32, Dv = p.head_dim_v;
   float lse[kL];
 #pragma unroll
@@ -340,11 +341,14 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     qx[u] = *reinterpret_cast<const uint4*>(x);
   }
 
-  // Prologue: the first kStages - 1 tiles in flight. loc_next: the cache location of the next tile
-  // to issue (its block-table read one iteration ahead of its use).
+  // Prologue: the first kStages tiles in flight (every stage), before the queries' barrier; the
+  // loop refills a stage as soon as its tile is consumed. (Issuing the last stage's tile at the
+  // loop's start instead put it behind the queries' wait: globaltimer traces, batch 1 / 8k keys.)
+  // loc_next: the cache location of the next tile to issue (its block-table read one iteration
+  // ahead of its use).
 #pragma unroll
-  for (int it = 0; it < kStages - 1; ++it) issue(it, tile_loc(it));
-  KVLoc loc_next = tile_loc(kStages - 1);
+  for (int it = 0; it < kStages; ++it) issue(it, tile_loc(it));
+  KVLoc loc_next = tile_loc(kStages);
 #pragma unroll
   for (int u = 0; u < kQIters; ++u) {
     const int e = tid + u * C::kThreads;
@@ -398,9 +402,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   const int vb_row = ((lane >> 3) & 1) * 8 + (lane & 7), vb_chunk = lane >> 4;
 
   for (int it = 0; it < n_iter; ++it) {
-    issue(it + kStages - 1, loc_next);
-    loc_next = tile_loc(it + kStages);  // the block-table read for the tile after: used next iteration
-    cp_async_wait<kStages - 1>();
+    cp_async_wait<kStages - 1>();  // kStages + it groups committed: tile it has landed
     __syncwarp();
     const T* sk = my_stages + (it % kStages) * (C::kWarps * 2 * kWN * kD);
     const T* sv = sk + kWN * kD;
@@ -483,6 +485,8 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
       mma_16816<T>(o[2 * np + 1], pa, vf[2], vf[3]);
     }
     __syncwarp();  // every lane's reads of this stage precede the copies that refill it
+    issue(it + kStages, loc_next);
+    loc_next = tile_loc(it + kStages + 1);  // the block-table read for the tile after: used next iteration
   }
   cp_async_wait<0>();
   __syncthreads();  // all warps are done with the stages: they hold the warps' outputs now
@@ -526,22 +530,37 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     sstate[tid * 2 + 1] = tot.lse();
   }
   __syncthreads();
+  // The block's real rows only, 4 dims per thread (float4 from shared memory, and to the partials:
+  // Dv is a multiple of 8, so a group of 4 is wholly inside or outside it). Element by element over
+  // all kM rows this loop was a quarter of a short call's time (globaltimer traces).
   const int64_t total_rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-  for (int e = tid; e < kM * kD; e += C::kThreads) {
-    const int r = e / kD, d = e % kD, rg = r0 + r;
-    if (rg >= rows || d >= Dv) continue;
-    float val = 0.0f;
+  constexpr int kD4 = kD / 4;
+  const int real_rows = min(kM, rows - r0);
+  for (int e = tid; e < real_rows * kD4; e += C::kThreads) {
+    const int r = e / kD4, d = (e % kD4) * 4, rg = r0 + r;
+    if (d >= Dv) continue;
+    float4 val = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-    for (int w = 0; w < C::kWarps; ++w) val += so[(w * kM + r) * kD + d] * sstate[(w * kM + r) * 2];
+    for (int w = 0; w < C::kWarps; ++w) {
+      const float4 x = *reinterpret_cast<const float4*>(so + (w * kM + r) * kD + d);
+      const float wt = sstate[(w * kM + r) * 2];
+      val.x += x.x * wt;
+      val.y += x.y * wt;
+      val.z += x.z * wt;
+      val.w += x.w * wt;
+    }
     const float row_lse = sstate[r * 2 + 1];
     const int i = rg / p.group, h = hk * p.group + rg % p.group;
     if (splits == 1) {
-      T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
-      orow[d] = from_float<T>(val);
+      T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride + d;
+      orow[0] = from_float<T>(val.x);
+      orow[1] = from_float<T>(val.y);
+      orow[2] = from_float<T>(val.z);
+      orow[3] = from_float<T>(val.w);
       if (d == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = row_lse;
     } else {
       const int64_t row = split * total_rows + (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
-      part_o[row * Dv + d] = val;
+      *reinterpret_cast<float4*>(part_o + row * Dv + d) = val;  // 16-byte aligned: workspace_for's layout
       if (d == 0) part_lse[row] = row_lse;
     }
   }
