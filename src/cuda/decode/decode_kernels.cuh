@@ -164,7 +164,7 @@ __device__ __forceinline__ bool last_to_arrive(unsigned* counter, int splits) {
 // Merges the splits' partials of output row `row` = (b * Hq + h) * Sq + i with one warp, by LSE
 // (softmax_state.h's LseMerge): LSE = log sum_s exp(lse_s), O = sum_s exp(lse_s - LSE) o_s. Lane l
 // reads the LSEs of splits l, l + 32, ... (all loads in flight), then owns dims l + 32 k of O and
-// sums the splits in index order, kUnroll splits' loads in flight at a time (64 floats per lane),
+// sums the splits in index order, kUnroll splits' loads in flight at a time (see below),
 // so a row costs a few L2 latencies. One warp per row, not one block: the merging block has up
 // to kM rows to merge and its warps take them in parallel. Every sum has a fixed order (splits
 // ascending; the weights' sum a butterfly), so the result does not depend on which block merges.
@@ -404,7 +404,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   for (int it = 0; it < n_iter; ++it) {
     cp_async_wait<kStages - 1>();  // kStages + it groups committed: tile it has landed
     __syncwarp();
-    const T* sk = my_stages + (it % kStages) * (C::kWarps * 2 * kWN * kD);
+    const T* sk = my_stages + (it % kStages) * kStageElems;
     const T* sv = sk + kWN * kD;
     const int j0 = tile_key(it);
 
