@@ -84,7 +84,9 @@ def build_ref(name, ref, head_dims, work_dir, jobs, worktrees):
     prefix = os.environ.get("IOATTN_DEPS_PREFIX")
     if prefix:  # what gpu_check.sh does with it: the GPU image lacks CLI11 / nlohmann-json / OpenBLAS
         cfg.append(f"-DCMAKE_PREFIX_PATH={prefix}")
-        os.environ["CPATH"] = f"{prefix}/include" + (":" + os.environ["CPATH"] if os.environ.get("CPATH") else "")
+        inc = f"{prefix}/include"
+        if inc not in os.environ.get("CPATH", "").split(":"):  # once, not once per ref built
+            os.environ["CPATH"] = inc + (":" + os.environ["CPATH"] if os.environ.get("CPATH") else "")
     t0 = time.time()
     for cmd in (cfg, ["cmake", "--build", build, "--target", "ioattn_cli", "-j", str(jobs)]):
         r = subprocess.run(cmd, capture_output=True, text=True)
