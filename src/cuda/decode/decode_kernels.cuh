@@ -69,7 +69,11 @@ struct Tile {
   // output accumulator alone takes 128 registers, so Q fragments are re-read from shared memory.
   static constexpr bool kQInRegs = kD <= 128;
   // The end-of-block merge stores every warp's (kM x kD) fp32 output over the K/V stages.
-  static_assert(sizeof(float) * kWarps * kM * kD <= kKVBytes, "warp merge must fit in the K/V stages");
+  // Row pitch of that store: kD + 8 floats puts the 8 rows a half-warp's float2 stores touch in
+  // 8 distinct bank groups (a pitch of kD, a multiple of 32 words, made them 4-way conflicts);
+  // kD where the padded rows would not fit (the one-stage kD = 256 variant).
+  static constexpr int kSoPitch = sizeof(float) * kWarps * kM * (kD + 8) <= kKVBytes ? kD + 8 : kD;
+  static_assert(sizeof(float) * kWarps * kM * kSoPitch <= kKVBytes, "warp merge must fit in the K/V stages");
   static_assert(kD % 64 == 0 && kD <= 256, "kD is 64, 128 or 256");
   static_assert(kWN * kChunks % 32 == 0, "a warp's stage is a whole number of 16-byte chunks per lane");
   static_assert(kStages >= 1, "at least one stage");
@@ -178,6 +182,19 @@ __device__ void merge_row(const Params& p, int splits, const float* part_o, cons
   // attend kernel is at its 255 registers there, and 64 added 4 bytes of spill loads on sm_80).
   constexpr int kL = kMaxSplits / 32, kDL = kMaxD / 32, kUnroll = (kMaxD <= 128 ? 4096 : 1024) / kMaxD;
   const int lane = threadIdx.x % 32, Dv = p.head_dim_v;
+  // The partial outputs of splits [sp0, sp0 + kUnroll) of this lane's dims. The first round is
+  // loaded before the LSEs, so both are one round trip to L2 together, not two in a row.
+  float v[kUnroll][kDL];
+  auto load_round = [&](int sp0) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int sp = sp0 + u;
+      const float* src = part_o + (sp * total_rows + row) * Dv;
+#pragma unroll
+      for (int k = 0; k < kDL; ++k) v[u][k] = (sp < splits && lane + 32 * k < Dv) ? src[lane + 32 * k] : 0.0f;
+    }
+  };
+  load_round(0);
   float lse[kL];
 #pragma unroll
   for (int k = 0; k < kL; ++k) {
@@ -197,14 +214,7 @@ __device__ void merge_row(const Params& p, int splits, const float* part_o, cons
 #pragma unroll
   for (int k = 0; k < kDL; ++k) acc[k] = 0.0f;
   for (int sp0 = 0; sp0 < splits; sp0 += kUnroll) {
-    float v[kUnroll][kDL];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int sp = sp0 + u;
-      const float* src = part_o + (sp * total_rows + row) * Dv;
-#pragma unroll
-      for (int k = 0; k < kDL; ++k) v[u][k] = (sp < splits && lane + 32 * k < Dv) ? src[lane + 32 * k] : 0.0f;
-    }
+    if (sp0 > 0) load_round(sp0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const float w = sp0 + u < splits ? s_w[sp0 + u] : 0.0f;
@@ -492,7 +502,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   __syncthreads();  // all warps are done with the stages: they hold the warps' outputs now
 
   // Merge the warps' states (rows g, g + 8; the row's l is the sum over its 4 lanes).
-  float* so = reinterpret_cast<float*>(skv);  // (warps, kM, kD)
+  float* so = reinterpret_cast<float*>(skv);  // (warps, kM, kD), rows C::kSoPitch floats apart
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float l = st[r].l;
@@ -505,7 +515,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     }
 #pragma unroll
     for (int n = 0; n < kDT; ++n)
-      *reinterpret_cast<float2*>(so + (warp * kM + row) * kD + n * 8 + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+      *reinterpret_cast<float2*>(so + (warp * kM + row) * C::kSoPitch + n * 8 + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
   }
   __syncthreads();
   // Each row's warp weights, once per row (thread r < kM): folding the warps' states in order,
@@ -542,7 +552,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     float4 val = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
     for (int w = 0; w < C::kWarps; ++w) {
-      const float4 x = *reinterpret_cast<const float4*>(so + (w * kM + r) * kD + d);
+      const float4 x = *reinterpret_cast<const float4*>(so + (w * kM + r) * C::kSoPitch + d);
       const float wt = sstate[(w * kM + r) * 2];
       val.x += x.x * wt;
       val.y += x.y * wt;
