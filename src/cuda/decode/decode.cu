@@ -122,8 +122,8 @@ size_t workspace_for(const Params& p, const Config& c, int splits, bool cluster)
 
 // The cluster-merge kernel (decode::cluster_merge): its launch configuration (cluster dims
 // (splits, 1, 1): one cluster per group), its attributes (more than 48 KiB of dynamic shared
-// memory; clusters of more than 8 blocks), and whether a cluster of `splits` of its blocks can be
-// resident at all (cudaOccupancyMaxActiveClusters: a cluster's blocks must fit in one GPC at once).
+// memory; clusters of more than 8 blocks), and how many clusters of `splits` of its blocks can be
+// resident at once (cudaOccupancyMaxActiveClusters: a cluster's blocks must share one GPC; 0: none).
 template <class C>
 cudaLaunchConfig_t cluster_config(int splits, const dim3& grid, cudaStream_t stream, cudaLaunchAttribute* attr) {
   attr->id = cudaLaunchAttributeClusterDimension;
@@ -152,15 +152,15 @@ cudaError_t cluster_kernel_setup(int splits) {
 }
 
 template <class T, int kD>
-bool cluster_launchable(int splits, const dim3& grid) {
+int cluster_capacity(int splits, const dim3& grid) {
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = cluster_config<decode::Tile<kD>>(splits, grid, nullptr, &attr);
   int clusters = 0;
-  const bool ok = cluster_kernel_setup<T, kD>(splits) == cudaSuccess &&
-                  cudaOccupancyMaxActiveClusters(&clusters, decode::attend_kernel<T, kD, 0, true>, &cfg) == cudaSuccess &&
-                  clusters > 0;
-  cudaGetLastError();  // "cannot tell" counts as "no": the global merge runs
-  return ok;
+  if (cluster_kernel_setup<T, kD>(splits) != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&clusters, decode::attend_kernel<T, kD, 0, true>, &cfg) != cudaSuccess)
+    clusters = 0;
+  cudaGetLastError();  // "cannot tell" counts as "none": the global merge runs
+  return clusters;
 }
 
 template <class T, int kD>
@@ -256,7 +256,11 @@ struct Plan {
 
 // Whether a call with `splits` splits merges them in a cluster: sm_90 code in this build and an sm_90
 // device, 2..16 splits (the largest cluster), the default tiles (the fewer-stage ones are for
-// devices without clusters), and the driver able to place such a cluster (cluster_launchable).
+// devices without clusters), and every group's cluster resident at once. The last condition is
+// measured, not cosmetic: a cluster's blocks must share one GPC, so fewer clusters fit than
+// splits_for's block count assumes; at batch 8 x 8 kv heads (64 groups of 4 splits) the clustered
+// launch took a second wave and ran 15-25% slower than the global merge (H200, session 6), while
+// at batch 1 (8 groups) it saved ~0.9 us per call.
 // IOATTN_DECODE_CLUSTER=0 in the environment turns it off (to compare the two merges).
 bool use_cluster_merge(const Params& p, const Config& c, int splits, const DeviceLimits& l) {
 #ifdef IOATTN_HAVE_SM90
@@ -265,23 +269,24 @@ bool use_cluster_merge(const Params& p, const Config& c, int splits, const Devic
   if (splits < 2 || splits > decode::kMaxClusterSplits || c.stages != 0 || l.cc_major != 9) return false;
   // The driver's answer depends on the kernel, the cluster size and the device, not on the call:
   // asked once per (device, dtype, head dim, splits) and kept (every call plans twice: workspace
-  // size and launch). 0: not asked yet, 1: no, 2: yes.
-  static std::atomic<signed char> known[16][2][3][decode::kMaxClusterSplits + 1];
+  // size and launch). Kept as clusters + 1; 0: not asked yet.
+  static std::atomic<int> known[16][2][3][decode::kMaxClusterSplits + 1];
   const bool f16 = p.dtype == DType::F16;
   const int kdi = c.kd == 64 ? 0 : (c.kd == 128 ? 1 : 2);
-  std::atomic<signed char>* slot = p.device_index >= 0 && p.device_index < 16 ? &known[p.device_index][f16][kdi][splits] : nullptr;
-  if (slot && slot->load(std::memory_order_relaxed) != 0) return slot->load(std::memory_order_relaxed) == 2;
-  const dim3 grid = attend_grid(p, c, splits);
-  DeviceGuard guard(p.device_index);  // the attributes and the occupancy query are the current device's
-  if (!guard.status().ok()) return false;
-  bool ok = false;
-  switch (c.kd) {
-    case 64: ok = f16 ? cluster_launchable<__half, 64>(splits, grid) : cluster_launchable<__nv_bfloat16, 64>(splits, grid); break;
-    case 128: ok = f16 ? cluster_launchable<__half, 128>(splits, grid) : cluster_launchable<__nv_bfloat16, 128>(splits, grid); break;
-    default: ok = f16 ? cluster_launchable<__half, 256>(splits, grid) : cluster_launchable<__nv_bfloat16, 256>(splits, grid); break;
+  std::atomic<int>* slot = p.device_index >= 0 && p.device_index < 16 ? &known[p.device_index][f16][kdi][splits] : nullptr;
+  int clusters = slot ? slot->load(std::memory_order_relaxed) - 1 : -1;
+  if (clusters < 0) {
+    const dim3 grid = attend_grid(p, c, splits);
+    DeviceGuard guard(p.device_index);  // the attributes and the occupancy query are the current device's
+    if (!guard.status().ok()) return false;
+    switch (c.kd) {
+      case 64: clusters = f16 ? cluster_capacity<__half, 64>(splits, grid) : cluster_capacity<__nv_bfloat16, 64>(splits, grid); break;
+      case 128: clusters = f16 ? cluster_capacity<__half, 128>(splits, grid) : cluster_capacity<__nv_bfloat16, 128>(splits, grid); break;
+      default: clusters = f16 ? cluster_capacity<__half, 256>(splits, grid) : cluster_capacity<__nv_bfloat16, 256>(splits, grid); break;
+    }
+    if (slot) slot->store(clusters + 1, std::memory_order_relaxed);
   }
-  if (slot) slot->store(ok ? 2 : 1, std::memory_order_relaxed);
-  return ok;
+  return clusters > 0 && groups(p, c) <= clusters;
 #else
   (void)p, (void)c, (void)splits, (void)l;
   return false;
