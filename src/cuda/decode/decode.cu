@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <initializer_list>
 #include <sstream>
 #include <string>
@@ -52,6 +54,7 @@ Config config_for(int kd, size_t smem_optin) {
 }
 
 struct DeviceLimits {
+  int cc_major = 0;
   int sms = 0;
   size_t smem_per_sm = 0;
   size_t smem_optin = 0;  // the most dynamic shared memory one block may opt in to
@@ -59,6 +62,7 @@ struct DeviceLimits {
 DeviceLimits limits(int device) {
   DeviceLimits l;
   int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess) l.cc_major = v;
   if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) l.sms = v;
   if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) == cudaSuccess)
     l.smem_per_sm = static_cast<size_t>(v);
@@ -70,6 +74,9 @@ DeviceLimits limits(int device) {
 
 int64_t m_blocks(const Params& p, const Config& c) {
   return (static_cast<int64_t>(p.seqlen_q) * p.group + c.block_m - 1) / c.block_m;
+}
+dim3 attend_grid(const Params& p, const Config& c, int splits) {
+  return dim3(static_cast<unsigned>(splits), static_cast<unsigned>(p.heads_k * m_blocks(p, c)), static_cast<unsigned>(p.batch));
 }
 
 // Splits from the shape. Measured on the H200 (bench/notes-decode.md): with two attend blocks
@@ -107,10 +114,62 @@ size_t arrival_bytes(const Params& p, const Config& c) { return align16(sizeof(u
 size_t partial_lse_bytes(const Params& p, int splits) {
   return align16(sizeof(float) * splits * static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q);
 }
-size_t workspace_for(const Params& p, const Config& c, int splits) {
-  if (splits <= 1) return 0;
+size_t workspace_for(const Params& p, const Config& c, int splits, bool cluster) {
+  if (splits <= 1 || cluster) return 0;
   return arrival_bytes(p, c) + partial_lse_bytes(p, splits) +
          sizeof(float) * splits * static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q * p.head_dim_v;
+}
+
+// The cluster-merge kernel (decode::cluster_merge): its launch configuration (cluster dims
+// (splits, 1, 1): one cluster per group), its attributes (more than 48 KiB of dynamic shared
+// memory; clusters of more than 8 blocks), and how many clusters of `splits` of its blocks can be
+// resident at once (cudaOccupancyMaxActiveClusters: a cluster's blocks must share one GPC; 0: none).
+template <class C>
+cudaLaunchConfig_t cluster_config(int splits, const dim3& grid, cudaStream_t stream, cudaLaunchAttribute* attr) {
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = static_cast<unsigned>(splits);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(C::kThreads);
+  cfg.dynamicSmemBytes = C::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+template <class T, int kD>
+cudaError_t cluster_kernel_setup(int splits) {
+  auto* kernel = decode::attend_kernel<T, kD, 0, true>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(decode::Tile<kD>::kSmemBytes));
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (e == cudaSuccess && splits > 8) e = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  return e;
+}
+
+template <class T, int kD>
+int cluster_capacity(int splits, const dim3& grid) {
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config<decode::Tile<kD>>(splits, grid, nullptr, &attr);
+  int clusters = 0;
+  if (cluster_kernel_setup<T, kD>(splits) != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&clusters, decode::attend_kernel<T, kD, 0, true>, &cfg) != cudaSuccess)
+    clusters = 0;
+  cudaGetLastError();  // "cannot tell" counts as "none": the global merge runs
+  return clusters;
+}
+
+template <class T, int kD>
+cudaError_t launch_attend_cluster(const Params& p, int splits, const dim3& grid, cudaStream_t stream) {
+  if (cudaError_t e = cluster_kernel_setup<T, kD>(splits); e != cudaSuccess) return e;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config<decode::Tile<kD>>(splits, grid, stream, &attr);
+  return cudaLaunchKernelEx(&cfg, decode::attend_kernel<T, kD, 0, true>, p, splits, static_cast<float*>(nullptr),
+                            static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr));
 }
 
 template <class T, int kD, int kStagesT>
@@ -132,12 +191,20 @@ cudaError_t launch_attend(const Params& p, int splits, float* part_o, float* par
 }
 
 template <class T>
-cudaError_t launch_all(const Params& p, const Config& c, int splits, cudaStream_t stream) {
+cudaError_t launch_all(const Params& p, const Config& c, int splits, bool cluster, cudaStream_t stream) {
   if (p.seqlen_new > 0 && p.batch > 0) {
     decode::append_kernel<T><<<dim3(p.batch * p.seqlen_new, p.heads_k), 128, 0, stream>>>(p);
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   if (p.batch == 0 || p.seqlen_q == 0) return cudaSuccess;
+  if (cluster) {  // the split merge inside the cluster: no workspace, no counters to zero
+    const dim3 grid = attend_grid(p, c, splits);
+    switch (c.kd) {
+      case 64: return launch_attend_cluster<T, 64>(p, splits, grid, stream);
+      case 128: return launch_attend_cluster<T, 128>(p, splits, grid, stream);
+      default: return launch_attend_cluster<T, 256>(p, splits, grid, stream);
+    }
+  }
   unsigned* arrivals = nullptr;
   float *part_lse = nullptr, *part_o = nullptr;
   if (splits > 1) {
@@ -184,7 +251,47 @@ Status check_cache_alignment(const char* name, const void* ptr, int64_t outer, i
 struct Plan {
   Config c;
   int splits = 1;
+  bool cluster = false;  // the split merge in a thread-block cluster (decode::cluster_merge)
 };
+
+// Whether a call with `splits` splits merges them in a cluster: sm_90 code in this build and an sm_90
+// device, 2..16 splits (the largest cluster), the default tiles (the fewer-stage ones are for
+// devices without clusters), and every group's cluster resident at once. The last condition is
+// measured, not cosmetic: a cluster's blocks must share one GPC, so fewer clusters fit than
+// splits_for's block count assumes; at batch 8 x 8 kv heads (64 groups of 4 splits) the clustered
+// launch took a second wave and ran 15-25% slower than the global merge (H200, session 6), while
+// at batch 1 (8 groups) it saved ~0.9 us per call.
+// IOATTN_DECODE_CLUSTER=0 in the environment turns it off (to compare the two merges).
+bool use_cluster_merge(const Params& p, const Config& c, int splits, const DeviceLimits& l) {
+#ifdef IOATTN_HAVE_SM90
+  const char* env = std::getenv("IOATTN_DECODE_CLUSTER");
+  if (env != nullptr && std::string(env) == "0") return false;
+  if (splits < 2 || splits > decode::kMaxClusterSplits || c.stages != 0 || l.cc_major != 9) return false;
+  // The driver's answer depends on the kernel, the cluster size and the device, not on the call:
+  // asked once per (device, dtype, head dim, splits) and kept (every call plans twice: workspace
+  // size and launch). Kept as clusters + 1; 0: not asked yet.
+  static std::atomic<int> known[16][2][3][decode::kMaxClusterSplits + 1];
+  const bool f16 = p.dtype == DType::F16;
+  const int kdi = c.kd == 64 ? 0 : (c.kd == 128 ? 1 : 2);
+  std::atomic<int>* slot = p.device_index >= 0 && p.device_index < 16 ? &known[p.device_index][f16][kdi][splits] : nullptr;
+  int clusters = slot ? slot->load(std::memory_order_relaxed) - 1 : -1;
+  if (clusters < 0) {
+    const dim3 grid = attend_grid(p, c, splits);
+    DeviceGuard guard(p.device_index);  // the attributes and the occupancy query are the current device's
+    if (!guard.status().ok()) return false;
+    switch (c.kd) {
+      case 64: clusters = f16 ? cluster_capacity<__half, 64>(splits, grid) : cluster_capacity<__nv_bfloat16, 64>(splits, grid); break;
+      case 128: clusters = f16 ? cluster_capacity<__half, 128>(splits, grid) : cluster_capacity<__nv_bfloat16, 128>(splits, grid); break;
+      default: clusters = f16 ? cluster_capacity<__half, 256>(splits, grid) : cluster_capacity<__nv_bfloat16, 256>(splits, grid); break;
+    }
+    if (slot) slot->store(clusters + 1, std::memory_order_relaxed);
+  }
+  return clusters > 0 && groups(p, c) <= clusters;
+#else
+  (void)p, (void)c, (void)splits, (void)l;
+  return false;
+#endif
+}
 
 Status plan_kvcache(const Params& p, Plan* out) {
   if (p.device != DeviceType::CUDA) return make_error(ErrorCode::DeviceMismatch, "q: the CUDA backend got tensors on the CPU");
@@ -216,6 +323,7 @@ Status plan_kvcache(const Params& p, Plan* out) {
     return make_error(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
   out->c = c;
   out->splits = splits_for(p, c, l);
+  out->cluster = use_cluster_merge(p, c, out->splits, l);
   return Status::Ok();
 }
 
@@ -231,7 +339,7 @@ Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out
     std::ostringstream os;
     os << "decode split-KV (mma.sync, per-warp cp.async pipeline), " << dtype_name(p.dtype) << ", head dim " << c.kd << ", tile "
        << c.block_m << " packed rows x " << c.block_n << " keys, " << splits
-       << (splits == 1 ? " split" : " splits, merged by the last block")
+       << (splits == 1 ? " split" : plan.cluster ? " splits, merged in a thread-block cluster" : " splits, merged by the last block")
        << (p.page_size ? ", paged" : ", contiguous") << (p.num_splits > 0 ? " (num_splits given)" : " (heuristic)")
        << (c.stages != 0 ? ", fewer stages (small shared memory)" : "");
     *kernel_name = os.str();
@@ -242,14 +350,14 @@ Status select_kvcache(const Params& p, std::string* kernel_name, int* splits_out
 size_t kvcache_workspace_size(const Params& p) {
   Plan plan;
   if (!plan_kvcache(p, &plan).ok()) return 0;
-  return workspace_for(p, plan.c, plan.splits);
+  return workspace_for(p, plan.c, plan.splits, plan.cluster);
 }
 
 Status forward_kvcache(const Params& p) {
   Plan plan;
   IOATTN_TRY(plan_kvcache(p, &plan));
   const int splits = plan.splits;
-  const size_t need = workspace_for(p, plan.c, splits);
+  const size_t need = workspace_for(p, plan.c, splits, plan.cluster);
   if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
     return make_error(ErrorCode::WorkspaceTooSmall, "workspace: forward_kvcache needs ", need,
                " bytes of device memory (forward_kvcache_workspace_size) for ", splits, " splits, got ",
@@ -260,8 +368,8 @@ Status forward_kvcache(const Params& p) {
   DeviceGuard guard(p.device_index);
   IOATTN_TRY(guard.status());
   const cudaStream_t stream = static_cast<cudaStream_t>(p.stream);
-  const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, plan.c, splits, stream)
-                                              : launch_all<__nv_bfloat16>(p, plan.c, splits, stream);
+  const cudaError_t e = p.dtype == DType::F16 ? launch_all<__half>(p, plan.c, splits, plan.cluster, stream)
+                                              : launch_all<__nv_bfloat16>(p, plan.c, splits, plan.cluster, stream);
   if (e != cudaSuccess) return cuda_error("forward_kvcache: launching the decode kernels", e);
   return Status::Ok();
 }

@@ -27,6 +27,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cooperative_groups.h>
 
 #include <climits>
 #include <cstdint>
@@ -69,7 +70,14 @@ struct Tile {
   // output accumulator alone takes 128 registers, so Q fragments are re-read from shared memory.
   static constexpr bool kQInRegs = kD <= 128;
   // The end-of-block merge stores every warp's (kM x kD) fp32 output over the K/V stages.
-  static_assert(sizeof(float) * kWarps * kM * kD <= kKVBytes, "warp merge must fit in the K/V stages");
+  // Row pitch of that store: kD + 8 floats puts the 8 rows a half-warp's float2 stores touch in
+  // 8 distinct bank groups (a pitch of kD, a multiple of 32 words, made them 4-way conflicts);
+  // kD where the padded rows would not fit (the one-stage kD = 256 variant).
+  static constexpr int kSoPitch = sizeof(float) * kWarps * kM * (kD + 8) <= kKVBytes ? kD + 8 : kD;
+  static constexpr int kDim = kD;
+  // The cluster merge keeps the block's normalised partials (kM x kD fp32) after the warps' outputs.
+  static constexpr bool kClusterFits = sizeof(float) * (kWarps * kM * kSoPitch + kM * kD) <= kKVBytes;
+  static_assert(sizeof(float) * kWarps * kM * kSoPitch <= kKVBytes, "warp merge must fit in the K/V stages");
   static_assert(kD % 64 == 0 && kD <= 256, "kD is 64, 128 or 256");
   static_assert(kWN * kChunks % 32 == 0, "a warp's stage is a whole number of 16-byte chunks per lane");
   static_assert(kStages >= 1, "at least one stage");
@@ -178,6 +186,19 @@ __device__ void merge_row(const Params& p, int splits, const float* part_o, cons
   // attend kernel is at its 255 registers there, and 64 added 4 bytes of spill loads on sm_80).
   constexpr int kL = kMaxSplits / 32, kDL = kMaxD / 32, kUnroll = (kMaxD <= 128 ? 4096 : 1024) / kMaxD;
   const int lane = threadIdx.x % 32, Dv = p.head_dim_v;
+  // The partial outputs of splits [sp0, sp0 + kUnroll) of this lane's dims. The first round is
+  // loaded before the LSEs, so both are one round trip to L2 together, not two in a row.
+  float v[kUnroll][kDL];
+  auto load_round = [&](int sp0) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int sp = sp0 + u;
+      const float* src = part_o + (sp * total_rows + row) * Dv;
+#pragma unroll
+      for (int k = 0; k < kDL; ++k) v[u][k] = (sp < splits && lane + 32 * k < Dv) ? src[lane + 32 * k] : 0.0f;
+    }
+  };
+  load_round(0);
   float lse[kL];
 #pragma unroll
   for (int k = 0; k < kL; ++k) {
@@ -197,14 +218,7 @@ __device__ void merge_row(const Params& p, int splits, const float* part_o, cons
 #pragma unroll
   for (int k = 0; k < kDL; ++k) acc[k] = 0.0f;
   for (int sp0 = 0; sp0 < splits; sp0 += kUnroll) {
-    float v[kUnroll][kDL];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int sp = sp0 + u;
-      const float* src = part_o + (sp * total_rows + row) * Dv;
-#pragma unroll
-      for (int k = 0; k < kDL; ++k) v[u][k] = (sp < splits && lane + 32 * k < Dv) ? src[lane + 32 * k] : 0.0f;
-    }
+    if (sp0 > 0) load_round(sp0);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const float w = sp0 + u < splits ? s_w[sp0 + u] : 0.0f;
@@ -218,6 +232,75 @@ __device__ void merge_row(const Params& p, int splits, const float* part_o, cons
     if (lane + 32 * k < Dv) orow[lane + 32 * k] = from_float<T>(acc[k] * scale);
   if (lane == 0 && lse_out) *lse_out = m.lse();
   __syncwarp();  // every lane's reads of s_w precede the warp's next row
+}
+
+// ---- split merge in a thread-block cluster (sm_90) -------------------------------------------
+// With 2 <= splits <= kMaxClusterSplits the group's blocks (one per split, blockIdx.x = split =
+// cluster rank) are one cluster. Each leaves its normalised partial outputs (kM x kD fp32,
+// `part`) and its rows' LSEs (sstate[r * 2 + 1]) in its own shared memory; after a cluster barrier
+// (release / acquire: every block's stores are visible to the others), block c merges output items
+// c, c + splits, ... (item = a row and 4 dims) by reading every split's partials through
+// distributed shared memory, in split order (so the result is the same from call to call); a second
+// barrier keeps every block's shared memory alive until all reads of it are done. Against the
+// global merge this drops the per-call memset of the arrival counters, the partials' round trip
+// through L2, the fences and the atomic (about 4 us of a 10-25 us decode call: globaltimer traces,
+// bench/notes-decode.md).
+constexpr int kMaxClusterSplits = 16;  // the largest cluster sm_90 launches (8 portable, 16 opted in)
+
+template <class T, class C>
+__device__ void cluster_merge(const Params& p, int splits, float* part, const float* sstate, int real_rows, int r0,
+                              int hk, int b, int64_t q0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  constexpr int kD4 = C::kDim / 4;  // 4-dim groups per row
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int Dv = p.head_dim_v;
+  // Items interleaved over the blocks (item rank + splits * k), so a group with few rows spreads its
+  // remote reads over all the cluster's multiprocessors instead of one.
+  for (int e = static_cast<int>(cluster.block_rank()) + splits * static_cast<int>(threadIdx.x); e < real_rows * kD4;
+       e += splits * C::kThreads) {
+    const int r = e / kD4, d = (e % kD4) * 4;
+    if (d >= Dv) continue;
+    // Every split's partial and LSE requested before any is used: one round trip of remote reads.
+    float4 x[kMaxClusterSplits];
+    float lse[kMaxClusterSplits];
+#pragma unroll
+    for (int sp = 0; sp < kMaxClusterSplits; ++sp) {
+      if (sp < splits) {
+        x[sp] = *reinterpret_cast<const float4*>(cluster.map_shared_rank(part + r * C::kDim + d, sp));
+        lse[sp] = *cluster.map_shared_rank(sstate + r * 2 + 1, sp);
+      } else {
+        x[sp] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        lse[sp] = -INFINITY;
+      }
+    }
+    float mx = lse[0];
+#pragma unroll
+    for (int sp = 1; sp < kMaxClusterSplits; ++sp) mx = fmaxf(mx, lse[sp]);
+    LseMerge m = LseMerge::begin(mx);
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int sp = 0; sp < kMaxClusterSplits; ++sp) {
+      const float w = m.add(lse[sp]);  // empty splits (lse = -inf) weigh exactly 0
+      acc.x += w * x[sp].x;
+      acc.y += w * x[sp].y;
+      acc.z += w * x[sp].z;
+      acc.w += w * x[sp].w;
+    }
+    const float scale = m.out_scale();
+    const int rg = r0 + r, i = rg / p.group, h = hk * p.group + rg % p.group;
+    T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (q0 + i) * p.o_row_stride + h * p.o_head_stride + d;
+    orow[0] = from_float<T>(acc.x * scale);
+    orow[1] = from_float<T>(acc.y * scale);
+    orow[2] = from_float<T>(acc.z * scale);
+    orow[3] = from_float<T>(acc.w * scale);
+    if (d == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + q0 + i] = m.lse();
+  }
+  cluster.sync();
+#else
+  __trap();  // the host launches the cluster kernels only on sm_90 devices (decode.cu)
+#endif
 }
 
 // ---- attend ----------------------------------------------------------------------------------
@@ -234,7 +317,10 @@ __device__ __forceinline__ int swz(int r, int c) {
 // part_o[(split * rows + row) * Dv + d], part_lse[split * rows + row], row = (b * Hq + h) * Sq + i,
 // and the group's last block merges them into out / lse. arrivals: one counter per group
 // (b * grid.y + blockIdx.y), zero at launch (unused with one split).
-template <class T, int kD, int kStagesT>
+// kCluster (sm_90, 2 <= splits <= kMaxClusterSplits, launched with cluster dims (splits, 1, 1)):
+// the group's blocks form one thread-block cluster and merge through distributed shared memory
+// instead (cluster_merge): no workspace, no counters, no global partials.
+template <class T, int kD, int kStagesT, bool kCluster = false>
 __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStagesT>::kMinBlocks)
     attend_kernel(const Params p, int splits, float* part_o, float* part_lse, unsigned* arrivals) {
   using C = Tile<kD, kStagesT>;
@@ -492,7 +578,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   __syncthreads();  // all warps are done with the stages: they hold the warps' outputs now
 
   // Merge the warps' states (rows g, g + 8; the row's l is the sum over its 4 lanes).
-  float* so = reinterpret_cast<float*>(skv);  // (warps, kM, kD)
+  float* so = reinterpret_cast<float*>(skv);  // (warps, kM, kD), rows C::kSoPitch floats apart
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float l = st[r].l;
@@ -505,7 +591,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     }
 #pragma unroll
     for (int n = 0; n < kDT; ++n)
-      *reinterpret_cast<float2*>(so + (warp * kM + row) * kD + n * 8 + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
+      *reinterpret_cast<float2*>(so + (warp * kM + row) * C::kSoPitch + n * 8 + 2 * t) = make_float2(o[n][2 * r], o[n][2 * r + 1]);
   }
   __syncthreads();
   // Each row's warp weights, once per row (thread r < kM): folding the warps' states in order,
@@ -536,13 +622,16 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   const int64_t total_rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
   constexpr int kD4 = kD / 4;
   const int real_rows = min(kM, rows - r0);
+  // Cluster mode: this block's normalised partials, (kM, kD) fp32, in the K/V stages past `so`.
+  static_assert(!kCluster || C::kClusterFits, "the cluster merge's partials must fit in the K/V stages");
+  float* const so_part = so + C::kWarps * kM * C::kSoPitch;
   for (int e = tid; e < real_rows * kD4; e += C::kThreads) {
     const int r = e / kD4, d = (e % kD4) * 4, rg = r0 + r;
     if (d >= Dv) continue;
     float4 val = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
     for (int w = 0; w < C::kWarps; ++w) {
-      const float4 x = *reinterpret_cast<const float4*>(so + (w * kM + r) * kD + d);
+      const float4 x = *reinterpret_cast<const float4*>(so + (w * kM + r) * C::kSoPitch + d);
       const float wt = sstate[(w * kM + r) * 2];
       val.x += x.x * wt;
       val.y += x.y * wt;
@@ -558,6 +647,8 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
       orow[2] = from_float<T>(val.z);
       orow[3] = from_float<T>(val.w);
       if (d == 0 && p.lse) p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i] = row_lse;
+    } else if constexpr (kCluster) {
+      *reinterpret_cast<float4*>(so_part + r * kD + d) = val;  // the row's LSE stays in sstate[r * 2 + 1]
     } else {
       const int64_t row = split * total_rows + (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
       *reinterpret_cast<float4*>(part_o + row * Dv + d) = val;  // 16-byte aligned: workspace_for's layout
@@ -565,6 +656,10 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
     }
   }
   if (splits == 1) return;
+  if constexpr (kCluster) {
+    cluster_merge<T, C>(p, splits, so_part, sstate, real_rows, r0, hk, b, s.q0);
+    return;
+  }
 
   // ---- Split merge by the group's last block: its warps take the group's rows in turn. The
   // K/V stages are free (last_to_arrive's barriers follow every read of `so`): each warp's
