@@ -301,28 +301,28 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     __syncwarp();
     if (lane == 0) ptx::mbarrier_arrive(bar);
   };
+  // Descriptors: one per operand tile, then the k-steps' start addresses added to its 14-bit
+  // address field (addresses >> 4; every shared-memory address fits it, so nothing carries out):
+  // two integer adds per k-step instead of make_desc's masks and shifts on a run-time address.
   // S = Q K^T for the K tile in ring slot s: kD / 16 k-steps of m64 x n(kBN) x k16 (not waited on).
   auto issue_s = [&](float (&sacc)[kNT][4], int s) {
-    const uint32_t k_addr = smem_base + L::kK + s * L::kKVBytes;
+    const uint64_t da0 = make_desc(q_addr, 16, kAtomBytes);
+    const uint64_t db0 = make_desc(smem_base + L::kK + s * L::kKVBytes, 16, kAtomBytes);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;  // 16 columns = 32 bytes into the 64-column tile
-      const uint64_t da = make_desc(q_addr + (kk / 4) * kBM * kSwizzleBytes + off, 16, kAtomBytes);
-      const uint64_t db = make_desc(k_addr + (kk / 4) * kBN * kSwizzleBytes + off, 16, kAtomBytes);
-      wgmma_ss<T, 0, 0>(sacc, da, db, kk > 0 ? 1 : 0);
+      wgmma_ss<T, 0, 0>(sacc, da0 + (((kk / 4) * kBM * kSwizzleBytes + off) >> 4),
+                        db0 + (((kk / 4) * kBN * kSwizzleBytes + off) >> 4), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
   };
   // O += P V for the V tile in ring slot s: kBN / 16 k-steps of m64 x n(kD) x k16, V read N-major.
   auto issue_pv = [&](float (&o)[kDT][4], const uint32_t (&pk)[kPT][4], int s) {
-    const uint32_t v_addr = smem_base + L::kV + s * L::kKVBytes;
+    const uint64_t db0 = make_desc(smem_base + L::kV + s * L::kKVBytes, kBN * kSwizzleBytes, kAtomBytes);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kPT; ++kk) {
-      const uint64_t db = make_desc(v_addr + kk * 16 * kSwizzleBytes, kBN * kSwizzleBytes, kAtomBytes);
-      wgmma_rs<T, 1>(o, pk[kk], db, 1);
-    }
+    for (int kk = 0; kk < kPT; ++kk) wgmma_rs<T, 1>(o, pk[kk], db0 + ((kk * 16 * kSwizzleBytes) >> 4), 1);
     wgmma_commit();
   };
 
