@@ -218,6 +218,18 @@ std::vector<Case> feature_cases() {
     c.dv = 64;
     v.push_back(c);
   }
+  // Several tiles per persistent CTA (132 on an H100/H200): the sm90 forward's Q ring and the Q slots
+  // its epilogue stages O in are reused across tiles, with ragged last blocks, dense and varlen
+  // (blocks that end inside a warpgroup's rows store O from registers), causal pairs.
+  Case c = make("many_tiles_gqa_d64", DType::BF16, 200, 200, 64);
+  c.batch = 4; c.hq = 64; c.hk = 16;
+  v.push_back(c);
+  c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
+  c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
+  v.push_back(c);
+  c = make("many_tiles_causal_d192", DType::BF16, 260, 260, 192);
+  c.batch = 2; c.hq = c.hk = 64; c.causal = true;
+  v.push_back(c);
   return v;
 }
 

@@ -132,12 +132,6 @@ __device__ __forceinline__ void warpgroup_sync(int cwg) {
 }
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 3, 256;\n" ::: "memory"); }
 
-// Generic-proxy shared-memory writes (dS^T, the dQ part) made visible to the async proxy (wgmma
-// operand reads, TMA reductions).
-__device__ __forceinline__ void fence_proxy_async_smem() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
 template <class T, int kD>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,

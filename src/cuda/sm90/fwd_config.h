@@ -2,8 +2,8 @@
 // selector can describe its choice without including the kernel.
 //
 // One CTA = 3 warpgroups: a producer (TMA loads of Q once and of K/V tiles into a ring of kStages
-// buffers) and two consumers of 64 query rows each (block_m = 128). Shared memory = Q (128 x d)
-// + kStages x (K + V) (block_n x d each), all 16-bit.
+// buffers) and two consumers of 64 query rows each (block_m = 128). Shared memory = q_stages x Q
+// (128 x d) + stages x (K + V) (block_n x d each), all 16-bit.
 // Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator d / 2.
 #pragma once
 
@@ -18,6 +18,11 @@ struct FwdTile {
   int block_m;      // query rows per CTA (2 consumer warpgroups x 64)
   int block_n;      // keys per K/V tile
   int stages;       // K/V tiles in flight
+  int q_stages;     // Q buffers. 2: the producer loads the next tile's Q during this tile, and the
+                    // epilogue stages O in this tile's Q buffer (its last S is done) and writes it
+                    // with TMA bulk stores, so neither the Q load (~1.5 us) nor the O stores sit
+                    // between two tiles (fwd_kernel.cuh). 1 where shared memory has no room (d 256):
+                    // O then goes from registers straight to global memory.
   bool persistent;  // one CTA per multiprocessor walking the tiles (else one CTA per tile)
   bool overlap;     // softmax of block n overlaps O += P V of block n - 1 (FA3's intra-warpgroup
                     // pipelining; costs a second set of P registers)
@@ -43,10 +48,10 @@ struct FwdTile {
 //   d = 256: persistent without overlap best or tied on all 6 (643 .. 749); with pingpong 624 / 452 /
 //            736 / 710 against 637 / 459 / 750 / 726 without (2048 / 2048 causal / 16k / 16k causal).
 inline constexpr FwdTile kFwdTiles[] = {
-    {64, 128, 128, 3, true, true, true, "S 64 + O 32 regs; 112 KB smem"},
-    {128, 128, 128, 2, true, false, true, "S 64 + O 64 regs; 160 KB smem"},
-    {192, 128, 64, 2, true, false, false, "S 32 + O 96 regs; 144 KB smem"},
-    {256, 128, 64, 2, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
+    {64, 128, 128, 3, 2, true, true, true, "S 64 + O 32 regs; 128 KB smem"},
+    {128, 128, 128, 2, 2, true, false, true, "S 64 + O 64 regs; 192 KB smem"},
+    {192, 128, 64, 2, 2, true, false, false, "S 32 + O 96 regs; 192 KB smem"},
+    {256, 128, 64, 2, 1, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
 };
 
 // The sm90 head dim a call of head dim d runs with: 64, 128, 192 or 256 (extra columns read as
@@ -66,6 +71,7 @@ struct FwdTileFor {
   static constexpr int block_m = fwd_tile(kD).block_m;
   static constexpr int block_n = fwd_tile(kD).block_n;
   static constexpr int stages = fwd_tile(kD).stages;
+  static constexpr int q_stages = fwd_tile(kD).q_stages;
   static constexpr bool persistent = fwd_tile(kD).persistent;
   static constexpr bool overlap = fwd_tile(kD).overlap;
   static constexpr bool pingpong = fwd_tile(kD).pingpong;

@@ -5,8 +5,9 @@
 // mask in pairs of equal total cost); per head dim (fwd_config.h) either one CTA per multiprocessor
 // walks them (persistent, tile_of), or one CTA per tile (pair) is launched. A CTA has 3 warpgroups:
 //   producer   warpgroup 0 gives its registers back (setmaxnreg) and one thread issues the TMA
-//              copies: each tile's Q once (after the consumers release the previous one), then K_n
-//              and V_n for each key block into a ring of kStages buffers that runs on across tiles.
+//              copies: each tile's Q once (into a ring of q_stages buffers: with 2, during the
+//              previous tile), then K_n and V_n for each key block into a ring of kStages buffers
+//              that runs on across tiles.
 //              "full" mbarriers complete when a copy's bytes land, "empty" ones when all 8
 //              consumer warps are done reading a buffer.
 //   consumers  warpgroups 1 and 2, 64 query rows each, with 240 registers per thread. Per key block
@@ -22,8 +23,13 @@
 //              The two consumer warpgroups also run out of step, so one's softmax overlaps the
 //              other's products; with kPingpong (FA3's inter-warpgroup scheduling) they take strict
 //              turns issuing the two products of a step, on two named barriers (turn_wait below).
-//   epilogue   O / l -> input dtype, straight from registers to global memory, LSE in fp32, while
-//              the producer already loads the next tile.
+//   epilogue   O / l -> input dtype. With q_stages = 2 each warpgroup writes its 64 rows into its
+//              rows of the tile's Q buffer (swizzled as TMA reads it; its last S is done) and one
+//              thread stores them with TMA bulk copies; the buffer is released to the producer only
+//              once those copies have read it, which the warpgroup checks after issuing the next
+//              tile's first S (by then long done). Otherwise (q_stages = 1, an empty tile, a varlen
+//              block that ends inside the warpgroup's rows, or no tensor map for O) straight from
+//              registers to global memory. LSE in fp32 from registers.
 // Dropout is not served here (backend.cu sends it to the sm80 kernel).
 #pragma once
 
@@ -60,14 +66,15 @@ template <int kD>
 struct FwdSmem {
   static constexpr int kBM = FwdTileFor<kD>::block_m, kBN = FwdTileFor<kD>::block_n;
   static constexpr int kStages = FwdTileFor<kD>::stages;
+  static constexpr int kQStages = FwdTileFor<kD>::q_stages;
   static constexpr int kChunks = kD / 64;  // 64-column tiles per row (wgmma.cuh)
   static constexpr int kQBytes = kBM * kD * 2;
   static constexpr int kKVBytes = kBN * kD * 2;
   static constexpr int kQ = 0;
-  static constexpr int kK = kQ + kQBytes;
+  static constexpr int kK = kQ + kQStages * kQBytes;
   static constexpr int kV = kK + kStages * kKVBytes;
   static constexpr int kBar = kV + kStages * kKVBytes;
-  static constexpr int kBars = 2 + 4 * kStages;  // q_full, q_empty, k_full[], v_full[], k_empty[], v_empty[]
+  static constexpr int kBars = 2 * kQStages + 4 * kStages;  // q_full[], q_empty[], k_full[], v_full[], k_empty[], v_empty[]
   static constexpr int kBytes = kBar + 8 * kBars + 1024;  // + room to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -82,9 +89,9 @@ __device__ __forceinline__ void wait_barrier(uint64_t* bar, uint32_t parity) {
 // the other warpgroup's barrier right after issuing (the products then run asynchronously, in issue
 // order on the tensor cores, while the other warpgroup issues its own and then does its softmax).
 // Each barrier completes with 256 threads: the 128 of its owner's bar.sync and the 128 of the other
-// warpgroup's bar.arrive. Barrier 0 is __syncthreads; the forward kernel uses no other named barrier.
+// warpgroup's bar.arrive. Barrier 0 is __syncthreads.
 // Protocol and why it cannot deadlock: see the consumer code (kernel start, main loop, kernel end).
-// Barrier 1 is warpgroup 0's turn, barrier 2 warpgroup 1's. The ids are immediates (a branch on
+// Barrier 1 is warpgroup 0's turn, barrier 2 warpgroup 1's (3 and 4: epilogue_sync). The ids are immediates (a branch on
 // the warp-uniform cwg): with an id in a register ptxas reserves all 16 barriers.
 __device__ __forceinline__ void turn_wait(int cwg) {
   if (cwg == 0)
@@ -97,6 +104,15 @@ __device__ __forceinline__ void turn_pass(int cwg) {
     asm volatile("bar.arrive 2, 256;\n" ::: "memory");
   else
     asm volatile("bar.arrive 1, 256;\n" ::: "memory");
+}
+
+// Named barriers 3 and 4: the 128 threads of consumer warpgroup 0 or 1 (the TMA epilogue's
+// hand-off from the warpgroup's shared-memory writes to its storing thread).
+__device__ __forceinline__ void epilogue_sync(int cwg) {
+  if (cwg == 0)
+    asm volatile("bar.sync 3, 128;\n" ::: "memory");
+  else
+    asm volatile("bar.sync 4, 128;\n" ::: "memory");
 }
 
 // One work tile: a query block of one head of one sequence, and the key blocks it must visit.
@@ -173,11 +189,11 @@ __device__ __forceinline__ bool round_exists(int r, int ctas, int tiles, bool pa
 template <class T, int kD, bool kMods, bool kOverlap, bool kPingpong>
 __global__ void __launch_bounds__(kFwdThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
-               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v, int m_blocks,
-               int tiles) {
+               const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+               const __grid_constant__ CUtensorMap tm_o, bool o_tma, int m_blocks, int tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kD>;
-  constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages;
+  constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
   constexpr int kDT = kD / 8;   // 8-column tiles of O
   constexpr int kPT = kBN / 16; // 16-key k-steps of O += P V
@@ -186,8 +202,8 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   unsigned char* smem = smem_align_1024(smem_raw);
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
-  uint64_t* q_empty = q_full + 1;
-  uint64_t* k_full = q_empty + 1;
+  uint64_t* q_empty = q_full + kQStages;
+  uint64_t* k_full = q_empty + kQStages;
   uint64_t* v_full = k_full + kStages;
   uint64_t* k_empty = v_full + kStages;
   uint64_t* v_empty = k_empty + kStages;
@@ -196,8 +212,10 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   const int lane = threadIdx.x % 32;
   const bool paired = tiles_paired(p);  // the tile order (tile_of)
   if (threadIdx.x == 0) {
-    ptx::mbarrier_init(q_full, 1);
-    ptx::mbarrier_init(q_empty, kConsumerWarps);
+    for (int s = 0; s < kQStages; ++s) {
+      ptx::mbarrier_init(q_full + s, 1);
+      ptx::mbarrier_init(q_empty + s, kConsumerWarps);
+    }
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(k_full + s, 1);
       ptx::mbarrier_init(v_full + s, 1);
@@ -221,14 +239,17 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
       const int hk = w.h / p.group;
       const int bt = p.varlen ? 0 : w.b;  // varlen: the row index carries the sequence
       const int q_row = static_cast<int>(w.sb.q_row0) + w.m0, k_row = static_cast<int>(w.sb.k_row0);
-      if (q > 0) wait_barrier(q_empty, (q - 1) & 1);  // the previous tile's last S = Q K^T is done
+      // Q into its ring slot once the tile that used the slot last is done with it (its last S, and
+      // with the TMA epilogue its O stores' reads of the slot).
+      const int qs = q % kQStages;
+      if (q >= kQStages) wait_barrier(q_empty + qs, ((q / kQStages) & 1) ^ 1);
       ++q;
-      ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, q_full, L::kQBytes);
+      ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, q_full + qs, L::kQBytes);
 #pragma unroll
       for (int c = 0; c < L::kChunks; ++c) {
         const int32_t coords[4] = {c * 64, q_row, w.h, bt};
-        ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global, smem + L::kQ + c * kBM * kSwizzleBytes,
-                                  &tm_q, coords, q_full);
+        ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global,
+                                  smem + L::kQ + qs * L::kQBytes + c * kBM * kSwizzleBytes, &tm_q, coords, q_full + qs);
       }
       for (int n = w.n_begin; n < w.n_end; ++n, ++kv) {
         const int s = kv % kStages;
@@ -269,33 +290,39 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   // warpgroup, at most one turn behind, has already waited for or needs next, and the producer's
   // ring (kStages >= 2) only waits for releases that come after turns already taken.
   if (kPingpong && cwg == 1) turn_pass(cwg);
-  const uint32_t q_addr = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;
+  const uint32_t q_wg = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;  // this warpgroup's rows, slot 0
+  uint32_t q_addr = q_wg;  // ... of the current tile's Q slot
+  const bool leader = threadIdx.x % 128 == 0;  // the warpgroup's TMA-store thread
+  // The Q slot whose O stores this warpgroup issued but has not yet released (-1: none). Released
+  // (its 4 warps' arrivals at once) after the next tile's first S is issued, once the stores have
+  // read it: the producer needs the slot only for the tile after next.
+  int o_pending = -1;
   auto arrive = [&](uint64_t* bar) {  // one arrival per warp, after all its lanes are done
     __syncwarp();
     if (lane == 0) ptx::mbarrier_arrive(bar);
   };
+  // Descriptors: one per operand tile, then the k-steps' start addresses added to its 14-bit
+  // address field (addresses >> 4; every shared-memory address fits it, so nothing carries out):
+  // two integer adds per k-step instead of make_desc's masks and shifts on a run-time address.
   // S = Q K^T for the K tile in ring slot s: kD / 16 k-steps of m64 x n(kBN) x k16 (not waited on).
   auto issue_s = [&](float (&sacc)[kNT][4], int s) {
-    const uint32_t k_addr = smem_base + L::kK + s * L::kKVBytes;
+    const uint64_t da0 = make_desc(q_addr, 16, kAtomBytes);
+    const uint64_t db0 = make_desc(smem_base + L::kK + s * L::kKVBytes, 16, kAtomBytes);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;  // 16 columns = 32 bytes into the 64-column tile
-      const uint64_t da = make_desc(q_addr + (kk / 4) * kBM * kSwizzleBytes + off, 16, kAtomBytes);
-      const uint64_t db = make_desc(k_addr + (kk / 4) * kBN * kSwizzleBytes + off, 16, kAtomBytes);
-      wgmma_ss<T, 0, 0>(sacc, da, db, kk > 0 ? 1 : 0);
+      wgmma_ss<T, 0, 0>(sacc, da0 + (((kk / 4) * kBM * kSwizzleBytes + off) >> 4),
+                        db0 + (((kk / 4) * kBN * kSwizzleBytes + off) >> 4), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
   };
   // O += P V for the V tile in ring slot s: kBN / 16 k-steps of m64 x n(kD) x k16, V read N-major.
   auto issue_pv = [&](float (&o)[kDT][4], const uint32_t (&pk)[kPT][4], int s) {
-    const uint32_t v_addr = smem_base + L::kV + s * L::kKVBytes;
+    const uint64_t db0 = make_desc(smem_base + L::kV + s * L::kKVBytes, kBN * kSwizzleBytes, kAtomBytes);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kPT; ++kk) {
-      const uint64_t db = make_desc(v_addr + kk * 16 * kSwizzleBytes, kBN * kSwizzleBytes, kAtomBytes);
-      wgmma_rs<T, 1>(o, pk[kk], db, 1);
-    }
+    for (int kk = 0; kk < kPT; ++kk) wgmma_rs<T, 1>(o, pk[kk], db0 + ((kk * 16 * kSwizzleBytes) >> 4), 1);
     wgmma_commit();
   };
 
@@ -308,6 +335,9 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     const int row0 = w.m0 + 64 * cwg + 16 * (warp % 4) + lane / 4;  // sequence row of s[.][0..1]; +8: [2..3]
     const int wg_m0 = w.m0 + 64 * cwg;
     const int wg_m_last = max(wg_m0, min(wg_m0 + 63, w.m_last));
+    // This warpgroup's O goes out through its rows of the Q slot and TMA (epilogue below). A varlen
+    // block must not reach past its sequence: TMA clips only at the packed tensor's end.
+    const bool stage_o = kQStages > 1 && o_tma && w.n_begin < w.n_end && (!p.varlen || wg_m0 + 64 <= w.sb.sq);
 
     OnlineSoftmax softmax;
     softmax.init();
@@ -342,8 +372,10 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
       }
     };
 
+    const int qs = q % kQStages;  // this tile's Q slot (if it has keys to visit)
     if (w.n_begin < w.n_end) {
-      wait_barrier(q_full, q & 1);
+      q_addr = q_wg + qs * L::kQBytes;
+      wait_barrier(q_full + qs, (q / kQStages) & 1);
       ++q;
       // Key block n_begin: S, softmax -> P. Then each further block n overlaps its softmax with
       // the previous block's O += P V on the tensor cores (FA3's intra-warpgroup pipelining):
@@ -355,10 +387,18 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         const int s = kv % kStages;
         wait_barrier(k_full + s, (kv / kStages) & 1);
         issue_s(sacc, s);
+        if (kQStages > 1 && o_pending >= 0) {  // the previous tile's O stores have read their slot
+          if (leader) {
+            ptx::cp_async_bulk_wait_group_read(ptx::n32_t<0>{});
+            ptx::mbarrier_arrive(q_empty + o_pending, 4u);  // for the warpgroup's 4 warps
+          }
+          __syncwarp();
+          o_pending = -1;
+        }
         wgmma_wait<0>();
         fence_operands(sacc);
         arrive(k_empty + s);
-        if (w.n_begin + 1 == w.n_end) arrive(q_empty);  // the tile's last use of Q
+        if (w.n_begin + 1 == w.n_end && !stage_o) arrive(q_empty + qs);  // the tile's last use of Q
         softmax_step(sacc, w.n_begin, pk, alpha);
       }
       for (int n = w.n_begin + 1; n < w.n_end; ++n) {
@@ -380,7 +420,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         }
         fence_operands(sacc);
         arrive(k_empty + s);
-        if (n + 1 == w.n_end) arrive(q_empty);
+        if (n + 1 == w.n_end && !stage_o) arrive(q_empty + qs);
         // P_n into registers of its own: the PV product still reads P_{n-1} from `pk` (register
         // operands of wgmma are read asynchronously; overwriting them before the wait makes ptxas
         // serialise the wgmma pipeline, warning C7513).
@@ -412,26 +452,61 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
       }
     }
 
-    // Epilogue: O / l straight from the fragments (a quad writes 16 contiguous bytes of a row).
-    // Meanwhile the producer already loads the next tile.
     float o_scale[2], lse[2];
     softmax.finalize(1.0f, o_scale, lse);
+    if (stage_o) {
+      // Epilogue through shared memory: O / l into this warpgroup's 64 rows of the tile's Q slot, in
+      // TMA's 128-byte swizzle (16-byte unit u of row r at u ^ (r % 8); a warp's 8 rows then hit 8
+      // different units: no bank conflict), then one thread stores each 64-column chunk with a bulk
+      // tensor copy (rows past a dense sequence's end are clipped by the tensor map). The slot is
+      // released after the next tile's first S (o_pending), or at kernel end.
+      unsigned char* so = smem + L::kQ + qs * L::kQBytes + 64 * cwg * kSwizzleBytes;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int wr = 16 * (warp % 4) + lane / 4 + 8 * r;  // row within the warpgroup's 64
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt)
+          *reinterpret_cast<uint32_t*>(so + (dt / 8) * kBM * kSwizzleBytes + wr * kSwizzleBytes +
+                                       (((dt % 8) ^ (wr % 8)) * 16) + 4 * (lane % 4)) =
+              pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]);
+      }
+      fence_proxy_async_smem();
+      epilogue_sync(cwg);
+      if (leader) {
+        const int bt = p.varlen ? 0 : w.b;
+#pragma unroll
+        for (int c = 0; c < L::kChunks; ++c) {
+          const int32_t coords[4] = {c * 64, static_cast<int>(w.sb.q_row0) + wg_m0, w.h, bt};
+          ptx::cp_async_bulk_tensor(ptx::space_global, ptx::space_shared, &tm_o, coords, so + c * kBM * kSwizzleBytes);
+        }
+        ptx::cp_async_bulk_commit_group();
+      }
+      __syncwarp();
+      o_pending = qs;
+    }
+    // LSE, and O straight from the fragments when it is not staged (a quad writes 16 contiguous
+    // bytes of a row).
     T* gO = static_cast<T*>(p.out) + w.b * p.o_batch_stride + w.sb.q_row0 * p.o_row_stride + w.h * p.o_head_stride;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = row0 + 8 * r;
       if (row >= w.sb.sq) continue;
-      T* dst = gO + int64_t(row) * p.o_row_stride;
+      if (!stage_o) {
+        T* dst = gO + int64_t(row) * p.o_row_stride;
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        const int col = dt * 8 + 2 * (lane % 4);
-        if (col < p.head_dim_v)
-          *reinterpret_cast<uint32_t*>(dst + col) = pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]);
+        for (int dt = 0; dt < kDT; ++dt) {
+          const int col = dt * 8 + 2 * (lane % 4);
+          if (col < p.head_dim_v)
+            *reinterpret_cast<uint32_t*>(dst + col) = pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]);
+        }
       }
       if (p.lse != nullptr && lane % 4 == 0)
         p.lse[w.b * p.lse_batch_stride + w.h * p.lse_head_stride + w.sb.q_row0 + row] = lse[r];
     }
   }
+  // The last O stores must have read shared memory before the CTA exits (and the pending slot needs
+  // no release: the producer is done).
+  if (kQStages > 1 && leader) ptx::cp_async_bulk_wait_group(ptx::n32_t<0>{});
   // Pingpong: warpgroup 1's last arrival on warpgroup 0's barrier (after its last turn, or its
   // initial one when there were no turns) is still pending; consume it so that both barriers end
   // the kernel complete. Warpgroup 1 waits for nothing more, so this returns once it gets there.
@@ -443,13 +518,14 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
 
 template <class T, int kD, bool kMods, bool kOverlap, bool kPingpong>
 cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks, int tiles, int ctas,
-                              const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv) {
+                              const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const CUtensorMap& to,
+                              bool o_tma) {
   constexpr int kSmem = FwdSmem<kD>::kBytes;
   auto kernel = fwd_kernel<T, kD, kMods, kOverlap, kPingpong>;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
-  kernel<<<ctas, kFwdThreads, kSmem, stream>>>(p, tq, tk, tv, m_blocks, tiles);
+  kernel<<<ctas, kFwdThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, m_blocks, tiles);
   return cudaGetLastError();
 }
 
@@ -467,13 +543,16 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return Status{ErrorCode::BackendError, std::string("sm90 forward: ") + cudaGetErrorString(e)};
   const int ctas = FwdTileFor<kD>::persistent ? static_cast<int>(std::min<int64_t>(units, sms)) : static_cast<int>(units);
-  CUtensorMap tq, tk, tv;
+  CUtensorMap tq, tk, tv, to;
   if (!encode_qkv_maps(p, kD, &tq, &tk, &tv))
     return Status{ErrorCode::Unsupported, "sm90 forward: the driver refused a tensor map for these strides"};
+  // O's map for the TMA epilogue (q_stages = 2); when the driver refuses it (say, a row stride that
+  // is not a multiple of 16 bytes) O is written from registers instead.
+  const bool o_tma = FwdTileFor<kD>::q_stages > 1 && encode_o_map(p, &to);
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
   constexpr bool kOverlap = FwdTileFor<kD>::overlap, kPingpong = FwdTileFor<kD>::pingpong;
-  e = mods ? launch_fwd_kernel<T, kD, true, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv)
-           : launch_fwd_kernel<T, kD, false, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv);
+  e = mods ? launch_fwd_kernel<T, kD, true, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma)
+           : launch_fwd_kernel<T, kD, false, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError,
                   std::string("cuda forward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};

@@ -84,4 +84,13 @@ inline bool encode_qkv_maps(const Params& p, int kd, CUtensorMap* tq, CUtensorMa
                            tile.block_n, type);
 }
 
+// The forward's O map for its TMA epilogue: boxes of 64 rows (one consumer warpgroup's), columns
+// past head_dim_v and rows past the (dense) sequence clipped. False if the driver refuses it.
+inline bool encode_o_map(const Params& p, CUtensorMap* to) {
+  const int batch = p.varlen ? 1 : p.batch;
+  const int64_t rows = p.varlen ? p.total_q : p.seqlen_q;
+  return encode_tensor_map(to, {p.out, p.head_dim_v, rows, p.heads_q, batch, p.o_row_stride, p.o_head_stride, p.o_batch_stride},
+                           64, map_type(p));
+}
+
 }  // namespace ioattn::cuda::sm90

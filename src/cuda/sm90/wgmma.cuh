@@ -72,4 +72,11 @@ __device__ __forceinline__ void regs_alloc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
+// Generic-proxy shared-memory writes made visible to the async proxy: before wgmma reads them as an
+// operand (the backward's dS^T) or a TMA bulk copy reads them (the backward's dQ parts, the
+// forward's staged O).
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 }  // namespace ioattn::cuda::sm90
