@@ -221,6 +221,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int n0w = n0 + wk0;
   const uint32_t k_wg = smem_base + L::kK + wk0 * kSwizzleBytes;  // this warpgroup's K rows
   const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
+  const uint64_t k_desc = make_desc(k_wg, 16, kAtomBytes), v_desc = make_desc(v_wg, 16, kAtomBytes);
   float* stats_wg = stats + cwg * 2 * kBM;  // this warpgroup's LSE (log2 units) and D rows of the step
   const int tw = threadIdx.x % 128;
   const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
@@ -272,18 +273,19 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
       // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
       float st[kQT][4], dpt[kQT][4];
+      const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk) {
         const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
         const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-        wgmma_ss<T, 0, 0>(st, make_desc(k_wg + off, 16, kAtomBytes), make_desc(q_addr + offq, 16, kAtomBytes), kk > 0);
+        wgmma_ss<T, 0, 0>(st, desc_add(k_desc, off), desc_add(q_desc, offq), kk > 0);
       }
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk) {
         const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
         const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-        wgmma_ss<T, 0, 0>(dpt, make_desc(v_wg + off, 16, kAtomBytes), make_desc(do_addr + offq, 16, kAtomBytes), kk > 0);
+        wgmma_ss<T, 0, 0>(dpt, desc_add(v_desc, off), desc_add(do_desc, offq), kk > 0);
       }
       wgmma_commit();
       // The last step's reads of stats_wg all came before its consumers_sync (the dS^T hand-off
@@ -338,12 +340,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       wgmma_fence();
       // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
       const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
+      const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+      const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
 #pragma unroll
-      for (int kk = 0; kk < kQK; ++kk)
-        wgmma_rs<T, 1>(dv, pp[kk], make_desc(do_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+      for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
 #pragma unroll
-      for (int kk = 0; kk < kQK; ++kk)
-        wgmma_rs<T, 1>(dk, pds[kk], make_desc(q_addr + wc_off + kk * 16 * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes), 1);
+      for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
       wgmma_commit();
 
       if (!p.deterministic) {
@@ -382,14 +384,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
         // dim (B = K rows read N-major), K = the CTA's kBN keys.
         float dq[kDqCols / 8][4];
+        const uint64_t ds_m = make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
+        const uint64_t k_n = make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBN / 16; ++kk)
-          wgmma_ss<T, 1, 1>(dq, make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
-                                          kBN * kSwizzleBytes, kAtomBytes),
-                            make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes) + kk * 16 * kSwizzleBytes,
-                                      kBN * kSwizzleBytes, kAtomBytes),
-                            kk > 0);
+          wgmma_ss<T, 1, 1>(dq, desc_add(ds_m, kk * 16 * kSwizzleBytes), desc_add(k_n, kk * 16 * kSwizzleBytes), kk > 0);
         wgmma_commit();
         wgmma_wait<0>();
         fence_operands(dq);

@@ -301,9 +301,6 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     __syncwarp();
     if (lane == 0) ptx::mbarrier_arrive(bar);
   };
-  // Descriptors: one per operand tile, then the k-steps' start addresses added to its 14-bit
-  // address field (addresses >> 4; every shared-memory address fits it, so nothing carries out):
-  // two integer adds per k-step instead of make_desc's masks and shifts on a run-time address.
   // S = Q K^T for the K tile in ring slot s: kD / 16 k-steps of m64 x n(kBN) x k16 (not waited on).
   auto issue_s = [&](float (&sacc)[kNT][4], int s) {
     const uint64_t da0 = make_desc(q_addr, 16, kAtomBytes);
@@ -312,8 +309,8 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;  // 16 columns = 32 bytes into the 64-column tile
-      wgmma_ss<T, 0, 0>(sacc, da0 + (((kk / 4) * kBM * kSwizzleBytes + off) >> 4),
-                        db0 + (((kk / 4) * kBN * kSwizzleBytes + off) >> 4), kk > 0 ? 1 : 0);
+      wgmma_ss<T, 0, 0>(sacc, desc_add(da0, (kk / 4) * kBM * kSwizzleBytes + off),
+                        desc_add(db0, (kk / 4) * kBN * kSwizzleBytes + off), kk > 0 ? 1 : 0);
     }
     wgmma_commit();
   };
@@ -322,7 +319,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
     const uint64_t db0 = make_desc(smem_base + L::kV + s * L::kKVBytes, kBN * kSwizzleBytes, kAtomBytes);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kPT; ++kk) wgmma_rs<T, 1>(o, pk[kk], db0 + ((kk * 16 * kSwizzleBytes) >> 4), 1);
+    for (int kk = 0; kk < kPT; ++kk) wgmma_rs<T, 1>(o, pk[kk], desc_add(db0, kk * 16 * kSwizzleBytes), 1);
     wgmma_commit();
   };
 
