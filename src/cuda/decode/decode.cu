@@ -323,6 +323,16 @@ Status plan_kvcache(const Params& p, Plan* out) {
     return make_error(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
   out->c = c;
   out->splits = splits_for(p, c, l);
+  // Few groups over many splits (batch 1-2): where the heuristic spreads the keys over more splits
+  // than a cluster takes (merged through global memory), 8 splits merged in a cluster are faster
+  // while each keeps at most 1024 keys. H200 sweep (session 6, batch 1, 32 / 8 heads, d 128;
+  // bench/results/decode-profile-*-s6-split-sweep.txt): kernel time 2k keys 11.6 -> 10.3 us, 4k
+  // 14.4 -> 13.1, 8k 19.4 -> 19.0, but 16k 29.1 -> 30.3 (2048 keys per split: too few blocks
+  // streaming); batch 2 x 4k 18.8 -> 17.9.
+  constexpr int kClusterSplits = 8, kClusterKeys = 1024;
+  if (p.num_splits <= 0 && out->splits > decode::kMaxClusterSplits &&
+      p.seqlen_k <= static_cast<int64_t>(kClusterSplits) * kClusterKeys && use_cluster_merge(p, c, kClusterSplits, l))
+    out->splits = kClusterSplits;
   out->cluster = use_cluster_merge(p, c, out->splits, l);
   return Status::Ok();
 }
