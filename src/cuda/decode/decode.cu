@@ -328,9 +328,10 @@ Status plan_kvcache(const Params& p, Plan* out) {
   // while each keeps at most 1024 keys. H200 sweep (session 6, batch 1, 32 / 8 heads, d 128;
   // bench/results/decode-profile-*-s6-split-sweep.txt): kernel time 2k keys 11.6 -> 10.3 us, 4k
   // 14.4 -> 13.1, 8k 19.4 -> 19.0, but 16k 29.1 -> 30.3 (2048 keys per split: too few blocks
-  // streaming); batch 2 x 4k 18.8 -> 17.9.
+  // streaming); batch 2 x 4k 18.8 -> 17.9. Contiguous caches only: paged ones lost (batch 1 x 8k,
+  // page 16: 23.6 -> 28.6 us per call, page 256: 23.4 -> 23.8).
   constexpr int kClusterSplits = 8, kClusterKeys = 1024;
-  if (p.num_splits <= 0 && out->splits > decode::kMaxClusterSplits &&
+  if (p.num_splits <= 0 && p.page_size == 0 && out->splits > decode::kMaxClusterSplits &&
       p.seqlen_k <= static_cast<int64_t>(kClusterSplits) * kClusterKeys && use_cluster_merge(p, c, kClusterSplits, l))
     out->splits = kClusterSplits;
   out->cluster = use_cluster_merge(p, c, out->splits, l);
