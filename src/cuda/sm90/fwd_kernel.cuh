@@ -91,8 +91,9 @@ __device__ __forceinline__ void wait_barrier(uint64_t* bar, uint32_t parity) {
 // Each barrier completes with 256 threads: the 128 of its owner's bar.sync and the 128 of the other
 // warpgroup's bar.arrive. Barrier 0 is __syncthreads.
 // Protocol and why it cannot deadlock: see the consumer code (kernel start, main loop, kernel end).
-// Barrier 1 is warpgroup 0's turn, barrier 2 warpgroup 1's (3 and 4: epilogue_sync). The ids are immediates (a branch on
-// the warp-uniform cwg): with an id in a register ptxas reserves all 16 barriers.
+// Barrier 1 is warpgroup 0's turn, barrier 2 warpgroup 1's (3 and 4: epilogue_sync). The ids are
+// immediates (a branch on the warp-uniform cwg): with an id in a register ptxas reserves all 16
+// barriers.
 __device__ __forceinline__ void turn_wait(int cwg) {
   if (cwg == 0)
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
