@@ -323,6 +323,7 @@ Status plan_kvcache(const Params& p, Plan* out) {
     return make_error(ErrorCode::Unsupported, "k_new: batch x seqlen_new exceeds 2^31 - 1");
   out->c = c;
   out->splits = splits_for(p, c, l);
+  out->cluster = use_cluster_merge(p, c, out->splits, l);
   // Few groups over many splits (batch 1-2): where the heuristic spreads the keys over more splits
   // than a cluster takes (merged through global memory), 8 splits merged in a cluster are faster
   // while each keeps at most 1024 keys. H200 sweep (session 6, batch 1, 32 / 8 heads, d 128;
@@ -332,9 +333,10 @@ Status plan_kvcache(const Params& p, Plan* out) {
   // page 16: 23.6 -> 28.6 us per call, page 256: 23.4 -> 23.8).
   constexpr int kClusterSplits = 8, kClusterKeys = 1024;
   if (p.num_splits <= 0 && p.page_size == 0 && out->splits > decode::kMaxClusterSplits &&
-      p.seqlen_k <= static_cast<int64_t>(kClusterSplits) * kClusterKeys && use_cluster_merge(p, c, kClusterSplits, l))
+      p.seqlen_k <= static_cast<int64_t>(kClusterSplits) * kClusterKeys && use_cluster_merge(p, c, kClusterSplits, l)) {
     out->splits = kClusterSplits;
-  out->cluster = use_cluster_merge(p, c, out->splits, l);
+    out->cluster = true;
+  }
   return Status::Ok();
 }
 
