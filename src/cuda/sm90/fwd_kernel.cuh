@@ -325,11 +325,30 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   };
 
   int kv = 0, q = 0;
-  for (int r = 0; round_exists(r, gridDim.x, tiles, paired); ++r) {
-    const int t = tile_of(r, blockIdx.x, gridDim.x, paired);
-    if (t >= tiles) continue;
-    const FwdTilePlan w = plan_tile<kBM, kBN>(p, t, m_blocks);
-    if (w.skip) continue;
+  // The CTA's next tile from round r on (r left at its round), its plan in `next`; false if none.
+  // Planning a tile costs integer divisions and the score-mod set-up, a few hundred cycles of
+  // dependent instructions: the next tile is planned while this tile's last P V product runs
+  // (plan_next below), not between the two tiles.
+  auto find_tile = [&](int& r, FwdTilePlan& next) {
+    for (; round_exists(r, gridDim.x, tiles, paired); ++r) {
+      const int t = tile_of(r, blockIdx.x, gridDim.x, paired);
+      if (t >= tiles) continue;
+      next = plan_tile<kBM, kBN>(p, t, m_blocks);
+      if (!next.skip) return true;
+    }
+    return false;
+  };
+  int r = 0;
+  FwdTilePlan next;
+  bool has_next = find_tile(r, next);
+  while (has_next) {
+    const FwdTilePlan w = next;
+    ++r;
+    bool planned = false;
+    auto plan_next = [&] {
+      if (!planned) has_next = find_tile(r, next);
+      planned = true;
+    };
     const int row0 = w.m0 + 64 * cwg + 16 * (warp % 4) + lane / 4;  // sequence row of s[.][0..1]; +8: [2..3]
     const int wg_m0 = w.m0 + 64 * cwg;
     const int wg_m_last = max(wg_m0, min(wg_m0 + 63, w.m_last));
@@ -443,12 +462,14 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         wait_barrier(v_full + s, (kv / kStages) & 1);
         fence_operands(o);
         issue_pv(o, pk, s);
+        plan_next();  // while the product runs
         wgmma_wait<0>();
         fence_operands(o);
         arrive(v_empty + s);
         ++kv;
       }
     }
+    plan_next();  // (a tile without keys to visit: here)
 
     float o_scale[2], lse[2];
     softmax.finalize(1.0f, o_scale, lse);
