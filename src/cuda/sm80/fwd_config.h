@@ -47,9 +47,16 @@ inline constexpr FwdTileRow kFwdTiles[] = {
     {128,
      {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
      {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"}},
+    {192,
+     {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem"},
+     {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem"}},
+    // d = 256: FA2's Hopper choice, 64 x 64 with 4 warps: 99 KB of shared memory, so two CTAs share
+    // an SM (228 KB) and one's softmax and barriers run under the other's products. The 128-row tile
+    // (8 warps, 132 KB) left one CTA per SM with nothing to overlap its barriers. On an A100 (164 KB
+    // per SM) the 64-row tile runs one CTA per SM as well.
     {256,
-     {128, 64, 8, 1, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"},
-     {128, 64, 8, 1, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"}},
+     {64, 64, 4, 1, 2, "d<=256: O 128 + S 32 regs at 1 m-tile; 99 KB smem, 2 CTAs/SM (FA2 on Hopper)"},
+     {64, 64, 4, 1, 2, "d<=256: O 128 + S 32 regs at 1 m-tile; 99 KB smem, 2 CTAs/SM (FA2 on Hopper)"}},
 };
 
 constexpr FwdTile fwd_tile(int head_dim, bool mods) {
