@@ -200,7 +200,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
   if (!backward) {
     // The tile of the instantiation run_fwd will launch (plain or softcap/ALiBi/dropout: at d = 64
     // their key tiles differ).
-    const sm80::FwdTile tile = sm80::fwd_tile(d, sm80::fwd_uses_mods(p));
+    const sm80::FwdTile tile = sm80::fwd_tile(d, sm80::fwd_uses_mods(p), sm80::fwd_paired(d, p.device_index));
     name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.warps << " warps x " << tile.m_tiles
          << " m-tiles";
   } else {

@@ -22,9 +22,12 @@ struct FwdTile {
 // One row per head-dim range, a tile for each of the kernel's two instantiations: `plain` for calls
 // without softcap, ALiBi and dropout (kMods = false, the common case), `mods` for calls with any of
 // them (kMods = true: their per-element code and state need registers the plain kernel does not).
+// `paired` (block_m 0: none) replaces both on devices whose shared memory per SM holds two of its
+// CTAs (Hopper's 228 KB, not an A100's 164 KB): chosen at run time by fwd_paired (below).
 struct FwdTileRow {
   int max_head_dim;  // rows apply to padded head dims <= this
   FwdTile plain, mods;
+  FwdTile paired;
 };
 
 // Shared memory = Q (block_m x d) + K + V (block_n x d each), rows padded by 16 bytes (tile.cuh).
@@ -43,20 +46,41 @@ inline constexpr FwdTileRow kFwdTiles[] = {
     {64,
      {128, 128, 4, 2, 1, "d<=64: FA2's 128x128; O 64 + S 128 regs, 54 KB smem, 2 CTAs/SM"},
      // With softcap / ALiBi / dropout, 128 keys spill 360 B (ptxas, sm_90a); 64 keys spill nothing.
-     {128, 64, 4, 2, 1, "d<=64 (softcap/ALiBi/dropout): O 64 + S 64 regs (128 keys spill); 36 KB smem"}},
+     {128, 64, 4, 2, 1, "d<=64 (softcap/ALiBi/dropout): O 64 + S 64 regs (128 keys spill); 36 KB smem"},
+     {}},
     {128,
      {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
-     {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"}},
+     {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
+     {}},
+    {192,
+     {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem, 1 CTA/SM"},
+     {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem, 1 CTA/SM"},
+     {}},
+    // d = 256, paired: FA2's Hopper choice, 64 x 64 with 4 warps. 99 KB of shared memory, so two
+    // CTAs share a Hopper SM and one's softmax and barriers run under the other's products; the
+    // 128-row tile (8 warps, 132 KB) leaves one CTA per SM with nothing to overlap them. Measured on
+    // the H200 (bench/notes-sm80.md, session 7): +8-12% at seqlen 1024-16k, causal and not. On an
+    // A100 the paired tile would run alone on its SM with 4 warps: the 128-row tile stays there.
     {256,
      {128, 64, 8, 1, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"},
-     {128, 64, 8, 1, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"}},
+     {128, 64, 8, 1, 1, "d<=256: O 128 + S 32 regs at 1 m-tile (2 would not fit); 132 KB smem, 1 CTA/SM"},
+     {64, 64, 4, 1, 2, "d<=256 (228 KB smem/SM): O 128 + S 32 regs; 99 KB smem, 2 CTAs/SM (FA2 on Hopper)"}},
 };
 
-constexpr FwdTile fwd_tile(int head_dim, bool mods) {
+constexpr const FwdTileRow& fwd_tile_row(int head_dim) {
   for (const FwdTileRow& r : kFwdTiles)
-    if (head_dim <= r.max_head_dim) return mods ? r.mods : r.plain;
-  const FwdTileRow& last = kFwdTiles[sizeof(kFwdTiles) / sizeof(kFwdTiles[0]) - 1];
-  return mods ? last.mods : last.plain;
+    if (head_dim <= r.max_head_dim) return r;
+  return kFwdTiles[sizeof(kFwdTiles) / sizeof(kFwdTiles[0]) - 1];
+}
+
+constexpr FwdTile fwd_tile(int head_dim, bool mods, bool paired) {
+  const FwdTileRow& r = fwd_tile_row(head_dim);
+  return paired && r.paired.block_m > 0 ? r.paired : mods ? r.mods : r.plain;
+}
+
+constexpr int fwd_smem_bytes(int head_dim, bool mods, bool paired) {
+  const FwdTile t = fwd_tile(head_dim, mods, paired);
+  return (t.block_m + 2 * t.block_n) * (head_dim + 8) * 2;
 }
 
 // Which instantiation a call runs: the one place that decides (run_fwd launches by it, the
@@ -64,21 +88,25 @@ constexpr FwdTile fwd_tile(int head_dim, bool mods) {
 inline bool fwd_uses_mods(const Params& p) {
   return p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
 }
+// Whether the call takes its row's paired tile: the row has one and the device's shared memory per
+// SM holds two of its CTAs (plus the 1 KB per CTA the hardware reserves).
+inline bool fwd_paired(int head_dim, int device) {
+  if (fwd_tile_row(head_dim).paired.block_m == 0) return false;
+  int per_sm = 0;
+  if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return per_sm >= 2 * (fwd_smem_bytes(head_dim, false, true) + 1024);
+}
 
 // The tile of one instantiation as integral constants, usable in device code.
-template <int kHeadDim, bool kMods>
+template <int kHeadDim, bool kMods, bool kPaired>
 struct FwdTileFor {
-  static constexpr int block_m = fwd_tile(kHeadDim, kMods).block_m;
-  static constexpr int block_n = fwd_tile(kHeadDim, kMods).block_n;
-  static constexpr int warps = fwd_tile(kHeadDim, kMods).warps;
-  static constexpr int m_tiles = fwd_tile(kHeadDim, kMods).m_tiles;
-  static constexpr int min_ctas = fwd_tile(kHeadDim, kMods).min_ctas;
+  static constexpr FwdTile t = fwd_tile(kHeadDim, kMods, kPaired);
+  static constexpr int block_m = t.block_m, block_n = t.block_n, warps = t.warps, m_tiles = t.m_tiles,
+                       min_ctas = t.min_ctas;
 };
-
-constexpr int fwd_smem_bytes(int head_dim, bool mods) {
-  const FwdTile t = fwd_tile(head_dim, mods);
-  return (t.block_m + 2 * t.block_n) * (head_dim + 8) * 2;
-}
 
 // Defined in fwd_kernel.cuh, instantiated per head dim in generated files (src/cuda/CMakeLists.txt).
 template <class T, int kHeadDim>

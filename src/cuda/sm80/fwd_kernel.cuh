@@ -37,10 +37,12 @@ namespace ioattn::cuda::sm80 {
 // kMods: the call uses softcap, ALiBi or dropout (fwd_uses_mods). Calls without them (the common
 // case) run an instantiation with that code compiled out, which frees the registers for a larger
 // key tile at d = 64 and keeps the others spill-free (ptxas numbers: bench/notes-sm80.md).
-template <class T, int kD, bool kMods>
-__global__ void __launch_bounds__(FwdTileFor<kD, kMods>::warps * 32, FwdTileFor<kD, kMods>::min_ctas)
+// kPaired: the head dim's row has a paired tile and the device fits two of its CTAs per SM
+// (fwd_paired in fwd_config.h).
+template <class T, int kD, bool kMods, bool kPaired>
+__global__ void __launch_bounds__(FwdTileFor<kD, kMods, kPaired>::warps * 32, FwdTileFor<kD, kMods, kPaired>::min_ctas)
     fwd_kernel(const Params p) {
-  using Cfg = FwdTileFor<kD, kMods>;
+  using Cfg = FwdTileFor<kD, kMods, kPaired>;
   constexpr int kBM = Cfg::block_m, kBN = Cfg::block_n, kThreads = Cfg::warps * 32;
   constexpr int kMT = Cfg::m_tiles;  // 16-row tiles per warp
   constexpr int kNT = kBN / 8;       // 8-key tiles of S per m-tile:    S is (16 kMT, kBN) per warp
@@ -248,12 +250,12 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods>::warps * 32, FwdTileFor<
   }
 }
 
-template <class T, int kD, bool kMods>
+template <class T, int kD, bool kMods, bool kPaired>
 cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream) {
-  using Cfg = FwdTileFor<kD, kMods>;
-  constexpr int kSmem = fwd_smem_bytes(kD, kMods);
+  using Cfg = FwdTileFor<kD, kMods, kPaired>;
+  constexpr int kSmem = fwd_smem_bytes(kD, kMods, kPaired);
   const int m_blocks = (p.seqlen_q + Cfg::block_m - 1) / Cfg::block_m;  // varlen: the longest sequence
-  auto kernel = fwd_kernel<T, kD, kMods>;
+  auto kernel = fwd_kernel<T, kD, kMods, kPaired>;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
@@ -269,8 +271,16 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
   if (p.heads_q > 65535)
     return Status{ErrorCode::Unsupported, "q: " + std::to_string(p.heads_q) +
                                               " heads exceed the CUDA kernels' 65535 (grid y)"};
-  const cudaError_t e = fwd_uses_mods(p) ? launch_fwd_kernel<T, kD, true>(p, stream)
-                                         : launch_fwd_kernel<T, kD, false>(p, stream);
+  const bool mods = fwd_uses_mods(p);
+  cudaError_t e;
+  if constexpr (fwd_tile_row(kD).paired.block_m > 0) {  // instantiated only where a row has one
+    if (fwd_paired(kD, p.device_index))
+      e = mods ? launch_fwd_kernel<T, kD, true, true>(p, stream) : launch_fwd_kernel<T, kD, false, true>(p, stream);
+    else
+      e = mods ? launch_fwd_kernel<T, kD, true, false>(p, stream) : launch_fwd_kernel<T, kD, false, false>(p, stream);
+  } else {
+    e = mods ? launch_fwd_kernel<T, kD, true, false>(p, stream) : launch_fwd_kernel<T, kD, false, false>(p, stream);
+  }
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError, std::string("cuda forward (sm80, head dim ") + std::to_string(kD) +
                                                "): " + cudaGetErrorString(e)};
