@@ -21,11 +21,14 @@
 // registers in a fixed order: deterministic, no atomics, no dK/dV workspace, and K/V are read once
 // per group instead of once per query head.
 //
-// Tiles (Config below): 64 query rows × kBlockN keys (128 for d <= 128, else 64) with 8 warps.
-// The score products S = Q Kᵀ and dP = dO Vᵀ (64 × kBlockN) give each warp 16 × kBlockN/2 (warps
-// 4 along rows × 2 along keys); dV, dK (kBlockN × d) give each warp 16 keys × the d columns of its
-// warp column (kBlockN/16 warps along keys); dQ (64 × d) gives each warp 16 rows × d/2. Shared
-// tiles are the padded row-major SmemTiles of common/tile.cuh (conflict-free ldmatrix, no swizzle).
+// Tiles (Config below): 64 query rows × kBlockN keys (128 for d <= 128, else 64) with 8 warps,
+// arranged per product as FA2 does where the shapes divide (warp tiles of 32 rows read each B
+// fragment once for two m-tiles: bwd_warp.cuh). The score products S = Q Kᵀ and dP = dO Vᵀ
+// (64 × kBlockN): 2 × 4 warps of 32 × 32 at 128 keys, 4 × 2 of 16 × 32 at 64. dV, dK (kBlockN × d):
+// 32 keys × the d columns of a warp column (4 × 2 warps at 128 keys, 2 × 4 at 64), or 16 keys
+// (kBlockN/16 × the rest) where d does not split into those columns in 16-column pairs (d = 160,
+// 224). dQ (64 × d): 4 × 2 warps of 16 × d/2. Shared tiles are the padded row-major SmemTiles of
+// common/tile.cuh (conflict-free ldmatrix, no swizzle).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "core/params.h"
 #include "cuda/common/mma.cuh"
@@ -56,12 +60,30 @@ constexpr int kSmemLimitSm90 = 227 * 1024;  // opt-in maximum per CTA, H100/H200
 // Keys per dkdv CTA. The dK + dV accumulators take 2 · kBlockN · d fp32 over 256 threads: 128 keys
 // at d = 64 is 64 regs/thread (and S + dP another 64), so the wider block (fewer Q/dO reloads per
 // key, fewer barriers per FLOP) fits. At d = 128 it is 128 + 64 regs, FA2's 64 × 128 block: with
-// softcap/ALiBi/dropout compiled out (kMods = false) ptxas fits it in 255 registers with an 8-byte
-// spill (36 bytes with them in; sm_90a), and it halves, per FLOP, the dQ atomics (the backward's
-// largest L2 traffic), the Q/dO reloads and the barriers, and lowers ldmatrix per mma (S, dP:
-// 0.75 -> 0.625; dK, dV: 0.625 -> 0.56). One line to revert: `head_dim <= 64`. At d = 256 even 64
-// keys is 128 + 32 regs, so d > 128 uses 64.
+// softcap/ALiBi/dropout compiled out (kMods = false) ptxas fits it in 255 registers with a 12-byte
+// spill (56 bytes with them in; sm_90a; loop invariants, reloaded once per query block), and it
+// halves, per FLOP, the dQ atomics (the backward's largest L2 traffic), the Q/dO reloads and the
+// barriers, and lowers ldmatrix per mma (S, dP: 0.75 -> 0.5; dK, dV: 0.625 -> 0.375 with Config's
+// warp grids). One line to revert: `head_dim <= 64`. At d = 256 even 64 keys is 128 + 32 regs, so
+// d > 128 uses 64.
 constexpr int block_n_for(int head_dim) { return head_dim <= 128 ? 128 : 64; }
+
+// The kWarps warps over one (kRows × kCols) product: kWarpsM along rows × kWarpsN along columns,
+// each warp a tile of kMT 16-row m-tiles × kNT 8-column tiles (bwd_warp.cuh), whose ldmatrix.x4
+// per mma is (kMT + kNT/2) / (kMT · kNT). kFits: the grid covers the product exactly, and kNT is
+// even (B fragments are loaded in pairs of 8-column tiles).
+template <int kRows, int kCols, int kWarpsM_>
+struct WarpGrid {
+  static constexpr int kWarpsM = kWarpsM_;
+  static constexpr int kWarpsN = kWarps / kWarpsM;
+  static constexpr int kMT = kRows / (16 * kWarpsM);
+  static constexpr int kNT = kCols / (8 * kWarpsN);
+  static constexpr bool kFits =
+      kWarps % kWarpsM == 0 && kRows % (16 * kWarpsM) == 0 && kCols % (16 * kWarpsN) == 0;
+  // First row / column of warp `warp`'s tile: warps are numbered along rows first.
+  static __device__ __forceinline__ int row0(int warp) { return (warp % kWarpsM) * 16 * kMT; }
+  static __device__ __forceinline__ int col0(int warp) { return (warp / kWarpsM) * 8 * kNT; }
+};
 
 // Shared memory per head dim. dkdv: K, V (kBlockN rows) + stages × (Q, dO) (64 rows) + P, dS
 // (64 × kBlockN) + stages × (LSE, D) rows. Two Q/dO stages (the next query block loads while this
@@ -81,15 +103,21 @@ struct Config {
   using TileQ = SmemTile<kBlockM, kHeadDim>;  // Q, dO
   using TileK = SmemTile<kBlockN, kHeadDim>;  // K, V
   using TileS = SmemTile<kBlockM, kBlockN>;   // P, dS
-  // Warp grids (8 warps). S / dP: 4 × 2, warp tile 16 × kBlockN/2 (kSNT 8-column tiles).
-  static constexpr int kSNT = kBlockN / 16;
-  // dK / dV: kKVWarpsN along keys × kKVWarpsD along d, warp tile 16 × d/kKVWarpsD (kKVNT tiles).
-  static constexpr int kKVWarpsN = kBlockN / 16;
-  static constexpr int kKVWarpsD = kWarps / kKVWarpsN;
-  static constexpr int kKVNT = kHeadDim / kKVWarpsD / 8;
-  // dQ: 4 × 2, warp tile 16 × d/2 (kDQNT tiles).
-  static constexpr int kDQNT = kHeadDim / 16;
-  static_assert(kKVWarpsN * kKVWarpsD == kWarps && kKVNT % 2 == 0, "dK/dV warp grid must cover the tile");
+  // Warp grids (8 warps), FA2's where they divide. The accumulators per thread are fixed by the
+  // product's size; the warp tile's shape sets the shared-memory reads per mma (WarpGrid).
+  // S = Q Kᵀ, dP = dO Vᵀ (64 × kBlockN): 128 keys 2 × 4 warps of 32 × 32 (0.5 ldmatrix per mma;
+  // 4 × 2 of 16 × 64 read 0.625); 64 keys 4 × 2 of 16 × 32 (0.75, as 2 × 4 of 32 × 16 would).
+  using GridS = WarpGrid<kBlockM, kBlockN, kBlockN == 128 ? 2 : 4>;
+  // dK, dV (kBlockN keys × d): 32-key warp tiles, kBlockN/32 × the rest (128 keys: 4 × 2, d = 128
+  // 32 × 64, 0.375 ldmatrix per mma; 64 keys: 2 × 4, d = 256 32 × 64) where d splits into those
+  // warp columns in 16-column pairs; otherwise (d = 160, 224: 5 or 7 8-column tiles per column)
+  // 16-key tiles, kBlockN/16 × the rest (d = 160: 4 × 2 of 16 × 80).
+  using GridKV32 = WarpGrid<kBlockN, kHeadDim, kBlockN / 32>;
+  using GridKV = std::conditional_t<GridKV32::kFits, GridKV32, WarpGrid<kBlockN, kHeadDim, kBlockN / 16>>;
+  // dQ (64 × d), both modes: 4 × 2 of 16 × d/2 (warp_gemm_ab_atomic works on one m-tile).
+  using GridDQ = WarpGrid<kBlockM, kHeadDim, 4>;
+  static_assert(GridS::kFits && GridKV::kFits && GridDQ::kFits && GridDQ::kMT == 1,
+                "every warp grid must cover its product");
 
   static constexpr int smem_dkdv(int stages) {
     return 2 * TileK::kBytes + stages * 2 * TileQ::kBytes + 2 * TileS::kBytes + stages * 2 * kBlockM * 4;
@@ -180,12 +208,14 @@ __device__ __forceinline__ void key_blocks_for_queries(const Params& p, const Se
   }
 }
 
-// ---- P and dS of one 64 × 64 block -----------------------------------------------------------
-// For the warp's 16 × 32 tile: S = Q Kᵀ and dP = dO Vᵀ on tensor cores, then
+// ---- P and dS of one 64 × kBlockN block ------------------------------------------------------
+// For the warp's tile of Cfg::GridS (kMT 16-row m-tiles × kNT 8-key tiles): S = Q Kᵀ and
+// dP = dO Vᵀ on tensor cores, then
 //   P  = exp2(x − LSE·log2e) with x the transformed score (score.cuh: scale, softcap, ALiBi, mask),
 //   dS = P ∘ (dP∘Z·rp − D) ∘ (1 − tanh²(·) under softcap),
 // stored as T to s_ds, and P∘Z·rp to s_p (skipped when s_p is null: the dq kernel needs only dS).
-// m0, n0: sequence positions of the block's first row and key.
+// m0, n0: sequence positions of the block's first row and key. The element-wise part runs per
+// m-tile, on the 16-row slabs that ScoreMod and Dropout take, with that slab's first sequence row.
 // kMods = false (calls without softcap, ALiBi and dropout, checked by run_bwd) compiles those out:
 // fewer instructions in the element-wise part and fewer live registers. Its scores stay raw and
 // the scale is folded into the exponent, exp2(fma(s, scale·log2e, −LSE·log2e)): one FFMA per
@@ -199,71 +229,81 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
   using TileQ = typename Cfg::TileQ;
   using TileK = typename Cfg::TileK;
   using TileS = typename Cfg::TileS;
-  constexpr int kNT = Cfg::kSNT;
+  using Grid = typename Cfg::GridS;
+  constexpr int kMT = Grid::kMT, kNT = Grid::kNT;
   constexpr int kKSteps = TileQ::kCols / 16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * (Cfg::kBlockN / 2);
+  const int row_w = Grid::row0(warp), col_w = Grid::col0(warp);
   const int g = lane / 4, t = lane % 4;
-  float s[kNT][4] = {}, dp[kNT][4] = {};
-  warp_gemm_abt<TileQ, TileK, kKSteps, kNT>(s, sQ, sK, row_w, col_w, lane);
-  warp_gemm_abt<TileQ, TileK, kKSteps, kNT>(dp, sdO, sV, row_w, col_w, lane);
+  float s[kMT][kNT][4] = {}, dp[kMT][kNT][4] = {};
+  warp_gemm_abt<TileQ, TileK, kKSteps>(s, sQ, sK, row_w, col_w, lane);
+  warp_gemm_abt<TileQ, TileK, kKSteps>(dp, sdO, sV, row_w, col_w, lane);
 
-  const int i0 = m0 + row_w + g, j0 = n0 + col_w + 2 * t;  // this thread's first row and column
+  const int j0 = n0 + col_w + 2 * t;  // this thread's first column
   const bool masked = mod.block_needs_mask(m0, m_last, n0, Cfg::kBlockN);
-  if (kMods) {
-    if (masked) {
-      mod.apply<true>(s, i0, j0);
-    } else {
-      mod.apply<false>(s, i0, j0);
-    }
-  } else if (masked) {
-    mod.apply_mask(s, i0, j0);  // raw scores, −inf where masked
-  }
   const float x_scale = kMods ? 1.f : mod.scale_log2;
   const bool dropout = kMods && p.dropout_p > 0.f;
-  if (dropout) drop.apply(dp, i0, j0);  // dP∘Z; the 1/(1-p) factor is applied below
   const float rp = dropout ? p.rp_dropout : 1.f;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = row_w + g + half * 8;
-    const float lse2 = s_lse[r], dsum = s_dsum[r];
+  for (int mt = 0; mt < kMT; ++mt) {
+    const int i0 = m0 + row_w + 16 * mt + g;  // this thread's first row in m-tile mt
+    if (kMods) {
+      if (masked) {
+        mod.apply<true>(s[mt], i0, j0);
+      } else {
+        mod.apply<false>(s[mt], i0, j0);
+      }
+    } else if (masked) {
+      mod.apply_mask(s[mt], i0, j0);  // raw scores, −inf where masked
+    }
+    if (dropout) drop.apply(dp[mt], i0, j0);  // dP∘Z; the 1/(1-p) factor is applied below
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
+    for (int half = 0; half < 2; ++half) {
+      const int r = row_w + 16 * mt + g + half * 8;
+      const float lse2 = s_lse[r], dsum = s_dsum[r];
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float x = s[nt][half * 2 + e];
-        const float prob = fast_exp2(fmaf(x, x_scale, -lse2));  // softmax.cuh: one MUFU.EX2
-        float ds = prob * (dp[nt][half * 2 + e] * rp - dsum);
-        if (kMods && mod.softcap) {
-          // tanh of the capped score, recovered from x = cap_out · tanh − ALiBi; fmaxf keeps a
-          // masked x = −inf from making 0 · (−inf).
-          const int i = i0 + half * 8, j = j0 + nt * 8 + e;
-          const float th = (x + mod.alibi_log2 * static_cast<float>(mod.mask.alibi_distance(i, j))) / mod.cap_out;
-          ds *= fmaxf(1.f - th * th, 0.f);
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float x = s[mt][nt][half * 2 + e];
+          const float prob = fast_exp2(fmaf(x, x_scale, -lse2));  // softmax.cuh: one MUFU.EX2
+          float ds = prob * (dp[mt][nt][half * 2 + e] * rp - dsum);
+          if (kMods && mod.softcap) {
+            // tanh of the capped score, recovered from x = cap_out · tanh − ALiBi; fmaxf keeps a
+            // masked x = −inf from making 0 · (−inf).
+            const int i = i0 + half * 8, j = j0 + nt * 8 + e;
+            const float th =
+                (x + mod.alibi_log2 * static_cast<float>(mod.mask.alibi_distance(i, j))) / mod.cap_out;
+            ds *= fmaxf(1.f - th * th, 0.f);
+          }
+          s[mt][nt][half * 2 + e] = prob;
+          dp[mt][nt][half * 2 + e] = ds;
         }
-        s[nt][half * 2 + e] = prob;
-        dp[nt][half * 2 + e] = ds;
       }
     }
   }
+  // x[mt][nt][2 half + e] is the block's row row_w + 16 mt + g + 8 half, key col_w + 8 nt + 2t + e:
+  // one 4-byte store per pair, times mul.
+  auto store = [&](T* dst, const float(&x)[kMT][kNT][4], float mul) {
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int off = (row_w + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(s_ds + off) = pack2<T>(dp[nt][half * 2], dp[nt][half * 2 + 1]);
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int off = (row_w + 16 * mt + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
+          *reinterpret_cast<uint32_t*>(dst + off) = pack2<T>(x[mt][nt][half * 2] * mul, x[mt][nt][half * 2 + 1] * mul);
+        }
+      }
     }
-  }
+  };
+  store(s_ds, dp, 1.f);
   if (s_p == nullptr) return;
-  if (dropout) drop.apply(s, i0, j0);  // P∘Z
+  if (dropout) {
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int off = (row_w + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(s_p + off) = pack2<T>(s[nt][half * 2] * rp, s[nt][half * 2 + 1] * rp);
-    }
+    for (int mt = 0; mt < kMT; ++mt) drop.apply(s[mt], m0 + row_w + 16 * mt + g, j0);  // P∘Z
   }
+  store(s_p, s, rp);
 }
 
 // ---- Kernels ---------------------------------------------------------------------------------
@@ -362,12 +402,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   cp_async_commit();
 
   const int warp = tid / 32, lane = tid % 32;
-  // dK/dV warp tile: keys kv_row .. + 16, columns kv_col .. + d / kKVWarpsD.
-  const int kv_row = (warp % Cfg::kKVWarpsN) * 16, kv_col = (warp / Cfg::kKVWarpsN) * (kHeadDim / Cfg::kKVWarpsD);
-  // dQ warp tile: rows dq_row .. + 16, columns dq_col .. + d/2.
-  const int dq_row = (warp % 4) * 16, dq_col = (warp / 4) * (kHeadDim / 2);
-  constexpr int kNT = Cfg::kKVNT;
-  float dk_acc[kNT][4] = {}, dv_acc[kNT][4] = {};
+  // dK/dV warp tile (Cfg::GridKV): keys kv_row .. + 16 kMT, columns kv_col .. + 8 kNT.
+  using GridKV = typename Cfg::GridKV;
+  const int kv_row = GridKV::row0(warp), kv_col = GridKV::col0(warp);
+  // dQ warp tile (Cfg::GridDQ): rows dq_row .. + 16, columns dq_col .. + 8 kNT.
+  using GridDQ = typename Cfg::GridDQ;
+  const int dq_row = GridDQ::row0(warp), dq_col = GridDQ::col0(warp);
+  float dk_acc[GridKV::kMT][GridKV::kNT][4] = {}, dv_acc[GridKV::kMT][GridKV::kNT][4] = {};
 
   for (int it = 0; it < iters; ++it) {
     const int stage = stages == 2 ? (it & 1) : 0;
@@ -395,13 +436,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // P and dS are complete
 
     // dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q: (kBlockN keys × d), k = the block's 64 query rows.
-    warp_gemm_atb<TileS, TileQ, kBlockM / 16, kNT>(dv_acc, sP, do_s, kv_row, kv_col, lane);
-    warp_gemm_atb<TileS, TileQ, kBlockM / 16, kNT>(dk_acc, sdS, q_s, kv_row, kv_col, lane);
+    warp_gemm_atb<TileS, TileQ, kBlockM / 16>(dv_acc, sP, do_s, kv_row, kv_col, lane);
+    warp_gemm_atb<TileS, TileQ, kBlockM / 16>(dk_acc, sdS, q_s, kv_row, kv_col, lane);
     if (dq_accum != nullptr) {
       // dQ(64 rows × d) += dS K into the fp32 accumulator, unscaled (bwd_convert_dq scales).
-      warp_gemm_ab_atomic<TileS, TileK, kBlockN / 16, kHeadDim / 32>(dq_accum + row_index(p, b, h, m0) * kHeadDim,
-                                                                     kHeadDim, s.sq - m0, p.head_dim, sdS, sK,
-                                                                     dq_row, dq_col, lane);
+      warp_gemm_ab_atomic<TileS, TileK, kBlockN / 16, GridDQ::kNT / 2>(dq_accum + row_index(p, b, h, m0) * kHeadDim,
+                                                                       kHeadDim, s.sq - m0, p.head_dim, sdS, sK,
+                                                                       dq_row, dq_col, lane);
     }
     if (stages == 1 && it + 1 < iters) {
       __syncthreads();  // one stage: the next block may only land once this one is consumed
@@ -417,8 +458,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                     s.k_row0 + n0);
   T* dv = head_base(static_cast<T*>(p.dv), p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, b, hk,
                     s.k_row0 + n0);
-  store_acc_tile<kNT>(dk, p.dk_row_stride, dk_acc, p.scale, kv_row, rows_k, kv_col, p.head_dim, lane);
-  store_acc_tile<kNT>(dv, p.dv_row_stride, dv_acc, 1.f, kv_row, rows_k, kv_col, p.head_dim_v, lane);
+  store_acc_tile(dk, p.dk_row_stride, dk_acc, p.scale, kv_row, rows_k, kv_col, p.head_dim, lane);
+  store_acc_tile(dv, p.dv_row_stride, dv_acc, 1.f, kv_row, rows_k, kv_col, p.head_dim_v, lane);
 }
 
 // Deterministic mode. Grid (ceil(Sq / 64), Hq, B): dQ of one query block, key blocks in order.
@@ -461,9 +502,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
   int n_begin, n_end;
   key_blocks_for_queries(p, s, m0, kBlockN, &n_begin, &n_end);
   const int warp = tid / 32, lane = tid % 32;
-  const int row_w = (warp % 4) * 16, col_w = (warp / 4) * (kHeadDim / 2);
-  constexpr int kNT = Cfg::kDQNT;
-  float dq_acc[kNT][4] = {};
+  using GridDQ = typename Cfg::GridDQ;
+  const int row_w = GridDQ::row0(warp), col_w = GridDQ::col0(warp);
+  float dq_acc[GridDQ::kMT][GridDQ::kNT][4] = {};
   const ScoreMod mod = ScoreMod::make(p, b, h, s.sq, s.sk);
   const Dropout drop = Dropout::make(p, b, h);
   for (int n = n_begin; n < n_end; ++n) {
@@ -478,13 +519,13 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
     __syncthreads();
     scores_and_ds<Cfg, kMods, T>(sQ, sK, sdO, sV, s_lse, s_dsum, nullptr, sdS, p, mod, drop, m0, n0, m0 + kBlockM - 1);
     __syncthreads();
-    warp_gemm_ab<TileS, TileK, kBlockN / 16, kNT>(dq_acc, sdS, sK, row_w, col_w, lane);
+    warp_gemm_ab<TileS, TileK, kBlockN / 16>(dq_acc, sdS, sK, row_w, col_w, lane);
   }
   cp_async_commit();
   cp_async_wait<0>();  // Q/dO when the loop was empty
   T* dq = head_base(static_cast<T*>(p.dq), p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, b, h,
                     s.q_row0 + m0);
-  store_acc_tile<kNT>(dq, p.dq_row_stride, dq_acc, p.scale, row_w, rows_q, col_w, p.head_dim, lane);
+  store_acc_tile(dq, p.dq_row_stride, dq_acc, p.scale, row_w, rows_q, col_w, p.head_dim, lane);
 }
 
 // Atomic mode. Grid (ceil(Sq / 64), Hq, B): dq = scale · accumulator, 8 columns per thread-step.

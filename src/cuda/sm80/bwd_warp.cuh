@@ -1,8 +1,9 @@
 // Warp-level pieces of the backward kernels that the forward does not need: the three product
 // shapes of the backward pass on padded shared tiles (tile.cuh), and fragment <-> global moves.
 //
-// A warp owns a 16-row slab of the output and kNT 8-column tiles of it; accumulators are in the
-// mma C layout (mma.cuh): acc[nt][0..1] = (row g, cols 8nt + 2t, +1), acc[nt][2..3] = row g + 8.
+// A warp owns kMT 16-row m-tiles × kNT 8-column tiles of the output (the warp grids per product
+// are in bwd_kernel.cuh's Config); accumulators are acc[mt][nt][4] in the mma C layout (mma.cuh):
+// acc[mt][nt][0..1] = (row 16mt + g, cols 8nt + 2t, +1), acc[mt][nt][2..3] = row 16mt + g + 8.
 //   abt:  C += A Bᵀ, A stored [m][k], B stored [n][k]   (S = Q Kᵀ, dP = dO Vᵀ)
 //   atb:  C += Aᵀ B, A stored [k][m], B stored [k][n]   (dV = Pᵀ dO, dK = dSᵀ Q)
 //   ab:   C += A B,  A stored [m][k], B stored [k][n]   (dQ = dS K)
@@ -23,61 +24,58 @@ __device__ __forceinline__ void load_a_frag_trans(uint32_t (&a)[4], const T* sme
   ldmatrix_x4_trans(a, smem + (k0 + (mat / 2) * 8 + lane % 8) * Tile::kPitch + m0 + (mat % 2) * 8);
 }
 
-// C(16 × 8 kNT) += A[m0.., k] · B[n0.., k]ᵀ over k in [0, 16 kKSteps).
-template <class TileA, class TileB, int kKSteps, int kNT, class T>
-__device__ __forceinline__ void warp_gemm_abt(float (&acc)[kNT][4], const T* sA, const T* sB, int m0, int n0,
-                                              int lane) {
+// C(16 kMT × 8 kNT) += Σ_ks A_ks B_ks, the loop the three shapes share. Per 16-deep k-step the
+// warp loads its kMT A fragments, then each B fragment pair (8-column tiles 2np, 2np + 1) once
+// for all kMT m-tiles: (kMT + kNT/2) / (kMT · kNT) = 1/kNT + 1/(2 kMT) ldmatrix.x4 per mma, so at
+// a fixed accumulator count a squarer warp tile reads less shared memory (16 × 128: 0.56;
+// 32 × 64: 0.375; FA2's warp layouts, and the sm80 forward's m_tiles). load_a(a, mt, ks) and
+// load_b(b, np, ks) fetch the fragments of m-tile mt / column pair np at k-step ks.
+template <class T, int kKSteps, int kMT, int kNT, class LoadA, class LoadB>
+__device__ __forceinline__ void warp_gemm(float (&acc)[kMT][kNT][4], const LoadA& load_a, const LoadB& load_b) {
   static_assert(kNT % 2 == 0, "B fragments come in pairs of 8-column tiles");
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) {
-    uint32_t a[4];
-    load_a_frag<TileA>(a, sA, m0, ks * 16, lane);
+    uint32_t a[kMT][4];
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) load_a(a[mt], mt, ks);
 #pragma unroll
     for (int np = 0; np < kNT / 2; ++np) {
       uint32_t b[4];
-      load_b_frags_nk<TileB>(b, sB, n0 + np * 16, ks * 16, lane);
-      mma_16816<T>(acc[2 * np], a, b[0], b[1]);
-      mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
+      load_b(b, np, ks);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        mma_16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+        mma_16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
     }
   }
 }
 
-// C(16 × 8 kNT) += A[k, m0..]ᵀ · B[k, n0..] over k in [0, 16 kKSteps).
-template <class TileA, class TileB, int kKSteps, int kNT, class T>
-__device__ __forceinline__ void warp_gemm_atb(float (&acc)[kNT][4], const T* sA, const T* sB, int m0, int n0,
+// C(16 kMT × 8 kNT) += A[m0.., k] · B[n0.., k]ᵀ over k in [0, 16 kKSteps).
+template <class TileA, class TileB, int kKSteps, int kMT, int kNT, class T>
+__device__ __forceinline__ void warp_gemm_abt(float (&acc)[kMT][kNT][4], const T* sA, const T* sB, int m0, int n0,
                                               int lane) {
-  static_assert(kNT % 2 == 0, "B fragments come in pairs of 8-column tiles");
-#pragma unroll
-  for (int ks = 0; ks < kKSteps; ++ks) {
-    uint32_t a[4];
-    load_a_frag_trans<TileA>(a, sA, ks * 16, m0, lane);
-#pragma unroll
-    for (int np = 0; np < kNT / 2; ++np) {
-      uint32_t b[4];
-      load_b_frags_kn<TileB>(b, sB, ks * 16, n0 + np * 16, lane);
-      mma_16816<T>(acc[2 * np], a, b[0], b[1]);
-      mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
+  warp_gemm<T, kKSteps>(
+      acc, [&](uint32_t(&a)[4], int mt, int ks) { load_a_frag<TileA>(a, sA, m0 + 16 * mt, 16 * ks, lane); },
+      [&](uint32_t(&b)[4], int np, int ks) { load_b_frags_nk<TileB>(b, sB, n0 + 16 * np, 16 * ks, lane); });
 }
 
-// C(16 × 8 kNT) += A[m0.., k] · B[k, n0..] over k in [0, 16 kKSteps).
-template <class TileA, class TileB, int kKSteps, int kNT, class T>
-__device__ __forceinline__ void warp_gemm_ab(float (&acc)[kNT][4], const T* sA, const T* sB, int m0, int n0,
+// C(16 kMT × 8 kNT) += A[k, m0..]ᵀ · B[k, n0..] over k in [0, 16 kKSteps).
+template <class TileA, class TileB, int kKSteps, int kMT, int kNT, class T>
+__device__ __forceinline__ void warp_gemm_atb(float (&acc)[kMT][kNT][4], const T* sA, const T* sB, int m0, int n0,
+                                              int lane) {
+  warp_gemm<T, kKSteps>(
+      acc, [&](uint32_t(&a)[4], int mt, int ks) { load_a_frag_trans<TileA>(a, sA, 16 * ks, m0 + 16 * mt, lane); },
+      [&](uint32_t(&b)[4], int np, int ks) { load_b_frags_kn<TileB>(b, sB, 16 * ks, n0 + 16 * np, lane); });
+}
+
+// C(16 kMT × 8 kNT) += A[m0.., k] · B[k, n0..] over k in [0, 16 kKSteps).
+template <class TileA, class TileB, int kKSteps, int kMT, int kNT, class T>
+__device__ __forceinline__ void warp_gemm_ab(float (&acc)[kMT][kNT][4], const T* sA, const T* sB, int m0, int n0,
                                              int lane) {
-  static_assert(kNT % 2 == 0, "B fragments come in pairs of 8-column tiles");
-#pragma unroll
-  for (int ks = 0; ks < kKSteps; ++ks) {
-    uint32_t a[4];
-    load_a_frag<TileA>(a, sA, m0, ks * 16, lane);
-#pragma unroll
-    for (int np = 0; np < kNT / 2; ++np) {
-      uint32_t b[4];
-      load_b_frags_kn<TileB>(b, sB, ks * 16, n0 + np * 16, lane);
-      mma_16816<T>(acc[2 * np], a, b[0], b[1]);
-      mma_16816<T>(acc[2 * np + 1], a, b[2], b[3]);
-    }
-  }
+  warp_gemm<T, kKSteps>(
+      acc, [&](uint32_t(&a)[4], int mt, int ks) { load_a_frag<TileA>(a, sA, m0 + 16 * mt, 16 * ks, lane); },
+      [&](uint32_t(&b)[4], int np, int ks) { load_b_frags_kn<TileB>(b, sB, 16 * ks, n0 + 16 * np, lane); });
 }
 
 // d[0] += x, d[1] += y (fp32, global). sm_90 has a vector reduction (red.global.add.v2.f32, CUDA's
@@ -128,23 +126,27 @@ __device__ __forceinline__ void warp_gemm_ab_atomic(float* dst, int ld, int rows
   }
 }
 
-// Store a warp's accumulators, times `scale`, as T to a strided global slab: rows r0 + {g, g + 8}
-// (< rows_valid), columns c0 + 8 nt + {2t, 2t + 1} (< cols_valid; cols_valid is a multiple of 8,
-// so a pair is either wholly inside or wholly out). One 4-byte store per pair.
-template <int kNT, class T>
-__device__ __forceinline__ void store_acc_tile(T* dst, int64_t row_stride, const float (&acc)[kNT][4], float scale,
-                                               int r0, int rows_valid, int c0, int cols_valid, int lane) {
+// Store a warp's accumulators, times `scale`, as T to a strided global slab: rows r0 + 16 mt +
+// {g, g + 8} (< rows_valid), columns c0 + 8 nt + {2t, 2t + 1} (< cols_valid; cols_valid is a
+// multiple of 8, so a pair is either wholly inside or wholly out). One 4-byte store per pair.
+template <int kMT, int kNT, class T>
+__device__ __forceinline__ void store_acc_tile(T* dst, int64_t row_stride, const float (&acc)[kMT][kNT][4],
+                                               float scale, int r0, int rows_valid, int c0, int cols_valid,
+                                               int lane) {
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-    const int col = c0 + nt * 8 + 2 * t;
-    if (col >= cols_valid) continue;
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = r0 + g + half * 8;
-      if (row >= rows_valid) continue;
-      *reinterpret_cast<uint32_t*>(dst + row * row_stride + col) =
-          pack2<T>(acc[nt][half * 2] * scale, acc[nt][half * 2 + 1] * scale);
+    for (int nt = 0; nt < kNT; ++nt) {
+      const int col = c0 + nt * 8 + 2 * t;
+      if (col >= cols_valid) continue;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = r0 + 16 * mt + g + half * 8;
+        if (row >= rows_valid) continue;
+        *reinterpret_cast<uint32_t*>(dst + row * row_stride + col) =
+            pack2<T>(acc[mt][nt][half * 2] * scale, acc[mt][nt][half * 2 + 1] * scale);
+      }
     }
   }
 }
