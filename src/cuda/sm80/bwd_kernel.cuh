@@ -21,14 +21,17 @@
 // registers in a fixed order: deterministic, no atomics, no dK/dV workspace, and K/V are read once
 // per group instead of once per query head.
 //
-// Tiles (Config below): 64 query rows × kBlockN keys (128 for d <= 128, else 64) with 8 warps,
-// arranged per product as FA2 does where the shapes divide (warp tiles of 32 rows read each B
-// fragment once for two m-tiles: bwd_warp.cuh). The score products S = Q Kᵀ and dP = dO Vᵀ
-// (64 × kBlockN): 2 × 4 warps of 32 × 32 at 128 keys, 4 × 2 of 16 × 32 at 64. dV, dK (kBlockN × d):
-// 32 keys × the d columns of a warp column (4 × 2 warps at 128 keys, 2 × 4 at 64), or 16 keys
-// (kBlockN/16 × the rest) where d does not split into those columns in 16-column pairs (d = 160,
-// 224). dQ (64 × d): 4 × 2 warps of 16 × d/2. Shared tiles are the padded row-major SmemTiles of
-// common/tile.cuh (conflict-free ldmatrix, no swizzle).
+// Tiles (Config below): kStepM query rows (dkdv: 128 at d = 32 and at d = 64 without softcap/
+// ALiBi/dropout, else 64; dq: 64) × kBlockN keys (128 for d <= 128, else 64) with 8 warps,
+// arranged per product as FA2 does where the shapes divide (warp tiles of 32 or 64 rows read each
+// B fragment once for two or four m-tiles: bwd_warp.cuh). The score products S = Q Kᵀ and
+// dP = dO Vᵀ (kStepM × kBlockN): 2 × 4 warps of 32 × 32 (64 rows) or 64 × 32 (128 rows) at 128
+// keys, 4 × 2 of 16 × 32 at 64. dV, dK
+// (kBlockN × d): 32 keys × the d columns of a warp column (4 × 2 warps at 128 keys, 2 × 4 at 64),
+// or 16 keys (kBlockN/16 × the rest) where d does not split into those columns in 16-column pairs
+// (d = 160, 224). dQ (kStepM × d): 16-row warp tiles, 4 × 2 of 16 × d/2 (64 rows) or 8 × 1 of
+// 16 × d (128 rows). Shared tiles are the padded row-major SmemTiles of common/tile.cuh
+// (conflict-free ldmatrix, no swizzle).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -51,7 +54,7 @@
 namespace ioattn::cuda::sm80::bwd {
 
 // ---- Tile configuration ----------------------------------------------------------------------
-constexpr int kBlockM = 64;  // query rows per inner iteration
+constexpr int kBlockM = 64;  // query rows per block of preprocess, convert, dq (dkdv: step_m_for)
 constexpr int kWarps = 8;    // warp grids per product: see Config
 constexpr int kThreads = kWarps * 32;
 constexpr int kSmemLimitSm80 = 163 * 1024;  // opt-in maximum per CTA, A100
@@ -85,46 +88,81 @@ struct WarpGrid {
   static __device__ __forceinline__ int col0(int warp) { return (warp / kWarpsM) * 8 * kNT; }
 };
 
-// Shared memory per head dim. dkdv: K, V (kBlockN rows) + stages × (Q, dO) (64 rows) + P, dS
-// (64 × kBlockN) + stages × (LSE, D) rows. Two Q/dO stages (the next query block loads while this
-// one computes) fit every head dim on sm_90 (d = 256: 217 KiB); on sm_80 (163 KiB), d >= 128 falls
-// back to one stage (run_bwd asks the device). dq (deterministic mode): Q, dO, K, V + dS.
-//   d    kBlockN   dkdv 1 stage   dkdv 2 stages   dq
-//   64     128        88.5 KiB      107.0 KiB      71.5 KiB
-//   96     128       112.5 KiB      139.0 KiB      95.5 KiB
-//   128    128       136.5 KiB      171.0 KiB     119.5 KiB
-//   192     64       118.5 KiB      169.0 KiB     109.5 KiB
-//   256     64       150.5 KiB      217.0 KiB     141.5 KiB
+// Query rows per dkdv iteration (kMods: the instantiation with softcap/ALiBi/dropout). 128 where
+// the S and dP accumulators of a 128 × kBlockN step (2 · 128 · 128 fp32 over 256 threads: 128
+// regs/thread) fit next to dK + dV (2 · kBlockN · d fp32: d regs/thread) in 255 registers, FA2's
+// d = 64 backward block (kBlockM = kBlockN = 128, 8 warps). It halves, per FLOP, the iteration's
+// fixed costs (two barriers, the LSE/D loads, the cp.async set-up, loop and address arithmetic)
+// and lowers ldmatrix per mma of S and dP (warp tiles 64 × 32: 0.5 -> 0.375). d = 64 without the
+// mods: 254-255 registers, no spill (ptxas, sm_80 and sm_90a); with them (Philox state, softcap's
+// score) 244-252 bytes of spill stores, so that instantiation keeps 64 rows; d = 32 fits both.
+// Everything else (preprocess, convert, the deterministic dq kernel, the sm90 backward, the
+// workspace) stays on kBlockM = 64 rows: the dkdv kernel's query blocks are only its loop steps.
+constexpr int step_m_for(int head_dim, bool mods) { return head_dim <= (mods ? 32 : 64) ? 128 : kBlockM; }
+
+// Tiles and warp grids of one (kRows query rows × kBlockN keys) step: the dkdv kernel's
+// (kRows = step_m_for) and the dq kernel's (kRows = kBlockM).
+template <int kHeadDim, int kRows_>
+struct StepShape {
+  static constexpr int kRows = kRows_;
+  static constexpr int kBlockN = block_n_for(kHeadDim);
+  using TileQ = SmemTile<kRows, kHeadDim>;    // Q, dO
+  using TileK = SmemTile<kBlockN, kHeadDim>;  // K, V
+  using TileS = SmemTile<kRows, kBlockN>;     // P, dS
+  // Warp grids (8 warps), FA2's where they divide. The accumulators per thread are fixed by the
+  // product's size; the warp tile's shape sets the shared-memory reads per mma (WarpGrid).
+  // S = Q Kᵀ, dP = dO Vᵀ (kRows × kBlockN): 128 keys 2 × 4 warps (64 rows: 32 × 32, 0.5 ldmatrix
+  // per mma, 4 × 2 of 16 × 64 read 0.625; 128 rows: 64 × 32, 0.375, FA2's d = 64 AtomLayoutMSdP);
+  // 64 keys 4 × 2 of 16 × 32 (0.75, as 2 × 4 of 32 × 16 would).
+  using GridS = WarpGrid<kRows, kBlockN, kBlockN == 128 ? 2 : 4>;
+  // dQ (kRows × d), both modes: one 16-row m-tile per warp (warp_gemm_ab_atomic works on one),
+  // kRows/16 × the rest: 64 rows 4 × 2 of 16 × d/2, 128 rows 8 × 1 of 16 × d.
+  using GridDQ = WarpGrid<kRows, kHeadDim, (kRows / 16 < kWarps ? kRows / 16 : kWarps)>;
+  static_assert(GridS::kFits && GridDQ::kFits && GridDQ::kMT == 1, "every warp grid must cover its product");
+};
+
+// Shared memory per head dim. dkdv: K, V (kBlockN rows) + stages × (Q, dO) (kStepM rows) + P, dS
+// (kStepM × kBlockN) + stages × (LSE, D) rows. Two Q/dO stages (the next query block loads while
+// this one computes) fit every head dim on sm_90 (d = 256: 217 KiB); on sm_80 (163 KiB), the
+// 128-row d = 64 step and d >= 128 fall back to one stage (run_bwd asks the device). dq
+// (deterministic mode, 64-row blocks): Q, dO, K, V + dS.
+//   d    kStepM      kBlockN   dkdv 1 stage   dkdv 2 stages   dq
+//   32     128         128       109.0 KiB      130.0 KiB      47.5 KiB
+//   64     128 plain   128       141.0 KiB      178.0 KiB      71.5 KiB
+//   64      64 mods    128        88.5 KiB      107.0 KiB
+//   96      64         128       112.5 KiB      139.0 KiB      95.5 KiB
+//   128     64         128       136.5 KiB      171.0 KiB     119.5 KiB
+//   192     64          64       118.5 KiB      169.0 KiB     109.5 KiB
+//   256     64          64       150.5 KiB      217.0 KiB     141.5 KiB
 template <int kHeadDim>
 struct Config {
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256,
                 "bwd splits d into two warp columns of 16-column mma steps: d % 32 == 0, d <= 256");
   static constexpr int kBlockN = block_n_for(kHeadDim);
-  using TileQ = SmemTile<kBlockM, kHeadDim>;  // Q, dO
-  using TileK = SmemTile<kBlockN, kHeadDim>;  // K, V
-  using TileS = SmemTile<kBlockM, kBlockN>;   // P, dS
-  // Warp grids (8 warps), FA2's where they divide. The accumulators per thread are fixed by the
-  // product's size; the warp tile's shape sets the shared-memory reads per mma (WarpGrid).
-  // S = Q Kᵀ, dP = dO Vᵀ (64 × kBlockN): 128 keys 2 × 4 warps of 32 × 32 (0.5 ldmatrix per mma;
-  // 4 × 2 of 16 × 64 read 0.625); 64 keys 4 × 2 of 16 × 32 (0.75, as 2 × 4 of 32 × 16 would).
-  using GridS = WarpGrid<kBlockM, kBlockN, kBlockN == 128 ? 2 : 4>;
+  template <bool kMods>
+  using Dkdv = StepShape<kHeadDim, step_m_for(kHeadDim, kMods)>;  // the dkdv kernel's steps
+  using Dq = StepShape<kHeadDim, kBlockM>;                        // the dq kernel's blocks
+  using TileK = typename Dq::TileK;
   // dK, dV (kBlockN keys × d): 32-key warp tiles, kBlockN/32 × the rest (128 keys: 4 × 2, d = 128
   // 32 × 64, 0.375 ldmatrix per mma; 64 keys: 2 × 4, d = 256 32 × 64) where d splits into those
   // warp columns in 16-column pairs; otherwise (d = 160, 224: 5 or 7 8-column tiles per column)
   // 16-key tiles, kBlockN/16 × the rest (d = 160: 4 × 2 of 16 × 80).
   using GridKV32 = WarpGrid<kBlockN, kHeadDim, kBlockN / 32>;
   using GridKV = std::conditional_t<GridKV32::kFits, GridKV32, WarpGrid<kBlockN, kHeadDim, kBlockN / 16>>;
-  // dQ (64 × d), both modes: 4 × 2 of 16 × d/2 (warp_gemm_ab_atomic works on one m-tile).
-  using GridDQ = WarpGrid<kBlockM, kHeadDim, 4>;
-  static_assert(GridS::kFits && GridKV::kFits && GridDQ::kFits && GridDQ::kMT == 1,
-                "every warp grid must cover its product");
+  static_assert(GridKV::kFits, "every warp grid must cover its product");
 
+  template <bool kMods>
   static constexpr int smem_dkdv(int stages) {
-    return 2 * TileK::kBytes + stages * 2 * TileQ::kBytes + 2 * TileS::kBytes + stages * 2 * kBlockM * 4;
+    using Step = Dkdv<kMods>;
+    return 2 * TileK::kBytes + stages * 2 * Step::TileQ::kBytes + 2 * Step::TileS::kBytes +
+           stages * 2 * Step::kRows * 4;
   }
-  static constexpr int kSmemDq = 2 * TileQ::kBytes + 2 * TileK::kBytes + TileS::kBytes + 2 * kBlockM * 4;
-  static_assert(smem_dkdv(1) <= kSmemLimitSm80, "one-stage dkdv must fit an sm_80 CTA");
-  static_assert(smem_dkdv(2) <= kSmemLimitSm90, "two-stage dkdv must fit an sm_90 CTA");
+  static constexpr int kSmemDq =
+      2 * Dq::TileQ::kBytes + 2 * TileK::kBytes + Dq::TileS::kBytes + 2 * kBlockM * 4;
+  static_assert(smem_dkdv<false>(1) <= kSmemLimitSm80 && smem_dkdv<true>(1) <= kSmemLimitSm80,
+                "one-stage dkdv must fit an sm_80 CTA");
+  static_assert(smem_dkdv<false>(2) <= kSmemLimitSm90 && smem_dkdv<true>(2) <= kSmemLimitSm90,
+                "two-stage dkdv must fit an sm_90 CTA");
   static_assert(kSmemDq <= kSmemLimitSm80, "dq must fit an sm_80 CTA");
 };
 
@@ -146,28 +184,30 @@ __device__ __forceinline__ T* head_base(T* ptr, int64_t batch_stride, int64_t ro
 }
 
 // LSE in log2 units, +inf for rows that see no key and rows past the sequence (so that
-// exp2(x - lse) = 0 for them instead of exp2(+inf)), and D, for query rows [m0, m0 + 64) of (b, h).
-// Split in two so that the dkdv kernel can issue the global loads (fetch, into registers of
-// threads < 64: one row each, kThreads >= kBlockM) early and write shared memory (store) a whole
-// block of products later, instead of stalling two warps on the load latency right before the
-// score products. The values stay raw in registers (LSE -inf / D 0 stand for rows past the
-// sequence): any arithmetic on them would wait for the load where it is placed.
+// exp2(x - lse) = 0 for them instead of exp2(+inf)), and D, for query rows [m0, m0 + kRows) of
+// (b, h) (kRows: kBlockM, or the dkdv kernel's step). Split in two so that the dkdv kernel can
+// issue the global loads (fetch, into registers of threads < kRows: one row each) early and write
+// shared memory (store) a whole block of products later, instead of stalling warps on the load
+// latency right before the score products. The values stay raw in registers (LSE -inf / D 0 stand
+// for rows past the sequence): any arithmetic on them would wait for the load where it is placed.
 struct RowStats {
   float lse, d;
 };
-static_assert(kThreads >= kBlockM, "one row of statistics per thread");
+template <int kRows = kBlockM>
 __device__ __forceinline__ RowStats fetch_row_stats(const Params& p, const float* dsum, const SeqBounds& s, int b,
                                                     int h, int m0) {
+  static_assert(kThreads >= kRows, "one row of statistics per thread");
   RowStats st{-INFINITY, 0.f};
   const int i = m0 + static_cast<int>(threadIdx.x);
-  if (threadIdx.x < kBlockM && i < s.sq) {
+  if (threadIdx.x < kRows && i < s.sq) {
     st.lse = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q_row0 + i];
     st.d = dsum[row_index(p, b, h, i)];
   }
   return st;
 }
+template <int kRows = kBlockM>
 __device__ __forceinline__ void store_row_stats(float* s_lse, float* s_dsum, const RowStats& st) {
-  if (threadIdx.x < kBlockM) {
+  if (threadIdx.x < kRows) {
     s_lse[threadIdx.x] = st.lse == -INFINITY ? INFINITY : st.lse * kLog2e;
     s_dsum[threadIdx.x] = st.d;
   }
@@ -208,8 +248,8 @@ __device__ __forceinline__ void key_blocks_for_queries(const Params& p, const Se
   }
 }
 
-// ---- P and dS of one 64 × kBlockN block ------------------------------------------------------
-// For the warp's tile of Cfg::GridS (kMT 16-row m-tiles × kNT 8-key tiles): S = Q Kᵀ and
+// ---- P and dS of one step (Shape: a StepShape, kRows × kBlockN) -----------------------------
+// For the warp's tile of Shape::GridS (kMT 16-row m-tiles × kNT 8-key tiles): S = Q Kᵀ and
 // dP = dO Vᵀ on tensor cores, then
 //   P  = exp2(x − LSE·log2e) with x the transformed score (score.cuh: scale, softcap, ALiBi, mask),
 //   dS = P ∘ (dP∘Z·rp − D) ∘ (1 − tanh²(·) under softcap),
@@ -221,15 +261,15 @@ __device__ __forceinline__ void key_blocks_for_queries(const Params& p, const Se
 // the scale is folded into the exponent, exp2(fma(s, scale·log2e, −LSE·log2e)): one FFMA per
 // element instead of FMUL + FADD. With kMods the scores are in log2 units (score.cuh) and the
 // multiplier is 1, where fma(x, 1, −lse) is exactly x − lse: unchanged from before.
-template <class Cfg, bool kMods, class T>
+template <class Shape, bool kMods, class T>
 __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T* sdO, const T* sV,
                                               const float* s_lse, const float* s_dsum, T* s_p, T* s_ds,
                                               const Params& p, const ScoreMod& mod, const Dropout& drop, int m0,
                                               int n0, int m_last) {
-  using TileQ = typename Cfg::TileQ;
-  using TileK = typename Cfg::TileK;
-  using TileS = typename Cfg::TileS;
-  using Grid = typename Cfg::GridS;
+  using TileQ = typename Shape::TileQ;
+  using TileK = typename Shape::TileK;
+  using TileS = typename Shape::TileS;
+  using Grid = typename Shape::GridS;
   constexpr int kMT = Grid::kMT, kNT = Grid::kNT;
   constexpr int kKSteps = TileQ::kCols / 16;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -240,7 +280,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
   warp_gemm_abt<TileQ, TileK, kKSteps>(dp, sdO, sV, row_w, col_w, lane);
 
   const int j0 = n0 + col_w + 2 * t;  // this thread's first column
-  const bool masked = mod.block_needs_mask(m0, m_last, n0, Cfg::kBlockN);
+  const bool masked = mod.block_needs_mask(m0, m_last, n0, Shape::kBlockN);
   const float x_scale = kMods ? 1.f : mod.scale_log2;
   const bool dropout = kMods && p.dropout_p > 0.f;
   const float rp = dropout ? p.rp_dropout : 1.f;
@@ -344,10 +384,12 @@ template <int kHeadDim, class T, bool kMods>
 __global__ void __launch_bounds__(kThreads, 1)
     bwd_dkdv(Params p, const float* dsum, float* dq_accum, int stages) {
   using Cfg = Config<kHeadDim>;
-  using TileQ = typename Cfg::TileQ;
-  using TileK = typename Cfg::TileK;
-  using TileS = typename Cfg::TileS;
+  using Shape = typename Cfg::template Dkdv<kMods>;
+  using TileQ = typename Shape::TileQ;
+  using TileK = typename Shape::TileK;
+  using TileS = typename Shape::TileS;
   constexpr int kBlockN = Cfg::kBlockN;
+  constexpr int kStepM = Shape::kRows;  // query rows per iteration (this kernel's query blocks)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int hk = blockIdx.y, b = blockIdx.z;
   const SeqBounds s = seq_bounds(p, b);
@@ -356,12 +398,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   T* sK = reinterpret_cast<T*>(smem_raw);   // [kBlockN][d + 8]
   T* sV = sK + TileK::kElems;               // [kBlockN][d + 8]
-  T* sQ = sV + TileK::kElems;               // [stages][64][d + 8]
-  T* sdO = sQ + stages * TileQ::kElems;     // [stages][64][d + 8]
-  T* sP = sdO + stages * TileQ::kElems;     // [64][kBlockN + 8]
-  T* sdS = sP + TileS::kElems;              // [64][kBlockN + 8]
-  float* s_lse = reinterpret_cast<float*>(sdS + TileS::kElems);  // [stages][64]
-  float* s_dsum = s_lse + stages * kBlockM;                       // [stages][64]
+  T* sQ = sV + TileK::kElems;               // [stages][kStepM][d + 8]
+  T* sdO = sQ + stages * TileQ::kElems;     // [stages][kStepM][d + 8]
+  T* sP = sdO + stages * TileQ::kElems;     // [kStepM][kBlockN + 8]
+  T* sdS = sP + TileS::kElems;              // [kStepM][kBlockN + 8]
+  float* s_lse = reinterpret_cast<float*>(sdS + TileS::kElems);  // [stages][kStepM]
+  float* s_dsum = s_lse + stages * kStepM;                        // [stages][kStepM]
 
   const int tid = threadIdx.x;
   const int rows_k = min(kBlockN, s.sk - n0);
@@ -373,7 +415,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    p.v_row_stride, rows_k, p.head_dim_v, tid);
 
   int m_begin, m_end;
-  query_blocks_for_keys(p, s, n0, kBlockN, &m_begin, &m_end);
+  query_blocks_for_keys(p, s, n0, kBlockN, &m_begin, &m_end, kStepM);
   const int n_m = m_end - m_begin;
   const int iters = n_m * p.group;  // (query head of the group) × (query block), head-major
 
@@ -381,8 +423,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // fetch_row_stats + store_row_stats (see there).
   auto prefetch_tiles = [&](int it, int stage) {
     const int h = hk * p.group + it / n_m;
-    const int m0 = (m_begin + it % n_m) * kBlockM;
-    const int rows = min(kBlockM, s.sq - m0);
+    const int m0 = (m_begin + it % n_m) * kStepM;
+    const int rows = min(kStepM, s.sq - m0);
     load_tile_async<TileQ, kThreads>(sQ + stage * TileQ::kElems,
                                      head_base(static_cast<const T*>(p.q), p.q_batch_stride, p.q_row_stride,
                                                p.q_head_stride, b, h, s.q_row0 + m0),
@@ -393,11 +435,11 @@ __global__ void __launch_bounds__(kThreads, 1)
                                      p.do_row_stride, rows, p.head_dim_v, tid);
   };
   auto fetch_stats = [&](int it) {
-    return fetch_row_stats(p, dsum, s, b, hk * p.group + it / n_m, (m_begin + it % n_m) * kBlockM);
+    return fetch_row_stats<kStepM>(p, dsum, s, b, hk * p.group + it / n_m, (m_begin + it % n_m) * kStepM);
   };
   if (iters > 0) {
     prefetch_tiles(0, 0);
-    store_row_stats(s_lse, s_dsum, fetch_stats(0));
+    store_row_stats<kStepM>(s_lse, s_dsum, fetch_stats(0));
   }
   cp_async_commit();
 
@@ -405,8 +447,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // dK/dV warp tile (Cfg::GridKV): keys kv_row .. + 16 kMT, columns kv_col .. + 8 kNT.
   using GridKV = typename Cfg::GridKV;
   const int kv_row = GridKV::row0(warp), kv_col = GridKV::col0(warp);
-  // dQ warp tile (Cfg::GridDQ): rows dq_row .. + 16, columns dq_col .. + 8 kNT.
-  using GridDQ = typename Cfg::GridDQ;
+  // dQ warp tile (Shape::GridDQ): rows dq_row .. + 16, columns dq_col .. + 8 kNT.
+  using GridDQ = typename Shape::GridDQ;
   const int dq_row = GridDQ::row0(warp), dq_col = GridDQ::col0(warp);
   float dk_acc[GridKV::kMT][GridKV::kNT][4] = {}, dv_acc[GridKV::kMT][GridKV::kNT][4] = {};
 
@@ -425,21 +467,24 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
 
     const int h = hk * p.group + it / n_m;
-    const int m0 = (m_begin + it % n_m) * kBlockM;
+    const int m0 = (m_begin + it % n_m) * kStepM;
     const T* q_s = sQ + stage * TileQ::kElems;
     const T* do_s = sdO + stage * TileQ::kElems;
-    scores_and_ds<Cfg, kMods>(q_s, sK, do_s, sV, s_lse + stage * kBlockM, s_dsum + stage * kBlockM, sP, sdS, p,
-                       ScoreMod::make(p, b, h, s.sq, s.sk), Dropout::make(p, b, h), m0, n0, m0 + kBlockM - 1);
+    scores_and_ds<Shape, kMods>(q_s, sK, do_s, sV, s_lse + stage * kStepM, s_dsum + stage * kStepM, sP, sdS, p,
+                                ScoreMod::make(p, b, h, s.sq, s.sk), Dropout::make(p, b, h), m0, n0,
+                                m0 + kStepM - 1);
     // The other stage's statistics: nobody reads that stage in this iteration, and the barrier at
     // the top of the next one publishes them.
-    if (prefetch_next) store_row_stats(s_lse + (stage ^ 1) * kBlockM, s_dsum + (stage ^ 1) * kBlockM, next_stats);
+    if (prefetch_next)
+      store_row_stats<kStepM>(s_lse + (stage ^ 1) * kStepM, s_dsum + (stage ^ 1) * kStepM, next_stats);
     __syncthreads();  // P and dS are complete
 
-    // dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q: (kBlockN keys × d), k = the block's 64 query rows.
-    warp_gemm_atb<TileS, TileQ, kBlockM / 16>(dv_acc, sP, do_s, kv_row, kv_col, lane);
-    warp_gemm_atb<TileS, TileQ, kBlockM / 16>(dk_acc, sdS, q_s, kv_row, kv_col, lane);
+    // dV += (P∘Z·rp)ᵀ dO and dK += dSᵀ Q: (kBlockN keys × d), k = the step's kStepM query rows.
+    warp_gemm_atb<TileS, TileQ, kStepM / 16>(dv_acc, sP, do_s, kv_row, kv_col, lane);
+    warp_gemm_atb<TileS, TileQ, kStepM / 16>(dk_acc, sdS, q_s, kv_row, kv_col, lane);
     if (dq_accum != nullptr) {
-      // dQ(64 rows × d) += dS K into the fp32 accumulator, unscaled (bwd_convert_dq scales).
+      // dQ(kStepM rows × d) += dS K into the fp32 accumulator, unscaled (bwd_convert_dq scales);
+      // rows past the sequence (s.sq - m0 < kStepM) are skipped.
       warp_gemm_ab_atomic<TileS, TileK, kBlockN / 16, GridDQ::kNT / 2>(dq_accum + row_index(p, b, h, m0) * kHeadDim,
                                                                        kHeadDim, s.sq - m0, p.head_dim, sdS, sK,
                                                                        dq_row, dq_col, lane);
@@ -448,7 +493,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();  // one stage: the next block may only land once this one is consumed
       prefetch_tiles(it + 1, 0);
       cp_async_commit();
-      store_row_stats(s_lse, s_dsum, fetch_stats(it + 1));
+      store_row_stats<kStepM>(s_lse, s_dsum, fetch_stats(it + 1));
     }
   }
   cp_async_wait<0>();  // K/V when there was no iteration
@@ -465,11 +510,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 // Deterministic mode. Grid (ceil(Sq / 64), Hq, B): dQ of one query block, key blocks in order.
 template <int kHeadDim, class T, bool kMods>
 __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsum) {
-  using Cfg = Config<kHeadDim>;
-  using TileQ = typename Cfg::TileQ;
-  using TileK = typename Cfg::TileK;
-  using TileS = typename Cfg::TileS;
-  constexpr int kBlockN = Cfg::kBlockN;
+  using Shape = typename Config<kHeadDim>::Dq;
+  using TileQ = typename Shape::TileQ;
+  using TileK = typename Shape::TileK;
+  using TileS = typename Shape::TileS;
+  constexpr int kBlockN = Shape::kBlockN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int h = blockIdx.y, b = blockIdx.z;
   const SeqBounds s = seq_bounds(p, b);
@@ -502,7 +547,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
   int n_begin, n_end;
   key_blocks_for_queries(p, s, m0, kBlockN, &n_begin, &n_end);
   const int warp = tid / 32, lane = tid % 32;
-  using GridDQ = typename Cfg::GridDQ;
+  using GridDQ = typename Shape::GridDQ;
   const int row_w = GridDQ::row0(warp), col_w = GridDQ::col0(warp);
   float dq_acc[GridDQ::kMT][GridDQ::kNT][4] = {};
   const ScoreMod mod = ScoreMod::make(p, b, h, s.sq, s.sk);
@@ -517,7 +562,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    scores_and_ds<Cfg, kMods, T>(sQ, sK, sdO, sV, s_lse, s_dsum, nullptr, sdS, p, mod, drop, m0, n0, m0 + kBlockM - 1);
+    scores_and_ds<Shape, kMods, T>(sQ, sK, sdO, sV, s_lse, s_dsum, nullptr, sdS, p, mod, drop, m0, n0, m0 + kBlockM - 1);
     __syncthreads();
     warp_gemm_ab<TileS, TileK, kBlockN / 16>(dq_acc, sdS, sK, row_w, col_w, lane);
   }
@@ -561,11 +606,14 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   int device = 0, smem_optin = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  const int stages = smem_optin >= Cfg::smem_dkdv(2) ? 2 : 1;
-  const int smem_dkdv = Cfg::smem_dkdv(stages);
   // Calls without softcap, ALiBi and dropout (the common case) run the instantiation with them
-  // compiled out (scores_and_ds).
+  // compiled out (scores_and_ds); its step, so its shared memory, may differ (step_m_for).
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr || p.dropout_p > 0.0f;
+  auto smem_dkdv_of = [mods](int stages) {
+    return mods ? Cfg::template smem_dkdv<true>(stages) : Cfg::template smem_dkdv<false>(stages);
+  };
+  const int stages = smem_optin >= smem_dkdv_of(2) ? 2 : 1;
+  const int smem_dkdv = smem_dkdv_of(stages);
   auto dkdv = mods ? bwd_dkdv<kHeadDim, T, true> : bwd_dkdv<kHeadDim, T, false>;
   auto dq = mods ? bwd_dq<kHeadDim, T, true> : bwd_dq<kHeadDim, T, false>;
   if (e == cudaSuccess) e = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_dkdv);
