@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "cuda/common/mma.cuh"
 #include "cuda/host_util.h"
@@ -272,15 +273,15 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
     return Status{ErrorCode::Unsupported, "q: " + std::to_string(p.heads_q) +
                                               " heads exceed the CUDA kernels' 65535 (grid y)"};
   const bool mods = fwd_uses_mods(p);
+  auto launch = [&](auto paired) {
+    constexpr bool kPaired = decltype(paired)::value;
+    return mods ? launch_fwd_kernel<T, kD, true, kPaired>(p, stream) : launch_fwd_kernel<T, kD, false, kPaired>(p, stream);
+  };
   cudaError_t e;
-  if constexpr (fwd_tile_row(kD).paired.block_m > 0) {  // instantiated only where a row has one
-    if (fwd_paired(kD, p.device_index))
-      e = mods ? launch_fwd_kernel<T, kD, true, true>(p, stream) : launch_fwd_kernel<T, kD, false, true>(p, stream);
-    else
-      e = mods ? launch_fwd_kernel<T, kD, true, false>(p, stream) : launch_fwd_kernel<T, kD, false, false>(p, stream);
-  } else {
-    e = mods ? launch_fwd_kernel<T, kD, true, false>(p, stream) : launch_fwd_kernel<T, kD, false, false>(p, stream);
-  }
+  if constexpr (fwd_tile_row(kD).paired.block_m > 0)  // instantiated only where a row has one
+    e = fwd_paired(kD, p.device_index) ? launch(std::true_type{}) : launch(std::false_type{});
+  else
+    e = launch(std::false_type{});
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError, std::string("cuda forward (sm80, head dim ") + std::to_string(kD) +
                                                "): " + cudaGetErrorString(e)};
