@@ -2,7 +2,8 @@
 //
 // Three kernels on the caller's stream, the first and last shared with the sm80 path
 // (sm80/bwd_kernel.cuh, same workspace layout):
-//   bwd_preprocess   D_i = sum_d dO_id O_id, and zeroes the fp32 dQ accumulator
+//   bwd_preprocess   D_i = sum_d dO_id O_id, zeroes the fp32 dQ accumulator, and writes the rows'
+//                    LSE (log2 units) and D for this kernel's producer to copy
 //   bwd_kernel       (below) one CTA per (key block of 128 keys, kv head, batch)
 //   bwd_convert_dq   dq = scale * accumulator, in the input dtype
 //                    (the deterministic mode: sm80's bwd_dq instead, and bwd_kernel skips dQ)
