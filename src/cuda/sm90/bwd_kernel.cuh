@@ -135,6 +135,12 @@ __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 3, 256;\n" ::: "memory"); }
+// 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
+// producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
+// orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
+// does not follow mbarriers and reported the copies' overwrites of rows the consumers had read.
+__device__ __forceinline__ void stats_read_arrive(int s) { asm volatile("bar.arrive %0, 288;\n" ::"r"(4 + s) : "memory"); }
+__device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync %0, 288;\n" ::"r"(4 + s) : "memory"); }
 
 template <class T, int kD>
 __global__ void __launch_bounds__(kBwdThreads, 1)
@@ -182,19 +188,26 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   if (warp < 4) {  // ---- producer warpgroup ----
     regs_dealloc<24>();
     if (steps == 0) return;
-    if (warp == 0 && lane == 0) {
-      const int k_row = static_cast<int>(sb.k_row0) + n0;
-      bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, 2 * L::kKBytes);
+    // Warp 0 walks the steps converged (the statistics barrier is a whole-warp bar.sync); lane 0
+    // issues the copies.
+    if (warp == 0) {
+      if (lane == 0) {
+        const int k_row = static_cast<int>(sb.k_row0) + n0;
+        bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, 2 * L::kKBytes);
 #pragma unroll
-      for (int c = 0; c < L::kChunks; ++c) {
-        const int32_t coords[4] = {c * 64, k_row, hk, bt};
-        bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kK + c * kBN * kSwizzleBytes,
-                                   &tm_k, coords, kv_full);
-        bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kV + c * kBN * kSwizzleBytes,
-                                   &tm_v, coords, kv_full);
+        for (int c = 0; c < L::kChunks; ++c) {
+          const int32_t coords[4] = {c * 64, k_row, hk, bt};
+          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kK + c * kBN * kSwizzleBytes,
+                                     &tm_k, coords, kv_full);
+          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kV + c * kBN * kSwizzleBytes,
+                                     &tm_v, coords, kv_full);
+        }
       }
       for (int it = 0; it < steps; ++it) {
         const int s = it % kStages;
+        __syncwarp();  // converged for the aligned barrier
+        if (it >= kStages) stats_read_sync(s);  // step it - kStages's statistics are read
+        if (lane != 0) continue;
         if (it >= kStages) bwd_wait(qdo_empty + s, ((it / kStages) & 1) ^ 1);
         const int hq = hk * p.group + it / m_count;
         const int q_row = static_cast<int>(sb.q_row0) + (m_begin + it % m_count) * kBM;
@@ -218,6 +231,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                                      qdo_full + s);
         }
       }
+      // The last kStages steps' arrivals, so that no barrier is left with a phase pending.
+      __syncwarp();
+      for (int it = steps > kStages ? steps - kStages : 0; it < steps; ++it) stats_read_sync(it % kStages);
     }
     return;
   }
@@ -310,6 +326,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         scores_to_ds(std::true_type{});
       else
         scores_to_ds(std::false_type{});
+      stats_read_arrive(s);
       uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
       pack_a_fragments<T>(st, pp);
       pack_a_fragments<T>(dpt, pds);
