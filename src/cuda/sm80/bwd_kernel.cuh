@@ -168,12 +168,10 @@ struct Config {
 
 // ---- Workspace (fp32) ------------------------------------------------------------------------
 // D (B, Hq, Sq) at offset 0, then, in the atomic mode, the dQ accumulator (B, Hq, Sq, d_pad) at
-// a 256-byte boundary. Sq is seqlen_q (the maximum in varlen mode): sequence b uses rows [0, sq_b).
+// a 256-byte boundary, then the sm90 backward's row statistics (offsets: bwd_run.cuh). Sq is
+// seqlen_q (the maximum in varlen mode): sequence b uses rows [0, sq_b).
 __host__ __device__ __forceinline__ int64_t row_index(const Params& p, int b, int h, int i) {
   return (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
-}
-__host__ __device__ __forceinline__ int64_t dq_accum_offset(const Params& p) {
-  return (static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q + 63) / 64 * 64;
 }
 
 // First row of (b, h) in a strided tensor.
@@ -348,9 +346,11 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
 
 // ---- Kernels ---------------------------------------------------------------------------------
 
-// Grid (ceil(Sq / 64), Hq, B). One warp per row; each lane takes 8 columns (16 bytes) per step.
+// Grid (ceil(Sq / 64), Hq, B), or ceil(stats_rows / 64) with `stats` (the sm90 backward's row
+// statistics, see stats_rows; nullptr for the sm80 kernels). One warp per row; each lane takes 8
+// columns (16 bytes) per step.
 template <int kHeadDim, class T>
-__global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum, float* dq_accum) {
+__global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats) {
   constexpr int kChunks = kHeadDim / 8;
   const int b = blockIdx.z, h = blockIdx.y;
   const SeqBounds s = seq_bounds(p, b);
@@ -359,9 +359,10 @@ __global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum
   const T* dout = head_base(static_cast<const T*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride,
                             b, h, s.q_row0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rows = stats != nullptr ? stats_rows(p) : p.seqlen_q;
   for (int r = warp; r < kBlockM; r += kWarps) {
     const int i = blockIdx.x * kBlockM + r;
-    if (i >= p.seqlen_q) break;
+    if (i >= rows) break;
     float acc = 0.f;
     if (i < s.sq) {
       for (int c = lane; c < kChunks && c * 8 < p.head_dim_v; c += 32) {
@@ -370,10 +371,23 @@ __global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (lane == 0) dsum[row_index(p, b, h, i)] = acc;
-    if (dq_accum != nullptr) {
-      float4* row = reinterpret_cast<float4*>(dq_accum + row_index(p, b, h, i) * kHeadDim);
-      for (int c = lane; c < kHeadDim / 4; c += 32) row[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (i < p.seqlen_q) {
+      if (lane == 0) dsum[row_index(p, b, h, i)] = acc;
+      if (dq_accum != nullptr) {
+        float4* row = reinterpret_cast<float4*>(dq_accum + row_index(p, b, h, i) * kHeadDim);
+        for (int c = lane; c < kHeadDim / 4; c += 32) row[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+    if (stats != nullptr && lane == 0) {
+      // LSE to log2 units; -inf (a row that sees no key) and rows past the sequence to +inf.
+      float lse2 = INFINITY;
+      if (i < s.sq) {
+        const float l = p.lse[b * p.lse_batch_stride + h * p.lse_head_stride + s.q_row0 + i];
+        if (l != -INFINITY) lse2 = l * kLog2e;
+      }
+      const int64_t k = (static_cast<int64_t>(b) * p.heads_q + h) * rows + i;
+      stats[k] = lse2;
+      stats[stats_plane(p) + k] = acc;  // 0 past the sequence
     }
   }
 }
@@ -620,7 +634,8 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   if (e == cudaSuccess && p.deterministic)
     e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemDq);
   if (e == cudaSuccess && m_blocks > 0) {
-    bwd_preprocess<kHeadDim, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum);
+    bwd_preprocess<kHeadDim, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum,
+                                                                                               nullptr);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && n_blocks > 0) {

@@ -9,6 +9,28 @@
 
 namespace ioattn::cuda::sm80 {
 
+namespace bwd {
+// Workspace layout (fp32; sizes: bwd_workspace_bytes_sm80): D (B·Hq·Sq floats, row_index in
+// bwd_kernel.cuh) at offset 0, rounded up to 64 floats (256 bytes); then, in the atomic mode, the
+// dQ accumulator (B·Hq·Sq rows of the accumulator's head dim).
+__host__ __device__ __forceinline__ int64_t dq_accum_offset(const Params& p) {
+  return (static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q + 63) / 64 * 64;
+}
+// The sm90 backward's row statistics, after the accumulator (or after D in the deterministic mode):
+// two planes of B·Hq·stats_rows floats, LSE·log2(e) then D, per (batch, head) rows [0, stats_rows)
+// with stats_rows = seqlen_q rounded up to 128 (the sm90 kernel's largest query step), so that
+// every step's rows are one contiguous, 16-byte aligned run its producer copies with TMA. Rows past
+// a sequence hold +inf (LSE: P = 0 there) and 0 (D). Written by bwd_preprocess when asked.
+__host__ __device__ __forceinline__ int stats_rows(const Params& p) { return (p.seqlen_q + 127) / 128 * 128; }
+__host__ __device__ __forceinline__ int64_t stats_plane(const Params& p) {
+  return static_cast<int64_t>(p.batch) * p.heads_q * stats_rows(p);
+}
+__host__ __device__ __forceinline__ int64_t stats_offset(const Params& p, int acc_head_dim) {
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+  return dq_accum_offset(p) + (p.deterministic ? 0 : (rows * acc_head_dim + 63) / 64 * 64);
+}
+}  // namespace bwd
+
 // Launches preprocess, dkdv and (deterministic) dq or (atomic) convert on `stream`.
 template <class T, int kHeadDim>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace);

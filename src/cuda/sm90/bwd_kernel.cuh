@@ -2,7 +2,8 @@
 //
 // Three kernels on the caller's stream, the first and last shared with the sm80 path
 // (sm80/bwd_kernel.cuh, same workspace layout):
-//   bwd_preprocess   D_i = sum_d dO_id O_id, and zeroes the fp32 dQ accumulator
+//   bwd_preprocess   D_i = sum_d dO_id O_id, zeroes the fp32 dQ accumulator, and writes the rows'
+//                    LSE (log2 units) and D for this kernel's producer to copy
 //   bwd_kernel       (below) one CTA per (key block of 128 keys, kv head, batch)
 //   bwd_convert_dq   dq = scale * accumulator, in the input dtype
 //                    (the deterministic mode: sm80's bwd_dq instead, and bwd_kernel skips dQ)
@@ -12,10 +13,10 @@
 //              (query head of the GQA group, query block m of kBM rows that sees the key block) into
 //              a ring of kStages buffers (mbarriers).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
-//                each warpgroup loads the step's LSE (log2 units, +inf for rows that see no key or
-//                lie past the sequence) and D rows itself into a private buffer ordered by its own
-//                barrier (an earlier version had a producer warp write them, ordered by mbarriers /
-//                named barriers, which racecheck reported as hazards)
+//                the step's LSE (log2 units, +inf for rows that see no key or lie past the
+//                sequence) and D rows arrive with its Q / dO stage (the producer's bulk copies of
+//                rows bwd_preprocess prepared: sm80::bwd::stats_rows), no per-step loads or
+//                conversions on the consumers' path
 //                S^T = K Q^T, dP^T = V dO^T            (wgmma, both operands in shared memory)
 //                P^T = exp2(S^T scale log2e - LSE), dS^T = P^T (dP^T - D)   (fp32, registers)
 //                dV += P^T dO, dK += dS^T Q            (wgmma, P^T / dS^T from registers: the
@@ -114,8 +115,11 @@ struct BwdSmem {
   static constexpr int kDO = kQ + S::kStages * kQBytes;
   static constexpr int kDS = kDO + S::kStages * kQBytes;  // 2 buffers: step it writes it % 2
   static constexpr int kDQ = kDS + 2 * kDSBytes;
-  static constexpr int kStats = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;  // per consumer warpgroup: LSE (log2 units) and D, kBM each
-  static constexpr int kBar = kStats + 2 * 2 * S::kBM * 4;
+  // Per Q / dO stage, the step's row statistics (LSE in log2 units, then D; kBM each), copied by the
+  // producer with the stage's Q and dO.
+  static constexpr int kStatsBytes = 2 * S::kBM * 4;
+  static constexpr int kStats = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
+  static constexpr int kBar = kStats + S::kStages * kStatsBytes;
   static constexpr int kBytes = kBar + 8 * (1 + 2 * S::kStages) + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -131,13 +135,19 @@ __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
 __device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 3, 256;\n" ::: "memory"); }
+// 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
+// producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
+// orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
+// does not follow mbarriers and reported the copies' overwrites of rows the consumers had read.
+__device__ __forceinline__ void stats_read_arrive(int s) { asm volatile("bar.arrive %0, 288;\n" ::"r"(4 + s) : "memory"); }
+__device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync %0, 288;\n" ::"r"(4 + s) : "memory"); }
 
 template <class T, int kD>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,
                const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_dq,
-               const float* dsum) {
+               const float* row_stats) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
@@ -145,7 +155,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
   constexpr int kQK = kBM / 16;  // 16-query k-steps of dV, dK
-  constexpr int kStatsPerThread = 2 * kBM / 128;  // LSE and D rows loaded by each consumer thread
 
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = smem_align_1024(smem_raw);
@@ -153,7 +162,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
   uint64_t* qdo_full = kv_full + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
-  float* stats = reinterpret_cast<float*>(smem + L::kStats);
 
   const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const SeqBounds sb = seq_bounds(p, b);
@@ -180,24 +188,39 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   if (warp < 4) {  // ---- producer warpgroup ----
     regs_dealloc<24>();
     if (steps == 0) return;
-    if (warp == 0 && lane == 0) {
-      const int k_row = static_cast<int>(sb.k_row0) + n0;
-      bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, 2 * L::kKBytes);
+    // Warp 0 walks the steps converged (the statistics barrier is a whole-warp bar.sync); lane 0
+    // issues the copies.
+    if (warp == 0) {
+      if (lane == 0) {
+        const int k_row = static_cast<int>(sb.k_row0) + n0;
+        bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, 2 * L::kKBytes);
 #pragma unroll
-      for (int c = 0; c < L::kChunks; ++c) {
-        const int32_t coords[4] = {c * 64, k_row, hk, bt};
-        bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kK + c * kBN * kSwizzleBytes,
-                                   &tm_k, coords, kv_full);
-        bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kV + c * kBN * kSwizzleBytes,
-                                   &tm_v, coords, kv_full);
+        for (int c = 0; c < L::kChunks; ++c) {
+          const int32_t coords[4] = {c * 64, k_row, hk, bt};
+          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kK + c * kBN * kSwizzleBytes,
+                                     &tm_k, coords, kv_full);
+          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kV + c * kBN * kSwizzleBytes,
+                                     &tm_v, coords, kv_full);
+        }
       }
       for (int it = 0; it < steps; ++it) {
         const int s = it % kStages;
+        __syncwarp();  // converged for the aligned barrier
+        if (it >= kStages) stats_read_sync(s);  // step it - kStages's statistics are read
+        if (lane != 0) continue;
         if (it >= kStages) bwd_wait(qdo_empty + s, ((it / kStages) & 1) ^ 1);
         const int hq = hk * p.group + it / m_count;
         const int q_row = static_cast<int>(sb.q_row0) + (m_begin + it % m_count) * kBM;
         bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, qdo_full + s,
-                                        2 * L::kQBytes);
+                                        2 * L::kQBytes + L::kStatsBytes);
+        // The step's LSE (log2 units) and D rows, prepared by bwd_preprocess (sm80::bwd::stats_rows).
+        const int64_t stats_row = (static_cast<int64_t>(b) * p.heads_q + hq) * sm80::bwd::stats_rows(p) +
+                                  (m_begin + it % m_count) * kBM;
+        unsigned char* stats_dst = smem + L::kStats + s * L::kStatsBytes;
+        bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst, row_stats + stats_row, kBM * 4,
+                            qdo_full + s);
+        bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst + kBM * 4,
+                            row_stats + sm80::bwd::stats_plane(p) + stats_row, kBM * 4, qdo_full + s);
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
           const int32_t coords[4] = {c * 64, q_row, hq, bt};
@@ -208,6 +231,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                                      qdo_full + s);
         }
       }
+      // The last kStages steps' arrivals, so that no barrier is left with a phase pending.
+      __syncwarp();
+      for (int it = steps > kStages ? steps - kStages : 0; it < steps; ++it) stats_read_sync(it % kStages);
     }
     return;
   }
@@ -222,8 +248,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const uint32_t k_wg = smem_base + L::kK + wk0 * kSwizzleBytes;  // this warpgroup's K rows
   const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
   const uint64_t k_desc = make_desc(k_wg, 16, kAtomBytes), v_desc = make_desc(v_wg, 16, kAtomBytes);
-  float* stats_wg = stats + cwg * 2 * kBM;  // this warpgroup's LSE (log2 units) and D rows of the step
-  const int tw = threadIdx.x % 128;
   const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
   if (steps > 0) bwd_wait(kv_full, 0);
 
@@ -252,23 +276,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
       const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
       const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
-      // This step's LSE / D rows (entry r < kBM: LSE of row r, else D of row r - kBM) into this
-      // warpgroup's buffer by cp.async, converted in place once the products are issued: the loads
-      // land while the products run and no register waits on them (ncu: with plain loads the
-      // compiler placed the LSE's conversion next to its load, a long-scoreboard stall every step).
-      // Rows past the sequence are zero-filled: D = 0, and the LSE becomes +inf below, so P = 0.
-#pragma unroll
-      for (int k = 0; k < kStatsPerThread; ++k) {
-        const int r = tw + 128 * k;
-        const bool is_lse = r < kBM;
-        const int i = m0 + (is_lse ? r : r - kBM);
-        const bool valid = i < sb.sq;
-        const float* src = !valid ? dsum
-                           : is_lse ? p.lse + b * p.lse_batch_stride + hq * p.lse_head_stride + sb.q_row0 + i
-                                    : dsum + sm80::bwd::row_index(p, b, hq, i);
-        cp_async_4(stats_wg + r, src, valid);
-      }
-      cp_async_commit();
       bwd_wait(qdo_full + s, (it / kStages) & 1);
 
       // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
@@ -288,18 +295,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         wgmma_ss<T, 0, 0>(dpt, desc_add(v_desc, off), desc_add(do_desc, offq), kk > 0);
       }
       wgmma_commit();
-      // The last step's reads of stats_wg all came before its consumers_sync (the dS^T hand-off
-      // below), so the cp.async above could overwrite them.
-      cp_async_wait<0>();  // this thread's rows are in (each thread converts only its own)
-#pragma unroll
-      for (int k = 0; k < kStatsPerThread; ++k) {
-        const int r = tw + 128 * k;
-        if (r < kBM) {  // LSE to log2 units; -inf (no key seen) and rows past the sequence to +inf
-          const float l = stats_wg[r];
-          stats_wg[r] = (m0 + r >= sb.sq || l == -INFINITY) ? INFINITY : l * kLog2e;
-        }
-      }
-      warpgroup_sync(cwg);
       wgmma_wait<0>();
       fence_operands(st);
       fence_operands(dpt);
@@ -308,7 +303,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
       // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
       // element of every block (ncu: integer and predicate instructions were most of this loop).
-      const float* s_lse = stats_wg;
+      // The stage's LSE (log2 units; +inf for rows that see no key or lie past the sequence) and D.
+      const float* s_lse = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
       auto scores_to_ds = [&](auto masked) {
 #pragma unroll
         for (int j = 0; j < kQT; ++j) {
@@ -330,6 +326,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         scores_to_ds(std::true_type{});
       else
         scores_to_ds(std::false_type{});
+      stats_read_arrive(s);
       uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
       pack_a_fragments<T>(st, pp);
       pack_a_fragments<T>(dpt, pds);
@@ -370,8 +367,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
         fence_proxy_async_smem();
         consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
-      } else {
-        warpgroup_sync(cwg);  // this step's reads of stats_wg are done before the next step's cp.async
       }
 
       wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
@@ -458,6 +453,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
   float* dsum = static_cast<float*>(workspace);
   float* dq_accum = dsum + dq_accum_offset(p);
+  float* row_stats = dsum + stats_offset(p, kAccD);
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of the sm80 preprocess / convert
   constexpr int kBN = BwdShape<kD>::kBN;
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
@@ -496,12 +492,14 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   if (e == cudaSuccess && p.deterministic)
     e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kAccD>::kSmemDq, dq_configured);
   if (e == cudaSuccess && m_blocks > 0) {
-    bwd_preprocess<kAccD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
-        p, dsum, p.deterministic ? nullptr : dq_accum);
+    // Over stats_rows (seqlen_q rounded up to 128): the row statistics' padding rows are written too.
+    const int pre_blocks = stats_rows(p) / kBlockM;
+    bwd_preprocess<kAccD, T><<<dim3(pre_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
+        p, dsum, p.deterministic ? nullptr : dq_accum, row_stats);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && n_blocks > 0) {
-    kernel<<<dim3(n_blocks, p.heads_k, p.batch), kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, dsum);
+    kernel<<<dim3(n_blocks, p.heads_k, p.batch), kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, row_stats);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && m_blocks > 0) {
