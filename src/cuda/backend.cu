@@ -189,7 +189,8 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
     name << "sm90 forward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << tile.head_dim;
     if (tile.head_dim != std::max(p.head_dim, p.head_dim_v))
       name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
-    name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.stages << " stages";
+    name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.stages << " stages, " << tile.consumers
+         << " consumer warpgroups";
     if (kernel_name) *kernel_name = name.str();
     return Status::Ok();
   }

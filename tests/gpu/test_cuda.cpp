@@ -224,6 +224,12 @@ std::vector<Case> feature_cases() {
   Case c = make("many_tiles_gqa_d64", DType::BF16, 200, 200, 64);
   c.batch = 4; c.hq = 64; c.hk = 16;
   v.push_back(c);
+  // d 64 runs 3 consumer warpgroups (192-row blocks): sequences ending inside each warpgroup's
+  // rows (rows 1-64, 65-128, 129-192 of a block), causal pairs with an odd middle block.
+  c = make("many_tiles_varlen_causal_d64", DType::BF16, 0, 0, 64);
+  c.lens_q = {500, 193, 64, 130, 1, 320}; c.lens_k = {500, 260, 64, 130, 17, 300}; c.causal = true;
+  c.hq = 32; c.hk = 8;
+  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);

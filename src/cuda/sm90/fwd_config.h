@@ -1,10 +1,12 @@
 // Tile configurations of the sm90 forward kernel (fwd_kernel.cuh), host-visible so the backend's
 // selector can describe its choice without including the kernel.
 //
-// One CTA = 3 warpgroups: a producer (TMA loads of Q once and of K/V tiles into a ring of kStages
-// buffers) and two consumers of 64 query rows each (block_m = 128). Shared memory = q_stages x Q
-// (128 x d) + stages x (K + V) (block_n x d each), all 16-bit.
-// Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator d / 2.
+// One CTA = 1 + consumers warpgroups: a producer (TMA loads of Q once and of K/V tiles into a ring
+// of kStages buffers) and 2 or 3 consumers of 64 query rows each (block_m = 64 x consumers). Shared
+// memory = q_stages x Q (block_m x d) + stages x (K + V) (block_n x d each), all 16-bit.
+// Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator d / 2 (+ block_n / 4
+// for the second set of P with overlap); 240 per consumer thread with 2 consumers, 160 with 3
+// (setmaxnreg, fwd_kernel.cuh).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,7 +17,9 @@ namespace ioattn::cuda::sm90 {
 
 struct FwdTile {
   int head_dim;     // the kernel's (padded) head dim: 64, 128, 192 or 256
-  int block_m;      // query rows per CTA (2 consumer warpgroups x 64)
+  int block_m;      // query rows per CTA (64 per consumer warpgroup)
+  int consumers;    // consumer warpgroups: 2, or 3 where a third warpgroup's products are what the
+                    // tensor cores lack under each softmax (d 64, FA3's choice)
   int block_n;      // keys per K/V tile
   int stages;       // K/V tiles in flight
   int q_stages;     // Q buffers. 2: the producer loads the next tile's Q during this tile, and the
@@ -26,9 +30,9 @@ struct FwdTile {
   bool persistent;  // one CTA per multiprocessor walking the tiles (else one CTA per tile)
   bool overlap;     // softmax of block n overlaps O += P V of block n - 1 (FA3's intra-warpgroup
                     // pipelining; costs a second set of P registers)
-  bool pingpong;    // the two consumer warpgroups take turns issuing their products (FA3's
-                    // inter-warpgroup "pingpong" on two named barriers), so one's softmax runs
-                    // under the other's products
+  bool pingpong;    // the consumer warpgroups take turns issuing their products (FA3's
+                    // inter-warpgroup "pingpong": a round of turns on one named barrier per
+                    // warpgroup), so one's softmax runs under the others' products
   const char* why;
 };
 
@@ -47,11 +51,14 @@ struct FwdTile {
 //            d = 256 kernel had spent a quarter more products and bytes.
 //   d = 256: persistent without overlap best or tied on all 6 (643 .. 749); with pingpong 624 / 452 /
 //            736 / 710 against 637 / 459 / 750 / 726 without (2048 / 2048 causal / 16k / 16k causal).
+//   d = 64 with 3 consumers (block_m 192, FA3's d = 64 tile): not measured yet (bench/notes-sm90.md,
+//            "Three consumer warpgroups at d = 64"); with 2 it ran 406 / 454 TFLOP/s at 2048 / 16k
+//            against cuDNN's 462 / 470, the tensor pipe idle under both softmaxes.
 inline constexpr FwdTile kFwdTiles[] = {
-    {64, 128, 128, 3, 2, true, true, true, "S 64 + O 32 regs; 128 KB smem"},
-    {128, 128, 128, 2, 2, true, false, true, "S 64 + O 64 regs; 192 KB smem"},
-    {192, 128, 64, 2, 2, true, false, false, "S 32 + O 96 regs; 192 KB smem"},
-    {256, 128, 64, 2, 1, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
+    {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
+    {128, 128, 2, 128, 2, 2, true, false, true, "S 64 + O 64 regs; 192 KB smem"},
+    {192, 128, 2, 64, 2, 2, true, false, false, "S 32 + O 96 regs; 192 KB smem"},
+    {256, 128, 2, 64, 2, 1, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
 };
 
 // The sm90 head dim a call of head dim d runs with: 64, 128, 192 or 256 (extra columns read as
@@ -69,6 +76,7 @@ constexpr FwdTile fwd_tile(int head_dim) {
 template <int kD>
 struct FwdTileFor {
   static constexpr int block_m = fwd_tile(kD).block_m;
+  static constexpr int consumers = fwd_tile(kD).consumers;
   static constexpr int block_n = fwd_tile(kD).block_n;
   static constexpr int stages = fwd_tile(kD).stages;
   static constexpr int q_stages = fwd_tile(kD).q_stages;

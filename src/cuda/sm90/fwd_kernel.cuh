@@ -1,18 +1,20 @@
 // The sm90 forward kernel (Hopper: TMA + wgmma, warp-specialised), and its launcher
 // run_fwd<T, D>.
 //
-// Work tiles are (query block of 128 rows, query head, batch), ordered by plan_tile (under a causal
-// mask in pairs of equal total cost); per head dim (fwd_config.h) either one CTA per multiprocessor
-// walks them (persistent, tile_of), or one CTA per tile (pair) is launched. A CTA has 3 warpgroups:
+// Work tiles are (query block of block_m rows, query head, batch), ordered by plan_tile (under a
+// causal mask in pairs of equal total cost); per head dim (fwd_config.h) either one CTA per
+// multiprocessor walks them (persistent, tile_of), or one CTA per tile (pair) is launched. A CTA has
+// 1 + kConsumers warpgroups (kConsumers = 2, or 3 at d = 64: fwd_config.h):
 //   producer   warpgroup 0 gives its registers back (setmaxnreg) and one thread issues the TMA
 //              copies: each tile's Q once (into a ring of q_stages buffers: with 2, during the
 //              previous tile), then K_n and V_n for each key block into a ring of kStages buffers
 //              that runs on across tiles.
-//              "full" mbarriers complete when a copy's bytes land, "empty" ones when all 8
-//              consumer warps are done reading a buffer.
-//   consumers  warpgroups 1 and 2, 64 query rows each, with 240 registers per thread. Per key block
-//              n (after the first), with kOverlap FA3's intra-warpgroup pipelining (without it,
-//              both products are waited for before the softmax):
+//              "full" mbarriers complete when a copy's bytes land, "empty" ones when all
+//              4 x kConsumers consumer warps are done reading a buffer.
+//   consumers  warpgroups 1 .. kConsumers, 64 query rows each, with 240 registers per thread (160
+//              with 3 consumers: FwdWarps). Per key block n (after the first), with kOverlap
+//              FA3's intra-warpgroup pipelining (without it, both products are waited for before
+//              the softmax):
 //                issue S_n = Q K_n^T        (wgmma, A and B from shared memory)
 //                issue O += P_{n-1} V_{n-1} (wgmma, P from registers: the fp32 accumulator layout
 //                                            is the 16-bit A-operand layout, as on sm80)
@@ -20,9 +22,10 @@
 //                common/ helpers: the accumulator fragments have mma.sync's layout), while the
 //                tensor cores run the PV product
 //                wait PV; release V_{n-1}; rescale O by the new row maxima
-//              The two consumer warpgroups also run out of step, so one's softmax overlaps the
-//              other's products; with kPingpong (FA3's inter-warpgroup scheduling) they take strict
-//              turns issuing the two products of a step, on two named barriers (turn_wait below).
+//              The consumer warpgroups also run out of step, so one's softmax overlaps the others'
+//              products; with kPingpong (FA3's inter-warpgroup scheduling) they take strict turns
+//              (0, 1, [2,] 0, ...) issuing the two products of a step, on one named barrier per
+//              warpgroup (turn_wait below).
 //   epilogue   O / l -> input dtype. With q_stages = 2 each warpgroup writes its 64 rows into its
 //              rows of the tile's Q buffer (swizzled as TMA reads it; its last S is done) and one
 //              thread stores them with TMA bulk copies; the buffer is released to the producer only
@@ -56,10 +59,22 @@ namespace ioattn::cuda::sm90 {
 
 namespace ptx = ::cuda::ptx;
 
-constexpr int kFwdThreads = 384;       // producer warpgroup + 2 consumer warpgroups
-constexpr int kProducerRegs = 24;      // setmaxnreg: 128 x 24 + 256 x 240 <= 64K registers
-constexpr int kConsumerRegs = 240;
-constexpr int kConsumerWarps = 8;
+// The warpgroups of head dim kD's tile: the producer and kConsumers consumers, and the register
+// split (setmaxnreg, multiples of 8): the producer's one TMA thread needs few, the consumers share
+// the rest of the 64K: 128 x 24 + 256 x 240 = 64512 with 2 consumers, 128 x 24 + 384 x 160 = 64512
+// with 3.
+template <int kD>
+struct FwdWarps {
+  static constexpr int kConsumers = FwdTileFor<kD>::consumers;
+  static_assert(kConsumers == 2 || kConsumers == 3, "the sm90 forward has 2 or 3 consumer warpgroups");
+  static_assert(FwdTileFor<kD>::block_m == 64 * kConsumers, "64 query rows per consumer warpgroup");
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kConsumerWarps = 4 * kConsumers;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / kConsumers / 8 * 8;
+  static_assert(kConsumerRegs <= 256 && 128 * (kProducerRegs + kConsumers * kConsumerRegs) <= 65536,
+                "setmaxnreg");
+};
 
 // Byte offsets in the (1024-byte aligned) dynamic shared memory.
 template <int kD>
@@ -84,36 +99,51 @@ __device__ __forceinline__ void wait_barrier(uint64_t* bar, uint32_t parity) {
   }
 }
 
-// Pingpong turns (kPingpong): consumer warpgroup c may issue a step's products only while it holds
-// the turn, i.e. after bar.sync on named barrier 1 + c; it passes the turn with bar.arrive on
-// the other warpgroup's barrier right after issuing (the products then run asynchronously, in issue
-// order on the tensor cores, while the other warpgroup issues its own and then does its softmax).
-// Each barrier completes with 256 threads: the 128 of its owner's bar.sync and the 128 of the other
-// warpgroup's bar.arrive. Barrier 0 is __syncthreads.
-// Protocol and why it cannot deadlock: see the consumer code (kernel start, main loop, kernel end).
-// Barrier 1 is warpgroup 0's turn, barrier 2 warpgroup 1's (3 and 4: epilogue_sync). The ids are
-// immediates (a branch on the warp-uniform cwg): with an id in a register ptxas reserves all 16
-// barriers.
-__device__ __forceinline__ void turn_wait(int cwg) {
-  if (cwg == 0)
-    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+// bar.sync (bar.arrive when !kSync) of kThreads threads on named barrier
+// kFirst + (i + kShift) % kCount, for a warp-uniform i in [0, kCount). The id must be an immediate
+// (with an id in a register ptxas reserves all 16 barriers), hence a branch per value of i (kI: the
+// value this instantiation handles; the last one is taken without a test).
+template <bool kSync, int kThreads, int kFirst, int kCount, int kShift = 0, int kI = 0>
+__device__ __forceinline__ void named_barrier(int i) {
+  if constexpr (kI + 1 < kCount) {
+    if (i != kI) {
+      named_barrier<kSync, kThreads, kFirst, kCount, kShift, kI + 1>(i);
+      return;
+    }
+  }
+  constexpr int kId = kFirst + (kI + kShift) % kCount;
+  if constexpr (kSync)
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
   else
-    asm volatile("bar.sync 2, 256;\n" ::: "memory");
-}
-__device__ __forceinline__ void turn_pass(int cwg) {
-  if (cwg == 0)
-    asm volatile("bar.arrive 2, 256;\n" ::: "memory");
-  else
-    asm volatile("bar.arrive 1, 256;\n" ::: "memory");
+    asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
 }
 
-// Named barriers 3 and 4: the 128 threads of consumer warpgroup 0 or 1 (the TMA epilogue's
-// hand-off from the warpgroup's shared-memory writes to its storing thread).
+// The named barriers (0 is __syncthreads):
+//   1 .. kConsumers               consumer warpgroup c's pingpong turn: barrier 1 + c
+//   kConsumers + 1 .. 2 kConsumers  warpgroup c's epilogue_sync: barrier kConsumers + 1 + c
+// (with 2 consumers 1-2 and 3-4, as before the third warpgroup; with 3, 1-3 and 4-6.)
+//
+// Pingpong turns (kPingpong): consumer warpgroup c may issue a step's products only while it holds
+// the turn, i.e. after bar.sync on its barrier 1 + c; it passes the turn with bar.arrive on the next
+// warpgroup's barrier (c + 1 mod kConsumers) right after issuing (the products then run
+// asynchronously, in issue order on the tensor cores, while the next warpgroups issue theirs and
+// this one does its softmax). Each barrier completes with 256 threads: the 128 of its owner's
+// bar.sync and the 128 of the previous warpgroup's bar.arrive. Protocol and why it cannot deadlock:
+// see the consumer code (kernel start, main loop, kernel end).
+template <int kConsumers>
+__device__ __forceinline__ void turn_wait(int cwg) {
+  named_barrier<true, 256, 1, kConsumers>(cwg);
+}
+template <int kConsumers>
+__device__ __forceinline__ void turn_pass(int cwg) {
+  named_barrier<false, 256, 1, kConsumers, 1>(cwg);
+}
+
+// The 128 threads of consumer warpgroup cwg: the TMA epilogue's hand-off from the warpgroup's
+// shared-memory writes to its storing thread.
+template <int kConsumers>
 __device__ __forceinline__ void epilogue_sync(int cwg) {
-  if (cwg == 0)
-    asm volatile("bar.sync 3, 128;\n" ::: "memory");
-  else
-    asm volatile("bar.sync 4, 128;\n" ::: "memory");
+  named_barrier<true, 128, kConsumers + 1, kConsumers>(cwg);
 }
 
 // One work tile: a query block of one head of one sequence, and the key blocks it must visit.
@@ -188,12 +218,14 @@ __device__ __forceinline__ bool round_exists(int r, int ctas, int tiles, bool pa
 // tile's epilogue overlaps the next tile's loads; with one CTA per tile each does round 0 only.
 // kOverlap / kPingpong: fwd_config.h's FwdTile::overlap / pingpong.
 template <class T, int kD, bool kMods, bool kOverlap, bool kPingpong>
-__global__ void __launch_bounds__(kFwdThreads, 1)
+__global__ void __launch_bounds__(FwdWarps<kD>::kThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                const __grid_constant__ CUtensorMap tm_o, bool o_tma, int m_blocks, int tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kD>;
+  using W = FwdWarps<kD>;
+  constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
   constexpr int kDT = kD / 8;   // 8-column tiles of O
@@ -215,13 +247,13 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kQStages; ++s) {
       ptx::mbarrier_init(q_full + s, 1);
-      ptx::mbarrier_init(q_empty + s, kConsumerWarps);
+      ptx::mbarrier_init(q_empty + s, W::kConsumerWarps);
     }
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(k_full + s, 1);
       ptx::mbarrier_init(v_full + s, 1);
-      ptx::mbarrier_init(k_empty + s, kConsumerWarps);
-      ptx::mbarrier_init(v_empty + s, kConsumerWarps);
+      ptx::mbarrier_init(k_empty + s, W::kConsumerWarps);
+      ptx::mbarrier_init(v_empty + s, W::kConsumerWarps);
     }
     ptx::fence_mbarrier_init(ptx::sem_release, ptx::scope_cluster);
   }
@@ -229,7 +261,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
 
   // Ring positions run on across tiles: kv counts K/V tiles, q counts tiles whose Q was loaded.
   if (warp < 4) {  // ---- producer warpgroup ----
-    regs_dealloc<kProducerRegs>();
+    regs_dealloc<W::kProducerRegs>();
     if (warp != 0 || lane != 0) return;
     int kv = 0, q = 0;
     for (int r = 0; round_exists(r, gridDim.x, tiles, paired); ++r) {
@@ -274,23 +306,44 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   }
 
   // ---- consumer warpgroups ----
-  regs_alloc<kConsumerRegs>();
-  const int cwg = warp / 4 - 1;  // 0 or 1: query rows [64 cwg, 64 cwg + 64) of the block
-  // Pingpong protocol (kPingpong). Turns are the main-loop steps (one per key block after a tile's
-  // first); a step's turn covers issuing S_n = Q K_n^T and O += P_{n-1} V_{n-1}. Warpgroup 0 takes
-  // the first turn: warpgroup 1 arrives once on warpgroup 0's barrier here, before any step. From
-  // then on every bar.sync of one warpgroup is completed by the other's latest bar.arrive, so turns
-  // strictly alternate 0, 1, 0, 1, ... over the whole kernel, across tile boundaries, and no
-  // barrier ever holds more than one pending arrival (a warpgroup's next arrive needs a turn that
-  // only the other's sync can grant). This needs both warpgroups to take the same number of turns:
-  // they do, because every per-tile decision (the tile index, w.skip, n_begin / n_end: plan_tile
-  // has no per-warpgroup input) is the same for both, and each takes n_end - n_begin - 1 turns in a
-  // tile (none for a skipped or empty tile, none for a single key block). The first S of a tile
-  // and the last P V are issued outside the turns (as in FA3), so nothing else is ordered by them.
-  // No cycle with the TMA producer: the mbarrier waits for K_n / V_{n-1} are for data the other
-  // warpgroup, at most one turn behind, has already waited for or needs next, and the producer's
-  // ring (kStages >= 2) only waits for releases that come after turns already taken.
-  if (kPingpong && cwg == 1) turn_pass(cwg);
+  regs_alloc<W::kConsumerRegs>();
+  const int cwg = warp / 4 - 1;  // 0 .. kConsumers - 1: query rows [64 cwg, 64 cwg + 64) of the block
+  // Pingpong protocol (kPingpong), for K = kConsumers warpgroups (2 or 3). Turns are the main-loop
+  // steps (one per key block after a tile's first); a step's turn covers issuing S_n = Q K_n^T and
+  // O += P_{n-1} V_{n-1}. Warpgroup c's turn is bar.sync on its barrier B_c (turn_wait); it ends
+  // with bar.arrive on B_{c+1 mod K} (turn_pass). Warpgroup 0 takes the first turn: warpgroup K - 1
+  // arrives once on B_0 here, before any step.
+  //   Order: every warpgroup takes the same turns (below), so number them j = 1, 2, ... per
+  //   warpgroup. B_0's arrivals are K - 1's initial one, then one per turn of K - 1; B_c's (c > 0)
+  //   one per turn of c - 1. So warpgroup c's j-th sync completes with its predecessor's j-th
+  //   arrival (counting K - 1's initial one as the first on B_0): turn j of c follows turn j of
+  //   c - 1, and turn j of 0 follows turn j - 1 of K - 1. Turns run strictly 0, 1, .., K - 1, 0, ...
+  //   over the whole kernel, across tile boundaries.
+  //   At most one pending arrival per barrier (so an arrival is never counted into the wrong phase:
+  //   bar.arrive does not wait): the predecessor's next arrival on B_c needs its next turn, which by
+  //   the order above comes after c's current turn, i.e. after c's sync consumed the pending one.
+  //   This holds per warp too: a warp's arrival comes after its own sync, which completes only when
+  //   all 256 threads of the previous phase arrived.
+  //   Equal turn counts: every per-tile decision (the tile index, w.skip, n_begin / n_end: plan_tile
+  //   has no per-warpgroup input; stage_o and the row bounds only choose how O is written) is the
+  //   same for all K, and each takes n_end - n_begin - 1 turns in a tile (none for a skipped or
+  //   empty tile, none for a single key block). The first S of a tile and the last P V are issued
+  //   outside the turns (as in FA3), so nothing else is ordered by them.
+  //   End: B_1 .. B_{K-1} end with as many arrivals as syncs; B_0 holds K - 1's last arrival (after
+  //   its last turn, or its initial one when there were no turns), which warpgroup 0 consumes with
+  //   one more turn_wait at kernel end.
+  //   No deadlock, including the TMA producer (induction on the CTA's global key-block index g, the
+  //   same sequence for every warpgroup): assume every warpgroup can finish its steps before g
+  //   (releases included). The producer loads K_g after the releases of K_{g - kStages} (in step
+  //   g - kStages) and of V_{g - 1 - kStages} (in step g - kStages, or at the end of its tile), and
+  //   Q of a tile after its slot's release in an earlier tile's step: all before step g; so K_g
+  //   lands. A warpgroup
+  //   waits for K_g before its turn, never while holding it; its turn for g needs only its
+  //   predecessor's turn for g (which needs K_g, landed) or, for warpgroup 0, K - 1's turn for an
+  //   earlier block (finished by assumption); inside the turn it waits for V_{g-1}, which the
+  //   producer issued before K_g. So every warpgroup finishes step g. No warpgroup ever waits, at a
+  //   turn or an mbarrier, for something only a later step of another warpgroup provides.
+  if (kPingpong && cwg == kConsumers - 1) turn_pass<kConsumers>(cwg);
   const uint32_t q_wg = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;  // this warpgroup's rows, slot 0
   uint32_t q_addr = q_wg;  // ... of the current tile's Q slot
   const bool leader = threadIdx.x % 128 == 0;  // the warpgroup's TMA-store thread
@@ -423,12 +476,12 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
         const int s = (kv + 1) % kStages;   // slot of block n
         float sacc[kNT][4];
         wait_barrier(k_full + s, ((kv + 1) / kStages) & 1);
-        if (kPingpong) turn_wait(cwg);  // the K wait before: a turn is not held waiting for data
+        if (kPingpong) turn_wait<kConsumers>(cwg);  // the K wait before: a turn is not held waiting for data
         fence_operands(o);  // before the first wgmma of the step: nothing may touch O in between
         issue_s(sacc, s);
         wait_barrier(v_full + sp, (kv / kStages) & 1);
         issue_pv(o, pk, sp);
-        if (kPingpong) turn_pass(cwg);  // both products issued: the other warpgroup's turn
+        if (kPingpong) turn_pass<kConsumers>(cwg);  // both products issued: the next warpgroup's turn
         if (kOverlap) {
           wgmma_wait<1>();  // S_n done (groups complete in order); O += P V may still run
         } else {
@@ -490,7 +543,7 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
               pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]);
       }
       fence_proxy_async_smem();
-      epilogue_sync(cwg);
+      epilogue_sync<kConsumers>(cwg);
       if (leader) {
         const int bt = p.varlen ? 0 : w.b;
 #pragma unroll
@@ -526,10 +579,12 @@ __global__ void __launch_bounds__(kFwdThreads, 1)
   // The last O stores must have read shared memory before the CTA exits (and the pending slot needs
   // no release: the producer is done).
   if (kQStages > 1 && leader) ptx::cp_async_bulk_wait_group(ptx::n32_t<0>{});
-  // Pingpong: warpgroup 1's last arrival on warpgroup 0's barrier (after its last turn, or its
-  // initial one when there were no turns) is still pending; consume it so that both barriers end
-  // the kernel complete. Warpgroup 1 waits for nothing more, so this returns once it gets there.
-  if (kPingpong && cwg == 0) turn_wait(cwg);
+  // Pingpong: the last warpgroup's last arrival on warpgroup 0's barrier (after its last turn, or
+  // its initial one when there were no turns) is still pending; consume it so that every barrier
+  // ends the kernel complete. That warpgroup waits for nothing more from warpgroup 0 (its turns are
+  // all granted by the time warpgroup 0 gets here: warpgroup 0's last turn_pass came before), so
+  // this returns once it gets there.
+  if (kPingpong && cwg == 0) turn_wait<kConsumers>(cwg);
 #else
   __trap();  // built for sm_90a only; dispatch never launches it elsewhere
 #endif
@@ -544,7 +599,7 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
-  kernel<<<ctas, kFwdThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, m_blocks, tiles);
+  kernel<<<ctas, FwdWarps<kD>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, m_blocks, tiles);
   return cudaGetLastError();
 }
 
