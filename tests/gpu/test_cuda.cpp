@@ -230,6 +230,12 @@ std::vector<Case> feature_cases() {
   c.lens_q = {500, 193, 64, 130, 1, 320}; c.lens_k = {500, 260, 64, 130, 17, 300}; c.causal = true;
   c.hq = 32; c.hk = 8;
   v.push_back(c);
+  // Under a causal mask d 64 keeps the 3-warpgroup tile only for long key spans (fwd_config.h):
+  // one 3100-row sequence takes it for the whole call.
+  c = make("many_tiles_varlen_causal_long_d64", DType::F16, 0, 0, 64);
+  c.lens_q = {3100, 193, 64, 130, 1}; c.lens_k = {3100, 260, 64, 130, 17}; c.causal = true;
+  c.hq = 4; c.hk = 2;
+  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
@@ -307,6 +313,20 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
     const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
     const bool sm90 = !off && c->dropout_p == 0.0f;
     EXPECT_NE(choice.find(sm90 ? ": sm90 forward" : ": sm80 forward"), std::string::npos) << c->name << ": " << choice;
+  }
+  if (off) return;
+  // d 64: 3 consumer warpgroups (192-row tiles), 2 where a causal / window mask leaves the queries
+  // fewer than 1536 keys on average (fwd_config.h's fwd_tile).
+  struct TileCase { int seqlen; bool causal; int window_left; int consumers; };
+  for (const TileCase& t : {TileCase{512, false, -1, 3}, TileCase{512, true, -1, 2}, TileCase{2048, true, -1, 2},
+                            TileCase{3200, true, -1, 3}, TileCase{4096, false, 1000, 2}, TileCase{4096, false, 2000, 3}}) {
+    Case c = make("tile_d64", DType::BF16, t.seqlen, t.seqlen, 64);
+    c.causal = t.causal;
+    if (t.window_left >= 0) { c.window_left = t.window_left; c.window_right = 0; }
+    Fixture f(c);
+    const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
+    EXPECT_NE(choice.find(std::to_string(t.consumers) + " consumer warpgroups"), std::string::npos)
+        << "seqlen " << t.seqlen << (t.causal ? " causal" : "") << " window " << t.window_left << ": " << choice;
   }
 }
 

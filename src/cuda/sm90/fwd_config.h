@@ -11,6 +11,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
+
 #include "core/params.h"
 
 namespace ioattn::cuda::sm90 {
@@ -51,15 +54,22 @@ struct FwdTile {
 //            d = 256 kernel had spent a quarter more products and bytes.
 //   d = 256: persistent without overlap best or tied on all 6 (643 .. 749); with pingpong 624 / 452 /
 //            736 / 710 against 637 / 459 / 750 / 726 without (2048 / 2048 causal / 16k / 16k causal).
-//   d = 64 with 3 consumers (block_m 192, FA3's d = 64 tile): not measured yet (bench/notes-sm90.md,
-//            "Three consumer warpgroups at d = 64"); with 2 it ran 406 / 454 TFLOP/s at 2048 / 16k
-//            against cuDNN's 462 / 470, the tensor pipe idle under both softmaxes.
+//   d = 64 with 3 consumers (block_m 192, FA3's d = 64 tile; session 8, H200, same run as 2 consumers,
+//            bench/results/variants-nvidia-h200-2026-11-22-s8-fwd-d64-3wg-ab.txt): 352 / 409 / 489 / 515
+//            / 567 against 323 / 373 / 414 / 432 / 451 at seqlen 512 / 1k / 2k / 4k / 16k (+9% .. +26%),
+//            causal 439 / 517 against 397 / 435 at 4k / 16k, but causal 156 / 259 / 333 against 213 /
+//            291 / 354 at 512 / 1k / 2k: a 192-row tile under a causal diagonal computes more masked
+//            score blocks (every warpgroup takes as many turns as the tile has key blocks: about
+//            1.35x the work of 128-row tiles at 512). Hence the second d = 64 row, chosen at run time
+//            (fwd_tile below) where a mask leaves the queries short key spans.
 inline constexpr FwdTile kFwdTiles[] = {
     {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
+    {64, 128, 2, 128, 3, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 128 KB smem"},
     {128, 128, 2, 128, 2, 2, true, false, true, "S 64 + O 64 regs; 192 KB smem"},
     {192, 128, 2, 64, 2, 2, true, false, false, "S 32 + O 96 regs; 192 KB smem"},
     {256, 128, 2, 64, 2, 1, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
 };
+inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
 
 // The sm90 head dim a call of head dim d runs with: 64, 128, 192 or 256 (extra columns read as
 // zeros through the tensor maps), or 0 above 256.
@@ -67,22 +77,50 @@ constexpr int sm90_head_dim(int d) {
   return d <= 64 ? 64 : (d <= 128 ? 128 : (d <= 192 ? 192 : (d <= 256 ? 256 : 0)));
 }
 
-constexpr FwdTile fwd_tile(int head_dim) {
-  for (const FwdTile& t : kFwdTiles)
-    if (head_dim <= t.head_dim) return t;
-  return kFwdTiles[sizeof(kFwdTiles) / sizeof(kFwdTiles[0]) - 1];
+// The first row of head dim head_dim (an sm90 head dim), and whether row i + 1 is another tile of it.
+constexpr int fwd_first_tile(int head_dim) {
+  for (int i = 0; i < kFwdTileCount; ++i)
+    if (kFwdTiles[i].head_dim == head_dim) return i;
+  return kFwdTileCount - 1;
+}
+constexpr bool fwd_has_second_tile(int head_dim) {
+  const int i = fwd_first_tile(head_dim);
+  return i + 1 < kFwdTileCount && kFwdTiles[i + 1].head_dim == head_dim;
 }
 
-template <int kD>
-struct FwdTileFor {
-  static constexpr int block_m = fwd_tile(kD).block_m;
-  static constexpr int consumers = fwd_tile(kD).consumers;
-  static constexpr int block_n = fwd_tile(kD).block_n;
-  static constexpr int stages = fwd_tile(kD).stages;
-  static constexpr int q_stages = fwd_tile(kD).q_stages;
-  static constexpr bool persistent = fwd_tile(kD).persistent;
-  static constexpr bool overlap = fwd_tile(kD).overlap;
-  static constexpr bool pingpong = fwd_tile(kD).pingpong;
+// Keys the middle query row sees: under a causal or sliding-window mask, roughly the mean over the
+// rows (DESIGN.md's mask, bottom-right aligned; varlen: of the longest sequence).
+inline int64_t fwd_key_span(const Params& p) {
+  const int64_t sq = p.seqlen_q, sk = p.seqlen_k;
+  const int64_t diag = sq / 2 + sk - sq;  // the middle row's diagonal key
+  const int64_t left = p.window_left < 0 ? diag : std::min<int64_t>(p.window_left, diag);
+  const int64_t right = p.window_right < 0 ? sk - 1 - diag : std::min<int64_t>(p.window_right, sk - 1 - diag);
+  return std::max<int64_t>(0, std::min<int64_t>(sk, left + right + 1));
+}
+
+// The row this call runs with (an index into kFwdTiles): its head dim's first tile, or the second
+// (d = 64: 2 consumer warpgroups) where a mask leaves the queries fewer than 1536 keys on average:
+// measured, the 3-consumer tile lost at causal seqlen 2048 (span 1024) and won at 4096 (span 2048).
+inline int fwd_tile_index(int head_dim, const Params& p) {
+  const int i = fwd_first_tile(head_dim);
+  const bool masked = p.window_left >= 0 || p.window_right >= 0;
+  if (fwd_has_second_tile(head_dim) && masked && fwd_key_span(p) < 1536) return i + 1;
+  return i;
+}
+inline FwdTile fwd_tile(int head_dim, const Params& p) { return kFwdTiles[fwd_tile_index(head_dim, p)]; }
+
+template <int kTile>
+struct FwdTileAt {
+  static_assert(kTile >= 0 && kTile < kFwdTileCount, "a row of kFwdTiles");
+  static constexpr int head_dim = kFwdTiles[kTile].head_dim;
+  static constexpr int block_m = kFwdTiles[kTile].block_m;
+  static constexpr int consumers = kFwdTiles[kTile].consumers;
+  static constexpr int block_n = kFwdTiles[kTile].block_n;
+  static constexpr int stages = kFwdTiles[kTile].stages;
+  static constexpr int q_stages = kFwdTiles[kTile].q_stages;
+  static constexpr bool persistent = kFwdTiles[kTile].persistent;
+  static constexpr bool overlap = kFwdTiles[kTile].overlap;
+  static constexpr bool pingpong = kFwdTiles[kTile].pingpong;
 };
 
 // Defined in fwd_kernel.cuh, instantiated per head dim in generated files (src/cuda/CMakeLists.txt).

@@ -59,15 +59,15 @@ namespace ioattn::cuda::sm90 {
 
 namespace ptx = ::cuda::ptx;
 
-// The warpgroups of head dim kD's tile: the producer and kConsumers consumers, and the register
+// The warpgroups of tile kTile (a row of fwd_config.h's kFwdTiles): the producer and kConsumers consumers, and the register
 // split (setmaxnreg, multiples of 8): the producer's one TMA thread needs few, the consumers share
 // the rest of the 64K: 128 x 24 + 256 x 240 = 64512 with 2 consumers, 128 x 24 + 384 x 160 = 64512
 // with 3.
-template <int kD>
+template <int kTile>
 struct FwdWarps {
-  static constexpr int kConsumers = FwdTileFor<kD>::consumers;
+  static constexpr int kConsumers = FwdTileAt<kTile>::consumers;
   static_assert(kConsumers == 2 || kConsumers == 3, "the sm90 forward has 2 or 3 consumer warpgroups");
-  static_assert(FwdTileFor<kD>::block_m == 64 * kConsumers, "64 query rows per consumer warpgroup");
+  static_assert(FwdTileAt<kTile>::block_m == 64 * kConsumers, "64 query rows per consumer warpgroup");
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerWarps = 4 * kConsumers;
   static constexpr int kProducerRegs = 24;
@@ -77,11 +77,12 @@ struct FwdWarps {
 };
 
 // Byte offsets in the (1024-byte aligned) dynamic shared memory.
-template <int kD>
+template <int kTile>
 struct FwdSmem {
-  static constexpr int kBM = FwdTileFor<kD>::block_m, kBN = FwdTileFor<kD>::block_n;
-  static constexpr int kStages = FwdTileFor<kD>::stages;
-  static constexpr int kQStages = FwdTileFor<kD>::q_stages;
+  static constexpr int kD = FwdTileAt<kTile>::head_dim;
+  static constexpr int kBM = FwdTileAt<kTile>::block_m, kBN = FwdTileAt<kTile>::block_n;
+  static constexpr int kStages = FwdTileAt<kTile>::stages;
+  static constexpr int kQStages = FwdTileAt<kTile>::q_stages;
   static constexpr int kChunks = kD / 64;  // 64-column tiles per row (wgmma.cuh)
   static constexpr int kQBytes = kBM * kD * 2;
   static constexpr int kKVBytes = kBN * kD * 2;
@@ -216,15 +217,17 @@ __device__ __forceinline__ bool round_exists(int r, int ctas, int tiles, bool pa
 // kMods: the call uses softcap or ALiBi (compiled out otherwise, as in the sm80 kernel).
 // gridDim.x CTAs walk the tiles in rounds (tile_of); persistent (one CTA per multiprocessor), one
 // tile's epilogue overlaps the next tile's loads; with one CTA per tile each does round 0 only.
-// kOverlap / kPingpong: fwd_config.h's FwdTile::overlap / pingpong.
-template <class T, int kD, bool kMods, bool kOverlap, bool kPingpong>
-__global__ void __launch_bounds__(FwdWarps<kD>::kThreads, 1)
+// kTile: the row of fwd_config.h's kFwdTiles (head dim, tile, schedule).
+template <class T, int kTile, bool kMods>
+__global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                const __grid_constant__ CUtensorMap tm_o, bool o_tma, int m_blocks, int tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using L = FwdSmem<kD>;
-  using W = FwdWarps<kD>;
+  using L = FwdSmem<kTile>;
+  using W = FwdWarps<kTile>;
+  constexpr int kD = L::kD;
+  constexpr bool kOverlap = FwdTileAt<kTile>::overlap, kPingpong = FwdTileAt<kTile>::pingpong;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
@@ -590,22 +593,23 @@ __global__ void __launch_bounds__(FwdWarps<kD>::kThreads, 1)
 #endif
 }
 
-template <class T, int kD, bool kMods, bool kOverlap, bool kPingpong>
+template <class T, int kTile, bool kMods>
 cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks, int tiles, int ctas,
                               const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const CUtensorMap& to,
                               bool o_tma) {
-  constexpr int kSmem = FwdSmem<kD>::kBytes;
-  auto kernel = fwd_kernel<T, kD, kMods, kOverlap, kPingpong>;
+  constexpr int kSmem = FwdSmem<kTile>::kBytes;
+  auto kernel = fwd_kernel<T, kTile, kMods>;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
-  kernel<<<ctas, FwdWarps<kD>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, m_blocks, tiles);
+  kernel<<<ctas, FwdWarps<kTile>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, m_blocks, tiles);
   return cudaGetLastError();
 }
 
-template <class T, int kD>
-Status run_fwd(const Params& p, cudaStream_t stream) {
-  constexpr int kBM = FwdTileFor<kD>::block_m;
+template <class T, int kTile>
+Status run_fwd_tile(const Params& p, cudaStream_t stream) {
+  using Tile = FwdTileAt<kTile>;
+  constexpr int kD = Tile::head_dim, kBM = Tile::block_m;
   const int m_blocks = (p.seqlen_q + kBM - 1) / kBM;  // varlen: the longest sequence
   if (m_blocks == 0 || p.batch == 0) return Status::Ok();
   const int64_t tiles = int64_t(tile_slots(p, m_blocks)) * p.heads_q * p.batch;
@@ -616,21 +620,31 @@ Status run_fwd(const Params& p, cudaStream_t stream) {
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return Status{ErrorCode::BackendError, std::string("sm90 forward: ") + cudaGetErrorString(e)};
-  const int ctas = FwdTileFor<kD>::persistent ? static_cast<int>(std::min<int64_t>(units, sms)) : static_cast<int>(units);
+  const int ctas = Tile::persistent ? static_cast<int>(std::min<int64_t>(units, sms)) : static_cast<int>(units);
   CUtensorMap tq, tk, tv, to;
-  if (!encode_qkv_maps(p, kD, &tq, &tk, &tv))
+  if (!encode_qkv_maps(p, kFwdTiles[kTile], &tq, &tk, &tv))
     return Status{ErrorCode::Unsupported, "sm90 forward: the driver refused a tensor map for these strides"};
   // O's map for the TMA epilogue (q_stages = 2); when the driver refuses it (say, a row stride that
   // is not a multiple of 16 bytes) O is written from registers instead.
-  const bool o_tma = FwdTileFor<kD>::q_stages > 1 && encode_o_map(p, &to);
+  const bool o_tma = Tile::q_stages > 1 && encode_o_map(p, &to);
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-  constexpr bool kOverlap = FwdTileFor<kD>::overlap, kPingpong = FwdTileFor<kD>::pingpong;
-  e = mods ? launch_fwd_kernel<T, kD, true, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma)
-           : launch_fwd_kernel<T, kD, false, kOverlap, kPingpong>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma);
+  e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma)
+           : launch_fwd_kernel<T, kTile, false>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError,
                   std::string("cuda forward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};
   return Status::Ok();
+}
+
+// Head dim kD's forward: its tile (fwd_tile's choice among the head dim's rows), instantiating only
+// the rows of kD.
+template <class T, int kD>
+Status run_fwd(const Params& p, cudaStream_t stream) {
+  constexpr int kFirst = fwd_first_tile(kD);
+  if constexpr (fwd_has_second_tile(kD)) {
+    if (fwd_tile_index(kD, p) == kFirst + 1) return run_fwd_tile<T, kFirst + 1>(p, stream);
+  }
+  return run_fwd_tile<T, kFirst>(p, stream);
 }
 
 }  // namespace ioattn::cuda::sm90

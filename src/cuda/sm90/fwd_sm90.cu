@@ -24,8 +24,9 @@ int forward_head_dim(int d) {
 }
 
 bool forward_describable(const Params& p) {
+  const int d = forward_head_dim(std::max(p.head_dim, p.head_dim_v));
   CUtensorMap tq, tk, tv;
-  return encode_qkv_maps(p, forward_head_dim(std::max(p.head_dim, p.head_dim_v)), &tq, &tk, &tv);
+  return d != 0 && encode_qkv_maps(p, fwd_tile(d, p), &tq, &tk, &tv);
 }
 
 Status launch_fwd_sm90(const Params& p, cudaStream_t stream) {

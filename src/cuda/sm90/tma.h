@@ -70,9 +70,8 @@ inline CUtensorMapDataType map_type(const Params& p) {
 }
 
 // The forward's three maps: Q in boxes of the query block, K and V in boxes of the key block
-// (fwd_config.h's tile for head dim kd). False if the driver refuses any of them.
-inline bool encode_qkv_maps(const Params& p, int kd, CUtensorMap* tq, CUtensorMap* tk, CUtensorMap* tv) {
-  const FwdTile tile = fwd_tile(kd);
+// (a row of fwd_config.h's kFwdTiles). False if the driver refuses any of them.
+inline bool encode_qkv_maps(const Params& p, const FwdTile& tile, CUtensorMap* tq, CUtensorMap* tk, CUtensorMap* tv) {
   const CUtensorMapDataType type = map_type(p);
   const int batch = p.varlen ? 1 : p.batch;
   const int64_t rows_q = p.varlen ? p.total_q : p.seqlen_q, rows_k = p.varlen ? p.total_k : p.seqlen_k;
