@@ -230,12 +230,6 @@ std::vector<Case> feature_cases() {
   c.lens_q = {500, 193, 64, 130, 1, 320}; c.lens_k = {500, 260, 64, 130, 17, 300}; c.causal = true;
   c.hq = 32; c.hk = 8;
   v.push_back(c);
-  // Under a causal mask d 64 keeps the 3-warpgroup tile only for long key spans (fwd_config.h):
-  // one 3100-row sequence takes it for the whole call.
-  c = make("many_tiles_varlen_causal_long_d64", DType::F16, 0, 0, 64);
-  c.lens_q = {3100, 193, 64, 130, 1}; c.lens_k = {3100, 260, 64, 130, 17}; c.causal = true;
-  c.hq = 4; c.hk = 2;
-  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
@@ -255,6 +249,12 @@ std::vector<Case> large_cases() {
     c.backward = false;
     v.push_back(c);
   }
+  // Under a causal mask d 64 keeps the 3-warpgroup tile only for long key spans (fwd_config.h):
+  // one 3100-row sequence takes it for the whole call, the short ones end inside its 64-row parts.
+  Case c = make("long_varlen_causal_d64", DType::F16, 0, 0, 64);
+  c.lens_q = {3100, 193, 64, 130, 1}; c.lens_k = {3100, 260, 64, 130, 17}; c.causal = true;
+  c.hq = 4; c.hk = 2; c.backward = false;
+  v.push_back(c);
   return v;
 }
 
@@ -316,10 +316,10 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
   }
   if (off) return;
   // d 64: 3 consumer warpgroups (192-row tiles), 2 where a causal / window mask leaves the queries
-  // fewer than 1536 keys on average (fwd_config.h's fwd_tile).
+  // short key spans (fwd_config.h's fwd_tile_index).
   struct TileCase { int seqlen; bool causal; int window_left; int consumers; };
   for (const TileCase& t : {TileCase{512, false, -1, 3}, TileCase{512, true, -1, 2}, TileCase{2048, true, -1, 2},
-                            TileCase{3200, true, -1, 3}, TileCase{4096, false, 1000, 2}, TileCase{4096, false, 2000, 3}}) {
+                            TileCase{3200, true, -1, 3}, TileCase{4096, false, 2000, 2}, TileCase{8192, false, 4000, 3}}) {
     Case c = make("tile_d64", DType::BF16, t.seqlen, t.seqlen, 64);
     c.causal = t.causal;
     if (t.window_left >= 0) { c.window_left = t.window_left; c.window_right = 0; }

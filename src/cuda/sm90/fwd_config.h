@@ -99,13 +99,16 @@ inline int64_t fwd_key_span(const Params& p) {
 }
 
 // The row this call runs with (an index into kFwdTiles): its head dim's first tile, or the second
-// (d = 64: 2 consumer warpgroups) where a mask leaves the queries fewer than 1536 keys on average:
-// measured, the 3-consumer tile lost at causal seqlen 2048 (span 1024) and won at 4096 (span 2048).
+// (d = 64: 2 consumer warpgroups) where a mask leaves the queries short key spans. Thresholds as
+// measured (H200, d = 64, 3 against 2 consumers; bench/results/*-2026-11-22-s8-fwd-d64-*): causal
+// lost at seqlen 2048 (span 1024: 333 / 354) and won at 3200 (span 1600: 408 / 379) and 4096;
+// a sliding window (window_left >= 0, no pairing of the tiles) lost at span 2001 (315 / 364) and
+// won at span 4001 (428 / 400).
 inline int fwd_tile_index(int head_dim, const Params& p) {
   const int i = fwd_first_tile(head_dim);
-  const bool masked = p.window_left >= 0 || p.window_right >= 0;
-  if (fwd_has_second_tile(head_dim) && masked && fwd_key_span(p) < 1536) return i + 1;
-  return i;
+  if (!fwd_has_second_tile(head_dim) || (p.window_left < 0 && p.window_right < 0)) return i;
+  const int64_t min_span = p.window_left < 0 ? 1536 : 3072;
+  return fwd_key_span(p) < min_span ? i + 1 : i;
 }
 inline FwdTile fwd_tile(int head_dim, const Params& p) { return kFwdTiles[fwd_tile_index(head_dim, p)]; }
 
