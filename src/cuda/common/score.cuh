@@ -15,6 +15,31 @@ namespace ioattn::cuda {
 constexpr float kLog2e = 1.4426950408889634f;  // log2(e): natural-log units -> log2 units
 constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   log2 units -> natural log (LSE)
 
+// 2^x with ex2.approx.ftz.f32: one MUFU.EX2. exp2f without -ftz=true compiles to ex2.approx.f32,
+// which ptxas expands to about four instructions (range test and pre/post scaling so that results
+// below 2^-126 come out subnormal instead of 0); FA2 gets the one-instruction form from
+// --use_fast_math. Flushing is harmless for attention probabilities: a P below 2^-126 next to the
+// row maximum's P = 1 is below fp32's resolution of the row sum and of fp16's range, and bf16's
+// subnormal products with V vanish in the fp32 accumulator. Same ~2 ulp accuracy as exp2f
+// otherwise; exp2(-inf) = +0, so masked scores still give exactly 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// tanh(y) = 1 - 2 / (e^(2y) + 1) for softcap: one ex2 and one reciprocal on the MUFU and three
+// FMA-pipe instructions, where tanhf costs ~20 instructions with a branch (softcap's forward ran
+// at a quarter of the plain kernel's speed with it). Error: absolute, below 5e-7 (ex2's 2 ulp on
+// e^(2y) and the reciprocal's 1 ulp, both relative, taken through 2 / (e + 1) <= 2); softcap
+// multiplies it by softcap * log2(e) into the log2-unit score, ~1e-5 of a unit at softcap 30: a
+// relative error of ~1e-5 in P, 50x below fp16's rounding. Large |y|: e = inf gives 1, e = 0
+// gives -1; NaN stays NaN.
+__device__ __forceinline__ float softcap_tanh(float y) {
+  const float e = fast_exp2(y * (2.0f * kLog2e));
+  return 1.0f - __fdividef(2.0f, e + 1.0f);
+}
+
 struct ScoreMod {
   float scale_log2;  // no softcap: x = acc * scale * log2(e)
   float cap_in;      // softcap:    x = cap_out * tanh(acc * cap_in),
@@ -48,7 +73,7 @@ struct ScoreMod {
   // Scores of kNTiles 16x8 fragments: rows row0 (c[0], c[1]) and row0 + 8 (c[2], c[3]), columns
   // col0 + 8 nt + {0, 1}. Transforms in place to log2 units; kMask adds the element mask (-inf).
   // kMods = false compiles softcap and ALiBi out (for kernels instantiated for calls without them:
-  // fewer live registers). tanhf (not tanh.approx) keeps softcap within the dtype's rounding.
+  // fewer live registers). softcap_tanh, not tanh.approx (2^-11 relative: fp16's rounding).
   template <bool kMask, bool kMods = true, int kNTiles>
   __device__ __forceinline__ void apply(float (&s)[kNTiles][4], int row0, int col0) const {
 #pragma unroll
@@ -57,7 +82,7 @@ struct ScoreMod {
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + (e / 2) * 8, j = col0 + nt * 8 + (e % 2);
         float x = s[nt][e] * scale_log2;
-        if (kMods && softcap) x = cap_out * tanhf(s[nt][e] * cap_in);
+        if (kMods && softcap) x = cap_out * softcap_tanh(s[nt][e] * cap_in);
         if (kMods && alibi_log2 != 0.0f) x -= alibi_log2 * static_cast<float>(mask.alibi_distance(i, j));
         if (kMask && (j >= sk || !mask.visible(i, j))) x = -INFINITY;
         s[nt][e] = x;

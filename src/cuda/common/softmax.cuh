@@ -8,19 +8,6 @@
 
 namespace ioattn::cuda {
 
-// 2^x with ex2.approx.ftz.f32: one MUFU.EX2. exp2f without -ftz=true compiles to ex2.approx.f32,
-// which ptxas expands to about four instructions (range test and pre/post scaling so that results
-// below 2^-126 come out subnormal instead of 0); FA2 gets the one-instruction form from
-// --use_fast_math. Flushing is harmless for attention probabilities: a P below 2^-126 next to the
-// row maximum's P = 1 is below fp32's resolution of the row sum and of fp16's range, and bf16's
-// subnormal products with V vanish in the fp32 accumulator. Same ~2 ulp accuracy as exp2f
-// otherwise; exp2(-inf) = +0, so masked scores still give exactly 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 struct OnlineSoftmax {
   float m[2];  // running row maximum, log2 units (quad-uniform)
   float l[2];  // running sum of exp2(x - m): this thread's columns only, summed over the quad at the end

@@ -34,6 +34,7 @@
 #include <type_traits>
 
 #include "common/mma.cuh"
+#include "common/score.cuh"
 #include "core/kvcache.h"
 #include "core/mask.h"
 #include "core/params.h"
@@ -528,7 +529,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
           const float acc = sc[nt][2 * r + (e & 1)];
           float v = acc * p.scale_log2;
           if constexpr (kMods) {
-            if (softcap) v = cap_out * tanhf(acc * cap_in);
+            if (softcap) v = cap_out * softcap_tanh(acc * cap_in);
             if (alibi) v -= slope[r] * static_cast<float>(mask.alibi_distance(qi[r], j));
           }
           if constexpr (kMasked) v = (j >= lo[r] && j < hi[r]) ? v : -INFINITY;

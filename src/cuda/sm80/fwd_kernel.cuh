@@ -13,8 +13,8 @@
 //                O += P V_n    P converted to 16 bits in registers (C fragment == A fragment)
 //   epilogue   O / l (and 1/(1-p) with dropout) -> input dtype, staged through the Q tile for
 //              16-byte coalesced stores; LSE = ln(sum) in fp32.
-// Fast intrinsics relied on: ex2.approx.ftz (fast_exp2 in common/softmax.cuh, about 2 ulp, results
-// below 2^-126 flushed to 0) and log2f; tanhf is the accurate one.
+// Fast intrinsics relied on: ex2.approx.ftz (fast_exp2 in common/score.cuh, about 2 ulp, results
+// below 2^-126 flushed to 0), log2f, and softcap's tanh from ex2 and a reciprocal (softcap_tanh).
 #pragma once
 
 #include <cuda_bf16.h>
