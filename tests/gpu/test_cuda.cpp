@@ -188,6 +188,16 @@ std::vector<Case> feature_cases() {
     c = make("alibi_batch_head", dt, 100, 140, 64);
     c.alibi = Alibi::PerBatchHead; c.batch = 2;
     v.push_back(c);
+    // Softcap with ALiBi through every head dim's mods kernels (d 64: 400 rows, three 192-row
+    // tiles of the 3-warpgroup forward), non-causal and causal.
+    for (int d : {64, 128, 256}) {
+      c = make("softcap_alibi_d" + std::to_string(d), dt, d == 64 ? 400 : 130, 200, d);
+      c.softcap = 10.0f; c.alibi = Alibi::PerHead;
+      v.push_back(c);
+      c = make("softcap_alibi_causal_d" + std::to_string(d), dt, 200, 200, d);
+      c.softcap = 10.0f; c.alibi = Alibi::PerBatchHead; c.causal = true; c.batch = 2;
+      v.push_back(c);
+    }
     for (int d : {64, 128}) {
       c = make("dropout_d" + std::to_string(d), dt, 140, 170, d);
       c.dropout_p = 0.17f;
