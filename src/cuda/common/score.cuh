@@ -77,7 +77,7 @@ struct ScoreMod {
   // ALiBi (kMods): -slope |i + shift - j| (alibi_distance) in float, exact for distances below
   // 2^24: the row's i + shift - col0 once per row, then per element one FADD of a constant (|.| is
   // an operand modifier) and one FFMA; slope 0 without ALiBi. (The integer distance and its
-  // conversion per element made the d = 64 three-warpgroup forward spill 394 bytes; this, none.)
+  // conversion per element made the d = 64 three-warpgroup forward spill 394 bytes; this, 40.)
   template <bool kMask, bool kMods = true, int kNTiles>
   __device__ __forceinline__ void apply(float (&s)[kNTiles][4], int row0, int col0) const {
     float d0[2];  // i + shift - col0 for rows row0, row0 + 8
