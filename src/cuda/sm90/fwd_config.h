@@ -61,7 +61,7 @@ struct FwdTile {
 //            291 / 354 at 512 / 1k / 2k: a 192-row tile under a causal diagonal computes more masked
 //            score blocks (every warpgroup takes as many turns as the tile has key blocks: about
 //            1.35x the work of 128-row tiles at 512). Hence the second d = 64 row, chosen at run time
-//            (fwd_tile below) where a mask leaves the queries short key spans.
+//            (fwd_tile_index below) where a mask leaves the queries short key spans.
 inline constexpr FwdTile kFwdTiles[] = {
     {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
     {64, 128, 2, 128, 3, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 128 KB smem"},
