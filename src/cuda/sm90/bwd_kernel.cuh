@@ -152,7 +152,8 @@ __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync 
 
 // One work item of bwd_kernel: the key block from key n0 of kv head hk of sequence b, and its steps
 // (query head of the GQA group, query block of kBM rows that sees the block; head-major). Producer
-// and consumers derive the same item from its index, so they agree on every load.
+// and consumers derive the same item from its index (which the producer hands over), so they agree
+// on every load.
 struct BwdItem {
   int hk, b, n0;
   SeqBounds sb;
@@ -160,10 +161,11 @@ struct BwdItem {
   bool skip;  // the block starts past this (varlen) sequence's end: not even dK / dV to write
 };
 
-// Item w: key block fastest, then kv head, then batch (the launch order of the one-CTA-per-block
-// grid). CTAs that run at the same time then work on neighbouring key blocks of the same heads,
-// which read the same Q / dO rows and reduce into the same dQ rows in L2: measured to be worth
-// 13-25% over an order across heads (bench/notes-sm90.md, the launch order under a causal mask).
+// Item w: key block fastest, then kv head, then batch (the order the counter hands them out in, as
+// the former one-CTA-per-block grid launched them). CTAs that run at the same time then work on
+// neighbouring key blocks of the same heads, which read the same Q / dO rows and reduce into the
+// same dQ rows in L2: measured to be worth 13-25% over an order across heads (bench/notes-sm90.md,
+// the launch order under a causal mask).
 template <int kBN, int kBM>
 __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks) {
   BwdItem t;
