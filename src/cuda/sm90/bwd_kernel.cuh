@@ -2,18 +2,22 @@
 //
 // Three kernels on the caller's stream, the first and last shared with the sm80 path
 // (sm80/bwd_kernel.cuh, same workspace layout):
-//   bwd_preprocess   D_i = sum_d dO_id O_id, zeroes the fp32 dQ accumulator, and writes the rows'
-//                    LSE (log2 units) and D for this kernel's producer to copy
+//   bwd_preprocess   D_i = sum_d dO_id O_id, zeroes the fp32 dQ accumulator and bwd_kernel's
+//                    item counter, and writes the rows' LSE (log2 units) and D for this kernel's
+//                    producer to copy
 //   bwd_kernel       (below) work items (key block of kBN keys, kv head, batch): one CTA per
-//                    item under a mask, one per multiprocessor walking them without one
+//                    multiprocessor, each taking the next item from a global counter until none
+//                    is left (persistent, dynamically balanced)
 //   bwd_convert_dq   dq = scale * accumulator, in the input dtype
 //                    (the deterministic mode: sm80's bwd_dq instead, and bwd_kernel skips dQ)
 //
 // bwd_kernel: 3 warpgroups, like the forward.
-//   producer   warp 0, one thread, per item: Q_m and dO_m for every (query head of the GQA group,
-//              query block m of kBM rows that sees the key block) into a ring of kStages buffers
-//              (mbarriers), and K and V of the block (TMA, one buffer: loaded after the item's first
-//              Q / dO stage, while the consumers finish the previous item; see bwd_kernel).
+//   producer   warp 0, one thread, per item: takes the item's index (atomicAdd on the counter),
+//              Q_m and dO_m for every (query head of the GQA group, query block m of kBM rows that
+//              sees the key block) into a ring of kStages buffers (mbarriers), and K and V of the
+//              block (TMA, one buffer: loaded after the item's first Q / dO stage, while the
+//              consumers finish the previous item), handing the index to the consumers with K / V
+//              (see bwd_kernel).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
 //                the step's LSE (log2 units, +inf for rows that see no key or lie past the
 //                sequence) and D rows arrive with its Q / dO stage (the producer's bulk copies of
@@ -123,7 +127,8 @@ struct BwdSmem {
   static constexpr int kStatsBytes = 2 * S::kBM * 4;
   static constexpr int kStats = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;  // kv_full, kv_empty, qdo_full[], qdo_empty[]
-  static constexpr int kBytes = kBar + 8 * (2 + 2 * S::kStages) + 1024;
+  static constexpr int kItem = kBar + 8 * (2 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
+  static constexpr int kBytes = kItem + 16 + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
 
@@ -147,7 +152,8 @@ __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync 
 
 // One work item of bwd_kernel: the key block from key n0 of kv head hk of sequence b, and its steps
 // (query head of the GQA group, query block of kBM rows that sees the block; head-major). Producer
-// and consumers derive the same item from its index, so they agree on every load.
+// and consumers derive the same item from its index (which the producer hands over), so they agree
+// on every load.
 struct BwdItem {
   int hk, b, n0;
   SeqBounds sb;
@@ -155,10 +161,11 @@ struct BwdItem {
   bool skip;  // the block starts past this (varlen) sequence's end: not even dK / dV to write
 };
 
-// Item w: key block fastest, then kv head, then batch (the launch order of the one-CTA-per-block
-// grid). CTAs that run at the same time then work on neighbouring key blocks of the same heads,
-// which read the same Q / dO rows and reduce into the same dQ rows in L2: measured to be worth
-// 13-25% over an order across heads (bench/notes-sm90.md, the launch order under a causal mask).
+// Item w: key block fastest, then kv head, then batch (the order the counter hands them out in, as
+// the former one-CTA-per-block grid launched them). CTAs that run at the same time then work on
+// neighbouring key blocks of the same heads, which read the same Q / dO rows and reduce into the
+// same dQ rows in L2: measured to be worth 13-25% over an order across heads (bench/notes-sm90.md,
+// the launch order under a causal mask).
 template <int kBN, int kBM>
 __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks) {
   BwdItem t;
@@ -175,39 +182,68 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
   return t;
 }
 
-// gridDim.x CTAs walk the items (bwd_item): CTA c takes items c, c + gridDim.x, ... run_bwd
-// launches one CTA per item (each takes one) under a mask, where the items' costs differ, and one
-// per multiprocessor (persistent) without one, where they are equal.
+// The items (bwd_item) are handed out dynamically: the producer of each of the gridDim.x CTAs (one
+// per multiprocessor, run_bwd) takes the next index from a global counter with atomicAdd when it
+// needs a new item, until the counter passes `items`. The indices start in increasing order, so
+// the CTAs running together still work on neighbouring key blocks of the same heads (bwd_item), and
+// the load balances itself under a mask, where the items' costs differ (causal: key block j meets
+// the query blocks from j on): a CTA that finished a cheap item takes the next one. The index is
+// taken when the producer is about to issue the item's first Q / dO stage, i.e. kStages steps
+// before the consumers finish the previous item: the atomic's latency hides behind those steps,
+// and no index is reserved long before it can start (a prefetch one item ahead would bind the
+// last items to CTAs still busy with long ones).
+//   The counter's lifetime: one int in the workspace (sm80::bwd::sched_offset), zeroed by
+// bwd_preprocess, which runs before this kernel on the same stream at every call (and at every
+// replay of a captured graph); this launch only increments it (items + gridDim.x times in all, below
+// 2^31: run_bwd keeps items below 2^30); the next call's preprocess zeroes it again.
 //
-// The protocol across a CTA's items. Producer warp 0 and the consumers walk the same items and skip
-// the same ones: an item with no steps (skip, or no query rows: a varlen sequence with sq = 0) has
-// nothing to load or wait for; the consumers still write its dK = dV = 0 unless skip. Counters run
-// on across items, on both sides alike: g counts steps (Q / dO ring stage g % kStages in its fill
-// g / kStages, statistics barrier 4 + g % kStages, dS^T buffer g % 2), kv counts items with steps
-// (their K / V: kv_full's and kv_empty's phase kv).
-//   K / V have one buffer. The producer loads item kv's right after the item's first Q / dO stage
-//   (whose ring slot frees earlier, at step g - kStages), once kv_empty's phase kv - 1 completed:
-//   each of the 8 consumer warps arrives after its last product reading K or V of item kv - 1 is
-//   complete (the last step's dQ = dS K; in the deterministic mode, which has no dQ product, its
-//   S^T and dP^T), then goes on storing dK / dV while the copy runs. The consumers wait for
-//   kv_full's phase kv before the item's first step. A parity wait cannot mistake a phase two
-//   ahead: phase kv + 1 of either barrier needs the other side's part in phase kv first.
-//   No deadlock: the producer's waits before issuing step g or the K / V of g's item (statistics
-//   barrier and qdo_empty of step g - kStages, kv_empty of the previous item) are on consumer work
-//   of steps before g only, all of whose copies the producer issued earlier in its program order;
-//   the consumers' waits for step g (kv_full of g's item, qdo_full of g, and the two warpgroups'
-//   named barriers, which both pass at every step in the same order) are on copies issued before
-//   any producer wait on step g or later. By induction on g every wait returns.
-//   No buffer rewritten while read: K / V by kv_empty; a Q / dO stage and its statistics by
-//   qdo_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was last read by
-//   step g - 2's dQ products, which both warpgroups completed before step g - 1's consumers_sync
-//   (g global: restarted per item, an item's first step could overwrite the buffer that the other
-//   warpgroup's dQ product of the previous item's last step still reads); a warpgroup's dQ staging
-//   by its leader's wait for the reads of its earlier reductions at every step (once per step
-//   whatever the item), and the final wait for them at the CTA's end.
+// The protocol across a CTA's items. Only the producer (warp 0) knows which items its CTA got; it
+// hands each index to the consumers through one shared-memory slot (L::kItem): it stores the index
+// with lane 0 before its arrive on kv_full for that item, and the consumers read the slot after
+// their wait for that kv_full phase completed. mbarrier.arrive has release and try_wait acquire
+// semantics at CTA scope (the PTX defaults of the cuda::ptx calls used), so the plain st.shared is
+// visible to the plain ld.shared after the wait; both calls' asm clobber memory, so the compiler
+// keeps the store before the arrive and the load after the wait. Every item the consumers have
+// work for is handed over, including those with no steps (a varlen sequence without query rows, or
+// a window that no query of the block sees), whose dK = dV = 0 the consumers write: for those the
+// producer arrives on kv_full with no bytes expected (the phase completes at once). Items past a
+// varlen sequence's end (skip) are not handed over: nobody has anything to do for them (no loads,
+// no dK / dV rows), so the consumers need not know of them, and the producer takes the next index
+// at once. After the last item the producer hands over kEndItem the same way (no bytes): the
+// consumers leave their loop, so none waits for a phase that never completes.
+// Counters run on across items, on both sides alike: g counts steps (Q / dO ring stage
+// g % kStages in its fill g / kStages, statistics barrier 4 + g % kStages, dS^T buffer g % 2), kv
+// counts hand-overs (kv_full's and kv_empty's phase kv; the end's hand-over is kv_full's last
+// phase, with no kv_empty phase after it).
+//   K / V have one buffer, the item slot one word. The producer loads item kv's K / V right after
+// the item's first Q / dO stage (whose ring slot frees earlier, at step g - kStages), once kv_empty's
+// phase kv - 1 completed, and writes the slot just before: the consumers arrive on kv_empty (each of
+// the 8 consumer warps, __syncwarp then lane 0) after their last product reading K or V of item
+// kv - 1 (the last step's dQ = dS K; in the deterministic mode, which has no dQ product, its S^T and
+// dP^T), or right after reading the slot for an item with no steps; every consumer thread reads the
+// slot before any of its products of that item. So K / V and the slot are rewritten only after
+// every read of them for the previous item (the arrive releases those reads, the producer's wait
+// acquires). The consumers store dK / dV after their kv_empty arrival, while the copy runs, then wait
+// for kv_full's phase kv. A parity wait cannot mistake a phase two ahead: phase kv + 1 of either
+// barrier needs the other side's part in phase kv first.
+//   No deadlock: the producer's waits before issuing step g, the K / V of g's item or a hand-over
+// (statistics barrier and qdo_empty of step g - kStages, kv_empty of the previous hand-over) are on
+// consumer work of earlier steps and items only, all of whose copies and hand-overs the producer
+// issued earlier in its program order; the consumers' waits (kv_full of each hand-over, qdo_full of
+// step g, and the two warpgroups' named barriers, which both pass at every step in the same order)
+// are on copies and hand-overs issued before any producer wait on a later step or hand-over. The
+// atomicAdd waits for nothing. By induction on (hand-overs, steps) every wait returns, and the end's
+// hand-over reaches the consumers after they arrived for the last item.
+//   No buffer rewritten while read: K / V and the slot by kv_empty (above); a Q / dO stage and its
+//   statistics by qdo_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was
+//   last read by step g - 2's dQ products, which both warpgroups completed before step g - 1's
+//   consumers_sync (g global: restarted per item, an item's first step could overwrite the buffer
+//   that the other warpgroup's dQ product of the previous item's last step still reads); a
+//   warpgroup's dQ staging by its leader's wait for the reads of its earlier reductions at every
+//   step (once per step whatever the item), and the final wait for them at the CTA's end.
 //   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
 //   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
-//   last item (once per CTA, so none is left with a phase pending at exit); the consumers arrive
+//   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
 //   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
 template <class T, int kD>
@@ -215,7 +251,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,
                const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_dq,
-               const float* row_stats) {
+               const float* row_stats, int* sched) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
@@ -231,16 +267,18 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* kv_empty = kv_full + 1;
   uint64_t* qdo_full = kv_empty + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
+  int* item_slot = reinterpret_cast<int*>(smem + L::kItem);  // the index handed over (the protocol above)
+  constexpr int kEndItem = -1;                                 // ... after the last item
 
   // run_bwd keeps n_blocks * heads_k * batch (varlen: seqlen_k is the longest sequence) below 2^30,
-  // so that w + gridDim.x stays in range.
+  // so that the counter, taken items + gridDim.x times, stays in range.
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
   const int items = n_blocks * p.heads_k * p.batch;
 
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
-    bptx::mbarrier_init(kv_full, 1);    // the TMA thread's expect_tx
+    bptx::mbarrier_init(kv_full, 1);    // the producer's hand-over (arrive.expect_tx)
     bptx::mbarrier_init(kv_empty, 8);   // the 8 consumer warps
     for (int s = 0; s < kStages; ++s) {
       bptx::mbarrier_init(qdo_full + s, 1);
@@ -256,10 +294,29 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // waiting on the mbarriers; lane 0 issues the copies. Kept warp-uniform, the loop state fits the
     // 24 registers (in uniform registers): with the waits in lane 0's branch too, it spilled 20 bytes.
     if (warp != 0) return;
-    int g = 0, kv = 0;  // steps, items with steps (the protocol above)
-    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+    int g = 0, kv = 0;  // steps, hand-overs (the protocol above)
+    // Hands item w (or kEndItem) to the consumers as kv_full's phase kv, which completes once the
+    // tx_bytes of the copies the caller issues next on kv_full have landed (none: a plain arrive,
+    // the phase completes at once). tx_bytes is a constant at each call: no branch is compiled.
+    auto hand_over = [&](int w, uint32_t tx_bytes) {
+      if (kv > 0) bwd_wait(kv_empty, (kv - 1) & 1);  // hand-over kv - 1's slot and K / V are read
+      if (lane == 0) {
+        *item_slot = w;  // released by the arrive below, acquired by the consumers' wait on kv_full
+        if (tx_bytes > 0)
+          bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, tx_bytes);
+        else
+          bptx::mbarrier_arrive(kv_full);  // release.cta (the PTX default)
+      }
+    };
+    for (;;) {
+      // The next item; lane 0 takes it, the warp follows (warp-uniform: see above).
+      int w = 0;
+      if (lane == 0) w = atomicAdd(sched, 1);
+      w = __shfl_sync(0xffffffffu, w, 0);
+      if (w >= items) break;
       const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks);
-      if (t.steps == 0) continue;
+      if (t.skip) continue;  // nothing to load, no dK / dV rows: the consumers need not know of it
+      if (t.steps == 0) hand_over(w, 0);  // nothing to load; the consumers write dK = dV = 0
       const int bt = p.varlen ? 0 : t.b;  // varlen: the row index carries the sequence
       for (int k = 0; k < t.steps; ++k, ++g) {
         const int s = g % kStages;
@@ -291,11 +348,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                                        qdo_full + s);
           }
         }
-        if (k == 0) {  // the item's K and V, once the previous item's last products have read them
-          if (kv > 0) bwd_wait(kv_empty, (kv - 1) & 1);
+        if (k == 0) {  // the item's index, K and V, once the previous item's last products have read them
+          hand_over(w, 2 * L::kKBytes);
           if (lane == 0) {
-            bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full,
-                                            2 * L::kKBytes);
 #pragma unroll
             for (int c = 0; c < L::kChunks; ++c) {
               const int32_t coords[4] = {c * 64, static_cast<int>(t.sb.k_row0) + t.n0, t.hk, bt};
@@ -309,6 +364,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       }
       ++kv;
     }
+    hand_over(kEndItem, 0);  // the consumers leave their loop
     // The last kStages steps' arrivals, so that no barrier is left with a phase pending.
     __syncwarp();
     for (int i = g > kStages ? g - kStages : 0; i < g; ++i) stats_read_sync(i % kStages);
@@ -324,7 +380,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
   const uint64_t k_desc = make_desc(k_wg, 16, kAtomBytes), v_desc = make_desc(v_wg, 16, kAtomBytes);
   const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
-  auto release_kv = [&] {  // one arrival per warp, after all its lanes' products reading K / V
+  auto release_kv = [&] {  // one arrival per warp, after all its lanes' reads of K / V and the item slot
     __syncwarp();
     if (lane == 0) bptx::mbarrier_arrive(kv_empty);
   };
@@ -340,10 +396,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // [dq_c, dq_c + kDqCols).
     const int dq_m = Shape::dq_m(cwg), dq_c = Shape::dq_c(cwg);
     unsigned char* dq_wg = smem + L::kDQ + L::dq_offset(cwg);
-    int g = 0, kv = 0;  // steps, items with steps (the protocol above)
-    for (int w = blockIdx.x; w < items; w += gridDim.x) {
+    int g = 0;  // steps (the protocol above)
+    for (int kv = 0;; ++kv) {  // hand-overs
+      bwd_wait(kv_full, kv & 1);
+      const int w = *item_slot;  // stored before the producer's arrive on this phase (the protocol above)
+      if (w == kEndItem) break;
       const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks);
-      if (t.skip) continue;
+      if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
       const SeqBounds& sb = t.sb;
       const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
       const int n0w = t.n0 + wk0;
@@ -352,7 +411,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       for (int dt = 0; dt < kDT; ++dt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
-      if (t.steps > 0) bwd_wait(kv_full, kv & 1);
 
       for (int k = 0; k < t.steps; ++k, ++g) {
         const bool last = k + 1 == t.steps;
@@ -502,7 +560,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           }
         }
       }
-      kv += t.steps > 0;
       // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
       // straight from the fragments (while the producer loads the next item's K / V).
       T* gdk = static_cast<T*>(p.dk) + t.b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + t.hk * p.dk_head_stride;
@@ -545,6 +602,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   float* dsum = static_cast<float*>(workspace);
   float* dq_accum = dsum + dq_accum_offset(p);
   float* row_stats = dsum + stats_offset(p, kAccD);
+  int* sched = reinterpret_cast<int*>(dsum + sched_offset(p, kAccD));  // bwd_kernel's item counter
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of the sm80 preprocess / convert
   constexpr int kBN = BwdShape<kD>::kBN;
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
@@ -554,6 +612,9 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   const int64_t items = int64_t(n_blocks) * p.heads_k * p.batch;  // bwd_kernel's work items
   if (items >= (int64_t(1) << 30))
     return Status{ErrorCode::Unsupported, "sm90 backward: more than 2^30 key blocks in one call"};
+  // bwd_preprocess, over the query rows, zeroes the item counter: without query rows it would not
+  // run (backend.cu's sm90_eligible sends such calls to the sm80 kernels).
+  if (m_blocks == 0) return Status{ErrorCode::Unsupported, "sm90 backward: no query rows"};
 
   const CUtensorMapDataType type = map_type(p);
   const int batch = p.varlen ? 1 : p.batch;
@@ -585,30 +646,30 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   static std::atomic<uint64_t> dq_configured{0};
   if (e == cudaSuccess && p.deterministic)
     e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kAccD>::kSmemDq, dq_configured);
-  // Without a mask every item costs the same, and one CTA per multiprocessor walks them (persistent):
-  // an item's K / V and first Q / dO copies then overlap the previous item's last step and dK / dV
-  // stores instead of each CTA's start and end being exposed. Under a mask the items' costs differ
-  // (and a static assignment would be unbalanced): one CTA per item, which the hardware hands out as
-  // multiprocessors free up.
-  int ctas = static_cast<int>(items);
-  if (e == cudaSuccess && bwd_persistent(p)) {
+  // One CTA per multiprocessor (persistent), each taking items from the counter (bwd_kernel): an
+  // item's K / V and first Q / dO copies overlap the previous item's last step and dK / dV stores
+  // instead of each CTA's start and end being exposed, and under a mask, where the items' costs
+  // differ, the dynamic hand-out keeps the CTAs balanced. Attribute queries are host-side and legal
+  // during stream capture.
+  int ctas = 0;
+  if (e == cudaSuccess) {
     int device = 0, sms = 0;
     e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     ctas = static_cast<int>(std::min<int64_t>(items, sms));
   }
-  if (e == cudaSuccess && m_blocks > 0) {
+  if (e == cudaSuccess) {
     // Over stats_rows (seqlen_q rounded up to 128): the row statistics' padding rows are written too.
     const int pre_blocks = stats_rows(p) / kBlockM;
     bwd_preprocess<kAccD, T><<<dim3(pre_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
-        p, dsum, p.deterministic ? nullptr : dq_accum, row_stats);
+        p, dsum, p.deterministic ? nullptr : dq_accum, row_stats, sched);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && ctas > 0) {
-    kernel<<<ctas, kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, row_stats);
+    kernel<<<ctas, kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, row_stats, sched);
     e = cudaGetLastError();
   }
-  if (e == cudaSuccess && m_blocks > 0) {
+  if (e == cudaSuccess) {
     if (p.deterministic)
       dq_kernel<<<dim3(m_blocks, p.heads_q, p.batch), kThreads, Config<kAccD>::kSmemDq, stream>>>(p, dsum);
     else

@@ -15,10 +15,6 @@ constexpr int bwd_block_m(int d) { return d == 64 ? 128 : 64; }
 // by both warpgroups, which split the head dim; BwdShape).
 constexpr int bwd_block_n(int d) { return d >= 192 ? 64 : 128; }
 
-// Whether the backward kernel runs persistent, one CTA per multiprocessor walking the key blocks
-// (else one CTA per key block): without a mask, where every key block costs the same (run_bwd).
-inline bool bwd_persistent(const Params& p) { return p.window_left < 0 && p.window_right < 0; }
-
 // kD: the kernel's head dim; kAccD: the sm80 head dim of the call (its dQ accumulator's row width,
 // and the sm80 preprocess / convert / deterministic dQ kernels it runs), kAccD <= kD.
 template <class T, int kD, int kAccD>
