@@ -142,13 +142,31 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
 __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
-__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 3, 256;\n" ::: "memory"); }
+// (__syncwarp first: bar.sync is warp-aligned, and lane-0 branches before it, e.g. a kv_empty
+// arrive, leave a warp diverged that compute-sanitizer's synccheck reports.)
+__device__ __forceinline__ void consumers_sync() {
+  __syncwarp();
+  asm volatile("bar.sync 3, 256;\n" ::: "memory");
+}
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
 // producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
 // orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
 // does not follow mbarriers and reported the copies' overwrites of rows the consumers had read.
 __device__ __forceinline__ void stats_read_arrive(int s) { asm volatile("bar.arrive %0, 288;\n" ::"r"(4 + s) : "memory"); }
 __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync %0, 288;\n" ::"r"(4 + s) : "memory"); }
+// 8: the consumers read the handed-over item index (bwd_kernel's protocol; the 256 consumer threads
+// arrive, producer warp 0 syncs before it writes the next index). kv_empty orders the same read
+// already; this barrier is for racecheck, which does not follow mbarriers (as for 4 + s).
+constexpr int kItemReadBarrier = 8;
+static_assert(kItemReadBarrier > 4 + 2, "named barriers 4 + s are the statistics stages'");
+__device__ __forceinline__ void item_read_arrive() {
+  __syncwarp();
+  asm volatile("bar.arrive %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
+}
+__device__ __forceinline__ void item_read_sync() {
+  __syncwarp();
+  asm volatile("bar.sync %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
+}
 
 // One work item of bwd_kernel: the key block from key n0 of kv head hk of sequence b, and its steps
 // (query head of the GQA group, query block of kBM rows that sees the block; head-major). Producer
@@ -234,7 +252,8 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 // are on copies and hand-overs issued before any producer wait on a later step or hand-over. The
 // atomicAdd waits for nothing. By induction on (hand-overs, steps) every wait returns, and the end's
 // hand-over reaches the consumers after they arrived for the last item.
-//   No buffer rewritten while read: K / V and the slot by kv_empty (above); a Q / dO stage and its
+//   No buffer rewritten while read: K / V and the slot by kv_empty (above; the slot also by named
+//   barrier 8, item_read_arrive / item_read_sync, for racecheck); a Q / dO stage and its
 //   statistics by qdo_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was
 //   last read by step g - 2's dQ products, which both warpgroups completed before step g - 1's
 //   consumers_sync (g global: restarted per item, an item's first step could overwrite the buffer
@@ -299,7 +318,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // tx_bytes of the copies the caller issues next on kv_full have landed (none: a plain arrive,
     // the phase completes at once). tx_bytes is a constant at each call: no branch is compiled.
     auto hand_over = [&](int w, uint32_t tx_bytes) {
-      if (kv > 0) bwd_wait(kv_empty, (kv - 1) & 1);  // hand-over kv - 1's slot and K / V are read
+      if (kv > 0) {
+        item_read_sync();                   // hand-over kv - 1's slot is read (for racecheck)
+        bwd_wait(kv_empty, (kv - 1) & 1);  // hand-over kv - 1's slot and K / V are read
+      }
       if (lane == 0) {
         *item_slot = w;  // released by the arrive below, acquired by the consumers' wait on kv_full
         if (tx_bytes > 0)
@@ -400,7 +422,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     for (int kv = 0;; ++kv) {  // hand-overs
       bwd_wait(kv_full, kv & 1);
       const int w = *item_slot;  // stored before the producer's arrive on this phase (the protocol above)
-      if (w == kEndItem) break;
+      if (w == kEndItem) break;  // (no arrival: the producer writes the slot no more)
+      item_read_arrive();
       const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks);
       if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
       const SeqBounds& sb = t.sb;
