@@ -142,12 +142,11 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
 __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
-// (__syncwarp first: bar.sync is warp-aligned, and lane-0 branches before it, e.g. a kv_empty
-// arrive, leave a warp diverged that compute-sanitizer's synccheck reports.)
-__device__ __forceinline__ void consumers_sync() {
-  __syncwarp();
-  asm volatile("bar.sync 3, 256;\n" ::: "memory");
-}
+// Not .aligned (bar.sync is barrier.sync.aligned, which wants every thread at the same instruction):
+// at d = 192 the two warpgroups run different instantiations of the consumer loop (BwdShape's
+// uneven columns), so they reach this barrier from different code; compute-sanitizer's synccheck
+// reported the aligned form there ("divergent threads").
+__device__ __forceinline__ void consumers_sync() { asm volatile("barrier.sync 3, 256;\n" ::: "memory"); }
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
 // producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
 // orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
