@@ -215,6 +215,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
       n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << k;
       if (k != std::max(p.head_dim, p.head_dim_v)) n90 << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
       n90 << ", " << sm90::bwd_block_n(k) << " keys x " << sm90::bwd_block_m(k) << " queries per step";
+      n90 << ", persistent (dynamic item scheduler)";
       if (p.deterministic) n90 << ", deterministic (dQ by the sm80 kernel)";
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();

@@ -239,6 +239,55 @@ std::vector<Case> bwd_cases() {
   c = {};
   c.name = "fp16_d64_seqlen1"; c.dtype = DType::F16; c.batch = 3; c.hq = 2; c.hk = 2; c.sq = 1; c.sk = 1; c.d = 64;
   add(c);
+  // The sm90 backward is persistent (one CTA per multiprocessor takes the key blocks one by one):
+  // more key blocks than the 132 multiprocessors of an H100 / H200, so that CTAs take several, among
+  // them blocks past a varlen sequence's end, blocks of a sequence without query rows (dK = dV = 0)
+  // and query blocks that end inside a step; GQA throughout. Few query rows per key: the float64
+  // reference stays fast.
+  const std::vector<int> many_q = {40, 0, 129, 1, 64, 17, 100, 0, 33, 65, 8, 150, 2, 70, 31, 128, 5, 90, 12, 47};
+  const std::vector<int> many_k = {760, 300, 0, 1, 700, 129, 64, 250, 640, 33, 520, 200, 768, 90, 400, 128, 700, 15,
+                                   385, 600};
+  c = {};
+  c.name = "fp16_d64_varlen_gqa3_many_blocks"; c.dtype = DType::F16; c.hq = 6; c.hk = 2; c.d = 64;
+  c.lens_q = many_q; c.lens_k = many_k;
+  add(c);
+  c.name = "bf16_d128_varlen_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 6; c.hk = 3; c.d = 128;
+  add(c);
+  c.name = "fp16_d192_varlen_gqa_many_blocks"; c.dtype = DType::F16; c.hq = 4; c.hk = 2; c.d = 192;
+  add(c);
+  c.name = "bf16_d256_varlen_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 256;
+  add(c);
+  c = {};  // dense: also the graph-capture check
+  c.name = "bf16_d128_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 70;
+  c.sk = 2200; c.d = 128;
+  add(c);
+  c.name = "fp16_d256_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 3; c.hq = 8; c.hk = 4; c.sq = 20; c.sk = 1500;
+  c.d = 256;
+  add(c);
+  // Masked calls run persistent too, their items taken from a counter (costs differ: the dynamic
+  // hand-out): causal varlen with the same sequences (480 / 720 / 480 / 480 items, about half of them
+  // past a sequence's end, which the producer does not hand over, so CTAs take 2-3 of unequal cost,
+  // and items of sequences without query rows, handed over with no steps), and dense windows
+  // that leave most key blocks seen by no query (items with no steps that are not past the end:
+  // dK = dV = 0 written between items with steps; graph capture).
+  c = {};
+  c.name = "fp16_d64_varlen_causal_gqa3_many_blocks"; c.dtype = DType::F16; c.hq = 12; c.hk = 4; c.d = 64;
+  c.causal = true; c.lens_q = many_q; c.lens_k = many_k;
+  add(c);
+  c.name = "bf16_d128_varlen_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 12; c.hk = 6; c.d = 128;
+  add(c);
+  c.name = "bf16_d192_varlen_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 192;
+  add(c);
+  c.name = "fp16_d256_varlen_causal_gqa_many_blocks"; c.dtype = DType::F16; c.hq = 4; c.hk = 2; c.d = 256;
+  add(c);
+  c = {};
+  c.name = "fp16_d128_window_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 64;
+  c.sk = 2200; c.d = 128; c.window_left = 100; c.window_right = 0;
+  add(c);
+  c = {};
+  c.name = "bf16_d256_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 3; c.hq = 6; c.hk = 3; c.sq = 128;
+  c.sk = 1100; c.d = 256; c.causal = true;
+  add(c);
   return v;
 }
 

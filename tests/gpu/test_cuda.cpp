@@ -246,6 +246,18 @@ std::vector<Case> feature_cases() {
   c = make("many_tiles_causal_d192", DType::BF16, 260, 260, 192);
   c.batch = 2; c.hq = c.hk = 64; c.causal = true;
   v.push_back(c);
+  // d 256 stages O in the last key block's K and V slots (one Q buffer) and hands them back to the
+  // producer only in the CTA's next tile with keys: the last query block of a varlen sequence with
+  // warpgroup 0 staging and warpgroup 1 not (64, 100, 200 rows) or neither (1, 7, 129, 300), tiles of
+  // one key block (7, 33 and 64 keys) and two (65); then causal GQA pairs whose second tile sees no
+  // key (sq > sk: rows 0-129), so a staged slot stays pending across an empty tile, and dense rows
+  // clipped by the tensor map.
+  c = make("many_tiles_varlen_d256", DType::F16, 0, 0, 256);
+  c.lens_q = {300, 129, 7, 200, 1, 64, 100}; c.lens_k = {300, 140, 7, 200, 33, 64, 65}; c.hq = c.hk = 32;
+  v.push_back(c);
+  c = make("many_tiles_causal_gqa_d256", DType::BF16, 330, 200, 256);
+  c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
+  v.push_back(c);
   return v;
 }
 

@@ -74,12 +74,21 @@ struct ScoreMod {
   // col0 + 8 nt + {0, 1}. Transforms in place to log2 units; kMask adds the element mask (-inf).
   // kMods = false compiles softcap and ALiBi out (for kernels instantiated for calls without them:
   // fewer live registers). softcap_tanh, not tanh.approx (2^-11 relative: fp16's rounding).
-  // ALiBi (kMods): -slope |i + shift - j| (alibi_distance) in float, exact for distances below
-  // 2^24: the row's i + shift - col0 once per row, then per element one FADD of a constant (|.| is
-  // an operand modifier) and one FFMA; slope 0 without ALiBi. (The integer distance and its
-  // conversion per element made the d = 64 three-warpgroup forward spill 394 bytes; this, 40.)
+  // The softcap test is taken once per call, outside the element loops (a per-element test kept
+  // the tanh's instructions, predicated off, in every ALiBi-only call's issue stream).
   template <bool kMask, bool kMods = true, int kNTiles>
   __device__ __forceinline__ void apply(float (&s)[kNTiles][4], int row0, int col0) const {
+    if (kMods && softcap)
+      apply_scores<kMask, kMods, true>(s, row0, col0);
+    else
+      apply_scores<kMask, kMods, false>(s, row0, col0);
+  }
+
+  // apply() for one softcap setting. ALiBi (kMods): -slope |i + shift - j| (alibi_distance) in
+  // float, exact for distances below 2^24: the row's i + shift - col0 once per row, then per
+  // element one FADD of a constant (|.| is an operand modifier) and one FFMA; slope 0 without ALiBi.
+  template <bool kMask, bool kMods, bool kSoftcap, int kNTiles>
+  __device__ __forceinline__ void apply_scores(float (&s)[kNTiles][4], int row0, int col0) const {
     float d0[2];  // i + shift - col0 for rows row0, row0 + 8
     if (kMods) {
       d0[0] = static_cast<float>(row0 + mask.shift - col0);
@@ -90,7 +99,7 @@ struct ScoreMod {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + (e / 2) * 8, j = col0 + nt * 8 + (e % 2);
-        float x = (kMods && softcap) ? cap_out * softcap_tanh(s[nt][e] * cap_in) : s[nt][e] * scale_log2;
+        float x = kSoftcap ? cap_out * softcap_tanh(s[nt][e] * cap_in) : s[nt][e] * scale_log2;
         if (kMods) x = fmaf(-alibi_log2, fabsf(d0[e / 2] - static_cast<float>(nt * 8 + e % 2)), x);
         if (kMask && (j >= sk || !mask.visible(i, j))) x = -INFINITY;
         s[nt][e] = x;

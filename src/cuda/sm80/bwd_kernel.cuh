@@ -348,10 +348,14 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
 
 // Grid (ceil(Sq / 64), Hq, B), or ceil(stats_rows / 64) with `stats` (the sm90 backward's row
 // statistics, see stats_rows; nullptr for the sm80 kernels). One warp per row; each lane takes 8
-// columns (16 bytes) per step.
+// columns (16 bytes) per step. `sched` (the sm90 backward's work-item counter, sched_offset; nullptr
+// for the sm80 kernels): zeroed by the first thread, so that each launch of the sm90 kernel, which
+// runs after this one on the same stream, hands out its items from 0 (graph replays included).
 template <int kHeadDim, class T>
-__global__ void __launch_bounds__(kThreads) bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats) {
+__global__ void __launch_bounds__(kThreads)
+    bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats, int* sched) {
   constexpr int kChunks = kHeadDim / 8;
+  if (sched != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) *sched = 0;
   const int b = blockIdx.z, h = blockIdx.y;
   const SeqBounds s = seq_bounds(p, b);
   const T* o = head_base(static_cast<const T*>(p.out), p.o_batch_stride, p.o_row_stride, p.o_head_stride, b, h,
@@ -635,7 +639,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
     e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemDq);
   if (e == cudaSuccess && m_blocks > 0) {
     bwd_preprocess<kHeadDim, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum,
-                                                                                               nullptr);
+                                                                                               nullptr, nullptr);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && n_blocks > 0) {

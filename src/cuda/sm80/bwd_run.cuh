@@ -29,6 +29,14 @@ __host__ __device__ __forceinline__ int64_t stats_offset(const Params& p, int ac
   const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
   return dq_accum_offset(p) + (p.deterministic ? 0 : (rows * acc_head_dim + 63) / 64 * 64);
 }
+// The sm90 backward's work-item counter, after the row statistics (256-byte aligned: every part
+// before it is a multiple of 64 floats): one int that its CTAs take item indices from with atomicAdd
+// (sm90/bwd_kernel.cuh), zeroed by bwd_preprocess before each launch. kSchedBytes keep the workspace
+// a multiple of 16 bytes.
+__host__ __device__ __forceinline__ int64_t sched_offset(const Params& p, int acc_head_dim) {
+  return stats_offset(p, acc_head_dim) + 2 * stats_plane(p);
+}
+constexpr int kSchedBytes = 16;
 }  // namespace bwd
 
 // Launches preprocess, dkdv and (deterministic) dq or (atomic) convert on `stream`.

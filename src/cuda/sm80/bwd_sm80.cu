@@ -15,13 +15,14 @@ namespace ioattn::cuda::sm80 {
 // fp32 workspace: D (B·Hq·Sq floats) rounded up to 64 floats (256 bytes), then, in the atomic
 // (non-deterministic) mode, the dQ accumulator (B·Hq·Sq·d_pad floats, rounded up the same way;
 // the deterministic mode writes dq directly from registers), then the sm90 backward's row
-// statistics (2 · B·Hq·stats_rows floats: bwd::stats_offset, bwd_kernel.cuh). The sm80 kernels
-// leave the last part unused; its size, 8 bytes per query row, keeps one size for both paths.
+// statistics (2 · B·Hq·stats_rows floats: bwd::stats_offset, bwd_kernel.cuh), then its work-item
+// counter (bwd::kSchedBytes at bwd::sched_offset). The sm80 kernels leave the last two parts unused;
+// their size, 8 bytes per query row and 16 bytes, keeps one size for both paths.
 size_t bwd_workspace_bytes_sm80(const Params& p) {
   const int d = padded_head_dim(std::max(p.head_dim, p.head_dim_v));
   const size_t rows = static_cast<size_t>(p.batch) * p.heads_q * p.seqlen_q;
   if (rows == 0 || d == 0) return 0;
-  return static_cast<size_t>(bwd::stats_offset(p, d) + 2 * bwd::stats_plane(p)) * sizeof(float);
+  return static_cast<size_t>(bwd::sched_offset(p, d)) * sizeof(float) + bwd::kSchedBytes;
 }
 
 Status launch_bwd_sm80(const Params& p, cudaStream_t stream, void* workspace) {

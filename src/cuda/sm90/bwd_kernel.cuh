@@ -2,16 +2,22 @@
 //
 // Three kernels on the caller's stream, the first and last shared with the sm80 path
 // (sm80/bwd_kernel.cuh, same workspace layout):
-//   bwd_preprocess   D_i = sum_d dO_id O_id, zeroes the fp32 dQ accumulator, and writes the rows'
-//                    LSE (log2 units) and D for this kernel's producer to copy
-//   bwd_kernel       (below) one CTA per (key block of 128 keys, kv head, batch)
+//   bwd_preprocess   D_i = sum_d dO_id O_id, zeroes the fp32 dQ accumulator and bwd_kernel's
+//                    item counter, and writes the rows' LSE (log2 units) and D for this kernel's
+//                    producer to copy
+//   bwd_kernel       (below) work items (key block of kBN keys, kv head, batch): one CTA per
+//                    multiprocessor, each taking the next item from a global counter until none
+//                    is left (persistent, dynamically balanced)
 //   bwd_convert_dq   dq = scale * accumulator, in the input dtype
 //                    (the deterministic mode: sm80's bwd_dq instead, and bwd_kernel skips dQ)
 //
 // bwd_kernel: 3 warpgroups, like the forward.
-//   producer   warp 0, one thread: K and V of the block once (TMA), then Q_m and dO_m for every
-//              (query head of the GQA group, query block m of kBM rows that sees the key block) into
-//              a ring of kStages buffers (mbarriers).
+//   producer   warp 0, one thread, per item: takes the item's index (atomicAdd on the counter),
+//              Q_m and dO_m for every (query head of the GQA group, query block m of kBM rows that
+//              sees the key block) into a ring of kStages buffers (mbarriers), and K and V of the
+//              block (TMA, one buffer: loaded after the item's first Q / dO stage, while the
+//              consumers finish the previous item), handing the index to the consumers with K / V
+//              (see bwd_kernel).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
 //                the step's LSE (log2 units, +inf for rows that see no key or lie past the
 //                sequence) and D rows arrive with its Q / dO stage (the producer's bulk copies of
@@ -26,8 +32,8 @@
 //                                                       computes one 64 x 64 half of the kBM x kD
 //                                                       part (BwdShape)
 //                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator
-//              dK, dV stay in registers over the whole loop (the group's query heads included:
-//              no dK/dV atomics) and are written at the end, dK times the softmax scale.
+//              dK, dV stay in registers over the item's steps (the group's query heads included:
+//              no dK/dV atomics) and are written at its end, dK times the softmax scale.
 // Served: fp16/bf16, head dims 64, 128, 192 and 256, causal/window masks, GQA, varlen, both modes
 // (atomic and deterministic). Softcap, ALiBi and dropout stay on the sm80 kernels (backend.cu decides).
 #pragma once
@@ -37,6 +43,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -56,15 +63,15 @@ namespace ioattn::cuda::sm90 {
 namespace bptx = ::cuda::ptx;
 
 constexpr int kBwdThreads = 384;
-// How a CTA's keys, the step's query rows and the head dim are split between the two consumer
+// How an item's keys, the step's query rows and the head dim are split between the two consumer
 // warpgroups. Registers per consumer thread in brackets (240 available).
-//   d = 64:  128 keys per CTA, 64 per warpgroup; 128 query rows per step. [S^T, dP^T 64 each
+//   d = 64:  128 keys per item, 64 per warpgroup; 128 query rows per step. [S^T, dP^T 64 each
 //            (64 keys x 128 queries), dK, dV 32 each: 192.] Twice the rows of d = 128 halve the
 //            per-step fixed costs and make the score products m64 n128 (less shared-memory
 //            traffic per FLOP than n64). dQ: warpgroup w takes query rows [64 w, 64 w + 64).
 //   d = 128: 128 keys, 64 per warpgroup; 64 rows. [S^T, dP^T 32 each, dK, dV 64 each: 192.]
 //            dQ: warpgroup w takes columns [64 w, 64 w + 64).
-//   d = 256: 64 keys per CTA, the SAME 64 for both warpgroups, which split the head dim instead:
+//   d = 256: 64 keys per item, the SAME 64 for both warpgroups, which split the head dim instead:
 //            warpgroup w owns columns [128 w, 128 w + 128) of dK, dV and dQ. [dK, dV 64 each,
 //            S^T, dP^T 32 each: 192; 64 keys x 256 columns of dK and dV would be 256.] Both
 //            compute the same S^T and dP^T (2 of the 5 products done twice: no fp32 exchange of
@@ -77,15 +84,15 @@ constexpr int kBwdThreads = 384;
 //            warpgroup next to the 2 x 192 both spend on S^T and dP^T, nearly even. The column
 //            counts are compile-time (array sizes, wgmma shapes), so the consumer code is compiled
 //            once per warpgroup at d = 192. Two Q / dO stages fit.
-// Each warpgroup's dQ product covers all of the CTA's keys, so every dQ element is reduced into the
-// accumulator once per CTA (an earlier version reduced each warpgroup's 64-key part separately:
+// Each warpgroup's dQ product covers all of the item's keys, so every dQ element is reduced into the
+// accumulator once per item (an earlier version reduced each warpgroup's 64-key part separately:
 // twice the reduction traffic).
 template <int kD>
 struct BwdShape {
   static constexpr bool kSplitD = kD >= 192;
   static constexpr bool kUneven = kD == 192;  // the warpgroups' column counts differ (below)
   static constexpr int kBM = bwd_block_m(kD);               // query rows per step
-  static constexpr int kBN = bwd_block_n(kD);               // keys per CTA
+  static constexpr int kBN = bwd_block_n(kD);               // keys per item
   static constexpr int kStages = kD == 256 ? 1 : 2;         // Q / dO buffers in flight
   static constexpr int kWgKeys = kSplitD ? 0 : 64;          // warpgroup w's first key: kWgKeys * w
   // Warpgroup w's dK / dV columns [wc0(w), + wg_cols(w)) and dQ part columns [dq_c(w), + dq_cols(w)),
@@ -106,7 +113,7 @@ struct BwdSmem {
   static constexpr int kChunks = kD / 64;
   static constexpr int kKBytes = S::kBN * kD * 2;       // K or V
   static constexpr int kQBytes = S::kBM * kD * 2;       // Q or dO, one stage
-  static constexpr int kDSBytes = S::kBN * S::kBM * 2;  // dS^T of the CTA's keys, one buffer
+  static constexpr int kDSBytes = S::kBN * S::kBM * 2;  // dS^T of the item's keys, one buffer
   // Warpgroup w's fp32 dQ part (64 rows, tiles of 32 columns) at kDQ + dq_offset(w).
   __host__ __device__ static constexpr int dq_offset(int w) { return w * 64 * S::dq_cols(0) * 4; }
   static constexpr int kK = 0;
@@ -119,8 +126,9 @@ struct BwdSmem {
   // producer with the stage's Q and dO.
   static constexpr int kStatsBytes = 2 * S::kBM * 4;
   static constexpr int kStats = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
-  static constexpr int kBar = kStats + S::kStages * kStatsBytes;
-  static constexpr int kBytes = kBar + 8 * (1 + 2 * S::kStages) + 1024;
+  static constexpr int kBar = kStats + S::kStages * kStatsBytes;  // kv_full, kv_empty, qdo_full[], qdo_empty[]
+  static constexpr int kItem = kBar + 8 * (2 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
+  static constexpr int kBytes = kItem + 16 + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
 
@@ -134,20 +142,134 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
 __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
-__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 3, 256;\n" ::: "memory"); }
+// Not .aligned (bar.sync is barrier.sync.aligned, which wants every thread at the same instruction):
+// at d = 192 the two warpgroups run different instantiations of the consumer loop (BwdShape's
+// uneven columns), so they reach this barrier from different code; compute-sanitizer's synccheck
+// reported the aligned form there ("divergent threads").
+__device__ __forceinline__ void consumers_sync() { asm volatile("barrier.sync 3, 256;\n" ::: "memory"); }
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
 // producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
 // orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
 // does not follow mbarriers and reported the copies' overwrites of rows the consumers had read.
 __device__ __forceinline__ void stats_read_arrive(int s) { asm volatile("bar.arrive %0, 288;\n" ::"r"(4 + s) : "memory"); }
 __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync %0, 288;\n" ::"r"(4 + s) : "memory"); }
+// 8: the consumers read the handed-over item index (bwd_kernel's protocol; the 256 consumer threads
+// arrive, producer warp 0 syncs before it writes the next index). kv_empty orders the same read
+// already; this barrier is for racecheck, which does not follow mbarriers (as for 4 + s).
+constexpr int kItemReadBarrier = 8;
+static_assert(kItemReadBarrier > 4 + 2, "named barriers 4 + s are the statistics stages'");
+__device__ __forceinline__ void item_read_arrive() {
+  __syncwarp();
+  asm volatile("bar.arrive %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
+}
+__device__ __forceinline__ void item_read_sync() {
+  __syncwarp();
+  asm volatile("bar.sync %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
+}
 
+// One work item of bwd_kernel: the key block from key n0 of kv head hk of sequence b, and its steps
+// (query head of the GQA group, query block of kBM rows that sees the block; head-major). Producer
+// and consumers derive the same item from its index (which the producer hands over), so they agree
+// on every load.
+struct BwdItem {
+  int hk, b, n0;
+  SeqBounds sb;
+  int m_begin, m_count, steps;
+  bool skip;  // the block starts past this (varlen) sequence's end: not even dK / dV to write
+};
+
+// Item w: key block fastest, then kv head, then batch (the order the counter hands them out in, as
+// the former one-CTA-per-block grid launched them). CTAs that run at the same time then work on
+// neighbouring key blocks of the same heads, which read the same Q / dO rows and reduce into the
+// same dQ rows in L2: measured to be worth 13-25% over an order across heads (bench/notes-sm90.md,
+// the launch order under a causal mask).
+template <int kBN, int kBM>
+__device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks) {
+  BwdItem t;
+  const int hb = w / n_blocks;
+  t.n0 = (w - hb * n_blocks) * kBN;
+  t.hk = hb % p.heads_k;
+  t.b = hb / p.heads_k;
+  t.sb = seq_bounds(p, t.b);
+  t.skip = t.n0 >= t.sb.sk;
+  int m_end = 0;
+  sm80::bwd::query_blocks_for_keys(p, t.sb, t.n0, kBN, &t.m_begin, &m_end, kBM);
+  t.m_count = m_end - t.m_begin;
+  t.steps = p.group * t.m_count;  // 0 when skipped
+  return t;
+}
+
+// The items (bwd_item) are handed out dynamically: the producer of each of the gridDim.x CTAs (one
+// per multiprocessor, run_bwd) takes the next index from a global counter with atomicAdd when it
+// needs a new item, until the counter passes `items`. The indices start in increasing order, so
+// the CTAs running together still work on neighbouring key blocks of the same heads (bwd_item), and
+// the load balances itself under a mask, where the items' costs differ (causal: key block j meets
+// the query blocks from j on): a CTA that finished a cheap item takes the next one. The index is
+// taken when the producer is about to issue the item's first Q / dO stage, i.e. kStages steps
+// before the consumers finish the previous item: the atomic's latency hides behind those steps,
+// and no index is reserved long before it can start (a prefetch one item ahead would bind the
+// last items to CTAs still busy with long ones).
+//   The counter's lifetime: one int in the workspace (sm80::bwd::sched_offset), zeroed by
+// bwd_preprocess, which runs before this kernel on the same stream at every call (and at every
+// replay of a captured graph); this launch only increments it (items + gridDim.x times in all, below
+// 2^31: run_bwd keeps items below 2^30); the next call's preprocess zeroes it again.
+//
+// The protocol across a CTA's items. Only the producer (warp 0) knows which items its CTA got; it
+// hands each index to the consumers through one shared-memory slot (L::kItem): it stores the index
+// with lane 0 before its arrive on kv_full for that item, and the consumers read the slot after
+// their wait for that kv_full phase completed. mbarrier.arrive has release and try_wait acquire
+// semantics at CTA scope (the PTX defaults of the cuda::ptx calls used), so the plain st.shared is
+// visible to the plain ld.shared after the wait; both calls' asm clobber memory, so the compiler
+// keeps the store before the arrive and the load after the wait. Every item the consumers have
+// work for is handed over, including those with no steps (a varlen sequence without query rows, or
+// a window that no query of the block sees), whose dK = dV = 0 the consumers write: for those the
+// producer arrives on kv_full with no bytes expected (the phase completes at once). Items past a
+// varlen sequence's end (skip) are not handed over: nobody has anything to do for them (no loads,
+// no dK / dV rows), so the consumers need not know of them, and the producer takes the next index
+// at once. After the last item the producer hands over kEndItem the same way (no bytes): the
+// consumers leave their loop, so none waits for a phase that never completes.
+// Counters run on across items, on both sides alike: g counts steps (Q / dO ring stage
+// g % kStages in its fill g / kStages, statistics barrier 4 + g % kStages, dS^T buffer g % 2), kv
+// counts hand-overs (kv_full's and kv_empty's phase kv; the end's hand-over is kv_full's last
+// phase, with no kv_empty phase after it).
+//   K / V have one buffer, the item slot one word. The producer loads item kv's K / V right after
+// the item's first Q / dO stage (whose ring slot frees earlier, at step g - kStages), once kv_empty's
+// phase kv - 1 completed, and writes the slot just before: the consumers arrive on kv_empty (each of
+// the 8 consumer warps, __syncwarp then lane 0) after their last product reading K or V of item
+// kv - 1 (the last step's dQ = dS K; in the deterministic mode, which has no dQ product, its S^T and
+// dP^T), or right after reading the slot for an item with no steps; every consumer thread reads the
+// slot before any of its products of that item. So K / V and the slot are rewritten only after
+// every read of them for the previous item (the arrive releases those reads, the producer's wait
+// acquires). The consumers store dK / dV after their kv_empty arrival, while the copy runs, then wait
+// for kv_full's phase kv. A parity wait cannot mistake a phase two ahead: phase kv + 1 of either
+// barrier needs the other side's part in phase kv first.
+//   No deadlock: the producer's waits before issuing step g, the K / V of g's item or a hand-over
+// (statistics barrier and qdo_empty of step g - kStages, kv_empty of the previous hand-over) are on
+// consumer work of earlier steps and items only, all of whose copies and hand-overs the producer
+// issued earlier in its program order; the consumers' waits (kv_full of each hand-over, qdo_full of
+// step g, and the two warpgroups' named barriers, which both pass at every step in the same order)
+// are on copies and hand-overs issued before any producer wait on a later step or hand-over. The
+// atomicAdd waits for nothing. By induction on (hand-overs, steps) every wait returns, and the end's
+// hand-over reaches the consumers after they arrived for the last item.
+//   No buffer rewritten while read: K / V and the slot by kv_empty (above; the slot also by named
+//   barrier 8, item_read_arrive / item_read_sync, for racecheck); a Q / dO stage and its
+//   statistics by qdo_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was
+//   last read by step g - 2's dQ products, which both warpgroups completed before step g - 1's
+//   consumers_sync (g global: restarted per item, an item's first step could overwrite the buffer
+//   that the other warpgroup's dQ product of the previous item's last step still reads); a
+//   warpgroup's dQ staging by its leader's wait for the reads of its earlier reductions at every
+//   step (once per step whatever the item), and the final wait for them at the CTA's end.
+//   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
+//   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
+//   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
+//   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
+//   phase's arrivals before the previous phase completed.
 template <class T, int kD>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,
                const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_dq,
-               const float* row_stats) {
+               const float* row_stats, int* sched) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
@@ -160,81 +282,113 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   unsigned char* smem = smem_align_1024(smem_raw);
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
-  uint64_t* qdo_full = kv_full + 1;
+  uint64_t* kv_empty = kv_full + 1;
+  uint64_t* qdo_full = kv_empty + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
+  int* item_slot = reinterpret_cast<int*>(smem + L::kItem);  // the index handed over (the protocol above)
+  constexpr int kEndItem = -1;                                 // ... after the last item
 
-  const int n_block = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-  const SeqBounds sb = seq_bounds(p, b);
-  const int n0 = n_block * kBN;
-  if (n0 >= sb.sk) return;  // beyond this (varlen) sequence: the whole CTA leaves together
-  int m_begin = 0, m_end = 0;
-  sm80::bwd::query_blocks_for_keys(p, sb, n0, kBN, &m_begin, &m_end, kBM);
-  const int m_count = m_end - m_begin;
-  const int steps = p.group * m_count;  // (query head of the group, query block) pairs
+  // run_bwd keeps n_blocks * heads_k * batch (varlen: seqlen_k is the longest sequence) below 2^30,
+  // so that the counter, taken items + gridDim.x times, stays in range.
+  const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
+  const int items = n_blocks * p.heads_k * p.batch;
 
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
-    bptx::mbarrier_init(kv_full, 1);
+    bptx::mbarrier_init(kv_full, 1);    // the producer's hand-over (arrive.expect_tx)
+    bptx::mbarrier_init(kv_empty, 8);   // the 8 consumer warps
     for (int s = 0; s < kStages; ++s) {
-      bptx::mbarrier_init(qdo_full + s, 1);   // the TMA thread's expect_tx
-      bptx::mbarrier_init(qdo_empty + s, 8);      // the 8 consumer warps
+      bptx::mbarrier_init(qdo_full + s, 1);
+      bptx::mbarrier_init(qdo_empty + s, 8);
     }
     bptx::fence_mbarrier_init(bptx::sem_release, bptx::scope_cluster);
   }
   __syncthreads();
 
-  const int bt = p.varlen ? 0 : b;  // varlen: the row index carries the sequence
   if (warp < 4) {  // ---- producer warpgroup ----
     regs_dealloc<24>();
-    if (steps == 0) return;
-    // Warp 0 walks the steps converged (the statistics barrier is a whole-warp bar.sync); lane 0
-    // issues the copies.
-    if (warp == 0) {
+    // Warp 0 walks the steps converged (the statistics barrier is a whole-warp bar.sync), all lanes
+    // waiting on the mbarriers; lane 0 issues the copies. Kept warp-uniform, the loop state fits the
+    // 24 registers (in uniform registers): with the waits in lane 0's branch too, it spilled 20 bytes.
+    if (warp != 0) return;
+    int g = 0, kv = 0;  // steps, hand-overs (the protocol above)
+    // Hands item w (or kEndItem) to the consumers as kv_full's phase kv, which completes once the
+    // tx_bytes of the copies the caller issues next on kv_full have landed (none: a plain arrive,
+    // the phase completes at once). tx_bytes is a constant at each call: no branch is compiled.
+    auto hand_over = [&](int w, uint32_t tx_bytes) {
+      if (kv > 0) {
+        item_read_sync();                   // hand-over kv - 1's slot is read (for racecheck)
+        bwd_wait(kv_empty, (kv - 1) & 1);  // hand-over kv - 1's slot and K / V are read
+      }
       if (lane == 0) {
-        const int k_row = static_cast<int>(sb.k_row0) + n0;
-        bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, 2 * L::kKBytes);
-#pragma unroll
-        for (int c = 0; c < L::kChunks; ++c) {
-          const int32_t coords[4] = {c * 64, k_row, hk, bt};
-          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kK + c * kBN * kSwizzleBytes,
-                                     &tm_k, coords, kv_full);
-          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global, smem + L::kV + c * kBN * kSwizzleBytes,
-                                     &tm_v, coords, kv_full);
-        }
+        *item_slot = w;  // released by the arrive below, acquired by the consumers' wait on kv_full
+        if (tx_bytes > 0)
+          bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, kv_full, tx_bytes);
+        else
+          bptx::mbarrier_arrive(kv_full);  // release.cta (the PTX default)
       }
-      for (int it = 0; it < steps; ++it) {
-        const int s = it % kStages;
+    };
+    for (;;) {
+      // The next item; lane 0 takes it, the warp follows (warp-uniform: see above).
+      int w = 0;
+      if (lane == 0) w = atomicAdd(sched, 1);
+      w = __shfl_sync(0xffffffffu, w, 0);
+      if (w >= items) break;
+      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks);
+      if (t.skip) continue;  // nothing to load, no dK / dV rows: the consumers need not know of it
+      if (t.steps == 0) hand_over(w, 0);  // nothing to load; the consumers write dK = dV = 0
+      const int bt = p.varlen ? 0 : t.b;  // varlen: the row index carries the sequence
+      for (int k = 0; k < t.steps; ++k, ++g) {
+        const int s = g % kStages;
         __syncwarp();  // converged for the aligned barrier
-        if (it >= kStages) stats_read_sync(s);  // step it - kStages's statistics are read
-        if (lane != 0) continue;
-        if (it >= kStages) bwd_wait(qdo_empty + s, ((it / kStages) & 1) ^ 1);
-        const int hq = hk * p.group + it / m_count;
-        const int q_row = static_cast<int>(sb.q_row0) + (m_begin + it % m_count) * kBM;
-        bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, qdo_full + s,
-                                        2 * L::kQBytes + L::kStatsBytes);
-        // The step's LSE (log2 units) and D rows, prepared by bwd_preprocess (sm80::bwd::stats_rows).
-        const int64_t stats_row = (static_cast<int64_t>(b) * p.heads_q + hq) * sm80::bwd::stats_rows(p) +
-                                  (m_begin + it % m_count) * kBM;
-        unsigned char* stats_dst = smem + L::kStats + s * L::kStatsBytes;
-        bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst, row_stats + stats_row, kBM * 4,
-                            qdo_full + s);
-        bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst + kBM * 4,
-                            row_stats + sm80::bwd::stats_plane(p) + stats_row, kBM * 4, qdo_full + s);
+        if (g >= kStages) {
+          stats_read_sync(s);  // step g - kStages's statistics are read
+          bwd_wait(qdo_empty + s, ((g / kStages) & 1) ^ 1);
+        }
+        const int hq = t.hk * p.group + k / t.m_count;
+        const int m0 = (t.m_begin + k % t.m_count) * kBM;
+        if (lane == 0) {
+          bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, qdo_full + s,
+                                          2 * L::kQBytes + L::kStatsBytes);
+          // The step's LSE (log2 units) and D rows, prepared by bwd_preprocess (sm80::bwd::stats_rows).
+          const int64_t stats_row = (static_cast<int64_t>(t.b) * p.heads_q + hq) * sm80::bwd::stats_rows(p) + m0;
+          unsigned char* stats_dst = smem + L::kStats + s * L::kStatsBytes;
+          bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst, row_stats + stats_row, kBM * 4,
+                              qdo_full + s);
+          bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst + kBM * 4,
+                              row_stats + sm80::bwd::stats_plane(p) + stats_row, kBM * 4, qdo_full + s);
 #pragma unroll
-        for (int c = 0; c < L::kChunks; ++c) {
-          const int32_t coords[4] = {c * 64, q_row, hq, bt};
-          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
-                                     smem + L::kQ + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_q, coords, qdo_full + s);
-          bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
-                                     smem + L::kDO + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_do, coords,
-                                     qdo_full + s);
+          for (int c = 0; c < L::kChunks; ++c) {
+            const int32_t coords[4] = {c * 64, static_cast<int>(t.sb.q_row0) + m0, hq, bt};
+            bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
+                                       smem + L::kQ + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_q, coords,
+                                       qdo_full + s);
+            bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
+                                       smem + L::kDO + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_do, coords,
+                                       qdo_full + s);
+          }
+        }
+        if (k == 0) {  // the item's index, K and V, once the previous item's last products have read them
+          hand_over(w, 2 * L::kKBytes);
+          if (lane == 0) {
+#pragma unroll
+            for (int c = 0; c < L::kChunks; ++c) {
+              const int32_t coords[4] = {c * 64, static_cast<int>(t.sb.k_row0) + t.n0, t.hk, bt};
+              bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
+                                         smem + L::kK + c * kBN * kSwizzleBytes, &tm_k, coords, kv_full);
+              bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
+                                         smem + L::kV + c * kBN * kSwizzleBytes, &tm_v, coords, kv_full);
+            }
+          }
         }
       }
-      // The last kStages steps' arrivals, so that no barrier is left with a phase pending.
-      __syncwarp();
-      for (int it = steps > kStages ? steps - kStages : 0; it < steps; ++it) stats_read_sync(it % kStages);
+      ++kv;
     }
+    hand_over(kEndItem, 0);  // the consumers leave their loop
+    // The last kStages steps' arrivals, so that no barrier is left with a phase pending.
+    __syncwarp();
+    for (int i = g > kStages ? g - kStages : 0; i < g; ++i) stats_read_sync(i % kStages);
     return;
   }
 
@@ -243,13 +397,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int cwg = warp / 4 - 1;  // keys [kWgKeys cwg, + 64) of the block (BwdShape)
   const int wr = 16 * (warp % 4) + lane / 4;  // this thread's first key row within the warpgroup's 64
   const int wk0 = Shape::kWgKeys * cwg;       // the warpgroup's first key within the block
-  const int key0 = n0 + wk0 + wr;             // sequence key of fragment rows r = 0 (+8 for r = 1)
-  const int n0w = n0 + wk0;
   const uint32_t k_wg = smem_base + L::kK + wk0 * kSwizzleBytes;  // this warpgroup's K rows
   const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
   const uint64_t k_desc = make_desc(k_wg, 16, kAtomBytes), v_desc = make_desc(v_wg, 16, kAtomBytes);
   const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
-  if (steps > 0) bwd_wait(kv_full, 0);
+  auto release_kv = [&] {  // one arrival per warp, after all its lanes' reads of K / V and the item slot
+    __syncwarp();
+    if (lane == 0) bptx::mbarrier_arrive(kv_empty);
+  };
 
   // The consumer loop of warpgroup kW's columns (BwdShape): kW is cwg where the two warpgroups'
   // column counts differ, else 0 for both (the counts are the same; offsets use cwg).
@@ -262,173 +417,188 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // [dq_c, dq_c + kDqCols).
     const int dq_m = Shape::dq_m(cwg), dq_c = Shape::dq_c(cwg);
     unsigned char* dq_wg = smem + L::kDQ + L::dq_offset(cwg);
-    float dk[kDT][4], dv[kDT][4];
+    int g = 0;  // steps (the protocol above)
+    for (int kv = 0;; ++kv) {  // hand-overs
+      bwd_wait(kv_full, kv & 1);
+      const int w = *item_slot;  // stored before the producer's arrive on this phase (the protocol above)
+      if (w == kEndItem) break;  // (no arrival: the producer writes the slot no more)
+      item_read_arrive();
+      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks);
+      if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
+      const SeqBounds& sb = t.sb;
+      const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
+      const int n0w = t.n0 + wk0;
+      float dk[kDT][4], dv[kDT][4];
 #pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
+      for (int dt = 0; dt < kDT; ++dt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
 
-    for (int it = 0; it < steps; ++it) {
-      const int s = it % kStages;
-      const int hq = hk * p.group + it / m_count;
-      const int m0 = (m_begin + it % m_count) * kBM;
-      const ScoreMod mod = ScoreMod::make(p, b, hq, sb.sq, sb.sk);
-      const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
-      const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
-      const uint32_t ds_addr = smem_base + L::kDS + (it % 2) * L::kDSBytes;
-      bwd_wait(qdo_full + s, (it / kStages) & 1);
+      for (int k = 0; k < t.steps; ++k, ++g) {
+        const bool last = k + 1 == t.steps;
+        const int s = g % kStages;
+        const int hq = t.hk * p.group + k / t.m_count;
+        const int m0 = (t.m_begin + k % t.m_count) * kBM;
+        const ScoreMod mod = ScoreMod::make(p, t.b, hq, sb.sq, sb.sk);
+        const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
+        const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
+        const uint32_t ds_addr = smem_base + L::kDS + (g % 2) * L::kDSBytes;
+        bwd_wait(qdo_full + s, (g / kStages) & 1);
 
-      // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
-      float st[kQT][4], dpt[kQT][4];
-      const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kKT; ++kk) {
-        const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-        const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-        wgmma_ss<T, 0, 0>(st, desc_add(k_desc, off), desc_add(q_desc, offq), kk > 0);
-      }
-#pragma unroll
-      for (int kk = 0; kk < kKT; ++kk) {
-        const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-        const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-        wgmma_ss<T, 0, 0>(dpt, desc_add(v_desc, off), desc_add(do_desc, offq), kk > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_operands(st);
-      fence_operands(dpt);
-
-      // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
-      // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
-      // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
-      // element of every block (ncu: integer and predicate instructions were most of this loop).
-      // The stage's LSE (log2 units; +inf for rows that see no key or lie past the sequence) and D.
-      const float* s_lse = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
-      auto scores_to_ds = [&](auto masked) {
-#pragma unroll
-        for (int j = 0; j < kQT; ++j) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
-            float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
-            if constexpr (decltype(masked)::value) {
-              const int key = key0 + 8 * (e / 2);
-              if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
-            }
-            const float pr = fast_exp2(x);
-            st[j][e] = pr;
-            dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
-          }
-        }
-      };
-      if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
-        scores_to_ds(std::true_type{});
-      else
-        scores_to_ds(std::false_type{});
-      stats_read_arrive(s);
-      uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
-      pack_a_fragments<T>(st, pp);
-      pack_a_fragments<T>(dpt, pds);
-
-      // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
-      fence_operands(dk);
-      fence_operands(dv);
-      wgmma_fence();
-      // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
-      const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
-      const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
-      const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
-#pragma unroll
-      for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
-#pragma unroll
-      for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
-      wgmma_commit();
-
-      if (!p.deterministic) {
-        // dS^T -> shared memory buffer it % 2, the A operand of dQ = dS K read M-major (queries
-        // contiguous): per 64-query chunk, 128 rows (keys; this warpgroup's at 64 cwg) of 128 bytes,
-        // 16-byte chunk c of a row at c ^ (row % 8). The buffer was last read by step it - 2's dQ
-        // products, which both warpgroups finished before step it - 1's consumers_sync.
-        if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
-        // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
-        // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
-        // At d = 256 both warpgroups hold the same dS^T: warpgroup 0 writes it.
-        unsigned char* ds = smem + L::kDS + (it % 2) * L::kDSBytes;
-        if (!Shape::kSplitD || cwg == 0) {
-#pragma unroll
-          for (int kk = 0; kk < kQK; ++kk)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
-              *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
-                                           (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
-            }
-        }
-        fence_proxy_async_smem();
-        consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
-      }
-
-      wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
-      fence_operands(dk);
-      fence_operands(dv);
-      __syncwarp();
-      if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
-
-      if (!p.deterministic) {  // (the deterministic mode computes dQ in a separate kernel: run_bwd)
-        // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
-        // dim (B = K rows read N-major), K = the CTA's kBN keys.
-        float dq[kDqCols / 8][4];
-        const uint64_t ds_m = make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
-        const uint64_t k_n = make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
+        // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
+        float st[kQT][4], dpt[kQT][4];
+        const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kBN / 16; ++kk)
-          wgmma_ss<T, 1, 1>(dq, desc_add(ds_m, kk * 16 * kSwizzleBytes), desc_add(k_n, kk * 16 * kSwizzleBytes), kk > 0);
+        for (int kk = 0; kk < kKT; ++kk) {
+          const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+          const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+          wgmma_ss<T, 0, 0>(st, desc_add(k_desc, off), desc_add(q_desc, offq), kk > 0);
+        }
+#pragma unroll
+        for (int kk = 0; kk < kKT; ++kk) {
+          const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+          const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+          wgmma_ss<T, 0, 0>(dpt, desc_add(v_desc, off), desc_add(do_desc, offq), kk > 0);
+        }
         wgmma_commit();
         wgmma_wait<0>();
-        fence_operands(dq);
-        // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-        // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
+        fence_operands(st);
+        fence_operands(dpt);
+        if (p.deterministic && last) release_kv();  // without dQ products, the item's last read of K / V
+
+        // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
+        // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
+        // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
+        // element of every block (ncu: integer and predicate instructions were most of this loop).
+        // The stage's LSE (log2 units; +inf for rows that see no key or lie past the sequence) and D.
+        const float* s_lse = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
+        auto scores_to_ds = [&](auto masked) {
 #pragma unroll
-        for (int dt = 0; dt < kDqCols / 8; ++dt)
+          for (int j = 0; j < kQT; ++j) {
 #pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
-            const int unit = (col % 32) / 4;
-            *reinterpret_cast<float2*>(dq_wg + (col / 32) * (64 * kSwizzleBytes) + row * kSwizzleBytes +
-                                       ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+            for (int e = 0; e < 4; ++e) {
+              const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
+              float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
+              if constexpr (decltype(masked)::value) {
+                const int key = key0 + 8 * (e / 2);
+                if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
+              }
+              const float pr = fast_exp2(x);
+              st[j][e] = pr;
+              dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
+            }
           }
-        fence_proxy_async_smem();
-        warpgroup_sync(cwg);
-        if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
-          const int row = static_cast<int>(sm80::bwd::row_index(p, b, hq, m0 + dq_m));
+        };
+        if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
+          scores_to_ds(std::true_type{});
+        else
+          scores_to_ds(std::false_type{});
+        stats_read_arrive(s);
+        uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
+        pack_a_fragments<T>(st, pp);
+        pack_a_fragments<T>(dpt, pds);
+
+        // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
+        fence_operands(dk);
+        fence_operands(dv);
+        wgmma_fence();
+        // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
+        const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
+        const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+        const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
 #pragma unroll
-          for (int c = 0; c < kDqCols / 32; ++c) {
-            const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
-            bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
-                                              dq_wg + c * (64 * kSwizzleBytes));
+        for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
+#pragma unroll
+        for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
+        wgmma_commit();
+
+        if (!p.deterministic) {
+          // dS^T -> shared memory buffer g % 2, the A operand of dQ = dS K read M-major (queries
+          // contiguous): per 64-query chunk, 128 rows (keys; this warpgroup's at 64 cwg) of 128 bytes,
+          // 16-byte chunk c of a row at c ^ (row % 8). The buffer was last read by step g - 2's dQ
+          // products, which both warpgroups finished before step g - 1's consumers_sync.
+          if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
+          // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
+          // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+          // At d = 256 both warpgroups hold the same dS^T: warpgroup 0 writes it.
+          unsigned char* ds = smem + L::kDS + (g % 2) * L::kDSBytes;
+          if (!Shape::kSplitD || cwg == 0) {
+#pragma unroll
+            for (int kk = 0; kk < kQK; ++kk)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
+                *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
+                                             (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
+              }
           }
-          bptx::cp_async_bulk_commit_group();
+          fence_proxy_async_smem();
+          consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
+        }
+
+        wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
+        fence_operands(dk);
+        fence_operands(dv);
+        __syncwarp();
+        if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
+
+        if (!p.deterministic) {  // (the deterministic mode computes dQ in a separate kernel: run_bwd)
+          // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
+          // dim (B = K rows read N-major), K = the item's kBN keys.
+          float dq[kDqCols / 8][4];
+          const uint64_t ds_m = make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
+          const uint64_t k_n = make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < kBN / 16; ++kk)
+            wgmma_ss<T, 1, 1>(dq, desc_add(ds_m, kk * 16 * kSwizzleBytes), desc_add(k_n, kk * 16 * kSwizzleBytes), kk > 0);
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_operands(dq);
+          if (last) release_kv();  // the item's last read of K
+          // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
+          // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
+#pragma unroll
+          for (int dt = 0; dt < kDqCols / 8; ++dt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
+              const int unit = (col % 32) / 4;
+              *reinterpret_cast<float2*>(dq_wg + (col / 32) * (64 * kSwizzleBytes) + row * kSwizzleBytes +
+                                         ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+            }
+          fence_proxy_async_smem();
+          warpgroup_sync(cwg);
+          if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
+            const int row = static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m));
+#pragma unroll
+            for (int c = 0; c < kDqCols / 32; ++c) {
+              const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
+              bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
+                                                dq_wg + c * (64 * kSwizzleBytes));
+            }
+            bptx::cp_async_bulk_commit_group();
+          }
         }
       }
-    }
-    // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
-    // straight from the fragments.
-    T* gdk = static_cast<T*>(p.dk) + b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + hk * p.dk_head_stride;
-    T* gdv = static_cast<T*>(p.dv) + b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + hk * p.dv_head_stride;
+      // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
+      // straight from the fragments (while the producer loads the next item's K / V).
+      T* gdk = static_cast<T*>(p.dk) + t.b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + t.hk * p.dk_head_stride;
+      T* gdv = static_cast<T*>(p.dv) + t.b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + t.hk * p.dv_head_stride;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int key = key0 + 8 * r;
-      if (key >= sb.sk) continue;
+      for (int r = 0; r < 2; ++r) {
+        const int key = key0 + 8 * r;
+        if (key >= sb.sk) continue;
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        const int col = wc0 + 8 * dt + 2 * (lane % 4);
-        if (col < p.head_dim)
-          *reinterpret_cast<uint32_t*>(gdk + int64_t(key) * p.dk_row_stride + col) =
-              pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale);
-        if (col < p.head_dim_v)
-          *reinterpret_cast<uint32_t*>(gdv + int64_t(key) * p.dv_row_stride + col) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
+        for (int dt = 0; dt < kDT; ++dt) {
+          const int col = wc0 + 8 * dt + 2 * (lane % 4);
+          if (col < p.head_dim)
+            *reinterpret_cast<uint32_t*>(gdk + int64_t(key) * p.dk_row_stride + col) =
+                pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale);
+          if (col < p.head_dim_v)
+            *reinterpret_cast<uint32_t*>(gdv + int64_t(key) * p.dv_row_stride + col) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
+        }
       }
     }
   };
@@ -454,12 +624,19 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   float* dsum = static_cast<float*>(workspace);
   float* dq_accum = dsum + dq_accum_offset(p);
   float* row_stats = dsum + stats_offset(p, kAccD);
+  int* sched = reinterpret_cast<int*>(dsum + sched_offset(p, kAccD));  // bwd_kernel's item counter
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of the sm80 preprocess / convert
   constexpr int kBN = BwdShape<kD>::kBN;
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
   const int64_t accum_rows = int64_t(p.batch) * p.heads_q * p.seqlen_q;
   if (accum_rows > INT32_MAX)
     return Status{ErrorCode::Unsupported, "sm90 backward: more than 2^31 query rows in one call"};
+  const int64_t items = int64_t(n_blocks) * p.heads_k * p.batch;  // bwd_kernel's work items
+  if (items >= (int64_t(1) << 30))
+    return Status{ErrorCode::Unsupported, "sm90 backward: more than 2^30 key blocks in one call"};
+  // bwd_preprocess, over the query rows, zeroes the item counter: without query rows it would not
+  // run (backend.cu's sm90_eligible sends such calls to the sm80 kernels).
+  if (m_blocks == 0) return Status{ErrorCode::Unsupported, "sm90 backward: no query rows"};
 
   const CUtensorMapDataType type = map_type(p);
   const int batch = p.varlen ? 1 : p.batch;
@@ -491,18 +668,30 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   static std::atomic<uint64_t> dq_configured{0};
   if (e == cudaSuccess && p.deterministic)
     e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kAccD>::kSmemDq, dq_configured);
-  if (e == cudaSuccess && m_blocks > 0) {
+  // One CTA per multiprocessor (persistent), each taking items from the counter (bwd_kernel): an
+  // item's K / V and first Q / dO copies overlap the previous item's last step and dK / dV stores
+  // instead of each CTA's start and end being exposed, and under a mask, where the items' costs
+  // differ, the dynamic hand-out keeps the CTAs balanced. Attribute queries are host-side and legal
+  // during stream capture.
+  int ctas = 0;
+  if (e == cudaSuccess) {
+    int device = 0, sms = 0;
+    e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    ctas = static_cast<int>(std::min<int64_t>(items, sms));
+  }
+  if (e == cudaSuccess) {
     // Over stats_rows (seqlen_q rounded up to 128): the row statistics' padding rows are written too.
     const int pre_blocks = stats_rows(p) / kBlockM;
     bwd_preprocess<kAccD, T><<<dim3(pre_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
-        p, dsum, p.deterministic ? nullptr : dq_accum, row_stats);
+        p, dsum, p.deterministic ? nullptr : dq_accum, row_stats, sched);
     e = cudaGetLastError();
   }
-  if (e == cudaSuccess && n_blocks > 0) {
-    kernel<<<dim3(n_blocks, p.heads_k, p.batch), kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, row_stats);
+  if (e == cudaSuccess && ctas > 0) {
+    kernel<<<ctas, kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, row_stats, sched);
     e = cudaGetLastError();
   }
-  if (e == cudaSuccess && m_blocks > 0) {
+  if (e == cudaSuccess) {
     if (p.deterministic)
       dq_kernel<<<dim3(m_blocks, p.heads_q, p.batch), kThreads, Config<kAccD>::kSmemDq, stream>>>(p, dsum);
     else

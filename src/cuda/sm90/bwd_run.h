@@ -11,8 +11,8 @@ namespace ioattn::cuda::sm90 {
 // Query rows per step of the backward kernel at (padded) head dim d: 128 at d = 64, else 64
 // (why: BwdShape in bwd_kernel.cuh).
 constexpr int bwd_block_m(int d) { return d == 64 ? 128 : 64; }
-// Keys per CTA: 128 (64 per consumer warpgroup), or 64 at d = 192 and 256 (shared by both warpgroups,
-// which split the head dim; BwdShape).
+// Keys per work item (a key block): 128 (64 per consumer warpgroup), or 64 at d = 192 and 256 (shared
+// by both warpgroups, which split the head dim; BwdShape).
 constexpr int bwd_block_n(int d) { return d >= 192 ? 64 : 128; }
 
 // kD: the kernel's head dim; kAccD: the sm80 head dim of the call (its dQ accumulator's row width,

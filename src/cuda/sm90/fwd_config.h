@@ -29,7 +29,8 @@ struct FwdTile {
                     // epilogue stages O in this tile's Q buffer (its last S is done) and writes it
                     // with TMA bulk stores, so neither the Q load (~1.5 us) nor the O stores sit
                     // between two tiles (fwd_kernel.cuh). 1 where shared memory has no room (d 256):
-                    // O then goes from registers straight to global memory.
+                    // the Q load waits for the tile's last S, and O is staged in the last key
+                    // block's K and V slots instead (2 consumers, block_n >= 64, stages >= 2).
   bool persistent;  // one CTA per multiprocessor walking the tiles (else one CTA per tile)
   bool overlap;     // softmax of block n overlaps O += P V of block n - 1 (FA3's intra-warpgroup
                     // pipelining; costs a second set of P registers)

@@ -26,13 +26,16 @@
 //              products; with kPingpong (FA3's inter-warpgroup scheduling) they take strict turns
 //              (0, 1, [2,] 0, ...) issuing the two products of a step, on one named barrier per
 //              warpgroup (turn_wait below).
-//   epilogue   O / l -> input dtype. With q_stages = 2 each warpgroup writes its 64 rows into its
-//              rows of the tile's Q buffer (swizzled as TMA reads it; its last S is done) and one
-//              thread stores them with TMA bulk copies; the buffer is released to the producer only
-//              once those copies have read it, which the warpgroup checks after issuing the next
-//              tile's first S (by then long done). Otherwise (q_stages = 1, an empty tile, a varlen
-//              block that ends inside the warpgroup's rows, or no tensor map for O) straight from
-//              registers to global memory. LSE in fp32 from registers.
+//   epilogue   O / l -> input dtype. Each warpgroup writes its 64 rows into a staging region of
+//              shared memory (swizzled as TMA reads it) and one thread stores them with TMA bulk
+//              copies; the region is released to the producer only once those copies have read it,
+//              which the warpgroup checks after issuing the next tile's first S (by then long done).
+//              The region: with q_stages = 2 the warpgroup's rows of the tile's Q buffer (its last S
+//              is done); with q_stages = 1 (d = 256: no room for a second Q buffer) the last key
+//              block's K slot (warpgroup 0) or V slot (warpgroup 1), once both warpgroups are past
+//              their last S and P V (a named barrier between them). Without staging (an empty tile,
+//              a varlen block that ends inside the warpgroup's rows, or no tensor map for O)
+//              straight from registers to global memory. LSE in fp32 from registers.
 // Dropout is not served here (backend.cu sends it to the sm80 kernel).
 #pragma once
 
@@ -122,7 +125,9 @@ __device__ __forceinline__ void named_barrier(int i) {
 // The named barriers (0 is __syncthreads):
 //   1 .. kConsumers               consumer warpgroup c's pingpong turn: barrier 1 + c
 //   kConsumers + 1 .. 2 kConsumers  warpgroup c's epilogue_sync: barrier kConsumers + 1 + c
-// (with 2 consumers 1-2 and 3-4, as before the third warpgroup; with 3, 1-3 and 4-6.)
+//   2 kConsumers + 1              all consumer warpgroups: consumers_sync (q_stages = 1 only)
+// (with 2 consumers 1-2, 3-4 and 5, as before the third warpgroup; with 3, 1-3, 4-6 and 7.)
+// ptxas counts barriers up to the highest id used (d = 256, no pingpong: 6, ids 1-2 unused).
 //
 // Pingpong turns (kPingpong): consumer warpgroup c may issue a step's products only while it holds
 // the turn, i.e. after bar.sync on its barrier 1 + c; it passes the turn with bar.arrive on the next
@@ -145,6 +150,13 @@ __device__ __forceinline__ void turn_pass(int cwg) {
 template <int kConsumers>
 __device__ __forceinline__ void epilogue_sync(int cwg) {
   named_barrier<true, 128, kConsumers + 1, kConsumers>(cwg);
+}
+
+// All consumer threads: with q_stages = 1 the O staging writes into K / V slots that the other
+// warpgroup's last S / P V may still be reading.
+template <int kConsumers>
+__device__ __forceinline__ void consumers_sync() {
+  named_barrier<true, 128 * kConsumers, 2 * kConsumers + 1, 1>(0);
 }
 
 // One work tile: a query block of one head of one sequence, and the key blocks it must visit.
@@ -350,10 +362,21 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   const uint32_t q_wg = smem_base + L::kQ + 64 * cwg * kSwizzleBytes;  // this warpgroup's rows, slot 0
   uint32_t q_addr = q_wg;  // ... of the current tile's Q slot
   const bool leader = threadIdx.x % 128 == 0;  // the warpgroup's TMA-store thread
-  // The Q slot whose O stores this warpgroup issued but has not yet released (-1: none). Released
-  // (its 4 warps' arrivals at once) after the next tile's first S is issued, once the stores have
-  // read it: the producer needs the slot only for the tile after next.
+  // The slot whose O stores this warpgroup issued but has not yet released (-1: none): a Q slot
+  // (q_stages = 2) or, with q_stages = 1, the ring slot of the last key block whose K (warpgroup 0)
+  // or V (warpgroup 1) buffer held O. Released (its 4 warps' arrivals at once) after the next tile's
+  // first S is issued, once the stores have read it: the producer needs a Q slot only for the tile
+  // after next, and a K / V slot only for the next tile's second key block (see the epilogue).
   int o_pending = -1;
+  static_assert(kQStages > 1 || (kConsumers == 2 && kBN >= 64 && kStages >= 2),
+                "O staged in K / V: one K and one V slot of >= 64 rows per warpgroup, and the next tile's "
+                "first key block in another slot");
+  auto o_slot_empty = [&](int slot) {  // the mbarrier that hands a staging slot back to the producer
+    if constexpr (kQStages > 1)
+      return q_empty + slot;
+    else
+      return (cwg == 0 ? k_empty : v_empty) + slot;
+  };
   auto arrive = [&](uint64_t* bar) {  // one arrival per warp, after all its lanes are done
     __syncwarp();
     if (lane == 0) ptx::mbarrier_arrive(bar);
@@ -408,9 +431,17 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     const int row0 = w.m0 + 64 * cwg + 16 * (warp % 4) + lane / 4;  // sequence row of s[.][0..1]; +8: [2..3]
     const int wg_m0 = w.m0 + 64 * cwg;
     const int wg_m_last = max(wg_m0, min(wg_m0 + 63, w.m_last));
-    // This warpgroup's O goes out through its rows of the Q slot and TMA (epilogue below). A varlen
-    // block must not reach past its sequence: TMA clips only at the packed tensor's end.
-    const bool stage_o = kQStages > 1 && o_tma && w.n_begin < w.n_end && (!p.varlen || wg_m0 + 64 <= w.sb.sq);
+    // This warpgroup's O goes out through shared memory and TMA (epilogue below). A varlen block
+    // must not reach past its sequence: TMA clips only at the packed tensor's end.
+    const bool stage_o = o_tma && w.n_begin < w.n_end && (!p.varlen || wg_m0 + 64 <= w.sb.sq);
+    // q_stages = 1: O is staged in the last key block's K slot (warpgroup 0) or V slot (warpgroup
+    // 1), whose arrival on the slot's empty barrier is then deferred like a Q slot's. The two
+    // warpgroups meet before either writes whenever warpgroup 0 stages (stage_o at w.m0; warpgroup
+    // 1 stages only if warpgroup 0 does: its rows come later).
+    const bool o_in_q = kQStages > 1 && stage_o;
+    const bool meet = kQStages == 1 && o_tma && w.n_begin < w.n_end && (!p.varlen || w.m0 + 64 <= w.sb.sq);
+    const bool keep_k = kQStages == 1 && stage_o && cwg == 0;
+    const bool keep_v = kQStages == 1 && stage_o && cwg == 1;
 
     OnlineSoftmax softmax;
     softmax.init();
@@ -460,18 +491,19 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         const int s = kv % kStages;
         wait_barrier(k_full + s, (kv / kStages) & 1);
         issue_s(sacc, s);
-        if (kQStages > 1 && o_pending >= 0) {  // the previous tile's O stores have read their slot
+        if (o_pending >= 0) {  // the previous tile's O stores have read their slot
           if (leader) {
             ptx::cp_async_bulk_wait_group_read(ptx::n32_t<0>{});
-            ptx::mbarrier_arrive(q_empty + o_pending, 4u);  // for the warpgroup's 4 warps
+            ptx::mbarrier_arrive(o_slot_empty(o_pending), 4u);  // for the warpgroup's 4 warps
           }
           __syncwarp();
           o_pending = -1;
         }
         wgmma_wait<0>();
         fence_operands(sacc);
-        arrive(k_empty + s);
-        if (w.n_begin + 1 == w.n_end && !stage_o) arrive(q_empty + qs);  // the tile's last use of Q
+        // (The last block's K slot may take O: its arrival then waits for the stores, o_pending.)
+        if (!(keep_k && w.n_begin + 1 == w.n_end)) arrive(k_empty + s);
+        if (w.n_begin + 1 == w.n_end && !o_in_q) arrive(q_empty + qs);  // the tile's last use of Q
         softmax_step(sacc, w.n_begin, pk, alpha);
       }
       for (int n = w.n_begin + 1; n < w.n_end; ++n) {
@@ -492,8 +524,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
           fence_operands(o);
         }
         fence_operands(sacc);
-        arrive(k_empty + s);
-        if (n + 1 == w.n_end && !stage_o) arrive(q_empty + qs);
+        if (!(keep_k && n + 1 == w.n_end)) arrive(k_empty + s);
+        if (n + 1 == w.n_end && !o_in_q) arrive(q_empty + qs);
         // P_n into registers of its own: the PV product still reads P_{n-1} from `pk` (register
         // operands of wgmma are read asynchronously; overwriting them before the wait makes ptxas
         // serialise the wgmma pipeline, warning C7513).
@@ -521,7 +553,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         plan_next();  // while the product runs
         wgmma_wait<0>();
         fence_operands(o);
-        arrive(v_empty + s);
+        if (!keep_v) arrive(v_empty + s);  // (as for K above)
         ++kv;
       }
     }
@@ -529,19 +561,19 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
 
     float o_scale[2], lse[2];
     softmax.finalize(1.0f, o_scale, lse);
-    if (stage_o) {
-      // Epilogue through shared memory: O / l into this warpgroup's 64 rows of the tile's Q slot, in
-      // TMA's 128-byte swizzle (16-byte unit u of row r at u ^ (r % 8); a warp's 8 rows then hit 8
-      // different units: no bank conflict), then one thread stores each 64-column chunk with a bulk
-      // tensor copy (rows past a dense sequence's end are clipped by the tensor map). The slot is
-      // released after the next tile's first S (o_pending), or at kernel end.
-      unsigned char* so = smem + L::kQ + qs * L::kQBytes + 64 * cwg * kSwizzleBytes;
+    // Epilogue through shared memory: O / l into a 64-row region (chunk_bytes apart per 64-column
+    // chunk, as TMA lays out a box of 64 rows) in TMA's 128-byte swizzle (16-byte unit u of row r at
+    // u ^ (r % 8); a warp's 8 rows then hit 8 different units: no bank conflict), then one thread
+    // stores each 64-column chunk with a bulk tensor copy (rows past a dense sequence's end are
+    // clipped by the tensor map). The region is released after the next tile's first S
+    // (o_pending), or never (kernel end: the producer is done).
+    auto store_o = [&](unsigned char* so, int chunk_bytes) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int wr = 16 * (warp % 4) + lane / 4 + 8 * r;  // row within the warpgroup's 64
 #pragma unroll
         for (int dt = 0; dt < kDT; ++dt)
-          *reinterpret_cast<uint32_t*>(so + (dt / 8) * kBM * kSwizzleBytes + wr * kSwizzleBytes +
+          *reinterpret_cast<uint32_t*>(so + (dt / 8) * chunk_bytes + wr * kSwizzleBytes +
                                        (((dt % 8) ^ (wr % 8)) * 16) + 4 * (lane % 4)) =
               pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]);
       }
@@ -552,12 +584,47 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
 #pragma unroll
         for (int c = 0; c < L::kChunks; ++c) {
           const int32_t coords[4] = {c * 64, static_cast<int>(w.sb.q_row0) + wg_m0, w.h, bt};
-          ptx::cp_async_bulk_tensor(ptx::space_global, ptx::space_shared, &tm_o, coords, so + c * kBM * kSwizzleBytes);
+          ptx::cp_async_bulk_tensor(ptx::space_global, ptx::space_shared, &tm_o, coords, so + c * chunk_bytes);
         }
         ptx::cp_async_bulk_commit_group();
       }
       __syncwarp();
+    };
+    if (o_in_q) {  // this warpgroup's rows of the tile's Q slot (its last S is done)
+      store_o(smem + L::kQ + qs * L::kQBytes + 64 * cwg * kSwizzleBytes, kBM * kSwizzleBytes);
       o_pending = qs;
+    } else if (meet) {
+      // q_stages = 1: the last key block's K slot (warpgroup 0) or V slot (warpgroup 1); a slot of
+      // kBN >= 64 rows holds a warpgroup's 64 rows of O in the first 64 rows of each chunk. The other
+      // warpgroup's last S reads this K and its last P V this V, so both warpgroups meet first
+      // (whenever warpgroup 0 stages, so also when warpgroup 1's rows fall back to register stores).
+      // A warpgroup that writes a slot skipped its arrival on that slot's empty barrier (keep_k /
+      // keep_v; on the other slot's it arrived as usual: its reads were done) and makes it after the
+      // next tile's first S (o_pending). Why this cannot deadlock, with g the CTA's running index of
+      // this last key block (ring slot s):
+      //  - the barrier: before it a warpgroup waits only for this tile's Q and key blocks, whose
+      //    loads need arrivals for earlier blocks that each warpgroup makes before it gets here (in
+      //    this tile, or, the previous tile's deferred one, at this tile's first S). The only
+      //    arrival made after it is the deferred one for block g, which the producer needs first
+      //    for block g + kStages, in a later tile.
+      //  - the deferred arrival: it follows the next tile's first S, which needs that tile's Q (its
+      //    slot released at this tile's last S) and key block g + 1, in another ring slot
+      //    (kStages >= 2) freed by arrivals for block g + 1 - kStages made before; the stores'
+      //    reads need nothing from the CTA.
+      //  - block g + kStages, the next one in slot s (the next tile's second block, or a later
+      //    tile's if the next has fewer; tiles without keys load nothing): each warpgroup waits for
+      //    it only after its own next tile's first S, so after its own deferred arrival, and the
+      //    other warpgroup's comes without waiting for this one (above).
+      //  - the slot's phases stay in order: every later arrival on its empty barrier comes from a
+      //    read of block g + kStages, which could be loaded only after the deferred arrival.
+      // If no tile with keys follows, nothing more is loaded and the slot is never released; the
+      // leader waits for its stores at kernel end.
+      const int s = (kv - 1) % kStages;  // the last key block's slot (kv is past it)
+      consumers_sync<kConsumers>();
+      if (stage_o) {
+        store_o(smem + (cwg == 0 ? L::kK : L::kV) + s * L::kKVBytes, kBN * kSwizzleBytes);
+        o_pending = s;
+      }
     }
     // LSE, and O straight from the fragments when it is not staged (a quad writes 16 contiguous
     // bytes of a row).
@@ -581,7 +648,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   }
   // The last O stores must have read shared memory before the CTA exits (and the pending slot needs
   // no release: the producer is done).
-  if (kQStages > 1 && leader) ptx::cp_async_bulk_wait_group(ptx::n32_t<0>{});
+  if (leader) ptx::cp_async_bulk_wait_group(ptx::n32_t<0>{});
   // Pingpong: the last warpgroup's last arrival on warpgroup 0's barrier (after its last turn, or
   // its initial one when there were no turns) is still pending; consume it so that every barrier
   // ends the kernel complete. That warpgroup waits for nothing more from warpgroup 0 (its turns are
@@ -624,9 +691,9 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   CUtensorMap tq, tk, tv, to;
   if (!encode_qkv_maps(p, kFwdTiles[kTile], &tq, &tk, &tv))
     return Status{ErrorCode::Unsupported, "sm90 forward: the driver refused a tensor map for these strides"};
-  // O's map for the TMA epilogue (q_stages = 2); when the driver refuses it (say, a row stride that
-  // is not a multiple of 16 bytes) O is written from registers instead.
-  const bool o_tma = Tile::q_stages > 1 && encode_o_map(p, &to);
+  // O's map for the TMA epilogue; when the driver refuses it (say, a row stride that is not a
+  // multiple of 16 bytes) O is written from registers instead.
+  const bool o_tma = encode_o_map(p, &to);
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
   e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma)
            : launch_fwd_kernel<T, kTile, false>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma);
