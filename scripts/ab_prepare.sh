@@ -16,7 +16,7 @@ for spec in "$@"; do
   [ -n "$name" ] && [ "$name" != "$spec" ] || { echo "bad spec '$spec' (want NAME=REF)" >&2; exit 2; }
   dir=build-src-$name
   rm -rf "$dir" && mkdir -p "$dir"
-  git archive "$ref" | tar -x -C "$dir"
+  git archive "$ref" | tar -x -C "$dir" --exclude=bench/results  # results are not needed to build
   echo "$dir: $(git rev-parse --short "$ref") ($ref), $(du -sh "$dir" | cut -f1)"
   carry+=("\"$dir\"") refs+=("--ref $name=$dir")
 done
