@@ -247,16 +247,23 @@ std::vector<Case> bwd_cases() {
   const std::vector<int> many_q = {40, 0, 129, 1, 64, 17, 100, 0, 33, 65, 8, 150, 2, 70, 31, 128, 5, 90, 12, 47};
   const std::vector<int> many_k = {760, 300, 0, 1, 700, 129, 64, 250, 640, 33, 520, 200, 768, 90, 400, 128, 700, 15,
                                    385, 600};
-  c = {};
-  c.name = "fp16_d64_varlen_gqa3_many_blocks"; c.dtype = DType::F16; c.hq = 6; c.hk = 2; c.d = 64;
-  c.lens_q = many_q; c.lens_k = many_k;
-  add(c);
-  c.name = "bf16_d128_varlen_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 6; c.hk = 3; c.d = 128;
-  add(c);
-  c.name = "fp16_d192_varlen_gqa_many_blocks"; c.dtype = DType::F16; c.hq = 4; c.hk = 2; c.d = 192;
-  add(c);
-  c.name = "bf16_d256_varlen_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 256;
-  add(c);
+  // (name, dtype, query heads, kv heads, head dim) of the varlen cases, without and with a causal mask.
+  struct VarlenCase {
+    const char* name;
+    DType dtype;
+    int hq, hk, d;
+  };
+  auto add_varlen = [&](const VarlenCase& v, bool causal) {
+    c = {};
+    c.name = v.name; c.dtype = v.dtype; c.hq = v.hq; c.hk = v.hk; c.d = v.d;
+    c.causal = causal; c.lens_q = many_q; c.lens_k = many_k;
+    add(c);
+  };
+  for (const VarlenCase& v : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64},
+                              VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128},
+                              VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192},
+                              VarlenCase{"bf16_d256_varlen_gqa_many_blocks", DType::BF16, 4, 2, 256}})
+    add_varlen(v, false);
   c = {};  // dense: also the graph-capture check
   c.name = "bf16_d128_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 70;
   c.sk = 2200; c.d = 128;
@@ -270,16 +277,11 @@ std::vector<Case> bwd_cases() {
   // and items of sequences without query rows, handed over with no steps), and dense windows
   // that leave most key blocks seen by no query (items with no steps that are not past the end:
   // dK = dV = 0 written between items with steps; graph capture).
-  c = {};
-  c.name = "fp16_d64_varlen_causal_gqa3_many_blocks"; c.dtype = DType::F16; c.hq = 12; c.hk = 4; c.d = 64;
-  c.causal = true; c.lens_q = many_q; c.lens_k = many_k;
-  add(c);
-  c.name = "bf16_d128_varlen_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 12; c.hk = 6; c.d = 128;
-  add(c);
-  c.name = "bf16_d192_varlen_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 192;
-  add(c);
-  c.name = "fp16_d256_varlen_causal_gqa_many_blocks"; c.dtype = DType::F16; c.hq = 4; c.hk = 2; c.d = 256;
-  add(c);
+  for (const VarlenCase& v : {VarlenCase{"fp16_d64_varlen_causal_gqa3_many_blocks", DType::F16, 12, 4, 64},
+                              VarlenCase{"bf16_d128_varlen_causal_gqa_many_blocks", DType::BF16, 12, 6, 128},
+                              VarlenCase{"bf16_d192_varlen_causal_gqa_many_blocks", DType::BF16, 4, 2, 192},
+                              VarlenCase{"fp16_d256_varlen_causal_gqa_many_blocks", DType::F16, 4, 2, 256}})
+    add_varlen(v, true);
   c = {};
   c.name = "fp16_d128_window_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 64;
   c.sk = 2200; c.d = 128; c.window_left = 100; c.window_right = 0;
