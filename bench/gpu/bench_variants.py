@@ -33,6 +33,7 @@ import os
 import re
 import statistics
 import subprocess
+import shlex
 import sys
 import time
 
@@ -168,6 +169,9 @@ def run_variants(worktrees):
     ap.add_argument("--env", action="append", default=[], help="NAME:VAR=value,VAR=value (repeatable)")
     ap.add_argument("--ref-env", action="append", default=[], help="NAME=GITREF:VAR=value,... (repeatable)")
     ap.add_argument("--cudnn", action="store_true", help="also time SDPA's cuDNN backend (forward)")
+    ap.add_argument("--cli-args", default="",
+                    help="extra `ioattn run` arguments for every variant, checks included (e.g. \"--softcap 30\" or "
+                         "\"--alibi\"; not with --cudnn, whose column would time plain attention)")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness pass")
     ap.add_argument("--work-dir", default="/tmp/ioattn-variants", help="worktrees and builds of --ref")
     ap.add_argument("--build-head-dims", default=None,
@@ -195,13 +199,16 @@ def run_variants(worktrees):
         name, _, assigns = spec.partition(":")
         variants.append((name, args.cli, parse_env(assigns)))
 
+    cli_args = shlex.split(args.cli_args)
+    if cli_args and args.cudnn:
+        sys.exit("--cli-args with --cudnn: the cuDNN column would time plain attention")
     checks = []
     if not args.no_check:
         failed = False
         for d in head_dims:
             for name, cli, env in variants:
                 for shape, extra in CHECK_SHAPES:
-                    ok, last = check(cli, d, env, extra, args.backward)
+                    ok, last = check(cli, d, env, list(extra) + cli_args, args.backward)
                     checks.append({"head_dim": d, "variant": name, "shape": shape, "ok": ok, "last_line": last})
                     failed |= not ok
                     print(f"check d={d} {name:10} {shape:14} {'ok' if ok else 'FAIL'}  {last[:120]}", flush=True)
@@ -217,7 +224,7 @@ def run_variants(worktrees):
             d, s, causal = shape
             # Alternate the variants' order between rounds, so neither always runs first (clocks, L2).
             for name, cli, env in (variants if r % 2 == 0 else variants[::-1]):
-                extra = ["--backward"] if args.backward else []
+                extra = (["--backward"] if args.backward else []) + cli_args
                 rc, j, last = run_json(cli_cmd(cli, d, s, causal, args.repeat, extra=extra), env)
                 if rc != 0 or j is None:
                     print(f"  d={d} s={s} causal={causal} {name}: {last[:160]}", file=sys.stderr)
@@ -232,7 +239,7 @@ def run_variants(worktrees):
     rows = []
     print("VARIANT TABLE")
     print(f"TFLOP/s (median of {args.rounds} rounds; spread = (max - min) / median over the rounds), bf16, "
-          "heads = 2048/d, batch x seqlen = 16384; ratios to base")
+          "heads = 2048/d, batch x seqlen = 16384; ratios to base" + (f"; {args.cli_args}" if cli_args else ""))
     for key in keys:
         head = (f"{key[:3]:>3} {'d':>4} {'seqlen':>6} {'causal':>6} | " + " | ".join(f"{n:>16}" for n in names) +
                 (f" | {'cudnn':>6}" if cudnn and key == "fwd_tflops" else ""))
@@ -273,7 +280,7 @@ def run_variants(worktrees):
         path = os.path.join(args.out_dir, f"variants-{dname}-{date}-run{n}.json")
         n += 1
     with open(path, "w") as f:
-        json.dump({"device": dev, "date": date, "rounds": args.rounds, "repeat": args.repeat,
+        json.dump({"device": dev, "date": date, "rounds": args.rounds, "repeat": args.repeat, "cli_args": cli_args,
                    "variants": [{"name": n, "cli": c, "env": e} for n, c, e in variants],
                    "checks": checks, "rows": rows}, f, indent=1)
     print(f"saved {path} ({time.time() - t0:.0f} s)")
