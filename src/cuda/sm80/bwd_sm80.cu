@@ -15,7 +15,7 @@ namespace ioattn::cuda::sm80 {
 // fp32 workspace: D (B·Hq·Sq floats) rounded up to 64 floats (256 bytes), then, in the atomic
 // (non-deterministic) mode, the dQ accumulator (B·Hq·Sq·d_pad floats, rounded up the same way;
 // the deterministic mode writes dq directly from registers), then the sm90 backward's row
-// statistics (2 · B·Hq·stats_rows floats: bwd::stats_offset, bwd_kernel.cuh), then its work-item
+// statistics (2 · B·Hq·stats_rows floats: bwd::stats_offset, bwd_run.cuh), then its work-item
 // counter (bwd::kSchedBytes at bwd::sched_offset). The sm80 kernels leave the last two parts unused;
 // their size, 8 bytes per query row and 16 bytes, keeps one size for both paths.
 size_t bwd_workspace_bytes_sm80(const Params& p) {
