@@ -200,6 +200,20 @@ std::vector<Case> bwd_cases() {
   c.name = "fp16_d64_softcap_alibi_gqa"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 1; c.sq = 90; c.sk = 140;
   c.d = 64; c.softcap = 5.0f; c.alibi = Alibi::PerBatchHead;
   add(c);
+  // Softcap and ALiBi on Hopper run the sm90 backward's kMods instantiation: each head dim's kernel,
+  // with masks (the masked and unmasked copies of its score loop), varlen and GQA.
+  c = {};
+  c.name = "bf16_d128_softcap_alibi_causal"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 200;
+  c.sk = 200; c.d = 128; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.causal = true;
+  add(c);
+  c = {};
+  c.name = "fp16_d192_alibi_window"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 150; c.sk = 180;
+  c.d = 192; c.alibi = Alibi::PerBatchHead; c.window_left = 64; c.window_right = 16;
+  add(c);
+  c = {};
+  c.name = "bf16_d256_softcap_varlen_gqa"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 256; c.softcap = 20.0f;
+  c.lens_q = {0, 70, 129, 5}; c.lens_k = {10, 90, 140, 64};
+  add(c);
   c = {};
   c.name = "bf16_d64_dropout_causal_gqa"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 140;
   c.sk = 140; c.d = 64; c.dropout_p = 0.2f; c.causal = true;
@@ -253,17 +267,20 @@ std::vector<Case> bwd_cases() {
     DType dtype;
     int hq, hk, d;
   };
-  auto add_varlen = [&](const VarlenCase& v, bool causal) {
+  auto add_varlen = [&](const VarlenCase& vc, bool causal, float softcap = 0.0f, Alibi alibi = Alibi::None) {
     c = {};
-    c.name = v.name; c.dtype = v.dtype; c.hq = v.hq; c.hk = v.hk; c.d = v.d;
-    c.causal = causal; c.lens_q = many_q; c.lens_k = many_k;
+    c.name = vc.name; c.dtype = vc.dtype; c.hq = vc.hq; c.hk = vc.hk; c.d = vc.d;
+    c.causal = causal; c.lens_q = many_q; c.lens_k = many_k; c.softcap = softcap; c.alibi = alibi;
     add(c);
   };
-  for (const VarlenCase& v : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64},
-                              VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128},
-                              VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192},
-                              VarlenCase{"bf16_d256_varlen_gqa_many_blocks", DType::BF16, 4, 2, 256}})
-    add_varlen(v, false);
+
+  for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64},
+                               VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128},
+                               VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192},
+                               VarlenCase{"bf16_d256_varlen_gqa_many_blocks", DType::BF16, 4, 2, 256}})
+    add_varlen(vc, false);
+  // Softcap + ALiBi (the sm90 backward's kMods instantiation) across several items per CTA.
+  add_varlen({"fp16_d64_varlen_softcap_alibi_many_blocks", DType::F16, 6, 2, 64}, false, 8.0f, Alibi::PerHead);
   c = {};  // dense: also the graph-capture check
   c.name = "bf16_d128_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 70;
   c.sk = 2200; c.d = 128;
@@ -277,11 +294,11 @@ std::vector<Case> bwd_cases() {
   // and items of sequences without query rows, handed over with no steps), and dense windows
   // that leave most key blocks seen by no query (items with no steps that are not past the end:
   // dK = dV = 0 written between items with steps; graph capture).
-  for (const VarlenCase& v : {VarlenCase{"fp16_d64_varlen_causal_gqa3_many_blocks", DType::F16, 12, 4, 64},
-                              VarlenCase{"bf16_d128_varlen_causal_gqa_many_blocks", DType::BF16, 12, 6, 128},
-                              VarlenCase{"bf16_d192_varlen_causal_gqa_many_blocks", DType::BF16, 4, 2, 192},
-                              VarlenCase{"fp16_d256_varlen_causal_gqa_many_blocks", DType::F16, 4, 2, 256}})
-    add_varlen(v, true);
+  for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_causal_gqa3_many_blocks", DType::F16, 12, 4, 64},
+                               VarlenCase{"bf16_d128_varlen_causal_gqa_many_blocks", DType::BF16, 12, 6, 128},
+                               VarlenCase{"bf16_d192_varlen_causal_gqa_many_blocks", DType::BF16, 4, 2, 192},
+                               VarlenCase{"fp16_d256_varlen_causal_gqa_many_blocks", DType::F16, 4, 2, 256}})
+    add_varlen(vc, true);
   c = {};
   c.name = "fp16_d128_window_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 64;
   c.sk = 2200; c.d = 128; c.window_left = 100; c.window_right = 0;
