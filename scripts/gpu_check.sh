@@ -26,6 +26,8 @@
 #                (GoogleTest, CLI11, nlohmann-json, OpenBLAS + cblas.h and its runtime libraries):
 #                added to CMAKE_PREFIX_PATH, CPATH and LD_LIBRARY_PATH
 #   TIMEOUT_TESTS / TIMEOUT_SANITIZER / TIMEOUT_BENCH  seconds per step (default 300 / 240 / 600)
+#   SHARDS       processes the GPU tests and each sanitizer run are split into (scripts/run_sharded.sh;
+#                default: half the cores, at most 8): the float64 reference runs on one core each
 #   RESULTS_COPY_DIR  also copy the benchmark JSON files this run writes (bench/results/) there, e.g.
 #                $OUT on a lent GPU machine, whose working tree does not come back
 #
@@ -103,17 +105,21 @@ BUILD_RC=$?
 grep -h "spill" "$LOG_DIR/build.log" 2>/dev/null | sort | uniq -c | head -20 > "$LOG_DIR/spills.txt"
 TESTS="$BUILD_DIR/tests/gpu/ioattn_gpu_tests"
 CLI="$BUILD_DIR/tools/ioattn"
+SHARDS=${SHARDS:-$(( $(nproc) / 2 < 8 ? ($(nproc) + 1) / 2 : 8 ))}
+SHARDED="scripts/run_sharded.sh $SHARDS"  # + log prefix + command: the shards' logs next to the step's
 
 if [ $BUILD_RC -eq 0 ]; then
   # 2. Tests.
-  run_step gpu_tests "$LOG_DIR/gpu_tests.log" timeout "${TIMEOUT_TESTS:-300}" "$TESTS" --gtest_output=json:"$LOG_DIR/gpu_tests.json"
+  run_step gpu_tests "$LOG_DIR/gpu_tests.log" $SHARDED "$LOG_DIR/gpu_tests" timeout "${TIMEOUT_TESTS:-300}" "$TESTS" \
+    --gtest_output=json:"$LOG_DIR/gpu_tests.{shard}.json"
   detail=$(grep -E "^\[  PASSED  \] [0-9]+ test|^\[  SKIPPED \] [0-9]+ test|^ *[0-9]+ FAILED TEST" "$LOG_DIR/gpu_tests.log" | tr '\n' ' ')
   STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $detail"
 
   # 2b. On Hopper, step 2 ran the sm90 TMA/wgmma forward and backward (src/cuda/backend.cu); the
   # same tests once more on the sm80 kernels (IOATTN_SM90=0), and the sm90 SASS must hold HGMMA.
   if [ "$HOPPER" = 1 ]; then
-    run_step tests_sm80 "$LOG_DIR/gpu_tests_sm80.log" env IOATTN_SM90=0 timeout "${TIMEOUT_TESTS:-300}" "$TESTS"
+    run_step tests_sm80 "$LOG_DIR/gpu_tests_sm80.log" $SHARDED "$LOG_DIR/gpu_tests_sm80" env IOATTN_SM90=0 \
+      timeout "${TIMEOUT_TESTS:-300}" "$TESTS"
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E "^\[  PASSED  \] [0-9]+ test| FAILED TEST" "$LOG_DIR/gpu_tests_sm80.log" | tr '\n' ' ')"
     if command -v cuobjdump >/dev/null; then
       LIB=$(ls "$BUILD_DIR"/libioattn.so* 2>/dev/null | head -1)
@@ -124,15 +130,16 @@ if [ $BUILD_RC -eq 0 ]; then
 
   # 3. Sanitizers on the small shapes (10-100x slower than a plain run).
   if [ "${SKIP_SANITIZER:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
-    run_step memcheck "$LOG_DIR/memcheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool memcheck --error-exitcode 1 \
+    run_step memcheck "$LOG_DIR/memcheck.log" $SHARDED "$LOG_DIR/memcheck" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool memcheck --error-exitcode 1 \
       --leak-check full "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:GpuContract.BadInputs*:GpuContract.BadDevice*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*:KVCacheGpu.BadIndicesRejected'
-    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'ERROR SUMMARY' "$LOG_DIR/memcheck.log" | tail -1)"
-    run_step racecheck "$LOG_DIR/racecheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool racecheck --error-exitcode 1 \
+    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR"/memcheck.*.log | grep -E 'ERROR SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+    run_step racecheck "$LOG_DIR/racecheck.log" $SHARDED "$LOG_DIR/racecheck" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool racecheck --error-exitcode 1 \
       "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*'
-    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$LOG_DIR/racecheck.log" | tail -1)"
-    run_step synccheck "$LOG_DIR/synccheck.log" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool synccheck --error-exitcode 1 \
-      "$TESTS" --gtest_filter='Gpu/Small.*'
-    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(grep -E 'ERROR SUMMARY' "$LOG_DIR/synccheck.log" | tail -1)"
+    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR"/racecheck.*.log | grep -E 'RACECHECK SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+    # (d = 192: its two consumer warpgroups reach shared barriers from different instantiations.)
+    run_step synccheck "$LOG_DIR/synccheck.log" $SHARDED "$LOG_DIR/synccheck" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool synccheck --error-exitcode 1 \
+      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*'
+    STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR"/synccheck.*.log | grep -E 'ERROR SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
   fi
 
   # 4. The Python package with CUDA, and its whole test suite.

@@ -261,26 +261,35 @@ std::vector<Case> bwd_cases() {
   const std::vector<int> many_q = {40, 0, 129, 1, 64, 17, 100, 0, 33, 65, 8, 150, 2, 70, 31, 128, 5, 90, 12, 47};
   const std::vector<int> many_k = {760, 300, 0, 1, 700, 129, 64, 250, 640, 33, 520, 200, 768, 90, 400, 128, 700, 15,
                                    385, 600};
-  // (name, dtype, query heads, kv heads, head dim) of the varlen cases, without and with a causal mask.
+  // Varlen over those sequences, without a mask and causal. Masked calls run persistent too, their
+  // items taken from a counter (costs differ: the dynamic hand-out): causal varlen with the same
+  // sequences (480 / 720 / 480 / 480 items, about half of them past a sequence's end, which the
+  // producer does not hand over, so CTAs take 2-3 of unequal cost, and items of sequences without
+  // query rows, handed over with no steps).
   struct VarlenCase {
     const char* name;
     DType dtype;
     int hq, hk, d;
+    bool causal;
   };
-  auto add_varlen = [&](const VarlenCase& vc, bool causal, float softcap = 0.0f, Alibi alibi = Alibi::None) {
+  for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64, false},
+                               VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128, false},
+                               VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192, false},
+                               VarlenCase{"bf16_d256_varlen_gqa_many_blocks", DType::BF16, 4, 2, 256, false},
+                               VarlenCase{"fp16_d64_varlen_causal_gqa3_many_blocks", DType::F16, 12, 4, 64, true},
+                               VarlenCase{"bf16_d128_varlen_causal_gqa_many_blocks", DType::BF16, 12, 6, 128, true},
+                               VarlenCase{"bf16_d192_varlen_causal_gqa_many_blocks", DType::BF16, 4, 2, 192, true},
+                               VarlenCase{"fp16_d256_varlen_causal_gqa_many_blocks", DType::F16, 4, 2, 256, true}}) {
     c = {};
     c.name = vc.name; c.dtype = vc.dtype; c.hq = vc.hq; c.hk = vc.hk; c.d = vc.d;
-    c.causal = causal; c.lens_q = many_q; c.lens_k = many_k; c.softcap = softcap; c.alibi = alibi;
+    c.causal = vc.causal; c.lens_q = many_q; c.lens_k = many_k;
     add(c);
-  };
-
-  for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64},
-                               VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128},
-                               VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192},
-                               VarlenCase{"bf16_d256_varlen_gqa_many_blocks", DType::BF16, 4, 2, 256}})
-    add_varlen(vc, false);
+  }
   // Softcap + ALiBi (the sm90 backward's kMods instantiation) across several items per CTA.
-  add_varlen({"fp16_d64_varlen_softcap_alibi_many_blocks", DType::F16, 6, 2, 64}, false, 8.0f, Alibi::PerHead);
+  c = {};
+  c.name = "fp16_d64_varlen_softcap_alibi_many_blocks"; c.dtype = DType::F16; c.hq = 6; c.hk = 2; c.d = 64;
+  c.lens_q = many_q; c.lens_k = many_k; c.softcap = 8.0f; c.alibi = Alibi::PerHead;
+  add(c);
   c = {};  // dense: also the graph-capture check
   c.name = "bf16_d128_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 70;
   c.sk = 2200; c.d = 128;
@@ -288,17 +297,8 @@ std::vector<Case> bwd_cases() {
   c.name = "fp16_d256_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 3; c.hq = 8; c.hk = 4; c.sq = 20; c.sk = 1500;
   c.d = 256;
   add(c);
-  // Masked calls run persistent too, their items taken from a counter (costs differ: the dynamic
-  // hand-out): causal varlen with the same sequences (480 / 720 / 480 / 480 items, about half of them
-  // past a sequence's end, which the producer does not hand over, so CTAs take 2-3 of unequal cost,
-  // and items of sequences without query rows, handed over with no steps), and dense windows
-  // that leave most key blocks seen by no query (items with no steps that are not past the end:
-  // dK = dV = 0 written between items with steps; graph capture).
-  for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_causal_gqa3_many_blocks", DType::F16, 12, 4, 64},
-                               VarlenCase{"bf16_d128_varlen_causal_gqa_many_blocks", DType::BF16, 12, 6, 128},
-                               VarlenCase{"bf16_d192_varlen_causal_gqa_many_blocks", DType::BF16, 4, 2, 192},
-                               VarlenCase{"fp16_d256_varlen_causal_gqa_many_blocks", DType::F16, 4, 2, 256}})
-    add_varlen(vc, true);
+  // Dense windows that leave most key blocks seen by no query (items with no steps that are not past
+  // the end: dK = dV = 0 written between items with steps; graph capture).
   c = {};
   c.name = "fp16_d128_window_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 64;
   c.sk = 2200; c.d = 128; c.window_left = 100; c.window_right = 0;
