@@ -116,8 +116,8 @@ bool use_sm90_forward(const Params& p) {
   return sm90_eligible(p) && sm90::forward_describable(p);
 }
 
-// Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward, plus no
-// softcap, ALiBi or dropout, and an sm90 backward built for the call's sm80 head dim (the sm90
+// Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward (no
+// dropout: the sm80 kernels have its Philox mask), and an sm90 backward built for the call's sm80 head dim (the sm90
 // kernel of the next head dim among 64, 128, 192, 256, with the sm80 workspace layout). Both modes:
 // the deterministic one takes dQ from the sm80 dQ kernel (sm90::run_bwd).
 // The default on compute capability 9.0 since it passed every GPU test and compute-sanitizer's
@@ -126,7 +126,7 @@ bool use_sm90_forward(const Params& p) {
 bool use_sm90_backward(const Params& p) {
   const char* env = std::getenv("IOATTN_SM90_BWD");
   if (env != nullptr && std::string(env) == "0") return false;
-  if (p.dropout_p > 0.0f || p.softcap > 0.0f || p.alibi_slopes != nullptr) return false;
+  if (p.dropout_p > 0.0f) return false;
   const int acc = sm80::padded_head_dim(std::max(p.head_dim, p.head_dim_v));
   if (sm90::backward_head_dim(acc) == 0) return false;
   return sm90_eligible(p) && sm90::backward_describable(p, acc);
@@ -216,6 +216,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
       if (k != std::max(p.head_dim, p.head_dim_v)) n90 << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
       n90 << ", " << sm90::bwd_block_n(k) << " keys x " << sm90::bwd_block_m(k) << " queries per step";
       n90 << ", persistent (dynamic item scheduler)";
+      if (p.softcap > 0.0f || p.alibi_slopes != nullptr) n90 << ", softcap / ALiBi";
       if (p.deterministic) n90 << ", deterministic (dQ by the sm80 kernel)";
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();

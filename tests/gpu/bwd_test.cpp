@@ -200,6 +200,20 @@ std::vector<Case> bwd_cases() {
   c.name = "fp16_d64_softcap_alibi_gqa"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 1; c.sq = 90; c.sk = 140;
   c.d = 64; c.softcap = 5.0f; c.alibi = Alibi::PerBatchHead;
   add(c);
+  // Softcap and ALiBi on Hopper run the sm90 backward's kMods instantiation: each head dim's kernel,
+  // with masks (the masked and unmasked copies of its score loop), varlen and GQA.
+  c = {};
+  c.name = "bf16_d128_softcap_alibi_causal"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 200;
+  c.sk = 200; c.d = 128; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.causal = true;
+  add(c);
+  c = {};
+  c.name = "fp16_d192_alibi_window"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 150; c.sk = 180;
+  c.d = 192; c.alibi = Alibi::PerBatchHead; c.window_left = 64; c.window_right = 16;
+  add(c);
+  c = {};
+  c.name = "bf16_d256_softcap_varlen_gqa"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 256; c.softcap = 20.0f;
+  c.lens_q = {0, 70, 129, 5}; c.lens_k = {10, 90, 140, 64};
+  add(c);
   c = {};
   c.name = "bf16_d64_dropout_causal_gqa"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 140;
   c.sk = 140; c.d = 64; c.dropout_p = 0.2f; c.causal = true;
@@ -271,6 +285,11 @@ std::vector<Case> bwd_cases() {
     c.causal = vc.causal; c.lens_q = many_q; c.lens_k = many_k;
     add(c);
   }
+  // Softcap + ALiBi (the sm90 backward's kMods instantiation) across several items per CTA.
+  c = {};
+  c.name = "fp16_d64_varlen_softcap_alibi_many_blocks"; c.dtype = DType::F16; c.hq = 6; c.hk = 2; c.d = 64;
+  c.lens_q = many_q; c.lens_k = many_k; c.softcap = 8.0f; c.alibi = Alibi::PerHead;
+  add(c);
   c = {};  // dense: also the graph-capture check
   c.name = "bf16_d128_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 70;
   c.sk = 2200; c.d = 128;

@@ -264,7 +264,9 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
 //   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
-template <class T, int kD>
+// kMods: softcap and ALiBi compiled in (calls with either; run_bwd picks the instantiation), as in
+// the forward's kernels: the calls without them keep the loop they had.
+template <class T, int kD, bool kMods>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,
                const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_q,
@@ -471,29 +473,61 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
         // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
         // element of every block (ncu: integer and predicate instructions were most of this loop).
+        // The softcap test likewise (kMods), once per step.
         // The stage's LSE (log2 units; +inf for rows that see no key or lie past the sequence) and D.
         const float* s_lse = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
-        auto scores_to_ds = [&](auto masked) {
+        auto scores_to_ds = [&](auto masked, auto softcap) {
+          constexpr bool kCap = decltype(softcap)::value;
+          // ALiBi's distance |i + shift - j| for query i = m0 + qc and key j = key0 + 8 (e / 2): this
+          // thread's i + shift - j at j = 0, e = 0 once, then a constant per element (score.cuh's
+          // form: one FADD with |.| as an operand modifier and one FFMA per score).
+          [[maybe_unused]] const float dist0 = kMods ? static_cast<float>(m0 + 2 * (lane % 4) + mod.mask.shift - key0) : 0.0f;
 #pragma unroll
           for (int j = 0; j < kQT; ++j) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
-              float x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
+              float x, th = 0.0f;  // th: softcap's tanh, for its derivative below
+              if constexpr (kMods) {  // score.cuh's transform (ScoreMod::apply_scores), transposed
+                if constexpr (kCap) {
+                  th = softcap_tanh(st[j][e] * mod.cap_in);
+                  x = mod.cap_out * th;
+                } else {
+                  x = st[j][e] * mod.scale_log2;
+                }
+                x = fmaf(-mod.alibi_log2, fabsf(dist0 + static_cast<float>(8 * j + e % 2 - 8 * (e / 2))), x);
+                x -= s_lse[qc];
+              } else {
+                x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
+              }
               if constexpr (decltype(masked)::value) {
                 const int key = key0 + 8 * (e / 2);
                 if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
               }
               const float pr = fast_exp2(x);
               st[j][e] = pr;
-              dpt[j][e] = pr * (dpt[j][e] - s_lse[kBM + qc]);
+              float ds = pr * (dpt[j][e] - s_lse[kBM + qc]);
+              // Softcap: d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2 (the scale c is applied to dK / dQ
+              // at the end, as without softcap); ALiBi's bias has no derivative in the score.
+              if constexpr (kCap) ds *= 1.0f - th * th;
+              dpt[j][e] = ds;
             }
           }
         };
-        if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
-          scores_to_ds(std::true_type{});
-        else
-          scores_to_ds(std::false_type{});
+        auto with_mask = [&](auto softcap) {
+          if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
+            scores_to_ds(std::true_type{}, softcap);
+          else
+            scores_to_ds(std::false_type{}, softcap);
+        };
+        if constexpr (kMods) {
+          if (mod.softcap)
+            with_mask(std::true_type{});
+          else
+            with_mask(std::false_type{});
+        } else {
+          with_mask(std::false_type{});
+        }
         stats_read_arrive(s);
         uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
         pack_a_fragments<T>(st, pp);
@@ -657,17 +691,19 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
       encode_tensor_map(&tdq, {dq_accum, kAccD, accum_rows, 1, 1, kAccD, 0, 0}, 64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4);
   if (!ok) return Status{ErrorCode::Unsupported, "sm90 backward: the driver refused a tensor map for these strides"};
 
-  auto kernel = bwd_kernel<T, kD>;
+  // Softcap / ALiBi (no dropout here: use_sm90_backward) run the kMods instantiation.
+  const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
+  auto kernel = mods ? bwd_kernel<T, kD, true> : bwd_kernel<T, kD, false>;
   constexpr int kSmem = BwdSmem<kD>::kBytes;
-  static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
-  cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
+  static std::atomic<uint64_t> configured[2];  // per instantiation: devices whose shared-memory opt-in is made
+  cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured[mods]);
   // The deterministic mode: this kernel computes dK and dV only (in a fixed order already: no
   // atomics), and the sm80 backward's dQ kernel sums each query block's dQ over the key blocks in
   // order instead of the accumulator's atomic reductions.
-  auto dq_kernel = bwd_dq<kAccD, T, false>;  // use_sm90_backward: no softcap, ALiBi or dropout here
-  static std::atomic<uint64_t> dq_configured{0};
+  auto dq_kernel = mods ? bwd_dq<kAccD, T, true> : bwd_dq<kAccD, T, false>;
+  static std::atomic<uint64_t> dq_configured[2];
   if (e == cudaSuccess && p.deterministic)
-    e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kAccD>::kSmemDq, dq_configured);
+    e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kAccD>::kSmemDq, dq_configured[mods]);
   // One CTA per multiprocessor (persistent), each taking items from the counter (bwd_kernel): an
   // item's K / V and first Q / dO copies overlap the previous item's last step and dK / dV stores
   // instead of each CTA's start and end being exposed, and under a mask, where the items' costs
