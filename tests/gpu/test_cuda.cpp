@@ -240,6 +240,12 @@ std::vector<Case> feature_cases() {
   c.lens_q = {500, 193, 64, 130, 1, 320}; c.lens_k = {500, 260, 64, 130, 17, 300}; c.causal = true;
   c.hq = 32; c.hk = 8;
   v.push_back(c);
+  // Non-causal d 64 (3 warpgroups in every tile): warpgroups whose rows all lie past their sequence's
+  // end skip their products (dead_steps) in tiles of 1, 2 and 3 live warpgroups, next to live ones.
+  c = make("many_tiles_varlen_d64", DType::F16, 0, 0, 64);
+  c.lens_q = {500, 193, 64, 130, 1, 320, 384, 129}; c.lens_k = {470, 260, 64, 300, 17, 320, 90, 129};
+  c.hq = 24; c.hk = 8;
+  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
