@@ -32,6 +32,9 @@
 //                                                       computes one 64 x 64 half of the kBM x kD
 //                                                       part (BwdShape)
 //                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator
+//              d = 256 (BwdShape::kExchange): warpgroup 0 computes S^T and P^T only, warpgroup 1
+//              dP^T only; P^T goes to warpgroup 1 through shared memory (fp32), which computes dS^T
+//              and writes it to the dS^T buffer, from which warpgroup 0's dK = dS^T Q reads it (SS)
 //              dK, dV stay in registers over the item's steps (the group's query heads included:
 //              no dK/dV atomics) and are written at its end, dK times the softmax scale.
 // Served: fp16/bf16, head dims 64, 128, 192 and 256, causal/window masks, GQA, varlen, both modes
@@ -73,10 +76,14 @@ constexpr int kBwdThreads = 384;
 //            dQ: warpgroup w takes columns [64 w, 64 w + 64).
 //   d = 256: 64 keys per item, the SAME 64 for both warpgroups, which split the head dim instead:
 //            warpgroup w owns columns [128 w, 128 w + 128) of dK, dV and dQ. [dK, dV 64 each,
-//            S^T, dP^T 32 each: 192; 64 keys x 256 columns of dK and dV would be 256.] Both
-//            compute the same S^T and dP^T (2 of the 5 products done twice: no fp32 exchange of
-//            P between the warpgroups), and one Q / dO stage: 2 would not fit next to the dQ
-//            staging (bench/notes-sm90.md, "Design sketch ... d = 256").
+//            S^T, dP^T 32 each: 192; 64 keys x 256 columns of dK and dV would be 256.] The two
+//            score products are split between them (kExchange): warpgroup 0 computes S^T and P^T,
+//            warpgroup 1 dP^T; P^T goes from 0 to 1 through shared memory (fp32, 16 KB), dS^T from
+//            1 to 0 through the dS^T buffer (bf16, which dQ reads anyway). 5 units of tensor work
+//            for the 5 products instead of 7 (each warpgroup computing both S^T and dP^T), at the
+//            cost of two named barriers per step (A, B: the protocol at bwd_kernel). One Q / dO
+//            stage: 2 would not fit next to the dQ staging (bench/notes-sm90.md, "Design sketch
+//            ... d = 256" and "d = 256 backward, S / dP split").
 //   d = 192: as d = 256, split on the 64-column boundaries that the 128-byte swizzle allows (a
 //            wgmma operand read N-major cannot start inside a swizzle atom): warpgroup 0 owns
 //            dK / dV columns [0, 128) and dQ columns [128, 192), warpgroup 1 dK / dV [128, 192)
@@ -91,6 +98,9 @@ template <int kD>
 struct BwdShape {
   static constexpr bool kSplitD = kD >= 192;
   static constexpr bool kUneven = kD == 192;  // the warpgroups' column counts differ (below)
+  // Warpgroup 0 computes S^T only, warpgroup 1 dP^T only, exchanging P^T and dS^T (above). d = 192
+  // keeps both products in each warpgroup: its two stages leave no room for the 16 KB P^T buffer.
+  static constexpr bool kExchange = kD == 256;
   static constexpr int kBM = bwd_block_m(kD);               // query rows per step
   static constexpr int kBN = bwd_block_n(kD);               // keys per item
   static constexpr int kStages = kD == 256 ? 1 : 2;         // Q / dO buffers in flight
@@ -106,7 +116,7 @@ struct BwdShape {
 };
 
 // Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB;
-// d = 192: 217 KB; d = 256: 210 KB.
+// d = 192: 217 KB; d = 256: 226 KB (210 KB + the 16 KB P^T exchange buffer).
 template <int kD>
 struct BwdSmem {
   using S = BwdShape<kD>;
@@ -125,7 +135,13 @@ struct BwdSmem {
   // Per Q / dO stage, the step's row statistics (LSE in log2 units, then D; kBM each), copied by the
   // producer with the stage's Q and dO.
   static constexpr int kStatsBytes = 2 * S::kBM * 4;
-  static constexpr int kStats = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
+  // kExchange: warpgroup 0's fp32 P^T for warpgroup 1, in the accumulator fragment order: float4 j
+  // of consumer thread t (st[j][0..3]) at 16 (128 j + t), so that each warp's float4 accesses are
+  // 512 contiguous bytes (no bank conflicts, no swizzle); the two warpgroups' fragment layouts are
+  // the same, so thread t of warpgroup 1 reads what thread t of warpgroup 0 wrote.
+  static constexpr int kPXBytes = S::kExchange ? S::kBN * S::kBM * 4 : 0;
+  static constexpr int kPX = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
+  static constexpr int kStats = kPX + kPXBytes;
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;  // kv_full, kv_empty, qdo_full[], qdo_empty[]
   static constexpr int kItem = kBar + 8 * (2 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
   static constexpr int kBytes = kItem + 16 + 1024;
@@ -158,6 +174,16 @@ __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync 
 // already; this barrier is for racecheck, which does not follow mbarriers (as for 4 + s).
 constexpr int kItemReadBarrier = 8;
 static_assert(kItemReadBarrier > 4 + 2, "named barriers 4 + s are the statistics stages'");
+// 9 (A) and 10 (B), kExchange: the P^T / dS^T hand-offs between the two consumer warpgroups (both
+// sync, 256 threads; bwd_kernel's protocol). Not .aligned, like consumers_sync: the two warpgroups
+// reach it at different instructions (synccheck reports the aligned bar.sync there).
+constexpr int kPReadyBarrier = 9;   // A: warpgroup 0's P^T written
+constexpr int kDSReadyBarrier = 10;  // B: warpgroup 1's dS^T written, its P^T read
+template <int kId>
+__device__ __forceinline__ void pair_sync() {
+  __syncwarp();  // (converged after the leader-only waits before some of them)
+  asm volatile("barrier.sync %0, 256;\n" ::"n"(kId) : "memory");
+}
 __device__ __forceinline__ void item_read_arrive() {
   __syncwarp();
   asm volatile("bar.arrive %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
@@ -255,10 +281,39 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   barrier 8, item_read_arrive / item_read_sync, for racecheck); a Q / dO stage and its
 //   statistics by qdo_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was
 //   last read by step g - 2's dQ products, which both warpgroups completed before step g - 1's
-//   consumers_sync (g global: restarted per item, an item's first step could overwrite the buffer
-//   that the other warpgroup's dQ product of the previous item's last step still reads); a
+//   consumers_sync (kExchange: by barrier A, below) (g global: restarted per item, an item's first
+//   step could overwrite the buffer that the other warpgroup's dQ product of the previous item's
+//   last step still reads); a
 //   warpgroup's dQ staging by its leader's wait for the reads of its earlier reductions at every
 //   step (once per step whatever the item), and the final wait for them at the CTA's end.
+//   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX, then both warpgroups
+//   sync on named barrier A (kPReadyBarrier); warpgroup 1 reads P^T(g), computes dS^T(g), writes it
+//   to dS^T buffer g % 2 (then fence.proxy.async), then both sync on B (kDSReadyBarrier), after
+//   which warpgroup 0's dK (and dQ) products read that buffer. (With warpgroup 0 only arriving on A
+//   and warpgroup 1 only on B, each runs up to a phase ahead: +3-15% over main against +1-7% for
+//   this form, H200, session 10; but compute-sanitizer's racecheck then reported WAR hazards on the
+//   P^T buffer and on the statistics, with aligned and unaligned barrier instructions alike, and
+//   none with both syncing. Kept to the form the tools check.) What each barrier orders:
+//     A(g): warpgroup 0's P^T(g) stores before warpgroup 1's loads of them; and every dS^T read of
+//       warpgroup 0 before step g (its dK and dQ of steps up to g - 1, each waited for with
+//       wgmma_wait<0> in its step) before warpgroup 1's dS^T(g) stores: so buffer g % 2, last read
+//       by step g - 2, is free (one buffer would do for this hand-off; warpgroup 1's own dQ reads
+//       precede its stores in program order). Also warpgroup 1's leader's wait for its dQ staging's
+//       last reduction read, before the warpgroup's staging writes (the leader reaches A first).
+//     B(g): warpgroup 1's dS^T(g) stores (and fence.proxy.async) before warpgroup 0's wgmma reads of
+//       them; warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores (which follow
+//       B(g) in warpgroup 0's program order); and warpgroup 0's leader's wait for its dQ staging's
+//       last reduction read, before that warpgroup's staging writes.
+//   Warpgroup 1's own dQ reads its dS^T stores after a warpgroup bar.sync (warpgroup_sync). The
+//   statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other modes:
+//   every consumer thread arrives on 4 + s once per step after its last read of the statistics
+//   (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty after its dV /
+//   dK products and on kv_empty after its last product reading K or V (warpgroup 0: S^T or dQ;
+//   warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and steps and sync
+//   on A(g) then B(g) in program order; before A(g) they wait on the producer only (qdo_full of g;
+//   the producer's waits for step g are on arrivals of steps before g, made as in the other modes:
+//   above). Each phase gets the 256 threads of one step: neither warpgroup reaches A(g + 1) before
+//   both passed B(g). Items without steps touch neither barrier.
 //   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
 //   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
@@ -275,6 +330,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
+  // The S / dP split between the warpgroups (d = 256), not in the softcap / ALiBi instantiation:
+  // softcap's dS^T needs the tanh of warpgroup 0's scores, which the exchange does not carry; those
+  // calls keep both score products in each warpgroup.
+  constexpr bool kExchange = Shape::kExchange && !kMods;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
   constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
@@ -409,9 +468,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   };
 
   // The consumer loop of warpgroup kW's columns (BwdShape): kW is cwg where the two warpgroups'
-  // column counts differ, else 0 for both (the counts are the same; offsets use cwg).
+  // column counts or products differ (kUneven, kExchange), else 0 for both (the counts are the
+  // same; offsets use cwg).
   auto consume = [&](auto wg_const) {
     constexpr int kW = decltype(wg_const)::value;
+    constexpr bool kComputesS = !kExchange || kW == 0;   // S^T (and P^T) in this warpgroup
+    constexpr bool kComputesDP = !kExchange || kW == 1;  // dP^T (and dS^T in registers)
     constexpr int kDT = Shape::wg_cols(kW) / 8;  // 8-column tiles of this warpgroup's dK, dV
     constexpr int kDqCols = Shape::dq_cols(kW);
     const int wc0 = Shape::wc0(cwg);  // the warpgroup's first dK / dV column
@@ -447,26 +509,25 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const uint32_t ds_addr = smem_base + L::kDS + (g % 2) * L::kDSBytes;
         bwd_wait(qdo_full + s, (g / kStages) & 1);
 
-        // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim.
+        // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim. kExchange:
+        // warpgroup 0 computes S^T only, warpgroup 1 dP^T only.
         float st[kQT][4], dpt[kQT][4];
         const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
+        auto score_product = [&](float(&acc)[kQT][4], uint64_t a_desc, uint64_t b_desc) {
+#pragma unroll
+          for (int kk = 0; kk < kKT; ++kk) {
+            const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+            const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+            wgmma_ss<T, 0, 0>(acc, desc_add(a_desc, off), desc_add(b_desc, offq), kk > 0);
+          }
+        };
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kKT; ++kk) {
-          const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-          const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-          wgmma_ss<T, 0, 0>(st, desc_add(k_desc, off), desc_add(q_desc, offq), kk > 0);
-        }
-#pragma unroll
-        for (int kk = 0; kk < kKT; ++kk) {
-          const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-          const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-          wgmma_ss<T, 0, 0>(dpt, desc_add(v_desc, off), desc_add(do_desc, offq), kk > 0);
-        }
+        if constexpr (kComputesS) score_product(st, k_desc, q_desc);
+        if constexpr (kComputesDP) score_product(dpt, v_desc, do_desc);
         wgmma_commit();
         wgmma_wait<0>();
-        fence_operands(st);
-        fence_operands(dpt);
+        if constexpr (kComputesS) fence_operands(st);
+        if constexpr (kComputesDP) fence_operands(dpt);
         if (p.deterministic && last) release_kv();  // without dQ products, the item's last read of K / V
 
         // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
@@ -476,7 +537,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         // The softcap test likewise (kMods), once per step.
         // The stage's LSE (log2 units; +inf for rows that see no key or lie past the sequence) and D.
         const float* s_lse = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
-        auto scores_to_ds = [&](auto masked, auto softcap) {
+        // dS^T from P^T and dP^T, at query column qc of the step.
+        auto ds_of = [&](float pr, float dp, int qc) { return pr * (dp - s_lse[kBM + qc]); };
+        // with_ds: also dS^T (in dpt); kExchange's warpgroup 0 has no dP^T and computes P^T only.
+        auto scores_to_ds = [&](auto masked, auto softcap, auto with_ds) {
           constexpr bool kCap = decltype(softcap)::value;
           // ALiBi's distance |i + shift - j| for query i = m0 + qc and key j = key0 + 8 (e / 2): this
           // thread's i + shift - j at j = 0, e = 0 once, then a constant per element (score.cuh's
@@ -506,32 +570,87 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
               }
               const float pr = fast_exp2(x);
               st[j][e] = pr;
-              float ds = pr * (dpt[j][e] - s_lse[kBM + qc]);
-              // Softcap: d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2 (the scale c is applied to dK / dQ
-              // at the end, as without softcap); ALiBi's bias has no derivative in the score.
-              if constexpr (kCap) ds *= 1.0f - th * th;
-              dpt[j][e] = ds;
+              if constexpr (decltype(with_ds)::value) {
+                float ds = ds_of(pr, dpt[j][e], qc);
+                // Softcap: d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2 (the scale c is applied to dK /
+                // dQ at the end, as without softcap); ALiBi's bias has no derivative in the score.
+                if constexpr (kCap) ds *= 1.0f - th * th;
+                dpt[j][e] = ds;
+              }
             }
           }
         };
-        auto with_mask = [&](auto softcap) {
-          if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
-            scores_to_ds(std::true_type{}, softcap);
-          else
-            scores_to_ds(std::false_type{}, softcap);
-        };
-        if constexpr (kMods) {
-          if (mod.softcap)
-            with_mask(std::true_type{});
-          else
+        auto scores_to_p = [&](auto with_ds) {
+          auto with_mask = [&](auto softcap) {
+            if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
+              scores_to_ds(std::true_type{}, softcap, with_ds);
+            else
+              scores_to_ds(std::false_type{}, softcap, with_ds);
+          };
+          if constexpr (kMods) {
+            if (mod.softcap)
+              with_mask(std::true_type{});
+            else
+              with_mask(std::false_type{});
+          } else {
             with_mask(std::false_type{});
+          }
+        };
+        // kExchange: this thread's P^T in the exchange buffer (L::kPX).
+        auto p_exchange = [&] { return reinterpret_cast<float4*>(smem + L::kPX) + threadIdx.x % 128; };
+        if constexpr (!kExchange) {
+          scores_to_p(std::true_type{});
+        } else if constexpr (kW == 0) {
+          // P^T -> warpgroup 1. The buffer's previous contents (step g - 1) were read before warpgroup 1
+          // reached B at g - 1, which this warpgroup synced on before this step.
+          scores_to_p(std::false_type{});
+#pragma unroll
+          for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
+          pair_sync<kPReadyBarrier>();
         } else {
-          with_mask(std::false_type{});
+          // Warpgroup 1: the dQ staging's last reduction read (the leader's wait, ordered before the
+          // warpgroup's staging writes by A, which its threads pass only after the leader reached
+          // it), then warpgroup 0's P^T.
+          if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
+          pair_sync<kPReadyBarrier>();
+#pragma unroll
+          for (int j = 0; j < kQT; ++j) {
+            const float4 pr = p_exchange()[128 * j];
+            st[j][0] = pr.x, st[j][1] = pr.y, st[j][2] = pr.z, st[j][3] = pr.w;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dpt[j][e] = ds_of(st[j][e], dpt[j][e], 8 * j + 2 * (lane % 4) + (e % 2));
+          }
         }
         stats_read_arrive(s);
         uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
         pack_a_fragments<T>(st, pp);
-        pack_a_fragments<T>(dpt, pds);
+        if constexpr (kComputesDP) pack_a_fragments<T>(dpt, pds);
+
+        // dS^T -> shared memory buffer g % 2, the A operand of dQ = dS K read M-major (queries
+        // contiguous), and at kExchange of warpgroup 0's dK = dS^T Q read K-major: per 64-query
+        // chunk, kBN rows (keys; this warpgroup's at wk0) of 128 bytes, 16-byte chunk c of a row at
+        // c ^ (row % 8). From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r]
+        // holds row wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+        auto store_ds = [&] {
+          unsigned char* ds = smem + L::kDS + (g % 2) * L::kDSBytes;
+#pragma unroll
+          for (int kk = 0; kk < kQK; ++kk)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
+              *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
+                                           (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
+            }
+        };
+        if constexpr (kExchange && kW == 1) {
+          // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ. Buffer g % 2 was last
+          // read by step g - 2's products (warpgroup 0's dK and dQ, this warpgroup's dQ), which
+          // warpgroup 0 completed before A at g - 1 and this warpgroup before this step.
+          // B also releases this thread's read of P^T above.
+          store_ds();
+          fence_proxy_async_smem();
+          pair_sync<kDSReadyBarrier>();
+        }
 
         // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
         fence_operands(dk);
@@ -543,30 +662,35 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
 #pragma unroll
         for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
+        if constexpr (kComputesDP) {
 #pragma unroll
-        for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
-        wgmma_commit();
-
-        if (!p.deterministic) {
-          // dS^T -> shared memory buffer g % 2, the A operand of dQ = dS K read M-major (queries
-          // contiguous): per 64-query chunk, 128 rows (keys; this warpgroup's at 64 cwg) of 128 bytes,
-          // 16-byte chunk c of a row at c ^ (row % 8). The buffer was last read by step g - 2's dQ
-          // products, which both warpgroups finished before step g - 1's consumers_sync.
-          if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
-          // From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r] holds row
-          // wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
-          // At d = 256 both warpgroups hold the same dS^T: warpgroup 0 writes it.
-          unsigned char* ds = smem + L::kDS + (g % 2) * L::kDSBytes;
-          if (!Shape::kSplitD || cwg == 0) {
+          for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
+          wgmma_commit();
+        } else {
+          // Warpgroup 0 of kExchange: dK with A = warpgroup 1's dS^T from the buffer, read K-major (keys
+          // are M, the contiguous queries K: the form of K as A of S^T), once B says it is written.
+          // The leader's wait for the dQ staging's last reduction read comes before B, which this
+          // warpgroup's threads pass only after the leader reached it (before their staging writes).
+          wgmma_commit();
+          if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
+          pair_sync<kDSReadyBarrier>();
+          // (A fence of its own: without it ptxas injects one here, C7519, after the branch above.)
+          wgmma_fence();
+          const uint64_t ds_k = make_desc(ds_addr + wk0 * kSwizzleBytes, 16, kAtomBytes);
 #pragma unroll
-            for (int kk = 0; kk < kQK; ++kk)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
-                *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
-                                             (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
-              }
+          for (int kk = 0; kk < kQK; ++kk) {
+            const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+            wgmma_ss<T, 0, 1>(dk, desc_add(ds_k, off), desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
           }
+          wgmma_commit();
+        }
+
+        if (!kExchange && !p.deterministic) {
+          // The buffer was last read by step g - 2's dQ products, which both warpgroups finished
+          // before step g - 1's consumers_sync.
+          if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
+          // At d = 192 both warpgroups hold the same dS^T: warpgroup 0 writes it.
+          if (!Shape::kSplitD || cwg == 0) store_ds();
           fence_proxy_async_smem();
           consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
         }
@@ -581,6 +705,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
           // dim (B = K rows read N-major), K = the item's kBN keys.
           float dq[kDqCols / 8][4];
+          // kExchange: this warpgroup's dS^T stores (store_ds) before its own dQ reads them. (Warpgroup
+          // 0 read them after B; the other modes after consumers_sync.)
+          if constexpr (kExchange && kW == 1) warpgroup_sync(cwg);
           const uint64_t ds_m = make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
           const uint64_t k_n = make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
           wgmma_fence();
@@ -636,7 +763,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       }
     }
   };
-  if constexpr (Shape::kUneven) {
+  if constexpr (Shape::kUneven || kExchange) {
     if (cwg == 0)
       consume(std::integral_constant<int, 0>{});
     else
