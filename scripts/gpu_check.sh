@@ -134,11 +134,12 @@ if [ $BUILD_RC -eq 0 ]; then
       --leak-check full "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:GpuContract.BadInputs*:GpuContract.BadDevice*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*:KVCacheGpu.BadIndicesRejected'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR"/memcheck.*.log | grep -E 'ERROR SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
     run_step racecheck "$LOG_DIR/racecheck.log" $SHARDED "$LOG_DIR/racecheck" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool racecheck --error-exitcode 1 \
-      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*'
+      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:Gpu/Bwd.*d256*:Gpu/Bwd.*softcap*:Gpu/Bwd.*alibi*:Gpu/KVCache.*PagedCausalRotary*:Gpu/PagedPrefill.*'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR"/racecheck.*.log | grep -E 'RACECHECK SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
-    # (d = 192: its two consumer warpgroups reach shared barriers from different instantiations.)
+    # (d = 192 and 256: the backward's two consumer warpgroups reach shared barriers from different
+    # instantiations; d = 256 exchanges P^T / dS^T between them; softcap / ALiBi: the kMods kernels.)
     run_step synccheck "$LOG_DIR/synccheck.log" $SHARDED "$LOG_DIR/synccheck" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool synccheck --error-exitcode 1 \
-      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*'
+      "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:Gpu/Bwd.*d256*:Gpu/Bwd.*softcap*'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR"/synccheck.*.log | grep -E 'ERROR SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
   fi
 
