@@ -38,7 +38,8 @@
 //              dK, dV stay in registers over the item's steps (the group's query heads included:
 //              no dK/dV atomics) and are written at its end, dK times the softmax scale.
 // Served: fp16/bf16, head dims 64, 128, 192 and 256, causal/window masks, GQA, varlen, both modes
-// (atomic and deterministic). Softcap, ALiBi and dropout stay on the sm80 kernels (backend.cu decides).
+// (atomic and deterministic), softcap and ALiBi (the kMods instantiation). Dropout stays on the sm80
+// kernels (backend.cu decides).
 #pragma once
 
 #include <cuda/ptx>

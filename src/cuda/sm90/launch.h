@@ -26,8 +26,8 @@ Status launch_fwd_sm90(const Params& p, cudaStream_t stream);
 // Backward. `acc` is the call's sm80 head dim (sm80::padded_head_dim: the width of the workspace's
 // dQ accumulator rows, which both backward paths share). The sm90 kernel's head dim for it (64, 128,
 // 192 or 256: columns past the call's head dim read as zeros and are not written), or 0 when this
-// build has no sm90 backward for it (then the sm80 backward serves the call; so do softcap, ALiBi
-// and dropout: backend.cu).
+// build has no sm90 backward for it (then the sm80 backward serves the call; so does dropout:
+// backend.cu).
 int backward_head_dim(int acc);
 
 // Whether TMA can describe this backward call's q, k, v, dout.
