@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import ioattn
-from profile_decode import kernels_per_call
+from profile_decode import print_kernels
 
 
 def main():
@@ -49,14 +49,7 @@ def main():
         print(f"== seqlen {s}, head dim {d}, {'causal' if causal else 'non-causal'}: batch {b}, heads {h}; "
               f"forward {flops / 1e9:.0f} GFLOP, backward {2.5 * flops / 1e9:.0f}")
         for name, fn in impls.items():
-            try:
-                per = kernels_per_call(fn, no_flush, args.calls)
-            except Exception as e:  # a backend that rejects the shape
-                print(f"  {name:8} error: {str(e).splitlines()[0][:120]}")
-                continue
-            total = sum(per.values())
-            rows = "; ".join(f"{n[:60]} {t:.1f}" for n, t in sorted(per.items(), key=lambda x: -x[1]) if t >= 0.5)
-            print(f"  {name:8} {total:9.1f} us  [{rows}]")
+            print_kernels(name, fn, no_flush, args.calls, min_us=0.5)
         del q, k, v, do, qt, kt, vt, dot
         torch.cuda.empty_cache()
 

@@ -38,6 +38,19 @@ def kernels_per_call(fn, flush, calls):
     return {n: t for n, t in per.items() if n not in flush_names}
 
 
+def print_kernels(name, fn, flush, calls, min_us=0.0):
+    """One line: the implementation's device time per call and its kernels' (from kernels_per_call),
+    or the error of a backend that rejects the shape."""
+    try:
+        per = kernels_per_call(fn, flush, calls)
+    except Exception as e:  # a backend that rejects the shape
+        print(f"  {name:17} error: {str(e).splitlines()[0][:120]}")
+        return
+    total = sum(per.values())
+    parts = "; ".join(f"{n[:70]} {t:.1f}" for n, t in sorted(per.items(), key=lambda x: -x[1]) if t >= min_us)
+    print(f"  {name:17} {total:8.1f} us  [{parts}]")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="1x1024,1x8192,8x1024,8x8192,64x8192", help="BATCHxSEQLEN_K list")
@@ -78,14 +91,7 @@ def main():
                     fn()
                 torch.cuda.synchronize()
                 continue
-            try:
-                per = kernels_per_call(fn, flush, args.calls)
-            except Exception as e:  # a backend that rejects the shape
-                print(f"  {name:17} error: {str(e).splitlines()[0][:120]}")
-                continue
-            total = sum(per.values())
-            parts = "; ".join(f"{n[:70]} {t:.1f}" for n, t in sorted(per.items(), key=lambda x: -x[1]))
-            print(f"  {name:17} {total:8.1f} us  [{parts}]")
+            print_kernels(name, fn, flush, args.calls)
         del q, k, v, kh, vh, qb
         torch.cuda.empty_cache()
 

@@ -18,20 +18,22 @@
 
 constexpr int kSteps = 64;
 
-template <bool kAligned>
-__device__ __forceinline__ void arrive(int id, int n) {
-  if constexpr (kAligned)
+// bar / barrier (kAligned or not) .sync (kSync) or .arrive on barrier `id` for `n` threads.
+template <bool kSync, bool kAligned>
+__device__ __forceinline__ void named(int id, int n) {
+  if constexpr (kSync && kAligned)
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+  else if constexpr (kSync)
+    asm volatile("barrier.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+  else if constexpr (kAligned)
     asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
   else
     asm volatile("barrier.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
 }
 template <bool kAligned>
-__device__ __forceinline__ void sync(int id, int n) {
-  if constexpr (kAligned)
-    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
-  else
-    asm volatile("barrier.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
-}
+__device__ __forceinline__ void arrive(int id, int n) { named<false, kAligned>(id, n); }
+template <bool kAligned>
+__device__ __forceinline__ void sync(int id, int n) { named<true, kAligned>(id, n); }
 
 // Threads 0-127: warpgroup 0 (writes buf), 128-255: warpgroup 1 (reads it), 256-287 (mode 3): the
 // producer warp (writes stats for step g + 1 after syncing on C = barrier 3 for step g, then arrives
