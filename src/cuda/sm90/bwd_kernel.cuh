@@ -159,11 +159,18 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
 __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
-// Not .aligned (bar.sync is barrier.sync.aligned, which wants every thread at the same instruction):
-// at d = 192 the two warpgroups run different instantiations of the consumer loop (BwdShape's
-// uneven columns), so they reach this barrier from different code; compute-sanitizer's synccheck
-// reported the aligned form there ("divergent threads").
-__device__ __forceinline__ void consumers_sync() { asm volatile("barrier.sync 3, 256;\n" ::: "memory"); }
+// Both consumer warpgroups (256 threads) on named barrier kId: 3 (kConsumersBarrier) for the dS^T
+// hand-off of the other modes, 9 / 10 for kExchange's (below). Not .aligned (bar.sync is
+// barrier.sync.aligned, which wants every thread at the same instruction): at d = 192 and 256 the
+// two warpgroups run different instantiations of the consumer loop, so they reach the barrier from
+// different code; compute-sanitizer's synccheck reported the aligned form there ("divergent
+// threads"). The __syncwarp converges the warp after the leader-only waits before some of them.
+constexpr int kConsumersBarrier = 3;
+template <int kId = kConsumersBarrier>
+__device__ __forceinline__ void consumers_sync() {
+  __syncwarp();
+  asm volatile("barrier.sync %0, 256;\n" ::"n"(kId) : "memory");
+}
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
 // producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
 // orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
@@ -175,16 +182,10 @@ __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync 
 // already; this barrier is for racecheck, which does not follow mbarriers (as for 4 + s).
 constexpr int kItemReadBarrier = 8;
 static_assert(kItemReadBarrier > 4 + 2, "named barriers 4 + s are the statistics stages'");
-// 9 (A) and 10 (B), kExchange: the P^T / dS^T hand-offs between the two consumer warpgroups (both
-// sync, 256 threads; bwd_kernel's protocol). Not .aligned, like consumers_sync: the two warpgroups
-// reach it at different instructions (synccheck reports the aligned bar.sync there).
+// 9 (A) and 10 (B), kExchange: the P^T / dS^T hand-offs between the two consumer warpgroups
+// (consumers_sync<kId>; bwd_kernel's protocol).
 constexpr int kPReadyBarrier = 9;   // A: warpgroup 0's P^T written
 constexpr int kDSReadyBarrier = 10;  // B: warpgroup 1's dS^T written, its P^T read
-template <int kId>
-__device__ __forceinline__ void pair_sync() {
-  __syncwarp();  // (converged after the leader-only waits before some of them)
-  asm volatile("barrier.sync %0, 256;\n" ::"n"(kId) : "memory");
-}
 __device__ __forceinline__ void item_read_arrive() {
   __syncwarp();
   asm volatile("bar.arrive %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
@@ -607,13 +608,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           scores_to_p(std::false_type{});
 #pragma unroll
           for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
-          pair_sync<kPReadyBarrier>();
+          consumers_sync<kPReadyBarrier>();
         } else {
           // Warpgroup 1: the dQ staging's last reduction read (the leader's wait, ordered before the
           // warpgroup's staging writes by A, which its threads pass only after the leader reached
           // it), then warpgroup 0's P^T.
           if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
-          pair_sync<kPReadyBarrier>();
+          consumers_sync<kPReadyBarrier>();
 #pragma unroll
           for (int j = 0; j < kQT; ++j) {
             const float4 pr = p_exchange()[128 * j];
@@ -650,7 +651,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // B also releases this thread's read of P^T above.
           store_ds();
           fence_proxy_async_smem();
-          pair_sync<kDSReadyBarrier>();
+          consumers_sync<kDSReadyBarrier>();
         }
 
         // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
@@ -674,7 +675,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // warpgroup's threads pass only after the leader reached it (before their staging writes).
           wgmma_commit();
           if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
-          pair_sync<kDSReadyBarrier>();
+          consumers_sync<kDSReadyBarrier>();
           // (A fence of its own: without it ptxas injects one here, C7519, after the branch above.)
           wgmma_fence();
           const uint64_t ds_k = make_desc(ds_addr + wk0 * kSwizzleBytes, 16, kAtomBytes);
