@@ -7,12 +7,20 @@
 // In the PTX memory model an arrive synchronizes with the sync of the same barrier phase, so both
 // forms are race-free; this probe shows which barrier patterns racecheck follows, kernel by kernel:
 //   nvcc -O2 -arch=sm_90a -lineinfo -o /tmp/probe bench/gpu/probes/racecheck_arrive.cu
-//   for m in 0 1 2 3; do compute-sanitizer --tool racecheck /tmp/probe $m | tail -2; done
+//   for m in 0 1 2 3 4 5 6 7; do compute-sanitizer --tool racecheck /tmp/probe $m | tail -2; done
 // Modes: 0 both warpgroups sync on A and B (the landed form); 1 arrive / sync (the measured-faster
 // form), unaligned barrier.*; 2 the same with aligned bar.*; 3 mode 1 plus a producer warp that
 // rewrites a second buffer after syncing on barrier C, on which every consumer thread arrives after
-// reading it (the statistics pattern). Each mode also checks the values read (a real race shows as
-// "mismatches"), and prints its racecheck-independent result.
+// reading it (the statistics pattern); 4 mode 1 with A an mbarrier (every warpgroup-0 thread
+// arrives, warpgroup 1 waits on the phase) and B still a named barrier (warpgroup 1 arrives,
+// warpgroup 0 syncs); 5 mode 3 with A an mbarrier; 6 A arrive / sync, B both syncing (is the
+// read-after-write over an arrive reported?); 7 A both syncing, B arrive / sync (the write after
+// read over an arrive). Each mode also checks the values read (a real
+// race shows as "mismatches"), and prints its racecheck-independent result.
+// Session 11 (H200, CUDA 13.0): racecheck 0 hazards in mode 0; modes 1-3 reported (4096 / 4096 /
+// 2048 + 2048 hazards, read at `v = buf[lane]` / `s = stats[lane]` against the writes), with 0
+// mismatches in every mode.
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -35,20 +43,44 @@ __device__ __forceinline__ void arrive(int id, int n) { named<false, kAligned>(i
 template <bool kAligned>
 __device__ __forceinline__ void sync(int id, int n) { named<true, kAligned>(id, n); }
 
+// Modes 4, 5: barrier A as an mbarrier (release arrive, acquire try_wait: the PTX defaults).
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(bar)))
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(bar));
+  uint32_t done = 0;
+  while (!done)
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+}
+
 // Threads 0-127: warpgroup 0 (writes buf), 128-255: warpgroup 1 (reads it), 256-287 (mode 3): the
 // producer warp (writes stats for step g + 1 after syncing on C = barrier 3 for step g, then arrives
 // on barrier 4, which both warpgroups sync on before step g + 1).
 template <int kMode>
 __global__ void probe(int* mismatches) {
   constexpr bool kAligned = kMode == 2;
-  constexpr bool kBothSync = kMode == 0;
+  constexpr bool kSyncA = kMode == 0 || kMode == 7, kSyncB = kMode == 0 || kMode == 6;  // both sync
+  constexpr bool kMbarA = kMode == 4 || kMode == 5;
+  constexpr bool kStats = kMode == 3 || kMode == 5;
   __shared__ float buf[128];
   __shared__ float stats[128];
+  __shared__ uint64_t bar_a;
   const int t = threadIdx.x, wg = t / 128, lane = t % 128;
   float acc = 0.f;
-  if (kMode == 3 && t < 128) stats[t] = 0.f;  // step 0's statistics
+  if (kStats && t < 128) stats[t] = 0.f;  // step 0's statistics
+  if (kMbarA && t == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 128;" ::"r"(static_cast<uint32_t>(__cvta_generic_to_shared(&bar_a)))
+                 : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
   __syncthreads();
-  if (wg == 2) {  // producer warp (mode 3 only)
+  if (wg == 2) {  // producer warp (modes 3, 5)
     for (int g = 0; g + 1 < kSteps; ++g) {
       sync<kAligned>(3, 288);  // the consumers' reads of step g's statistics are done
       for (int i = lane; i < 128; i += 32) stats[i] = static_cast<float>(g + 1);
@@ -61,22 +93,25 @@ __global__ void probe(int* mismatches) {
   for (int g = 0; g < kSteps; ++g) {
     // Both warpgroups wait for step g's statistics, as the kernel's consumers wait on qdo_full: else
     // warpgroup 0 could arrive on C for step g + 1 before the producer synced on it for step g.
-    if (kMode == 3 && g > 0) sync<kAligned>(4, 288);
+    if (kStats && g > 0) sync<kAligned>(4, 288);
     if (wg == 0) {
       buf[lane] = static_cast<float>(g * 1000 + lane);
-      if (kBothSync) sync<kAligned>(1, 256); else arrive<kAligned>(1, 256);  // A
-      if (kMode == 3) arrive<kAligned>(3, 288);  // (reads no statistics; arrives like the kernel)
+      if (kMbarA) mbar_arrive(&bar_a);  // A
+      else if (kSyncA) sync<kAligned>(1, 256);
+      else arrive<kAligned>(1, 256);
+      if (kStats) arrive<kAligned>(3, 288);  // (reads no statistics; arrives like the kernel)
       sync<kAligned>(2, 256);  // B: warpgroup 1 has read buf of step g
     } else {
-      sync<kAligned>(1, 256);  // A
+      if (kMbarA) mbar_wait(&bar_a, g & 1);  // A
+      else sync<kAligned>(1, 256);
       const float v = buf[lane];
       float s = 0.f;
-      if (kMode == 3) s = stats[lane];
-      if (v != static_cast<float>(g * 1000 + lane) || (kMode == 3 && s != static_cast<float>(g)))
+      if (kStats) s = stats[lane];
+      if (v != static_cast<float>(g * 1000 + lane) || (kStats && s != static_cast<float>(g)))
         atomicAdd(mismatches, 1);
       acc += v + s;
-      if (kMode == 3) arrive<kAligned>(3, 288);
-      if (kBothSync) sync<kAligned>(2, 256); else arrive<kAligned>(2, 256);  // B
+      if (kStats) arrive<kAligned>(3, 288);
+      if (kSyncB) sync<kAligned>(2, 256); else arrive<kAligned>(2, 256);  // B
     }
   }
   if (acc == -1.f) atomicAdd(mismatches, 1000000);  // keeps acc alive
@@ -92,7 +127,11 @@ int main(int argc, char** argv) {
     case 1: probe<1><<<1, 256>>>(d); break;
     case 2: probe<2><<<1, 256>>>(d); break;
     case 3: probe<3><<<1, 288>>>(d); break;
-    default: fprintf(stderr, "mode 0..3\n"); return 2;
+    case 4: probe<4><<<1, 256>>>(d); break;
+    case 5: probe<5><<<1, 288>>>(d); break;
+    case 6: probe<6><<<1, 256>>>(d); break;
+    case 7: probe<7><<<1, 256>>>(d); break;
+    default: fprintf(stderr, "mode 0..7\n"); return 2;
   }
   int h = -1;
   const cudaError_t e = cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost);

@@ -143,8 +143,9 @@ struct BwdSmem {
   static constexpr int kPXBytes = S::kExchange ? S::kBN * S::kBM * 4 : 0;
   static constexpr int kPX = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
   static constexpr int kStats = kPX + kPXBytes;
-  static constexpr int kBar = kStats + S::kStages * kStatsBytes;  // kv_full, kv_empty, qdo_full[], qdo_empty[]
-  static constexpr int kItem = kBar + 8 * (2 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
+  // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A, bwd_kernel's protocol)
+  static constexpr int kBar = kStats + S::kStages * kStatsBytes;
+  static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
   static constexpr int kBytes = kItem + 16 + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -160,7 +161,7 @@ __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
 // Both consumer warpgroups (256 threads) on named barrier kId: 3 (kConsumersBarrier) for the dS^T
-// hand-off of the other modes, 9 / 10 for kExchange's (below). Not .aligned (bar.sync is
+// hand-off of the other modes, 10 for kExchange's B (below; consumers_arrive: the other side). Not .aligned (bar.sync is
 // barrier.sync.aligned, which wants every thread at the same instruction): at d = 192 and 256 the
 // two warpgroups run different instantiations of the consumer loop, so they reach the barrier from
 // different code; compute-sanitizer's synccheck reported the aligned form there ("divergent
@@ -170,6 +171,11 @@ template <int kId = kConsumersBarrier>
 __device__ __forceinline__ void consumers_sync() {
   __syncwarp();
   asm volatile("barrier.sync %0, 256;\n" ::"n"(kId) : "memory");
+}
+template <int kId>
+__device__ __forceinline__ void consumers_arrive() {
+  __syncwarp();
+  asm volatile("barrier.arrive %0, 256;\n" ::"n"(kId) : "memory");
 }
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
 // producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
@@ -182,10 +188,9 @@ __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync 
 // already; this barrier is for racecheck, which does not follow mbarriers (as for 4 + s).
 constexpr int kItemReadBarrier = 8;
 static_assert(kItemReadBarrier > 4 + 2, "named barriers 4 + s are the statistics stages'");
-// 9 (A) and 10 (B), kExchange: the P^T / dS^T hand-offs between the two consumer warpgroups
-// (consumers_sync<kId>; bwd_kernel's protocol).
-constexpr int kPReadyBarrier = 9;   // A: warpgroup 0's P^T written
-constexpr int kDSReadyBarrier = 10;  // B: warpgroup 1's dS^T written, its P^T read
+// 10 (B), kExchange: warpgroup 1's dS^T written and its P^T read, for warpgroup 0 (warpgroup 1
+// arrives, warpgroup 0 syncs; bwd_kernel's protocol; hand-off A is the mbarrier p_full).
+constexpr int kDSReadyBarrier = 10;
 __device__ __forceinline__ void item_read_arrive() {
   __syncwarp();
   asm volatile("bar.arrive %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
@@ -283,39 +288,44 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   barrier 8, item_read_arrive / item_read_sync, for racecheck); a Q / dO stage and its
 //   statistics by qdo_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was
 //   last read by step g - 2's dQ products, which both warpgroups completed before step g - 1's
-//   consumers_sync (kExchange: by barrier A, below) (g global: restarted per item, an item's first
+//   consumers_sync (kExchange: by hand-off A, below) (g global: restarted per item, an item's first
 //   step could overwrite the buffer that the other warpgroup's dQ product of the previous item's
 //   last step still reads); a
 //   warpgroup's dQ staging by its leader's wait for the reads of its earlier reductions at every
 //   step (once per step whatever the item), and the final wait for them at the CTA's end.
-//   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX, then both warpgroups
-//   sync on named barrier A (kPReadyBarrier); warpgroup 1 reads P^T(g), computes dS^T(g), writes it
-//   to dS^T buffer g % 2 (then fence.proxy.async), then both sync on B (kDSReadyBarrier), after
-//   which warpgroup 0's dK (and dQ) products read that buffer. (With warpgroup 0 only arriving on A
-//   and warpgroup 1 only on B, each runs up to a phase ahead: +3-15% over main against +1-7% for
-//   this form, H200, session 10; but compute-sanitizer's racecheck then reported WAR hazards on the
-//   P^T buffer and on the statistics, with aligned and unaligned barrier instructions alike, and
-//   none with both syncing. Kept to the form the tools check.) What each barrier orders:
-//     A(g): warpgroup 0's P^T(g) stores before warpgroup 1's loads of them; and every dS^T read of
-//       warpgroup 0 before step g (its dK and dQ of steps up to g - 1, each waited for with
-//       wgmma_wait<0> in its step) before warpgroup 1's dS^T(g) stores: so buffer g % 2, last read
-//       by step g - 2, is free (one buffer would do for this hand-off; warpgroup 1's own dQ reads
-//       precede its stores in program order). Also warpgroup 1's leader's wait for its dQ staging's
-//       last reduction read, before the warpgroup's staging writes (the leader reaches A first).
+//   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX and each of its threads
+//   arrives on the mbarrier p_full (A, count 128: phase g); warpgroup 1 waits for phase g, reads
+//   P^T(g), computes dS^T(g), writes it to dS^T buffer g % 2 (then fence.proxy.async) and arrives on
+//   named barrier B (kDSReadyBarrier, 256 threads), on which warpgroup 0 syncs before its dK (and
+//   dQ) products read that buffer. So each warpgroup runs up to a phase ahead of the other (session
+//   10, H200: +3-15% over the form where both warpgroups synced on two named barriers, +1-7%).
+//   (Session 10's first version had A as a named barrier too, warpgroup 0 arriving: racecheck
+//   reported its read-after-write as hazards; bench/gpu/probes/racecheck_arrive.cu shows it does so
+//   for a named-barrier arrive / sync hand-off in a 2-warpgroup kernel without a race.) What each
+//   hand-off orders:
+//     A(g): warpgroup 0's P^T(g) stores before warpgroup 1's loads of them (release arrive, acquire
+//       wait); and every dS^T read of warpgroup 0 before step g (its dK and dQ of steps up to g - 1,
+//       each waited for with wgmma_wait<0> in its step) before warpgroup 1's dS^T(g) stores: so
+//       buffer g % 2, last read by step g - 2, is free (one buffer would do for this hand-off;
+//       warpgroup 1's own dQ reads precede its stores in program order).
 //     B(g): warpgroup 1's dS^T(g) stores (and fence.proxy.async) before warpgroup 0's wgmma reads of
 //       them; warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores (which follow
 //       B(g) in warpgroup 0's program order); and warpgroup 0's leader's wait for its dQ staging's
 //       last reduction read, before that warpgroup's staging writes.
-//   Warpgroup 1's own dQ reads its dS^T stores after a warpgroup bar.sync (warpgroup_sync). The
+//   Warpgroup 1's own dQ reads its dS^T stores after a warpgroup bar.sync (warpgroup_sync), which
+//   also orders its leader's wait for its dQ staging's last reduction read before the warpgroup's
+//   staging writes. The
 //   statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other modes:
 //   every consumer thread arrives on 4 + s once per step after its last read of the statistics
 //   (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty after its dV /
 //   dK products and on kv_empty after its last product reading K or V (warpgroup 0: S^T or dQ;
-//   warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and steps and sync
-//   on A(g) then B(g) in program order; before A(g) they wait on the producer only (qdo_full of g;
-//   the producer's waits for step g are on arrivals of steps before g, made as in the other modes:
-//   above). Each phase gets the 256 threads of one step: neither warpgroup reaches A(g + 1) before
-//   both passed B(g). Items without steps touch neither barrier.
+//   warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and steps; warpgroup
+//   0 waits on B(g) only, which warpgroup 1 reaches after A(g), which warpgroup 0 arrived on before;
+//   before A(g) both wait on the producer only (qdo_full of g; the producer's waits for step g are
+//   on arrivals of steps before g, made as in the other modes: above). No early arrivals: warpgroup
+//   0 arrives on A(g + 1) after passing B(g), which completes after warpgroup 1 waited for A(g);
+//   warpgroup 1 arrives on B(g + 1) after A(g + 1), which follows warpgroup 0's pass of B(g). Items
+//   without steps touch neither.
 //   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
 //   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
@@ -348,6 +358,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* kv_empty = kv_full + 1;
   uint64_t* qdo_full = kv_empty + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
+  uint64_t* p_full = qdo_empty + kStages;  // kExchange: hand-off A (the protocol above)
   int* item_slot = reinterpret_cast<int*>(smem + L::kItem);  // the index handed over (the protocol above)
   constexpr int kEndItem = -1;                                 // ... after the last item
 
@@ -365,6 +376,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       bptx::mbarrier_init(qdo_full + s, 1);
       bptx::mbarrier_init(qdo_empty + s, 8);
     }
+    if (kExchange) bptx::mbarrier_init(p_full, 128);  // warpgroup 0's threads
     bptx::fence_mbarrier_init(bptx::sem_release, bptx::scope_cluster);
   }
   __syncthreads();
@@ -608,13 +620,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           scores_to_p(std::false_type{});
 #pragma unroll
           for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
-          consumers_sync<kPReadyBarrier>();
+          bptx::mbarrier_arrive(p_full);  // A(g): release.cta
         } else {
           // Warpgroup 1: the dQ staging's last reduction read (the leader's wait, ordered before the
-          // warpgroup's staging writes by A, which its threads pass only after the leader reached
-          // it), then warpgroup 0's P^T.
+          // warpgroup's staging writes by the warpgroup_sync before its dQ product), then warpgroup
+          // 0's P^T (A(g): phase g of p_full, acquire).
           if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
-          consumers_sync<kPReadyBarrier>();
+          bwd_wait(p_full, g & 1);
 #pragma unroll
           for (int j = 0; j < kQT; ++j) {
             const float4 pr = p_exchange()[128 * j];
@@ -651,7 +663,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // B also releases this thread's read of P^T above.
           store_ds();
           fence_proxy_async_smem();
-          consumers_sync<kDSReadyBarrier>();
+          consumers_arrive<kDSReadyBarrier>();
         }
 
         // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
