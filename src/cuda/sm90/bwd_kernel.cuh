@@ -161,7 +161,7 @@ __device__ __forceinline__ void warpgroup_sync(int cwg) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
 }
 // Both consumer warpgroups (256 threads) on named barrier kId: 3 (kConsumersBarrier) for the dS^T
-// hand-off of the other modes, 10 for kExchange's B (below; consumers_arrive: the other side). Not .aligned (bar.sync is
+// hand-off of the other modes, 10 for kExchange's B (below). Not .aligned (bar.sync is
 // barrier.sync.aligned, which wants every thread at the same instruction): at d = 192 and 256 the
 // two warpgroups run different instantiations of the consumer loop, so they reach the barrier from
 // different code; compute-sanitizer's synccheck reported the aligned form there ("divergent
@@ -172,11 +172,7 @@ __device__ __forceinline__ void consumers_sync() {
   __syncwarp();
   asm volatile("barrier.sync %0, 256;\n" ::"n"(kId) : "memory");
 }
-template <int kId>
-__device__ __forceinline__ void consumers_arrive() {
-  __syncwarp();
-  asm volatile("barrier.arrive %0, 256;\n" ::"n"(kId) : "memory");
-}
+
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
 // producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
 // orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
@@ -188,8 +184,8 @@ __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync 
 // already; this barrier is for racecheck, which does not follow mbarriers (as for 4 + s).
 constexpr int kItemReadBarrier = 8;
 static_assert(kItemReadBarrier > 4 + 2, "named barriers 4 + s are the statistics stages'");
-// 10 (B), kExchange: warpgroup 1's dS^T written and its P^T read, for warpgroup 0 (warpgroup 1
-// arrives, warpgroup 0 syncs; bwd_kernel's protocol; hand-off A is the mbarrier p_full).
+// 10 (B), kExchange: warpgroup 1's dS^T written and its P^T read, for warpgroup 0 (both sync;
+// bwd_kernel's protocol; hand-off A is the mbarrier p_full).
 constexpr int kDSReadyBarrier = 10;
 __device__ __forceinline__ void item_read_arrive() {
   __syncwarp();
@@ -295,13 +291,16 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   step (once per step whatever the item), and the final wait for them at the CTA's end.
 //   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX and each of its threads
 //   arrives on the mbarrier p_full (A, count 128: phase g); warpgroup 1 waits for phase g, reads
-//   P^T(g), computes dS^T(g), writes it to dS^T buffer g % 2 (then fence.proxy.async) and arrives on
-//   named barrier B (kDSReadyBarrier, 256 threads), on which warpgroup 0 syncs before its dK (and
-//   dQ) products read that buffer. So each warpgroup runs up to a phase ahead of the other (session
-//   10, H200: +3-15% over the form where both warpgroups synced on two named barriers, +1-7%).
-//   (Session 10's first version had A as a named barrier too, warpgroup 0 arriving: racecheck
-//   reported its read-after-write as hazards; bench/gpu/probes/racecheck_arrive.cu shows it does so
-//   for a named-barrier arrive / sync hand-off in a 2-warpgroup kernel without a race.) What each
+//   P^T(g), computes dS^T(g), writes it to dS^T buffer g % 2 (then fence.proxy.async) and both
+//   sync on named barrier B (kDSReadyBarrier, 256 threads) before warpgroup 0's dK (and dQ)
+//   products read that buffer. Warpgroup 0 does not wait for warpgroup 1 at A: it goes on to its
+//   dV product while warpgroup 1 may still be in its previous step's dQ; at B it waits anyway (for
+//   dS^T), and warpgroup 1, whose dS^T comes last, rarely does. (Session 10 had both warpgroups
+//   sync on A and B; its arrive form, warpgroup 0 arriving on A and warpgroup 1 on B, measured
+//   +3-15% against that's +1-7% over the sync-free baseline, but racecheck reported hazards on
+//   the P^T buffer and the statistics; bench/gpu/probes/racecheck_arrive.cu (session 11) shows
+//   racecheck reporting a named-barrier arrive / sync hand-off in a 2-warpgroup kernel without a
+//   race, for the write after read (mode 7), not for the read after write (mode 6).) What each
 //   hand-off orders:
 //     A(g): warpgroup 0's P^T(g) stores before warpgroup 1's loads of them (release arrive, acquire
 //       wait); and every dS^T read of warpgroup 0 before step g (its dK and dQ of steps up to g - 1,
@@ -319,12 +318,12 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   every consumer thread arrives on 4 + s once per step after its last read of the statistics
 //   (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty after its dV /
 //   dK products and on kv_empty after its last product reading K or V (warpgroup 0: S^T or dQ;
-//   warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and steps; warpgroup
-//   0 waits on B(g) only, which warpgroup 1 reaches after A(g), which warpgroup 0 arrived on before;
-//   before A(g) both wait on the producer only (qdo_full of g; the producer's waits for step g are
+//   warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and steps; both
+//   sync on B(g), which warpgroup 0 reaches after its arrival on A(g) and warpgroup 1 after its wait
+//   for A(g), which that arrival completes; before A(g) both wait on the producer only (qdo_full of g; the producer's waits for step g are
 //   on arrivals of steps before g, made as in the other modes: above). No early arrivals: warpgroup
 //   0 arrives on A(g + 1) after passing B(g), which completes after warpgroup 1 waited for A(g);
-//   warpgroup 1 arrives on B(g + 1) after A(g + 1), which follows warpgroup 0's pass of B(g). Items
+//   and neither reaches B(g + 1) before both passed B(g). Items
 //   without steps touch neither.
 //   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
 //   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
@@ -663,7 +662,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // B also releases this thread's read of P^T above.
           store_ds();
           fence_proxy_async_smem();
-          consumers_arrive<kDSReadyBarrier>();
+          consumers_sync<kDSReadyBarrier>();
         }
 
         // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
