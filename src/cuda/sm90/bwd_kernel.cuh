@@ -757,23 +757,61 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
       }
       // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
-      // straight from the fragments (while the producer loads the next item's K / V).
+      // from the fragments (while the producer loads the next item's K / V). Thread q = lane % 4 of a
+      // quad holds columns 8 dt + 2 q, + 1 of tile dt of its rows: stored as they are, each warp
+      // instruction writes 8 rows x 16 bytes in 4-byte pieces (half-used 32-byte sectors; ncu: 5-7%
+      // of the stall samples on these stores, lg throttle). Instead, per 4 tiles 4 G + i, the quad
+      // transposes its 4 x 4 packed words (quad_transpose), so that thread q holds the 8 columns of
+      // tile 4 G + q and writes them with one 16-byte store: a quarter of the store instructions, each
+      // writing whole sectors. Aligned: backend.cu's select() takes only 16-byte aligned dk / dv with
+      // used strides that are multiples of 8 elements (check_alignment) and head dims that are
+      // multiples of 8 (check_head_dim), so a tile lies wholly inside or past head_dim / head_dim_v.
+      static_assert(kDT % 4 == 0, "the quad transpose takes the column tiles 4 at a time");
       T* gdk = static_cast<T*>(p.dk) + t.b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + t.hk * p.dk_head_stride;
       T* gdv = static_cast<T*>(p.dv) + t.b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + t.hk * p.dv_head_stride;
+      // w[i] of thread q (columns 2 q, + 1 of tile i) -> w[j] = columns 2 j, + 1 of tile q (w[j] of
+      // thread j), in two rounds of shfl_xor: round b (lane bit 1, then 2) takes the words whose index
+      // differs from q in bit b from lane q ^ b (word i ^ b there). Every lane shuffles: the quads'
+      // rows differ, so the key test comes after, on the stores only.
+      auto quad_transpose = [&](uint32_t(&w)[4]) {
+        const int q = lane % 4;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int key = key0 + 8 * r;
-        if (key >= sb.sk) continue;
+        for (int b = 1; b <= 2; b *= 2) {
 #pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
-          const int col = wc0 + 8 * dt + 2 * (lane % 4);
-          if (col < p.head_dim)
-            *reinterpret_cast<uint32_t*>(gdk + int64_t(key) * p.dk_row_stride + col) =
-                pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale);
-          if (col < p.head_dim_v)
-            *reinterpret_cast<uint32_t*>(gdv + int64_t(key) * p.dv_row_stride + col) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
+          for (int i = 0; i < 4; ++i) {
+            if (i & b) continue;  // the pair (i, i + b)
+            // q with bit b set keeps word i + b and sends word i; its partner the other way round.
+            const uint32_t got = __shfl_xor_sync(0xffffffffu, (q & b) ? w[i] : w[i + b], b);
+            if (q & b)
+              w[i] = got;
+            else
+              w[i + b] = got;
+          }
         }
-      }
+      };
+      // Tiles 4 G + i, i = 0..3, of row key of one tensor (base gx, row stride rs, cols valid columns);
+      // word(dt): this thread's packed pair of tile dt.
+      auto store_tiles = [&](int G, T* gx, int64_t rs, int cols, int key, auto word) {
+        uint32_t w[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = word(4 * G + i);
+        quad_transpose(w);
+        const int col = wc0 + 8 * (4 * G + lane % 4);
+        // (__stwb: st.global.wb.v4, the default cache policy; a plain uint4 assignment came out of
+        // NVVM as four 4-byte stores for G = 0.)
+        if (key < sb.sk && col < cols)
+          __stwb(reinterpret_cast<uint4*>(gx + int64_t(key) * rs + col), make_uint4(w[0], w[1], w[2], w[3]));
+      };
+      // (Tile groups outermost: each group's registers are dead once it is stored.)
+#pragma unroll
+      for (int G = 0; G < kDT / 4; ++G)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int key = key0 + 8 * r;
+          store_tiles(G, gdk, p.dk_row_stride, p.head_dim, key,
+                      [&](int dt) { return pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale); });
+          store_tiles(G, gdv, p.dv_row_stride, p.head_dim_v, key, [&](int dt) { return pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]); });
+        }
     }
   };
   if constexpr (Shape::kUneven || kExchange) {
