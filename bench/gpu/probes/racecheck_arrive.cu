@@ -17,9 +17,12 @@
 // read-after-write over an arrive reported?); 7 A both syncing, B arrive / sync (the write after
 // read over an arrive). Each mode also checks the values read (a real
 // race shows as "mismatches"), and prints its racecheck-independent result.
-// Session 11 (H200, CUDA 13.0): racecheck 0 hazards in mode 0; modes 1-3 reported (4096 / 4096 /
-// 2048 + 2048 hazards, read at `v = buf[lane]` / `s = stats[lane]` against the writes), with 0
-// mismatches in every mode.
+// Session 11 (H200, CUDA 13.0, compute-sanitizer of the toolkit): 0 mismatches in every mode;
+// racecheck 0 hazards in modes 0 and 6, hazards in modes 1-3 (4096 / 4096 / 2048 + 2048, read at
+// `v = buf[lane]` / `s = stats[lane]` against the writes) and 7 (at `v = buf[lane]`): it follows a
+// read-after-write hand-off over an arrive / sync pair but not a write-after-read one. (Modes 4
+// and 5 ran; their lines fell outside the output kept.) The kernel's exchange therefore has warpgroup
+// 0 arrive on an mbarrier for the P^T hand-off and both warpgroups sync on the dS^T one.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
