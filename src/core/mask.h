@@ -26,6 +26,15 @@ struct WindowMask {
     const int e = i + shift + right + 1;
     return e < 0 ? 0 : (e > sk ? sk : e);
   }
+  // The transposed interval: first and one-past-last query that sees key j (the backward's tiles
+  // hold keys in rows). The first is clamped to 0; without a left bound the end is 2^30 (past any
+  // query: sequence lengths stay below 2^30).
+  IOATTN_HD int first_query(int j) const { return right < 0 ? 0 : (j - shift - right > 0 ? j - shift - right : 0); }
+  IOATTN_HD int end_query(int j) const {
+    if (left < 0) return 1 << 30;
+    const int e = j - shift + left + 1;
+    return e < 0 ? 0 : e;
+  }
   // ALiBi distance |i + sk - sq - j|.
   IOATTN_HD int alibi_distance(int i, int j) const {
     const int d = i + shift - j;
