@@ -87,6 +87,12 @@ struct ScoreMod {
   // apply() for one softcap setting. ALiBi (kMods): -slope |i + shift - j| (alibi_distance) in
   // float, exact for distances below 2^24: the row's i + shift - col0 once per row, then per
   // element one FADD of a constant (|.| is an operand modifier) and one FFMA; slope 0 without ALiBi.
+  // kMask: the interval test of apply_mask (RowIntervals), not j >= sk || !mask.visible(i, j),
+  // which cost ~10 instructions per element (the sm90 backward's switch to the interval form made
+  // causal 6-22% and window 25-41% faster). It also frees registers in these kernels, which run
+  // at their limits: ptxas spills went down or away in every kMods kernel that had any (sm90
+  // d = 64 forward, 192-row tile: 186/204 bytes of spill stores/loads -> 16/16; sm80 d = 64 and 96
+  // forward and d = 96 dK/dV: 16/24 and 4/8 -> none) and up in none.
   template <bool kMask, bool kMods, bool kSoftcap, int kNTiles>
   __device__ __forceinline__ void apply_scores(float (&s)[kNTiles][4], int row0, int col0) const {
     float d0[2];  // i + shift - col0 for rows row0, row0 + 8
@@ -94,14 +100,14 @@ struct ScoreMod {
       d0[0] = static_cast<float>(row0 + mask.shift - col0);
       d0[1] = d0[0] + 8.0f;
     }
+    const RowIntervals iv = kMask ? row_intervals(row0, col0) : RowIntervals{};
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int i = row0 + (e / 2) * 8, j = col0 + nt * 8 + (e % 2);
         float x = kSoftcap ? cap_out * softcap_tanh(s[nt][e] * cap_in) : s[nt][e] * scale_log2;
         if (kMods) x = fmaf(-alibi_log2, fabsf(d0[e / 2] - static_cast<float>(nt * 8 + e % 2)), x);
-        if (kMask && (j >= sk || !mask.visible(i, j))) x = -INFINITY;
+        if (kMask && !in_interval(iv, nt, e)) x = -INFINITY;
         s[nt][e] = x;
       }
     }
@@ -118,18 +124,36 @@ struct ScoreMod {
   // spilled with it: bench/notes-sm80.md).
   template <int kNTiles>
   __device__ __forceinline__ void apply_mask(float (&s)[kNTiles][4], int row0, int col0) const {
-    int off[2], width[2];  // rows row0 (elements 0, 1) and row0 + 8 (elements 2, 3)
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int lo = mask.first_key(row0 + 8 * r), hi = mask.end_key(row0 + 8 * r, sk);
-      off[r] = col0 - lo;          // j - lo of column col0
-      width[r] = max(hi - lo, 0);  // 0: the row sees no key at all
-    }
+    const RowIntervals iv = row_intervals(row0, col0);
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)  // visible iff 0 <= j - lo < width
-        if (unsigned(off[e / 2] + nt * 8 + e % 2) >= unsigned(width[e / 2])) s[nt][e] = -INFINITY;
+      for (int e = 0; e < 4; ++e)
+        if (!in_interval(iv, nt, e)) s[nt][e] = -INFINITY;
+  }
+
+  // The visible-key intervals of a fragment's two rows, row0 (elements 0, 1) and row0 + 8
+  // (elements 2, 3), relative to column col0: element (nt, e) is column j = col0 + 8 nt + e % 2
+  // of row r = e / 2, visible iff 0 <= j - first_key < width (in_interval). Equals
+  // j < sk && mask.visible(i, j) for every j >= 0: end_key clamps to sk, first_key at 0, and an
+  // empty row gets width 0 (tests/cpu/test_mask.cpp checks first_key / end_key against visible).
+  struct RowIntervals {
+    int off[2];    // col0 - first_key of the row
+    int width[2];  // end_key - first_key, at least 0
+  };
+  __device__ __forceinline__ RowIntervals row_intervals(int row0, int col0) const {
+    RowIntervals iv;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int lo = mask.first_key(row0 + 8 * r), hi = mask.end_key(row0 + 8 * r, sk);
+      iv.off[r] = col0 - lo;
+      iv.width[r] = max(hi - lo, 0);  // 0: the row sees no key at all
+    }
+    return iv;
+  }
+  // One unsigned compare per element: j - lo < 0 wraps to >= width.
+  static __device__ __forceinline__ bool in_interval(const RowIntervals& iv, int nt, int e) {
+    return unsigned(iv.off[e / 2] + nt * 8 + e % 2) < unsigned(iv.width[e / 2]);
   }
 };
 
