@@ -18,6 +18,8 @@
 //              block (TMA, one buffer: loaded after the item's first Q / dO stage, while the
 //              consumers finish the previous item), handing the index to the consumers with K / V
 //              (see bwd_kernel).
+//   dQ writers warps 1 and 2 (the non-deterministic mode), one per consumer warpgroup: issue the
+//              TMA reduce-adds of the warpgroup's dQ parts from its staging (see bwd_kernel).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
 //                the step's LSE (log2 units, +inf for rows that see no key or lie past the
 //                sequence) and D rows arrive with its Q / dO stage (the producer's bulk copies of
@@ -31,7 +33,8 @@
 //                dQ_part = dS K over all 128 keys      (wgmma SS, A read M-major); each warpgroup
 //                                                       computes one 64 x 64 half of the kBM x kD
 //                                                       part (BwdShape)
-//                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator
+//                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator,
+//                                                       issued by the warpgroup's dQ writer warp
 //              d = 256 (BwdShape::kExchange): warpgroup 0 computes S^T and P^T only, warpgroup 1
 //              dP^T only; P^T goes to warpgroup 1 through shared memory (fp32), which computes dS^T
 //              and writes it to the dS^T buffer, from which warpgroup 0's dK = dS^T Q reads it (SS)
@@ -146,6 +149,7 @@ struct BwdSmem {
   // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A, bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
   static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
+  static constexpr int kDqRow = kItem + 8;  // 2 ints: warpgroup w's dQ slot (bwd_kernel's protocol)
   static constexpr int kBytes = kItem + 16 + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
@@ -155,17 +159,15 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
   }
 }
 
-// Named barriers (0 is __syncthreads): 1 and 2, the 128 threads of one consumer warpgroup; 3,
-// both consumer warpgroups (256 threads: the dS^T hand-off between them).
-__device__ __forceinline__ void warpgroup_sync(int cwg) {
-  asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
-}
+// Named barriers (0 is __syncthreads; 1 and 2 are unused since the dQ writer took over the per-
+// warpgroup staging syncs): 3, both consumer warpgroups (256 threads: the dS^T hand-off between
+// them); 4 + s, 8, 10 below; 11 - 14, the dQ staging hand-offs (below).
 // Both consumer warpgroups (256 threads) on named barrier kId: 3 (kConsumersBarrier) for the dS^T
 // hand-off of the other modes, 10 for kExchange's B (below). Not .aligned (bar.sync is
 // barrier.sync.aligned, which wants every thread at the same instruction): at d = 192 and 256 the
 // two warpgroups run different instantiations of the consumer loop, so they reach the barrier from
 // different code; compute-sanitizer's synccheck reported the aligned form there ("divergent
-// threads"). The __syncwarp converges the warp after the leader-only waits before some of them.
+// threads"). The __syncwarp converges the warp after leader-only branches before some of them.
 constexpr int kConsumersBarrier = 3;
 template <int kId = kConsumersBarrier>
 __device__ __forceinline__ void consumers_sync() {
@@ -195,6 +197,30 @@ __device__ __forceinline__ void item_read_sync() {
   __syncwarp();
   asm volatile("bar.sync %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
 }
+// The non-deterministic mode's dQ staging hand-offs between consumer warpgroup w and its dQ writer
+// (producer warp 1 + w; bwd_kernel's protocol), 160 threads each (the warpgroup's 128 and the
+// writer's 32): 11 + w, DQ_FULL(w): the warpgroup's part (or its end) is in its staging and slot (the
+// warpgroup arrives, the writer syncs); 13 + w, DQ_EMPTY(w): the writer's reduction of the part
+// before has read the staging and the writer has read the slot (both sync: racecheck does not
+// follow a write-after-read over an arrive / sync pair, bench/gpu/probes/racecheck_arrive.cu). Not
+// .aligned, as consumers_sync: the writer and the warpgroups reach them from different code.
+constexpr int kDqFullBarrier = 11, kDqEmptyBarrier = 13, kDqBarrierThreads = 160;
+static_assert(kDqFullBarrier > kDSReadyBarrier && kDqEmptyBarrier + 1 < 16, "named barriers 0 - 15");
+__device__ __forceinline__ void dq_full_arrive(int w) {
+  __syncwarp();
+  asm volatile("barrier.arrive %0, %1;\n" ::"r"(kDqFullBarrier + w), "n"(kDqBarrierThreads) : "memory");
+}
+__device__ __forceinline__ void dq_full_sync(int w) {
+  __syncwarp();
+  asm volatile("barrier.sync %0, %1;\n" ::"r"(kDqFullBarrier + w), "n"(kDqBarrierThreads) : "memory");
+}
+__device__ __forceinline__ void dq_empty_sync(int w) {
+  __syncwarp();
+  asm volatile("barrier.sync %0, %1;\n" ::"r"(kDqEmptyBarrier + w), "n"(kDqBarrierThreads) : "memory");
+}
+// The slot's values besides an accumulator row (bwd_kernel's protocol).
+constexpr int kDqNoRows = -1;  // the part's rows lie past the sequence: nothing to add
+constexpr int kDqEnd = -2;     // the warpgroup has no more parts
 
 // One work item of bwd_kernel: the key block from key n0 of kv head hk of sequence b, and its steps
 // (query head of the GQA group, query block of kBM rows that sees the block; head-major). Producer
@@ -287,8 +313,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   consumers_sync (kExchange: by hand-off A, below) (g global: restarted per item, an item's first
 //   step could overwrite the buffer that the other warpgroup's dQ product of the previous item's
 //   last step still reads); a
-//   warpgroup's dQ staging by its leader's wait for the reads of its earlier reductions at every
-//   step (once per step whatever the item), and the final wait for them at the CTA's end.
+//   warpgroup's dQ staging and slot by DQ_EMPTY (the dQ hand-offs, below).
 //   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX and each of its threads
 //   arrives on the mbarrier p_full (A, count 128: phase g); warpgroup 1 waits for phase g, reads
 //   P^T(g), computes dS^T(g), writes it to dS^T buffer g % 2 (then fence.proxy.async) and both
@@ -308,13 +333,11 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //       buffer g % 2, last read by step g - 2, is free (one buffer would do for this hand-off;
 //       warpgroup 1's own dQ reads precede its stores in program order).
 //     B(g): warpgroup 1's dS^T(g) stores (and fence.proxy.async) before warpgroup 0's wgmma reads of
-//       them; warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores (which follow
-//       B(g) in warpgroup 0's program order); and warpgroup 0's leader's wait for its dQ staging's
-//       last reduction read, before that warpgroup's staging writes.
-//   Warpgroup 1's own dQ reads its dS^T stores after a warpgroup bar.sync (warpgroup_sync), which
-//   also orders its leader's wait for its dQ staging's last reduction read before the warpgroup's
-//   staging writes. The
-//   statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other modes:
+//       them, and before warpgroup 1's own dQ wgmma reads of them (B is a sync of all 256 consumer
+//       threads; a warpgroup bar.sync that stood before that dQ product was redundant and went with
+//       the dQ writers); warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores
+//       (which follow B(g) in warpgroup 0's program order).
+//   The statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other modes:
 //   every consumer thread arrives on 4 + s once per step after its last read of the statistics
 //   (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty after its dV /
 //   dK products and on kv_empty after its last product reading K or V (warpgroup 0: S^T or dQ;
@@ -330,6 +353,64 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
 //   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
+//   The dQ hand-offs (the non-deterministic mode). Consumer warpgroup w's fp32 dQ part goes through
+//   its staging (L::kDQ + dq_offset(w)) and its slot (int w at L::kDqRow) to its dQ writer,
+//   producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the accumulator: the
+//   warpgroup's threads neither wait for a reduction's read of the staging nor sync among
+//   themselves before the reduction is issued (a leader thread issued it before, after a warpgroup
+//   bar.sync, and waited for the previous part's read before a barrier preceding the staging
+//   writes). Two named barriers per warpgroup, 160 threads each (its 128 and the writer's 32):
+//   DQ_FULL(w) = 11 + w and DQ_EMPTY(w) = 13 + w. Part n of warpgroup w is its dQ part of its n-th
+//   step (counting over its items; items without steps have none), and after the last one, part N
+//   is its end:
+//     warpgroup w, part n < N (dq_staging_acquire / _release): after issuing the dQ product, sync
+//       DQ_EMPTY(w); wait for the product; store the part (STS) and fence.proxy.async; the leader
+//       stores the slot: the part's first accumulator row, or kDqNoRows (-1: the rows lie past
+//       the sequence and hold zeros); arrive DQ_FULL(w), and go on. Part N (at the kernel's end):
+//       sync DQ_EMPTY(w); the leader stores kDqEnd (-2); arrive DQ_FULL(w); exit.
+//     writer 1 + w, per part until it reads kDqEnd: lane 0 waits for the reads of its bulk groups
+//       (cp.async.bulk.wait_group.read 0); sync DQ_EMPTY(w); sync DQ_FULL(w); read the slot; for a
+//       row, lane 0 issues the part's dq_cols(w) / 32 reduce-adds (32-column tiles) and commits
+//       them as one group. After kDqEnd lane 0 waits for the groups' completion
+//       (cp.async.bulk.wait_group 0) before the warp exits (the consumers' leaders waited so at the
+//       CTA's end before).
+//   What each orders: DQ_FULL(w) phase n, the warpgroup's part-n stores (each thread's proxy fence
+//   makes its own visible to the async proxy that the reduce-adds read through) and slot store
+//   before the writer's slot read and reduce issue (arrive releases, sync acquires: a read after
+//   write over arrive / sync, which racecheck follows, bench/gpu/probes/racecheck_arrive.cu mode
+//   6). DQ_EMPTY(w) phase n + 1: the reads of part n (lane 0's wait_group.read precedes its sync;
+//   bulk groups are per thread, so lane 0's are this warpgroup's only) and the writer's slot read
+//   before the warpgroup's part n + 1 stores and slot store: a write after read, so both sides sync
+//   (racecheck follows that, mode 0, and not arrive / sync, modes 1-3 and 7). Phase 0 of DQ_EMPTY
+//   orders nothing (a rendezvous).
+//   Matching counts: in the non-deterministic mode the consumers' dQ block runs at every step of
+//   every item with no early exit (the `last` step, masked, softcap and ALiBi steps alike; kExchange
+//   and kUneven in both warpgroups' instantiations: the block is the same code for both), so per
+//   part n < N each of the warpgroup's 128 threads makes one DQ_EMPTY sync and one DQ_FULL arrive,
+//   the leader's slot store being the only thread-dependent part; part N likewise, once, after the
+//   item loop; the writer makes one DQ_EMPTY sync and one DQ_FULL sync per slot value it reads, up
+//   to kDqEnd, which is stored once, last. Every phase of both barriers gets exactly 160 arrivals
+//   and none is left pending at the exit. The deterministic mode has no part on either side
+//   (p.deterministic is uniform: the writers return at once, the consumers skip the dQ block and
+//   the end), nor do producer warps 0 and 3 touch these barriers. The writer needs no
+//   item sequence: the warpgroup's part count is the only thing both sides share.
+//   No early arrivals: a thread passes a sync only once its phase completed, and all 160 threads
+//   sync on every phase of DQ_EMPTY, so none can arrive on phase n + 1 before phase n completed.
+//   DQ_FULL: the writer syncs on phase n + 1 after its phase n sync returned; a warpgroup thread
+//   arrives on phase n + 1 after its DQ_EMPTY sync of phase n + 1 returned, which needs the writer's
+//   sync on that phase, which follows the writer's DQ_FULL phase n sync in program order: phase n
+//   had completed.
+//   No deadlock: the writer waits only on its warpgroup (DQ_EMPTY(w) n: the warpgroup reaches it at
+//   part n; DQ_FULL(w) n: the warpgroup's arrivals, which follow its DQ_EMPTY(w) n sync with no wait
+//   but its own dQ product) and on the TMA unit's reads of reductions it issued (wait_group.read,
+//   which needs no thread). The warpgroup's only new wait, DQ_EMPTY(w) n, needs the writer there:
+//   the writer reaches it once DQ_FULL(w) n - 1 completed, i.e. after the warpgroup's own arrivals
+//   for part n - 1, made earlier in its program order, and its lane 0's wait.read returned. So the
+//   new waits add no dependence on the producer or on the other warpgroup (each warpgroup has its
+//   own writer and barriers; a single writer taking the two warpgroups' parts in turn would make a
+//   warpgroup's staging wait for the other's), and every wait of the argument above still returns:
+//   by induction on the steps, as there (the kv_empty arrival at an item's last step now follows
+//   that step's DQ_EMPTY sync, which returns without any producer action).
 // kMods: softcap and ALiBi compiled in (calls with either; run_bwd picks the instantiation), as in
 // the forward's kernels: the calls without them keep the loop they had.
 template <class T, int kD, bool kMods>
@@ -385,6 +466,36 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // Warp 0 walks the steps converged (the statistics barrier is a whole-warp bar.sync), all lanes
     // waiting on the mbarriers; lane 0 issues the copies. Kept warp-uniform, the loop state fits the
     // 24 registers (in uniform registers): with the waits in lane 0's branch too, it spilled 20 bytes.
+    if (warp == 1 || warp == 2) {  // ---- dQ writer of consumer warpgroup w (the protocol above) ----
+      if (p.deterministic) return;  // no dQ parts: the consumers skip the hand-offs too
+      const int w = warp - 1;
+      const int* dq_row = reinterpret_cast<const int*>(smem + L::kDqRow) + w;
+      unsigned char* src = smem + L::kDQ + L::dq_offset(w);
+      // The warp walks the hand-offs converged (whole-warp barriers); lane 0 issues the reductions.
+      for (;;) {
+        // The previous part's reductions have read the staging (bulk groups are per thread: lane 0's
+        // are this warpgroup's only).
+        if (lane == 0) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
+        dq_empty_sync(w);  // the staging and the slot are the warpgroup's to write
+        dq_full_sync(w);   // ... until it hands them back with its next part (or its end)
+        const int row = *dq_row;
+        if (row == kDqEnd) break;
+        if (lane == 0 && row >= 0) {  // kDqNoRows: the part's rows lie past the sequence (zeros)
+          // Tiles of 32 columns (64 rows of 128 bytes each), from the part's first column.
+          static_assert(Shape::dq_cols(0) <= Shape::dq_cols(1), "warpgroup 1's part is the wider");
+#pragma unroll
+          for (int c = 0; c < Shape::dq_cols(1) / 32; ++c) {
+            if (c >= Shape::dq_cols(w) / 32) break;  // (kUneven: warpgroup 0's part is narrower)
+            const int32_t coords[4] = {Shape::dq_c(w) + c * 32, row, 0, 0};
+            bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
+                                              src + c * (64 * kSwizzleBytes));
+          }
+          bptx::cp_async_bulk_commit_group();
+        }
+      }
+      if (lane == 0) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
+      return;
+    }
     if (warp != 0) return;
     int g = 0, kv = 0;  // steps, hand-overs (the protocol above)
     // Hands item w (or kEndItem) to the consumers as kv_full's phase kv, which completes once the
@@ -474,7 +585,17 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const uint32_t k_wg = smem_base + L::kK + wk0 * kSwizzleBytes;  // this warpgroup's K rows
   const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
   const uint64_t k_desc = make_desc(k_wg, 16, kAtomBytes), v_desc = make_desc(v_wg, 16, kAtomBytes);
-  const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
+  const bool leader = threadIdx.x % 128 == 0;  // writes this warpgroup's dQ slot
+  // The non-deterministic mode's hand-offs of this warpgroup's dQ staging to the dQ writer (the
+  // protocol above): the staging (and slot) are this warpgroup's to write between
+  // dq_staging_acquire and dq_staging_release, which hands over the part's accumulator row (or
+  // kDqNoRows, kDqEnd). Once per step of every item, and once at the end.
+  int* dq_row = reinterpret_cast<int*>(smem + L::kDqRow) + cwg;
+  auto dq_staging_acquire = [&] { dq_empty_sync(cwg); };
+  auto dq_staging_release = [&](int row) {
+    if (leader) *dq_row = row;  // (all threads' staging stores came before, each with its proxy fence)
+    dq_full_arrive(cwg);
+  };
   auto release_kv = [&] {  // one arrival per warp, after all its lanes' reads of K / V and the item slot
     __syncwarp();
     if (lane == 0) bptx::mbarrier_arrive(kv_empty);
@@ -641,10 +762,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
           bptx::mbarrier_arrive(p_full);  // A(g): release.cta
         } else {
-          // Warpgroup 1: the dQ staging's last reduction read (the leader's wait, ordered before the
-          // warpgroup's staging writes by the warpgroup_sync before its dQ product), then warpgroup
-          // 0's P^T (A(g): phase g of p_full, acquire).
-          if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
+          // Warpgroup 1: warpgroup 0's P^T (A(g): phase g of p_full, acquire).
           bwd_wait(p_full, g & 1);
 #pragma unroll
           for (int j = 0; j < kQT; ++j) {
@@ -676,9 +794,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             }
         };
         if constexpr (kExchange && kW == 1) {
-          // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ. Buffer g % 2 was last
-          // read by step g - 2's products (warpgroup 0's dK and dQ, this warpgroup's dQ), which
-          // warpgroup 0 completed before A at g - 1 and this warpgroup before this step.
+          // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ (B is a sync of all 256
+          // consumer threads: it orders this warpgroup's stores before its own dQ reads too). Buffer
+          // g % 2 was last read by step g - 2's products (warpgroup 0's dK and dQ, this warpgroup's
+          // dQ), which warpgroup 0 completed before A at g - 1 and this warpgroup before this step.
           // B also releases this thread's read of P^T above.
           store_ds();
           fence_proxy_async_smem();
@@ -702,12 +821,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         } else {
           // Warpgroup 0 of kExchange: dK with A = warpgroup 1's dS^T from the buffer, read K-major (keys
           // are M, the contiguous queries K: the form of K as A of S^T), once B says it is written.
-          // The leader's wait for the dQ staging's last reduction read comes before B, which this
-          // warpgroup's threads pass only after the leader reached it (before their staging writes).
           wgmma_commit();
-          if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
           consumers_sync<kDSReadyBarrier>();
-          // (A fence of its own: without it ptxas injects one here, C7519, after the branch above.)
+          // (A fence of its own: ptxas injected one here, C7519, after a branch that stood before B.)
           wgmma_fence();
           const uint64_t ds_k = make_desc(ds_addr + wk0 * kSwizzleBytes, 16, kAtomBytes);
 #pragma unroll
@@ -721,11 +837,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         if (!kExchange && !p.deterministic) {
           // The buffer was last read by step g - 2's dQ products, which both warpgroups finished
           // before step g - 1's consumers_sync.
-          if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
           // At d = 192 both warpgroups hold the same dS^T: warpgroup 0 writes it.
           if (!Shape::kSplitD || cwg == 0) store_ds();
           fence_proxy_async_smem();
-          consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
+          consumers_sync();  // both warpgroups' dS^T written, for both dQ products
         }
 
         wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
@@ -738,9 +853,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
           // dim (B = K rows read N-major), K = the item's kBN keys.
           float dq[kDqCols / 8][4];
-          // kExchange: this warpgroup's dS^T stores (store_ds) before its own dQ reads them. (Warpgroup
-          // 0 read them after B; the other modes after consumers_sync.)
-          if constexpr (kExchange && kW == 1) warpgroup_sync(cwg);
+          // (dS^T is read after B (kExchange) or consumers_sync (the other modes), both syncs of all
+          // 256 consumer threads after their stores and proxy fences.)
           const uint64_t ds_m = make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
           const uint64_t k_n = make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
           wgmma_fence();
@@ -748,11 +862,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           for (int kk = 0; kk < kBN / 16; ++kk)
             wgmma_ss<T, 1, 1>(dq, desc_add(ds_m, kk * 16 * kSwizzleBytes), desc_add(k_n, kk * 16 * kSwizzleBytes), kk > 0);
           wgmma_commit();
+          // While the product runs: the writer's reductions of this warpgroup's previous part have
+          // read the staging (DQ_EMPTY; the writer is usually there already).
+          dq_staging_acquire();
           wgmma_wait<0>();
           fence_operands(dq);
           if (last) release_kv();  // the item's last read of K
           // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-          // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
+          // TMA's 128-byte swizzle), which the writer reduces with one reduce-add per tile.
 #pragma unroll
           for (int dt = 0; dt < kDqCols / 8; ++dt)
 #pragma unroll
@@ -762,18 +879,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
               *reinterpret_cast<float2*>(dq_wg + (col / 32) * (64 * kSwizzleBytes) + row * kSwizzleBytes +
                                          ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
             }
-          fence_proxy_async_smem();
-          warpgroup_sync(cwg);
-          if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
-            const int row = static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m));
-#pragma unroll
-            for (int c = 0; c < kDqCols / 32; ++c) {
-              const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
-              bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
-                                                dq_wg + c * (64 * kSwizzleBytes));
-            }
-            bptx::cp_async_bulk_commit_group();
-          }
+          fence_proxy_async_smem();  // for the writer's reductions (async proxy)
+          // The part's first accumulator row (run_bwd keeps the rows below 2^31); rows past the
+          // sequence hold zeros: nothing to add.
+          dq_staging_release(m0 + dq_m < sb.sq ? static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m))
+                                                : kDqNoRows);
         }
       }
       // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
@@ -842,7 +952,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   } else {
     consume(std::integral_constant<int, 0>{});
   }
-  if (leader) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
+  if (!p.deterministic) {  // this warpgroup's end for the dQ writer (the protocol above)
+    dq_staging_acquire();
+    dq_staging_release(kDqEnd);
+  }
 #else
   __trap();  // built for sm_90a only; dispatch never launches it elsewhere
 #endif
