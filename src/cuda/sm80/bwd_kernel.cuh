@@ -347,14 +347,20 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
 // ---- Kernels ---------------------------------------------------------------------------------
 
 // Grid (ceil(Sq / 64), Hq, B), or ceil(stats_rows / 64) with `stats` (the sm90 backward's row
-// statistics, see stats_rows; nullptr for the sm80 kernels). One warp per row; each lane takes 8
-// columns (16 bytes) per step. `sched` (the sm90 backward's work-item counter, sched_offset; nullptr
-// for the sm80 kernels): zeroed by the first thread, so that each launch of the sm90 kernel, which
-// runs after this one on the same stream, hands out its items from 0 (graph replays included).
+// statistics, see stats_rows; nullptr for the sm80 kernels). kLanes lanes per row, each taking 8
+// columns (16 bytes) per step: the largest power of two up to the row's 16-byte chunks (d = 64: 8
+// lanes, 4 rows per warp at once; d = 128: 16 lanes, 2 rows), so that every lane loads (with one
+// warp per row, 24 of 32 lanes idled at d = 64 and 16 at d = 128). `sched` (the sm90 backward's
+// work-item counter, sched_offset; nullptr for the sm80 kernels): zeroed by the first thread, so that
+// each launch of the sm90 kernel, which runs after this one on the same stream, hands out its items
+// from 0 (graph replays included).
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kThreads)
     bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats, int* sched) {
   constexpr int kChunks = kHeadDim / 8;
+  constexpr int kLanes = kChunks >= 32 ? 32 : kChunks >= 16 ? 16 : kChunks >= 8 ? 8 : 4;
+  constexpr int kRowsPerWarp = 32 / kLanes;
+  static_assert(kChunks >= 4 && kBlockM % (kWarps * kRowsPerWarp) == 0, "head dims 32 .. 256");
   if (sched != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) *sched = 0;
   const int b = blockIdx.z, h = blockIdx.y;
   const SeqBounds s = seq_bounds(p, b);
@@ -363,26 +369,28 @@ __global__ void __launch_bounds__(kThreads)
   const T* dout = head_base(static_cast<const T*>(p.dout), p.do_batch_stride, p.do_row_stride, p.do_head_stride,
                             b, h, s.q_row0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int sub = lane / kLanes, sl = lane % kLanes;  // the warp's row, the lane within it
   const int rows = stats != nullptr ? stats_rows(p) : p.seqlen_q;
-  for (int r = warp; r < kBlockM; r += kWarps) {
-    const int i = blockIdx.x * kBlockM + r;
-    if (i >= rows) break;
+  for (int r0 = warp * kRowsPerWarp; r0 < kBlockM; r0 += kWarps * kRowsPerWarp) {
+    const int i = blockIdx.x * kBlockM + r0 + sub;
+    if (blockIdx.x * kBlockM + r0 >= rows) break;  // (warp-uniform: the warp's first row)
     float acc = 0.f;
-    if (i < s.sq) {
-      for (int c = lane; c < kChunks && c * 8 < p.head_dim_v; c += 32) {
+    if (i < s.sq && i < rows) {
+      for (int c = sl; c < kChunks && c * 8 < p.head_dim_v; c += kLanes) {
         acc += dot8(o + i * p.o_row_stride + c * 8, dout + i * p.do_row_stride + c * 8);
       }
     }
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    for (int off = kLanes / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (i >= rows) continue;
     if (i < p.seqlen_q) {
-      if (lane == 0) dsum[row_index(p, b, h, i)] = acc;
+      if (sl == 0) dsum[row_index(p, b, h, i)] = acc;
       if (dq_accum != nullptr) {
         float4* row = reinterpret_cast<float4*>(dq_accum + row_index(p, b, h, i) * kHeadDim);
-        for (int c = lane; c < kHeadDim / 4; c += 32) row[c] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int c = sl; c < kHeadDim / 4; c += kLanes) row[c] = make_float4(0.f, 0.f, 0.f, 0.f);
       }
     }
-    if (stats != nullptr && lane == 0) {
+    if (stats != nullptr && sl == 0) {
       // LSE to log2 units; -inf (a row that sees no key) and rows past the sequence to +inf.
       float lse2 = INFINITY;
       if (i < s.sq) {

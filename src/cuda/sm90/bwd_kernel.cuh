@@ -320,13 +320,13 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   sync on named barrier B (kDSReadyBarrier, 256 threads) before warpgroup 0's dK (and dQ)
 //   products read that buffer. Warpgroup 0 does not wait for warpgroup 1 at A: it goes on to its
 //   dV product while warpgroup 1 may still be in its previous step's dQ; at B it waits anyway (for
-//   dS^T), and warpgroup 1, whose dS^T comes last, rarely does. (Session 10 had both warpgroups
-//   sync on A and B; its arrive form, warpgroup 0 arriving on A and warpgroup 1 on B, measured
-//   +3-15% against that's +1-7% over the sync-free baseline, but racecheck reported hazards on
-//   the P^T buffer and the statistics; bench/gpu/probes/racecheck_arrive.cu (session 11) shows
-//   racecheck reporting a named-barrier arrive / sync hand-off in a 2-warpgroup kernel without a
-//   race, for the write after read (mode 7), not for the read after write (mode 6).) What each
-//   hand-off orders:
+//   dS^T), and warpgroup 1, whose dS^T comes last, rarely does. (Session 10 had both warpgroups sync
+//   on two named barriers A and B: +1-7% over the unsplit form; with warpgroup 0 only arriving on A
+//   and warpgroup 1 only on B, +3-15%, but racecheck reported hazards on the P^T buffer and the
+//   statistics. bench/gpu/probes/racecheck_arrive.cu (session 11) shows racecheck reporting a
+//   named-barrier arrive / sync hand-off without a race for a write after read (mode 7), not for a
+//   read after write (mode 6); with A an mbarrier and B synced by both: +2-5% at 2048 / 16k, clean.)
+//   What each hand-off orders:
 //     A(g): warpgroup 0's P^T(g) stores before warpgroup 1's loads of them (release arrive, acquire
 //       wait); and every dS^T read of warpgroup 0 before step g (its dK and dQ of steps up to g - 1,
 //       each waited for with wgmma_wait<0> in its step) before warpgroup 1's dS^T(g) stores: so
@@ -337,17 +337,17 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //       threads; a warpgroup bar.sync that stood before that dQ product was redundant and went with
 //       the dQ writers); warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores
 //       (which follow B(g) in warpgroup 0's program order).
-//   The statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other modes:
-//   every consumer thread arrives on 4 + s once per step after its last read of the statistics
-//   (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty after its dV /
-//   dK products and on kv_empty after its last product reading K or V (warpgroup 0: S^T or dQ;
-//   warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and steps; both
-//   sync on B(g), which warpgroup 0 reaches after its arrival on A(g) and warpgroup 1 after its wait
-//   for A(g), which that arrival completes; before A(g) both wait on the producer only (qdo_full of g; the producer's waits for step g are
-//   on arrivals of steps before g, made as in the other modes: above). No early arrivals: warpgroup
-//   0 arrives on A(g + 1) after passing B(g), which completes after warpgroup 1 waited for A(g);
-//   and neither reaches B(g + 1) before both passed B(g). Items
-//   without steps touch neither.
+//   The statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other
+//   modes: every consumer thread arrives on 4 + s once per step after its last read of the
+//   statistics (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty
+//   after its dV / dK products and on kv_empty after its last product reading K or V (warpgroup 0:
+//   S^T or dQ; warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and
+//   steps; both sync on B(g), which warpgroup 0 reaches after its arrival on A(g) and warpgroup 1
+//   after its wait for A(g), which that arrival completes; before A(g) both wait on the producer
+//   only (qdo_full of g; the producer's waits for step g are on arrivals of steps before g, made as
+//   in the other modes: above). No early arrivals: warpgroup 0 arrives on A(g + 1) after passing
+//   B(g), which completes after warpgroup 1 waited for A(g); and neither reaches B(g + 1) before
+//   both passed B(g). Items without steps touch neither.
 //   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
 //   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
