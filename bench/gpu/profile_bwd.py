@@ -6,6 +6,10 @@ which also zeroes the fp32 dQ accumulator, and bwd_convert_dq: a fixed ~470 MB o
 this protocol, so a larger share at short sequences), and how the peers split theirs.
 
   PYTHONPATH=<ioattn package> python3 bench/gpu/profile_bwd.py --shapes 512:128,512:128:causal,2048:128
+With a `pip install --target` package on PYTHONPATH the GPU machine's run of the script from
+bench/gpu found an `ioattn` without flash_attn_func (session 11, cause not found); from the repo root
+through runpy it works:
+  PYTHONPATH=<package>:bench/gpu python3 -c "import runpy; runpy.run_path('bench/gpu/profile_bwd.py', run_name='__main__')"
 """
 import argparse
 

@@ -151,6 +151,21 @@ struct ScoreMod {
     }
     return iv;
   }
+  // The transposed form, for tiles whose rows are keys (the sm90 backward's S^T): the queries that
+  // see key rows key0 (elements 0, 1) and key0 + 8 (2, 3), relative to query col0, so that element
+  // (nt, e) is query col0 + 8 nt + e % 2 (WindowMask::first_query / end_query; keys past sk see
+  // none).
+  __device__ __forceinline__ RowIntervals key_row_intervals(int key0, int col0) const {
+    RowIntervals iv;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int key = key0 + 8 * r;
+      const int lo = mask.first_query(key), hi = key < sk ? mask.end_query(key) : lo;
+      iv.off[r] = col0 - lo;
+      iv.width[r] = max(hi - lo, 0);
+    }
+    return iv;
+  }
   // One unsigned compare per element: j - lo < 0 wraps to >= width.
   static __device__ __forceinline__ bool in_interval(const RowIntervals& iv, int nt, int e) {
     return unsigned(iv.off[e / 2] + nt * 8 + e % 2) < unsigned(iv.width[e / 2]);

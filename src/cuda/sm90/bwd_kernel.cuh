@@ -680,24 +680,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // thread's i + shift - j at j = 0, e = 0 once, then a constant per element (score.cuh's
           // form: one FADD with |.| as an operand modifier and one FFMA per score).
           [[maybe_unused]] const float dist0 = kMods ? static_cast<float>(m0 + 2 * (lane % 4) + mod.mask.shift - key0) : 0.0f;
-          // masked: the queries that see key row r (key0 + 8 r) are one interval [lo, hi) (none past
-          // the key tail), so element (r, query m0 + qc) is visible iff the unsigned m0 + qc - lo is
-          // below hi - lo: one compare per element against a per-row offset and width. (The
+          // masked: the queries that see key row r (key0 + 8 r) are one interval (none past the key
+          // tail): one unsigned compare per element (ScoreMod::key_row_intervals / in_interval; the
           // per-element WindowMask::visible test it replaces, with the key-tail test, cost ~10
-          // instructions per element: masked steps ran ~1.5x the time of plain ones, session 11.)
+          // instructions per element: masked steps ran ~1.5x the time of plain ones, session 11).
           // Not in d = 64's softcap / ALiBi kernel, which is at its register limit: the two rows'
           // offsets and widths made ptxas spill 180 bytes there (76 with the per-element test).
           constexpr bool kInterval = decltype(masked)::value && !(kMods && kD == 64);
-          [[maybe_unused]] int qoff[2], qwidth[2];
-          if constexpr (kInterval) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              const int key = key0 + 8 * r;
-              const int lo = mod.mask.first_query(key), hi = key < sb.sk ? mod.mask.end_query(key) : lo;
-              qoff[r] = m0 + 2 * (lane % 4) - lo;  // m0 + qc - lo at j = 0, e % 2 = 0
-              qwidth[r] = max(hi - lo, 0);
-            }
-          }
+          [[maybe_unused]] ScoreMod::RowIntervals qiv;
+          if constexpr (kInterval) qiv = mod.key_row_intervals(key0, m0 + 2 * (lane % 4));
 #pragma unroll
           for (int j = 0; j < kQT; ++j) {
 #pragma unroll
@@ -717,7 +708,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                 x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
               }
               if constexpr (kInterval) {
-                if (static_cast<unsigned>(qoff[e / 2] + 8 * j + e % 2) >= static_cast<unsigned>(qwidth[e / 2])) x = -INFINITY;
+                if (!ScoreMod::in_interval(qiv, j, e)) x = -INFINITY;
               } else if constexpr (decltype(masked)::value) {
                 const int key = key0 + 8 * (e / 2);
                 if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
