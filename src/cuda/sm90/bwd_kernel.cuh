@@ -199,17 +199,14 @@ __device__ __forceinline__ void item_read_sync() {
 }
 // The non-deterministic mode's dQ staging hand-offs between consumer warpgroup w and its dQ writer
 // (producer warp 1 + w; bwd_kernel's protocol), 160 threads each (the warpgroup's 128 and the
-// writer's 32): 11 + w, DQ_FULL(w): the warpgroup's part (or its end) is in its staging and slot (the
-// warpgroup arrives, the writer syncs); 13 + w, DQ_EMPTY(w): the writer's reduction of the part
-// before has read the staging and the writer has read the slot (both sync: racecheck does not
-// follow a write-after-read over an arrive / sync pair, bench/gpu/probes/racecheck_arrive.cu). Not
+// writer's 32): 11 + w, DQ_FULL(w): the warpgroup's part (or its end) is in its staging and slot;
+// 13 + w, DQ_EMPTY(w): the writer's reduction of the part before has read the staging and the
+// writer has read the slot. Both sides sync on both: an arrive on DQ_FULL drew racecheck reports of
+// the slot (session 12), and it would save nothing, the writer being at DQ_FULL already when the
+// warpgroup gets there (it goes there straight from DQ_EMPTY, which the warpgroup passed with it). Not
 // .aligned, as consumers_sync: the writer and the warpgroups reach them from different code.
 constexpr int kDqFullBarrier = 11, kDqEmptyBarrier = 13, kDqBarrierThreads = 160;
 static_assert(kDqFullBarrier > kDSReadyBarrier && kDqEmptyBarrier + 1 < 16, "named barriers 0 - 15");
-__device__ __forceinline__ void dq_full_arrive(int w) {
-  __syncwarp();
-  asm volatile("barrier.arrive %0, %1;\n" ::"r"(kDqFullBarrier + w), "n"(kDqBarrierThreads) : "memory");
-}
 __device__ __forceinline__ void dq_full_sync(int w) {
   __syncwarp();
   asm volatile("barrier.sync %0, %1;\n" ::"r"(kDqFullBarrier + w), "n"(kDqBarrierThreads) : "memory");
@@ -366,8 +363,8 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //     warpgroup w, part n < N (dq_staging_acquire / _release): after issuing the dQ product, sync
 //       DQ_EMPTY(w); wait for the product; store the part (STS) and fence.proxy.async; the leader
 //       stores the slot: the part's first accumulator row, or kDqNoRows (-1: the rows lie past
-//       the sequence and hold zeros); arrive DQ_FULL(w), and go on. Part N (at the kernel's end):
-//       sync DQ_EMPTY(w); the leader stores kDqEnd (-2); arrive DQ_FULL(w); exit.
+//       the sequence and hold zeros); sync DQ_FULL(w), and go on. Part N (at the kernel's end):
+//       sync DQ_EMPTY(w); the leader stores kDqEnd (-2); sync DQ_FULL(w); exit.
 //     writer 1 + w, per part until it reads kDqEnd: lane 0 waits for the reads of its bulk groups
 //       (cp.async.bulk.wait_group.read 0); sync DQ_EMPTY(w); sync DQ_FULL(w); read the slot; for a
 //       row, lane 0 issues the part's dq_cols(w) / 32 reduce-adds (32-column tiles) and commits
@@ -376,9 +373,11 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //       CTA's end before).
 //   What each orders: DQ_FULL(w) phase n, the warpgroup's part-n stores (each thread's proxy fence
 //   makes its own visible to the async proxy that the reduce-adds read through) and slot store
-//   before the writer's slot read and reduce issue (arrive releases, sync acquires: a read after
-//   write over arrive / sync, which racecheck follows, bench/gpu/probes/racecheck_arrive.cu mode
-//   6). DQ_EMPTY(w) phase n + 1: the reads of part n (lane 0's wait_group.read precedes its sync;
+//   before the writer's slot read and reduce issue (both sync: with the warpgroup arriving, which the
+//   PTX memory model orders too, racecheck reported the slot's store and read in session 12, though
+//   it follows the probe's read after write over arrive / sync, bench/gpu/probes/racecheck_arrive.cu
+//   mode 6; the writer waits there already, so the sync costs the warpgroup nothing). DQ_EMPTY(w)
+//   phase n + 1: the reads of part n (lane 0's wait_group.read precedes its sync;
 //   bulk groups are per thread, so lane 0's are this warpgroup's only) and the writer's slot read
 //   before the warpgroup's part n + 1 stores and slot store: a write after read, so both sides sync
 //   (racecheck follows that, mode 0, and not arrive / sync, modes 1-3 and 7). Phase 0 of DQ_EMPTY
@@ -386,7 +385,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   Matching counts: in the non-deterministic mode the consumers' dQ block runs at every step of
 //   every item with no early exit (the `last` step, masked, softcap and ALiBi steps alike; kExchange
 //   and kUneven in both warpgroups' instantiations: the block is the same code for both), so per
-//   part n < N each of the warpgroup's 128 threads makes one DQ_EMPTY sync and one DQ_FULL arrive,
+//   part n < N each of the warpgroup's 128 threads makes one DQ_EMPTY sync and one DQ_FULL sync,
 //   the leader's slot store being the only thread-dependent part; part N likewise, once, after the
 //   item loop; the writer makes one DQ_EMPTY sync and one DQ_FULL sync per slot value it reads, up
 //   to kDqEnd, which is stored once, last. Every phase of both barriers gets exactly 160 arrivals
@@ -397,14 +396,15 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   No early arrivals: a thread passes a sync only once its phase completed, and all 160 threads
 //   sync on every phase of DQ_EMPTY, so none can arrive on phase n + 1 before phase n completed.
 //   DQ_FULL: the writer syncs on phase n + 1 after its phase n sync returned; a warpgroup thread
-//   arrives on phase n + 1 after its DQ_EMPTY sync of phase n + 1 returned, which needs the writer's
+//   reaches phase n + 1 after its DQ_EMPTY sync of phase n + 1 returned, which needs the writer's
 //   sync on that phase, which follows the writer's DQ_FULL phase n sync in program order: phase n
 //   had completed.
 //   No deadlock: the writer waits only on its warpgroup (DQ_EMPTY(w) n: the warpgroup reaches it at
 //   part n; DQ_FULL(w) n: the warpgroup's arrivals, which follow its DQ_EMPTY(w) n sync with no wait
 //   but its own dQ product) and on the TMA unit's reads of reductions it issued (wait_group.read,
-//   which needs no thread). The warpgroup's only new wait, DQ_EMPTY(w) n, needs the writer there:
-//   the writer reaches it once DQ_FULL(w) n - 1 completed, i.e. after the warpgroup's own arrivals
+//   which needs no thread). The warpgroup's DQ_FULL(w) n sync needs the writer's, which follows the
+//   writer's DQ_EMPTY(w) n sync with no wait between. Its other new wait, DQ_EMPTY(w) n, needs the
+//   writer there: the writer reaches it once DQ_FULL(w) n - 1 completed, i.e. after the warpgroup's own arrivals
 //   for part n - 1, made earlier in its program order, and its lane 0's wait.read returned. So the
 //   new waits add no dependence on the producer or on the other warpgroup (each warpgroup has its
 //   own writer and barriers; a single writer taking the two warpgroups' parts in turn would make a
@@ -594,7 +594,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   auto dq_staging_acquire = [&] { dq_empty_sync(cwg); };
   auto dq_staging_release = [&](int row) {
     if (leader) *dq_row = row;  // (all threads' staging stores came before, each with its proxy fence)
-    dq_full_arrive(cwg);
+    dq_full_sync(cwg);
   };
   auto release_kv = [&] {  // one arrival per warp, after all its lanes' reads of K / V and the item slot
     __syncwarp();
