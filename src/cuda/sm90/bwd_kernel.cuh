@@ -149,8 +149,13 @@ struct BwdSmem {
   // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A, bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
   static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
-  static constexpr int kDqRow = kItem + 8;  // 2 ints: warpgroup w's dQ slot (bwd_kernel's protocol)
-  static constexpr int kBytes = kItem + 16 + 1024;
+  // Warpgroup w's dQ slot (an int, bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes. Each on a
+  // 128-byte line of its own: with the two slots 4 bytes apart, compute-sanitizer's racecheck
+  // reported one warpgroup's slot store against the other warpgroup's writer's read (session 12),
+  // which no barrier of theirs orders, nor needs to.
+  static constexpr int kDqSlotBytes = 128;
+  static constexpr int kDqRow = kItem + 128;
+  static constexpr int kBytes = kDqRow + 2 * kDqSlotBytes + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
 
@@ -351,7 +356,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
 //   The dQ hand-offs (the non-deterministic mode). Consumer warpgroup w's fp32 dQ part goes through
-//   its staging (L::kDQ + dq_offset(w)) and its slot (int w at L::kDqRow) to its dQ writer,
+//   its staging (L::kDQ + dq_offset(w)) and its slot (an int at L::kDqRow + w kDqSlotBytes) to its dQ writer,
 //   producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the accumulator: the
 //   warpgroup's threads neither wait for a reduction's read of the staging nor sync among
 //   themselves before the reduction is issued (a leader thread issued it before, after a warpgroup
@@ -469,7 +474,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     if (warp == 1 || warp == 2) {  // ---- dQ writer of consumer warpgroup w (the protocol above) ----
       if (p.deterministic) return;  // no dQ parts: the consumers skip the hand-offs too
       const int w = warp - 1;
-      const int* dq_row = reinterpret_cast<const int*>(smem + L::kDqRow) + w;
+      const int* dq_row = reinterpret_cast<const int*>(smem + L::kDqRow + w * L::kDqSlotBytes);
       unsigned char* src = smem + L::kDQ + L::dq_offset(w);
       // The warp walks the hand-offs converged (whole-warp barriers); lane 0 issues the reductions.
       for (;;) {
@@ -590,7 +595,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // protocol above): the staging (and slot) are this warpgroup's to write between
   // dq_staging_acquire and dq_staging_release, which hands over the part's accumulator row (or
   // kDqNoRows, kDqEnd). Once per step of every item, and once at the end.
-  int* dq_row = reinterpret_cast<int*>(smem + L::kDqRow) + cwg;
+  int* dq_row = reinterpret_cast<int*>(smem + L::kDqRow + cwg * L::kDqSlotBytes);
   auto dq_staging_acquire = [&] { dq_empty_sync(cwg); };
   auto dq_staging_release = [&](int row) {
     if (leader) *dq_row = row;  // (all threads' staging stores came before, each with its proxy fence)
@@ -868,8 +873,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // thread's store i takes column tile 4 T + (i ^ rho), rho = row % 4: the half warp's rows
           // then fill all 8 chunks. rho's bits pick the tile by two conditional swaps (SELs, 2 per
           // value), and the chunk offset is the thread's own XOR with 32 i (the swizzle is an XOR).
+          // Measured (session 12, H200, backward TFLOP/s): d = 128 +2-7%, d = 64 +0-1%, d = 256 -1-2%
+          // (its 128 SELs per thread cost more than the conflicts: the d = 256 kernel waits on L2
+          // and its products instead), so d > 128 keeps rho = 0, the fragment's order.
           static_assert(kDqCols % 32 == 0, "whole 32-column tiles");
-          const int rho = wr % 4;
+          const int rho = kD <= 128 ? wr % 4 : 0;
 #pragma unroll
           for (int tile = 0; tile < kDqCols / 32; ++tile)
 #pragma unroll
