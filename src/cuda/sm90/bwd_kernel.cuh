@@ -742,15 +742,40 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           fence_operands(dq);
           if (last) release_kv();  // the item's last read of K
           // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-          // TMA's 128-byte swizzle), reduced below with one reduce-add per tile.
+          // TMA's 128-byte swizzle), reduced below with one reduce-add per tile. Stored
+          // as the fragment lies (8-byte store i of a tile: column tile 4 T + i of rows wr, wr + 8),
+          // a half warp (rows q .. q + 3, q % 8 = 0 or 4) writes 32 bytes of each row into 4
+          // distinct chunk pairs: two ways in each bank, twice the ideal wavefronts (ncu, session 12:
+          // 4 per store instead of 2; the staging held ~10% of the d = 256 stall samples). So the
+          // thread's store i takes column tile 4 T + (i ^ rho), rho = row % 4: the half warp's rows
+          // then fill all 8 chunks. rho's bits pick the tile by two conditional swaps (SELs, 2 per
+          // value), and the chunk offset is the thread's own XOR with 32 i (the swizzle is an XOR).
+          // Measured (session 12, H200, backward TFLOP/s, with the dQ writer of wip/sm90-bwd-dq-writer):
+          // d = 128 +2-7%, d = 64 +0-1%, d = 256 -1-2% (its 128 SELs per thread cost more than the
+          // conflicts: the d = 256 kernel waits on L2 and its products instead), so d > 128 keeps
+          // rho = 0, the fragment's order.
+          static_assert(kDqCols % 32 == 0, "whole 32-column tiles");
+          const int rho = kD <= 128 ? wr % 4 : 0;
 #pragma unroll
-          for (int dt = 0; dt < kDqCols / 8; ++dt)
+          for (int tile = 0; tile < kDqCols / 32; ++tile)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-              const int row = wr + 8 * r, col = 8 * dt + 2 * (lane % 4);
-              const int unit = (col % 32) / 4;
-              *reinterpret_cast<float2*>(dq_wg + (col / 32) * (64 * kSwizzleBytes) + row * kSwizzleBytes +
-                                         ((unit ^ (row % 8)) * 16) + (col % 4) * 4) = make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+              float2 v[4];
+#pragma unroll
+              for (int i = 0; i < 4; ++i) v[i] = make_float2(dq[4 * tile + i][2 * r], dq[4 * tile + i][2 * r + 1]);
+              auto swap_if = [](bool c, float2& a, float2& b) {
+                const float2 a0 = a;
+                a = c ? b : a;
+                b = c ? a0 : b;
+              };
+              swap_if(rho & 1, v[0], v[1]), swap_if(rho & 1, v[2], v[3]);  // v[i] <- v[i ^ (rho & 1)]
+              swap_if(rho & 2, v[0], v[2]), swap_if(rho & 2, v[1], v[3]);  // v[i] <- v[i ^ rho]
+              const int row = wr + 8 * r, q = lane % 4;
+              // Byte offset of tile 4 T + i's columns 2 q, + 1 in row `row`: chunk (2 (i ^ rho) + q / 2) ^ (row % 8).
+              const int base = row * kSwizzleBytes + (((2 * rho + q / 2) ^ (row % 8)) * 16) + (q % 2) * 8;
+              unsigned char* tile_base = dq_wg + tile * (64 * kSwizzleBytes);
+#pragma unroll
+              for (int i = 0; i < 4; ++i) *reinterpret_cast<float2*>(tile_base + (base ^ (32 * i))) = v[i];
             }
           fence_proxy_async_smem();
           warpgroup_sync(cwg);
