@@ -146,9 +146,10 @@ struct BwdSmem {
   static constexpr int kPXBytes = S::kExchange ? S::kBN * S::kBM * 4 : 0;
   static constexpr int kPX = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
   static constexpr int kStats = kPX + kPXBytes;
-  // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A, bwd_kernel's protocol)
+  // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A), dq_full[2],
+  // dq_empty[2] (bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
-  static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
+  static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages + 4);  // the handed-over item index (bwd_kernel)
   // Warpgroup w's dQ slot (an int, bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes. Each on a
   // 128-byte line of its own: with the two slots 4 bytes apart, compute-sanitizer's racecheck
   // reported one warpgroup's slot store against the other warpgroup's writer's read (session 12),
@@ -166,7 +167,7 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
 
 // Named barriers (0 is __syncthreads; 1 and 2 are unused since the dQ writer took over the per-
 // warpgroup staging syncs): 3, both consumer warpgroups (256 threads: the dS^T hand-off between
-// them); 4 + s, 8, 10 below; 11 - 14, the dQ staging hand-offs (below).
+// them); 4 + s, 8, 10 below.
 // Both consumer warpgroups (256 threads) on named barrier kId: 3 (kConsumersBarrier) for the dS^T
 // hand-off of the other modes, 10 for kExchange's B (below). Not .aligned (bar.sync is
 // barrier.sync.aligned, which wants every thread at the same instruction): at d = 192 and 256 the
@@ -203,23 +204,11 @@ __device__ __forceinline__ void item_read_sync() {
   asm volatile("bar.sync %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
 }
 // The non-deterministic mode's dQ staging hand-offs between consumer warpgroup w and its dQ writer
-// (producer warp 1 + w; bwd_kernel's protocol), 160 threads each (the warpgroup's 128 and the
-// writer's 32): 11 + w, DQ_FULL(w): the warpgroup's part (or its end) is in its staging and slot;
-// 13 + w, DQ_EMPTY(w): the writer's reduction of the part before has read the staging and the
-// writer has read the slot. Both sides sync on both: an arrive on DQ_FULL drew racecheck reports of
-// the slot (session 12), and it would save nothing, the writer being at DQ_FULL already when the
-// warpgroup gets there (it goes there straight from DQ_EMPTY, which the warpgroup passed with it). Not
-// .aligned, as consumers_sync: the writer and the warpgroups reach them from different code.
-constexpr int kDqFullBarrier = 11, kDqEmptyBarrier = 13, kDqBarrierThreads = 160;
-static_assert(kDqFullBarrier > kDSReadyBarrier && kDqEmptyBarrier + 1 < 16, "named barriers 0 - 15");
-__device__ __forceinline__ void dq_full_sync(int w) {
-  __syncwarp();
-  asm volatile("barrier.sync %0, %1;\n" ::"r"(kDqFullBarrier + w), "n"(kDqBarrierThreads) : "memory");
-}
-__device__ __forceinline__ void dq_empty_sync(int w) {
-  __syncwarp();
-  asm volatile("barrier.sync %0, %1;\n" ::"r"(kDqEmptyBarrier + w), "n"(kDqBarrierThreads) : "memory");
-}
+// (producer warp 1 + w; bwd_kernel's protocol) are the mbarriers dq_full[w] (the warpgroup's 128
+// threads arrive: its part, or its end, is in its staging and slot) and dq_empty[w] (the writer's
+// 32 lanes arrive: the part's reduce-adds have read the staging and the lanes the slot). With named
+// barriers (160 threads, both sides syncing on both) racecheck reported the slot's store and read
+// in session 12, though its probe (bench/gpu/probes/racecheck_slot.cu) drew no report in any form.
 // The slot's values besides an accumulator row (bwd_kernel's protocol).
 constexpr int kDqNoRows = -1;  // the part's rows lie past the sequence: nothing to add
 constexpr int kDqEnd = -2;     // the warpgroup has no more parts
@@ -444,6 +433,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* qdo_full = kv_empty + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
   uint64_t* p_full = qdo_empty + kStages;  // kExchange: hand-off A (the protocol above)
+  uint64_t* dq_full = p_full + 1;          // [2]: the dQ hand-offs (the protocol above)
+  uint64_t* dq_empty = dq_full + 2;        // [2]
   int* item_slot = reinterpret_cast<int*>(smem + L::kItem);  // the index handed over (the protocol above)
   constexpr int kEndItem = -1;                                 // ... after the last item
 
@@ -462,6 +453,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       bptx::mbarrier_init(qdo_empty + s, 8);
     }
     if (kExchange) bptx::mbarrier_init(p_full, 128);  // warpgroup 0's threads
+    for (int w = 0; w < 2; ++w) {
+      bptx::mbarrier_init(dq_full + w, 128);  // consumer warpgroup w's threads
+      bptx::mbarrier_init(dq_empty + w, 32);  // its writer's lanes
+    }
     bptx::fence_mbarrier_init(bptx::sem_release, bptx::scope_cluster);
   }
   __syncthreads();
@@ -476,13 +471,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       const int w = warp - 1;
       const int* dq_row = reinterpret_cast<const int*>(smem + L::kDqRow + w * L::kDqSlotBytes);
       unsigned char* src = smem + L::kDQ + L::dq_offset(w);
-      // The warp walks the hand-offs converged (whole-warp barriers); lane 0 issues the reductions.
-      for (;;) {
-        // The previous part's reductions have read the staging (bulk groups are per thread: lane 0's
-        // are this warpgroup's only).
-        if (lane == 0) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
-        dq_empty_sync(w);  // the staging and the slot are the warpgroup's to write
-        dq_full_sync(w);   // ... until it hands them back with its next part (or its end)
+      // The warp walks the hand-offs converged; lane 0 issues the reductions.
+      for (uint32_t n = 0;; ++n) {
+        bwd_wait(dq_full + w, n & 1);  // part n (or the end) is in the staging and the slot
         const int row = *dq_row;
         if (row == kDqEnd) break;
         if (lane == 0 && row >= 0) {  // kDqNoRows: the part's rows lie past the sequence (zeros)
@@ -496,7 +487,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                                               src + c * (64 * kSwizzleBytes));
           }
           bptx::cp_async_bulk_commit_group();
+          bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // (bulk groups are per thread)
         }
+        __syncwarp();
+        bptx::mbarrier_arrive(dq_empty + w);  // phase n: the staging and the slot are free again
       }
       if (lane == 0) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
       return;
@@ -596,10 +590,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // dq_staging_acquire and dq_staging_release, which hands over the part's accumulator row (or
   // kDqNoRows, kDqEnd). Once per step of every item, and once at the end.
   int* dq_row = reinterpret_cast<int*>(smem + L::kDqRow + cwg * L::kDqSlotBytes);
-  auto dq_staging_acquire = [&] { dq_empty_sync(cwg); };
+  uint32_t dq_parts = 0;  // parts handed over: part n waits for phase n - 1 of dq_empty
+  auto dq_staging_acquire = [&] {
+    if (dq_parts > 0) bwd_wait(dq_empty + cwg, (dq_parts - 1) & 1);
+  };
   auto dq_staging_release = [&](int row) {
     if (leader) *dq_row = row;  // (all threads' staging stores came before, each with its proxy fence)
-    dq_full_sync(cwg);
+    bptx::mbarrier_arrive(dq_full + cwg);  // release.cta
+    ++dq_parts;
   };
   auto release_kv = [&] {  // one arrival per warp, after all its lanes' reads of K / V and the item slot
     __syncwarp();
