@@ -18,6 +18,8 @@
 //              block (TMA, one buffer: loaded after the item's first Q / dO stage, while the
 //              consumers finish the previous item), handing the index to the consumers with K / V
 //              (see bwd_kernel).
+//   dQ writers warps 1 and 2 (the non-deterministic mode), one per consumer warpgroup: issue the
+//              TMA reduce-adds of the warpgroup's dQ parts from its staging (see bwd_kernel).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
 //                the step's LSE (log2 units, +inf for rows that see no key or lie past the
 //                sequence) and D rows arrive with its Q / dO stage (the producer's bulk copies of
@@ -31,7 +33,8 @@
 //                dQ_part = dS K over all 128 keys      (wgmma SS, A read M-major); each warpgroup
 //                                                       computes one 64 x 64 half of the kBM x kD
 //                                                       part (BwdShape)
-//                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator
+//                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator,
+//                                                       issued by the warpgroup's dQ writer warp
 //              d = 256 (BwdShape::kExchange): warpgroup 0 computes S^T and P^T only, warpgroup 1
 //              dP^T only; P^T goes to warpgroup 1 through shared memory (fp32), which computes dS^T
 //              and writes it to the dS^T buffer, from which warpgroup 0's dK = dS^T Q reads it (SS)
@@ -143,10 +146,17 @@ struct BwdSmem {
   static constexpr int kPXBytes = S::kExchange ? S::kBN * S::kBM * 4 : 0;
   static constexpr int kPX = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
   static constexpr int kStats = kPX + kPXBytes;
-  // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A, bwd_kernel's protocol)
+  // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A), dq_full[2],
+  // dq_empty[2] (bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
-  static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages);  // the handed-over item index (bwd_kernel)
-  static constexpr int kBytes = kItem + 16 + 1024;
+  static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages + 4);  // the handed-over item index (bwd_kernel)
+  // Warpgroup w's dQ slot (an int, bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes. Each on a
+  // 128-byte line of its own: with the two slots 4 bytes apart, compute-sanitizer's racecheck
+  // reported one warpgroup's slot store against the other warpgroup's writer's read (session 12),
+  // which no barrier of theirs orders, nor needs to.
+  static constexpr int kDqSlotBytes = 128;
+  static constexpr int kDqRow = kItem + 128;
+  static constexpr int kBytes = kDqRow + 2 * kDqSlotBytes + 1024;
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
 
@@ -155,17 +165,15 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
   }
 }
 
-// Named barriers (0 is __syncthreads): 1 and 2, the 128 threads of one consumer warpgroup; 3,
-// both consumer warpgroups (256 threads: the dS^T hand-off between them).
-__device__ __forceinline__ void warpgroup_sync(int cwg) {
-  asm volatile("bar.sync %0, 128;\n" ::"r"(cwg + 1) : "memory");
-}
+// Named barriers (0 is __syncthreads; 1 and 2 are unused since the dQ writer took over the per-
+// warpgroup staging syncs): 3, both consumer warpgroups (256 threads: the dS^T hand-off between
+// them); 4 + s, 8, 10 below.
 // Both consumer warpgroups (256 threads) on named barrier kId: 3 (kConsumersBarrier) for the dS^T
 // hand-off of the other modes, 10 for kExchange's B (below). Not .aligned (bar.sync is
 // barrier.sync.aligned, which wants every thread at the same instruction): at d = 192 and 256 the
 // two warpgroups run different instantiations of the consumer loop, so they reach the barrier from
 // different code; compute-sanitizer's synccheck reported the aligned form there ("divergent
-// threads"). The __syncwarp converges the warp after the leader-only waits before some of them.
+// threads"). The __syncwarp converges the warp after leader-only branches before some of them.
 constexpr int kConsumersBarrier = 3;
 template <int kId = kConsumersBarrier>
 __device__ __forceinline__ void consumers_sync() {
@@ -195,6 +203,15 @@ __device__ __forceinline__ void item_read_sync() {
   __syncwarp();
   asm volatile("bar.sync %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
 }
+// The non-deterministic mode's dQ staging hand-offs between consumer warpgroup w and its dQ writer
+// (producer warp 1 + w; bwd_kernel's protocol) are the mbarriers dq_full[w] (the warpgroup's 128
+// threads arrive: its part, or its end, is in its staging and slot) and dq_empty[w] (the writer's
+// 32 lanes arrive: the part's reduce-adds have read the staging and the lanes the slot). With named
+// barriers (160 threads, both sides syncing on both) racecheck reported the slot's store and read
+// in session 12, though its probe (bench/gpu/probes/racecheck_slot.cu) drew no report in any form.
+// The slot's values besides an accumulator row (bwd_kernel's protocol).
+constexpr int kDqNoRows = -1;  // the part's rows lie past the sequence: nothing to add
+constexpr int kDqEnd = -2;     // the warpgroup has no more parts
 
 // One work item of bwd_kernel: the key block from key n0 of kv head hk of sequence b, and its steps
 // (query head of the GQA group, query block of kBM rows that sees the block; head-major). Producer
@@ -287,8 +304,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   consumers_sync (kExchange: by hand-off A, below) (g global: restarted per item, an item's first
 //   step could overwrite the buffer that the other warpgroup's dQ product of the previous item's
 //   last step still reads); a
-//   warpgroup's dQ staging by its leader's wait for the reads of its earlier reductions at every
-//   step (once per step whatever the item), and the final wait for them at the CTA's end.
+//   warpgroup's dQ staging and slot by DQ_EMPTY (the dQ hand-offs, below).
 //   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX and each of its threads
 //   arrives on the mbarrier p_full (A, count 128: phase g); warpgroup 1 waits for phase g, reads
 //   P^T(g), computes dS^T(g), writes it to dS^T buffer g % 2 (then fence.proxy.async) and both
@@ -308,27 +324,87 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //       buffer g % 2, last read by step g - 2, is free (one buffer would do for this hand-off;
 //       warpgroup 1's own dQ reads precede its stores in program order).
 //     B(g): warpgroup 1's dS^T(g) stores (and fence.proxy.async) before warpgroup 0's wgmma reads of
-//       them; warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores (which follow
-//       B(g) in warpgroup 0's program order); and warpgroup 0's leader's wait for its dQ staging's
-//       last reduction read, before that warpgroup's staging writes.
-//   Warpgroup 1's own dQ reads its dS^T stores after a warpgroup bar.sync (warpgroup_sync), which
-//   also orders its leader's wait for its dQ staging's last reduction read before the warpgroup's
-//   staging writes. The statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as
-//   in the other modes: every consumer thread arrives on 4 + s once per step after its last read of
-//   the statistics (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on
-//   qdo_empty after its dV / dK products and on kv_empty after its last product reading K or V
-//   (warpgroup 0: S^T or dQ; warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same
-//   items and steps; both sync on B(g), which warpgroup 0 reaches after its arrival on A(g) and
-//   warpgroup 1 after its wait for A(g), which that arrival completes; before A(g) both wait on the
-//   producer only (qdo_full of g; the producer's waits for step g are on arrivals of steps before
-//   g, made as in the other modes: above). No early arrivals: warpgroup 0 arrives on A(g + 1) after
-//   passing B(g), which completes after warpgroup 1 waited for A(g); and neither reaches B(g + 1)
-//   before both passed B(g). Items without steps touch neither.
+//       them, and before warpgroup 1's own dQ wgmma reads of them (B is a sync of all 256 consumer
+//       threads; a warpgroup bar.sync that stood before that dQ product was redundant and went with
+//       the dQ writers); warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores
+//       (which follow B(g) in warpgroup 0's program order).
+//   The statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other
+//   modes: every consumer thread arrives on 4 + s once per step after its last read of the
+//   statistics (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty
+//   after its dV / dK products and on kv_empty after its last product reading K or V (warpgroup 0:
+//   S^T or dQ; warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and
+//   steps; both sync on B(g), which warpgroup 0 reaches after its arrival on A(g) and warpgroup 1
+//   after its wait for A(g), which that arrival completes; before A(g) both wait on the producer
+//   only (qdo_full of g; the producer's waits for step g are on arrivals of steps before g, made as
+//   in the other modes: above). No early arrivals: warpgroup 0 arrives on A(g + 1) after passing
+//   B(g), which completes after warpgroup 1 waited for A(g); and neither reaches B(g + 1) before
+//   both passed B(g). Items without steps touch neither.
 //   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
 //   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
 //   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
+//   The dQ hand-offs (the non-deterministic mode). Consumer warpgroup w's fp32 dQ part goes through
+//   its staging (L::kDQ + dq_offset(w)) and its slot (an int at L::kDqRow + w kDqSlotBytes) to its dQ writer,
+//   producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the accumulator: the
+//   warpgroup's threads neither wait for a reduction's read of the staging nor sync among
+//   themselves before the reduction is issued (a leader thread issued it before, after a warpgroup
+//   bar.sync, and waited for the previous part's read before a barrier preceding the staging
+//   writes). Two named barriers per warpgroup, 160 threads each (its 128 and the writer's 32):
+//   DQ_FULL(w) = 11 + w and DQ_EMPTY(w) = 13 + w. Part n of warpgroup w is its dQ part of its n-th
+//   step (counting over its items; items without steps have none), and after the last one, part N
+//   is its end:
+//     warpgroup w, part n < N (dq_staging_acquire / _release): after issuing the dQ product, sync
+//       DQ_EMPTY(w); wait for the product; store the part (STS) and fence.proxy.async; the leader
+//       stores the slot: the part's first accumulator row, or kDqNoRows (-1: the rows lie past
+//       the sequence and hold zeros); sync DQ_FULL(w), and go on. Part N (at the kernel's end):
+//       sync DQ_EMPTY(w); the leader stores kDqEnd (-2); sync DQ_FULL(w); exit.
+//     writer 1 + w, per part until it reads kDqEnd: lane 0 waits for the reads of its bulk groups
+//       (cp.async.bulk.wait_group.read 0); sync DQ_EMPTY(w); sync DQ_FULL(w); read the slot; for a
+//       row, lane 0 issues the part's dq_cols(w) / 32 reduce-adds (32-column tiles) and commits
+//       them as one group. After kDqEnd lane 0 waits for the groups' completion
+//       (cp.async.bulk.wait_group 0) before the warp exits (the consumers' leaders waited so at the
+//       CTA's end before).
+//   What each orders: DQ_FULL(w) phase n, the warpgroup's part-n stores (each thread's proxy fence
+//   makes its own visible to the async proxy that the reduce-adds read through) and slot store
+//   before the writer's slot read and reduce issue (both sync: with the warpgroup arriving, which the
+//   PTX memory model orders too, racecheck reported the slot's store and read in session 12, though
+//   it follows the probe's read after write over arrive / sync, bench/gpu/probes/racecheck_arrive.cu
+//   mode 6; the writer waits there already, so the sync costs the warpgroup nothing). DQ_EMPTY(w)
+//   phase n + 1: the reads of part n (lane 0's wait_group.read precedes its sync;
+//   bulk groups are per thread, so lane 0's are this warpgroup's only) and the writer's slot read
+//   before the warpgroup's part n + 1 stores and slot store: a write after read, so both sides sync
+//   (racecheck follows that, mode 0, and not arrive / sync, modes 1-3 and 7). Phase 0 of DQ_EMPTY
+//   orders nothing (a rendezvous).
+//   Matching counts: in the non-deterministic mode the consumers' dQ block runs at every step of
+//   every item with no early exit (the `last` step, masked, softcap and ALiBi steps alike; kExchange
+//   and kUneven in both warpgroups' instantiations: the block is the same code for both), so per
+//   part n < N each of the warpgroup's 128 threads makes one DQ_EMPTY sync and one DQ_FULL sync,
+//   the leader's slot store being the only thread-dependent part; part N likewise, once, after the
+//   item loop; the writer makes one DQ_EMPTY sync and one DQ_FULL sync per slot value it reads, up
+//   to kDqEnd, which is stored once, last. Every phase of both barriers gets exactly 160 arrivals
+//   and none is left pending at the exit. The deterministic mode has no part on either side
+//   (p.deterministic is uniform: the writers return at once, the consumers skip the dQ block and
+//   the end), nor do producer warps 0 and 3 touch these barriers. The writer needs no
+//   item sequence: the warpgroup's part count is the only thing both sides share.
+//   No early arrivals: a thread passes a sync only once its phase completed, and all 160 threads
+//   sync on every phase of DQ_EMPTY, so none can arrive on phase n + 1 before phase n completed.
+//   DQ_FULL: the writer syncs on phase n + 1 after its phase n sync returned; a warpgroup thread
+//   reaches phase n + 1 after its DQ_EMPTY sync of phase n + 1 returned, which needs the writer's
+//   sync on that phase, which follows the writer's DQ_FULL phase n sync in program order: phase n
+//   had completed.
+//   No deadlock: the writer waits only on its warpgroup (DQ_EMPTY(w) n: the warpgroup reaches it at
+//   part n; DQ_FULL(w) n: the warpgroup's arrivals, which follow its DQ_EMPTY(w) n sync with no wait
+//   but its own dQ product) and on the TMA unit's reads of reductions it issued (wait_group.read,
+//   which needs no thread). The warpgroup's DQ_FULL(w) n sync needs the writer's, which follows the
+//   writer's DQ_EMPTY(w) n sync with no wait between. Its other new wait, DQ_EMPTY(w) n, needs the
+//   writer there: the writer reaches it once DQ_FULL(w) n - 1 completed, i.e. after the warpgroup's own arrivals
+//   for part n - 1, made earlier in its program order, and its lane 0's wait.read returned. So the
+//   new waits add no dependence on the producer or on the other warpgroup (each warpgroup has its
+//   own writer and barriers; a single writer taking the two warpgroups' parts in turn would make a
+//   warpgroup's staging wait for the other's), and every wait of the argument above still returns:
+//   by induction on the steps, as there (the kv_empty arrival at an item's last step now follows
+//   that step's DQ_EMPTY sync, which returns without any producer action).
 // kMods: softcap and ALiBi compiled in (calls with either; run_bwd picks the instantiation), as in
 // the forward's kernels: the calls without them keep the loop they had.
 template <class T, int kD, bool kMods>
@@ -357,6 +433,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   uint64_t* qdo_full = kv_empty + 1;
   uint64_t* qdo_empty = qdo_full + kStages;
   uint64_t* p_full = qdo_empty + kStages;  // kExchange: hand-off A (the protocol above)
+  uint64_t* dq_full = p_full + 1;          // [2]: the dQ hand-offs (the protocol above)
+  uint64_t* dq_empty = dq_full + 2;        // [2]
   int* item_slot = reinterpret_cast<int*>(smem + L::kItem);  // the index handed over (the protocol above)
   constexpr int kEndItem = -1;                                 // ... after the last item
 
@@ -375,6 +453,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       bptx::mbarrier_init(qdo_empty + s, 8);
     }
     if (kExchange) bptx::mbarrier_init(p_full, 128);  // warpgroup 0's threads
+    for (int w = 0; w < 2; ++w) {
+      bptx::mbarrier_init(dq_full + w, 128);  // consumer warpgroup w's threads
+      bptx::mbarrier_init(dq_empty + w, 32);  // its writer's lanes
+    }
     bptx::fence_mbarrier_init(bptx::sem_release, bptx::scope_cluster);
   }
   __syncthreads();
@@ -384,6 +466,35 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // Warp 0 walks the steps converged (the statistics barrier is a whole-warp bar.sync), all lanes
     // waiting on the mbarriers; lane 0 issues the copies. Kept warp-uniform, the loop state fits the
     // 24 registers (in uniform registers): with the waits in lane 0's branch too, it spilled 20 bytes.
+    if (warp == 1 || warp == 2) {  // ---- dQ writer of consumer warpgroup w (the protocol above) ----
+      if (p.deterministic) return;  // no dQ parts: the consumers skip the hand-offs too
+      const int w = warp - 1;
+      const int* dq_row = reinterpret_cast<const int*>(smem + L::kDqRow + w * L::kDqSlotBytes);
+      unsigned char* src = smem + L::kDQ + L::dq_offset(w);
+      // The warp walks the hand-offs converged; lane 0 issues the reductions.
+      for (uint32_t n = 0;; ++n) {
+        bwd_wait(dq_full + w, n & 1);  // part n (or the end) is in the staging and the slot
+        const int row = *dq_row;
+        if (row == kDqEnd) break;
+        if (lane == 0 && row >= 0) {  // kDqNoRows: the part's rows lie past the sequence (zeros)
+          // Tiles of 32 columns (64 rows of 128 bytes each), from the part's first column.
+          static_assert(Shape::dq_cols(0) <= Shape::dq_cols(1), "warpgroup 1's part is the wider");
+#pragma unroll
+          for (int c = 0; c < Shape::dq_cols(1) / 32; ++c) {
+            if (c >= Shape::dq_cols(w) / 32) break;  // (kUneven: warpgroup 0's part is narrower)
+            const int32_t coords[4] = {Shape::dq_c(w) + c * 32, row, 0, 0};
+            bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
+                                              src + c * (64 * kSwizzleBytes));
+          }
+          bptx::cp_async_bulk_commit_group();
+          bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // (bulk groups are per thread)
+        }
+        __syncwarp();
+        bptx::mbarrier_arrive(dq_empty + w);  // phase n: the staging and the slot are free again
+      }
+      if (lane == 0) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
+      return;
+    }
     if (warp != 0) return;
     int g = 0, kv = 0;  // steps, hand-overs (the protocol above)
     // Hands item w (or kEndItem) to the consumers as kv_full's phase kv, which completes once the
@@ -473,7 +584,21 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const uint32_t k_wg = smem_base + L::kK + wk0 * kSwizzleBytes;  // this warpgroup's K rows
   const uint32_t v_wg = smem_base + L::kV + wk0 * kSwizzleBytes;
   const uint64_t k_desc = make_desc(k_wg, 16, kAtomBytes), v_desc = make_desc(v_wg, 16, kAtomBytes);
-  const bool leader = threadIdx.x % 128 == 0;  // issues this warpgroup's TMA reductions
+  const bool leader = threadIdx.x % 128 == 0;  // writes this warpgroup's dQ slot
+  // The non-deterministic mode's hand-offs of this warpgroup's dQ staging to the dQ writer (the
+  // protocol above): the staging (and slot) are this warpgroup's to write between
+  // dq_staging_acquire and dq_staging_release, which hands over the part's accumulator row (or
+  // kDqNoRows, kDqEnd). Once per step of every item, and once at the end.
+  int* dq_row = reinterpret_cast<int*>(smem + L::kDqRow + cwg * L::kDqSlotBytes);
+  uint32_t dq_parts = 0;  // parts handed over: part n waits for phase n - 1 of dq_empty
+  auto dq_staging_acquire = [&] {
+    if (dq_parts > 0) bwd_wait(dq_empty + cwg, (dq_parts - 1) & 1);
+  };
+  auto dq_staging_release = [&](int row) {
+    if (leader) *dq_row = row;  // (all threads' staging stores came before, each with its proxy fence)
+    bptx::mbarrier_arrive(dq_full + cwg);  // release.cta
+    ++dq_parts;
+  };
   auto release_kv = [&] {  // one arrival per warp, after all its lanes' reads of K / V and the item slot
     __syncwarp();
     if (lane == 0) bptx::mbarrier_arrive(kv_empty);
@@ -631,10 +756,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
           bptx::mbarrier_arrive(p_full);  // A(g): release.cta
         } else {
-          // Warpgroup 1: the dQ staging's last reduction read (the leader's wait, ordered before the
-          // warpgroup's staging writes by the warpgroup_sync before its dQ product), then warpgroup
-          // 0's P^T (A(g): phase g of p_full, acquire).
-          if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
+          // Warpgroup 1: warpgroup 0's P^T (A(g): phase g of p_full, acquire).
           bwd_wait(p_full, g & 1);
 #pragma unroll
           for (int j = 0; j < kQT; ++j) {
@@ -666,9 +788,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             }
         };
         if constexpr (kExchange && kW == 1) {
-          // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ. Buffer g % 2 was last
-          // read by step g - 2's products (warpgroup 0's dK and dQ, this warpgroup's dQ), which
-          // warpgroup 0 completed before A at g - 1 and this warpgroup before this step.
+          // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ (B is a sync of all 256
+          // consumer threads: it orders this warpgroup's stores before its own dQ reads too). Buffer
+          // g % 2 was last read by step g - 2's products (warpgroup 0's dK and dQ, this warpgroup's
+          // dQ), which warpgroup 0 completed before A at g - 1 and this warpgroup before this step.
           // B also releases this thread's read of P^T above.
           store_ds();
           fence_proxy_async_smem();
@@ -692,12 +815,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         } else {
           // Warpgroup 0 of kExchange: dK with A = warpgroup 1's dS^T from the buffer, read K-major (keys
           // are M, the contiguous queries K: the form of K as A of S^T), once B says it is written.
-          // The leader's wait for the dQ staging's last reduction read comes before B, which this
-          // warpgroup's threads pass only after the leader reached it (before their staging writes).
           wgmma_commit();
-          if (!p.deterministic && leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});
           consumers_sync<kDSReadyBarrier>();
-          // (A fence of its own: without it ptxas injects one here, C7519, after the branch above.)
+          // (A fence of its own: ptxas injected one here, C7519, after a branch that stood before B.)
           wgmma_fence();
           const uint64_t ds_k = make_desc(ds_addr + wk0 * kSwizzleBytes, 16, kAtomBytes);
 #pragma unroll
@@ -711,11 +831,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         if (!kExchange && !p.deterministic) {
           // The buffer was last read by step g - 2's dQ products, which both warpgroups finished
           // before step g - 1's consumers_sync.
-          if (leader) bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // last step's reduction read dq_wg
           // At d = 192 both warpgroups hold the same dS^T: warpgroup 0 writes it.
           if (!Shape::kSplitD || cwg == 0) store_ds();
           fence_proxy_async_smem();
-          consumers_sync();  // both warpgroups' dS^T written; both may overwrite their dQ staging
+          consumers_sync();  // both warpgroups' dS^T written, for both dQ products
         }
 
         wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
@@ -728,9 +847,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
           // dim (B = K rows read N-major), K = the item's kBN keys.
           float dq[kDqCols / 8][4];
-          // kExchange: this warpgroup's dS^T stores (store_ds) before its own dQ reads them. (Warpgroup
-          // 0 read them after B; the other modes after consumers_sync.)
-          if constexpr (kExchange && kW == 1) warpgroup_sync(cwg);
+          // (dS^T is read after B (kExchange) or consumers_sync (the other modes), both syncs of all
+          // 256 consumer threads after their stores and proxy fences.)
           const uint64_t ds_m = make_desc(ds_addr + (dq_m / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
           const uint64_t k_n = make_desc(smem_base + L::kK + (dq_c / 64) * (kBN * kSwizzleBytes), kBN * kSwizzleBytes, kAtomBytes);
           wgmma_fence();
@@ -738,11 +856,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           for (int kk = 0; kk < kBN / 16; ++kk)
             wgmma_ss<T, 1, 1>(dq, desc_add(ds_m, kk * 16 * kSwizzleBytes), desc_add(k_n, kk * 16 * kSwizzleBytes), kk > 0);
           wgmma_commit();
+          // While the product runs: the writer's reductions of this warpgroup's previous part have
+          // read the staging (DQ_EMPTY; the writer is usually there already).
+          dq_staging_acquire();
           wgmma_wait<0>();
           fence_operands(dq);
           if (last) release_kv();  // the item's last read of K
           // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-          // TMA's 128-byte swizzle), reduced below with one reduce-add per tile. Stored
+          // TMA's 128-byte swizzle), which the writer reduces with one reduce-add per tile. Stored
           // as the fragment lies (8-byte store i of a tile: column tile 4 T + i of rows wr, wr + 8),
           // a half warp (rows q .. q + 3, q % 8 = 0 or 4) writes 32 bytes of each row into 4
           // distinct chunk pairs: two ways in each bank, twice the ideal wavefronts (ncu, session 12:
@@ -750,10 +871,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // thread's store i takes column tile 4 T + (i ^ rho), rho = row % 4: the half warp's rows
           // then fill all 8 chunks. rho's bits pick the tile by two conditional swaps (SELs, 2 per
           // value), and the chunk offset is the thread's own XOR with 32 i (the swizzle is an XOR).
-          // Measured (session 12, H200, backward TFLOP/s, with the dQ writer of wip/sm90-bwd-dq-writer):
-          // d = 128 +2-7%, d = 64 +0-1%, d = 256 -1-2% (its 128 SELs per thread cost more than the
-          // conflicts: the d = 256 kernel waits on L2 and its products instead), so d > 128 keeps
-          // rho = 0, the fragment's order.
+          // Measured (session 12, H200, backward TFLOP/s): d = 128 +2-7%, d = 64 +0-1%, d = 256 -1-2%
+          // (its 128 SELs per thread cost more than the conflicts: the d = 256 kernel waits on L2
+          // and its products instead), so d > 128 keeps rho = 0, the fragment's order.
           static_assert(kDqCols % 32 == 0, "whole 32-column tiles");
           const int rho = kD <= 128 ? wr % 4 : 0;
 #pragma unroll
@@ -777,18 +897,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
               for (int i = 0; i < 4; ++i) *reinterpret_cast<float2*>(tile_base + (base ^ (32 * i))) = v[i];
             }
-          fence_proxy_async_smem();
-          warpgroup_sync(cwg);
-          if (leader && m0 + dq_m < sb.sq) {  // rows past the sequence hold zeros: nothing to add
-            const int row = static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m));
-#pragma unroll
-            for (int c = 0; c < kDqCols / 32; ++c) {
-              const int32_t coords[4] = {dq_c + c * 32, row, 0, 0};
-              bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
-                                                dq_wg + c * (64 * kSwizzleBytes));
-            }
-            bptx::cp_async_bulk_commit_group();
-          }
+          fence_proxy_async_smem();  // for the writer's reductions (async proxy)
+          // The part's first accumulator row (run_bwd keeps the rows below 2^31); rows past the
+          // sequence hold zeros: nothing to add.
+          dq_staging_release(m0 + dq_m < sb.sq ? static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m))
+                                                : kDqNoRows);
         }
       }
       // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
@@ -857,7 +970,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   } else {
     consume(std::integral_constant<int, 0>{});
   }
-  if (leader) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
+  if (!p.deterministic) {  // this warpgroup's end for the dQ writer (the protocol above)
+    dq_staging_acquire();
+    dq_staging_release(kDqEnd);
+  }
 #else
   __trap();  // built for sm_90a only; dispatch never launches it elsewhere
 #endif
