@@ -13,6 +13,9 @@
 // (its warps then adjacent to the warpgroup's); 4 mode 0 with the slot stored and loaded by atomics;
 // 5 FULL an mbarrier, EMPTY named with the writer arriving and the warpgroup syncing.
 // Each mode also counts wrong values read (a real race shows as mismatches).
+// Session 12 (H200, CUDA 13.0): 0 mismatches and 0 racecheck hazards in every mode, mode 0 included:
+// the pattern alone does not draw the kernel's reports. The kernel took the mbarrier form (mode 2),
+// with which its racecheck runs are clean.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>

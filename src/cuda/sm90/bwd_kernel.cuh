@@ -150,10 +150,10 @@ struct BwdSmem {
   // dq_empty[2] (bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
   static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages + 4);  // the handed-over item index (bwd_kernel)
-  // Warpgroup w's dQ slot (an int, bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes. Each on a
-  // 128-byte line of its own: with the two slots 4 bytes apart, compute-sanitizer's racecheck
-  // reported one warpgroup's slot store against the other warpgroup's writer's read (session 12),
-  // which no barrier of theirs orders, nor needs to.
+  // Warpgroup w's dQ slot (an int, bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes, each on a
+  // 128-byte line of its own. (Tried in session 12 against racecheck's reports of the slots under
+  // named barriers, which it did not change: those paired each warpgroup's leader with its own
+  // writer; the mbarriers did. Kept as it was tested; the 256 bytes are spare.)
   static constexpr int kDqSlotBytes = 128;
   static constexpr int kDqRow = kItem + 128;
   static constexpr int kBytes = kDqRow + 2 * kDqSlotBytes + 1024;
@@ -165,8 +165,8 @@ __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
   }
 }
 
-// Named barriers (0 is __syncthreads; 1 and 2 are unused since the dQ writer took over the per-
-// warpgroup staging syncs): 3, both consumer warpgroups (256 threads: the dS^T hand-off between
+// Named barriers (0 is __syncthreads; 1 and 2 are unused since the dQ writers took over the
+// per-warpgroup staging syncs): 3, both consumer warpgroups (256 threads: the dS^T hand-off between
 // them); 4 + s, 8, 10 below.
 // Both consumer warpgroups (256 threads) on named barrier kId: 3 (kConsumersBarrier) for the dS^T
 // hand-off of the other modes, 10 for kExchange's B (below). Not .aligned (bar.sync is
@@ -203,13 +203,7 @@ __device__ __forceinline__ void item_read_sync() {
   __syncwarp();
   asm volatile("bar.sync %0, 288;\n" ::"n"(kItemReadBarrier) : "memory");
 }
-// The non-deterministic mode's dQ staging hand-offs between consumer warpgroup w and its dQ writer
-// (producer warp 1 + w; bwd_kernel's protocol) are the mbarriers dq_full[w] (the warpgroup's 128
-// threads arrive: its part, or its end, is in its staging and slot) and dq_empty[w] (the writer's
-// 32 lanes arrive: the part's reduce-adds have read the staging and the lanes the slot). With named
-// barriers (160 threads, both sides syncing on both) racecheck reported the slot's store and read
-// in session 12, though its probe (bench/gpu/probes/racecheck_slot.cu) drew no report in any form.
-// The slot's values besides an accumulator row (bwd_kernel's protocol).
+// The dQ slot's values besides an accumulator row (bwd_kernel's protocol, the dQ hand-offs).
 constexpr int kDqNoRows = -1;  // the part's rows lie past the sequence: nothing to add
 constexpr int kDqEnd = -2;     // the warpgroup has no more parts
 
@@ -304,7 +298,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   consumers_sync (kExchange: by hand-off A, below) (g global: restarted per item, an item's first
 //   step could overwrite the buffer that the other warpgroup's dQ product of the previous item's
 //   last step still reads); a
-//   warpgroup's dQ staging and slot by DQ_EMPTY (the dQ hand-offs, below).
+//   warpgroup's dQ staging and slot by dq_empty (the dQ hand-offs, below).
 //   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX and each of its threads
 //   arrives on the mbarrier p_full (A, count 128: phase g); warpgroup 1 waits for phase g, reads
 //   P^T(g), computes dS^T(g), writes it to dS^T buffer g % 2 (then fence.proxy.async) and both
@@ -345,66 +339,53 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
 //   The dQ hand-offs (the non-deterministic mode). Consumer warpgroup w's fp32 dQ part goes through
-//   its staging (L::kDQ + dq_offset(w)) and its slot (an int at L::kDqRow + w kDqSlotBytes) to its dQ writer,
-//   producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the accumulator: the
-//   warpgroup's threads neither wait for a reduction's read of the staging nor sync among
-//   themselves before the reduction is issued (a leader thread issued it before, after a warpgroup
-//   bar.sync, and waited for the previous part's read before a barrier preceding the staging
-//   writes). Two named barriers per warpgroup, 160 threads each (its 128 and the writer's 32):
-//   DQ_FULL(w) = 11 + w and DQ_EMPTY(w) = 13 + w. Part n of warpgroup w is its dQ part of its n-th
-//   step (counting over its items; items without steps have none), and after the last one, part N
-//   is its end:
-//     warpgroup w, part n < N (dq_staging_acquire / _release): after issuing the dQ product, sync
-//       DQ_EMPTY(w); wait for the product; store the part (STS) and fence.proxy.async; the leader
-//       stores the slot: the part's first accumulator row, or kDqNoRows (-1: the rows lie past
-//       the sequence and hold zeros); sync DQ_FULL(w), and go on. Part N (at the kernel's end):
-//       sync DQ_EMPTY(w); the leader stores kDqEnd (-2); sync DQ_FULL(w); exit.
-//     writer 1 + w, per part until it reads kDqEnd: lane 0 waits for the reads of its bulk groups
-//       (cp.async.bulk.wait_group.read 0); sync DQ_EMPTY(w); sync DQ_FULL(w); read the slot; for a
-//       row, lane 0 issues the part's dq_cols(w) / 32 reduce-adds (32-column tiles) and commits
-//       them as one group. After kDqEnd lane 0 waits for the groups' completion
-//       (cp.async.bulk.wait_group 0) before the warp exits (the consumers' leaders waited so at the
-//       CTA's end before).
-//   What each orders: DQ_FULL(w) phase n, the warpgroup's part-n stores (each thread's proxy fence
-//   makes its own visible to the async proxy that the reduce-adds read through) and slot store
-//   before the writer's slot read and reduce issue (both sync: with the warpgroup arriving, which the
-//   PTX memory model orders too, racecheck reported the slot's store and read in session 12, though
-//   it follows the probe's read after write over arrive / sync, bench/gpu/probes/racecheck_arrive.cu
-//   mode 6; the writer waits there already, so the sync costs the warpgroup nothing). DQ_EMPTY(w)
-//   phase n + 1: the reads of part n (lane 0's wait_group.read precedes its sync;
-//   bulk groups are per thread, so lane 0's are this warpgroup's only) and the writer's slot read
-//   before the warpgroup's part n + 1 stores and slot store: a write after read, so both sides sync
-//   (racecheck follows that, mode 0, and not arrive / sync, modes 1-3 and 7). Phase 0 of DQ_EMPTY
-//   orders nothing (a rendezvous).
+//   its staging (L::kDQ + dq_offset(w)) and its slot (an int at L::kDqRow + w kDqSlotBytes) to its
+//   dQ writer, producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the
+//   accumulator: the warpgroup's threads neither wait for a reduction's read of the staging nor sync
+//   among themselves before it is issued (before session 12 a leader thread issued it after a
+//   warpgroup bar.sync and waited for the previous part's read). Two mbarriers per warpgroup:
+//   dq_full[w] (count 128) and dq_empty[w] (count 32). Part n of warpgroup w is its dQ part of its
+//   n-th step (counting over its items; items without steps have none), and after the last one,
+//   part N is its end:
+//     warpgroup w, part n < N (dq_staging_acquire / _release): after issuing the dQ product, for
+//       n > 0 wait for phase n - 1 of dq_empty[w]; wait for the product; store the part (STS) and
+//       fence.proxy.async; the leader stores the slot: the part's first accumulator row, or
+//       kDqNoRows (-1: the rows lie past the sequence and hold zeros); every thread arrives on
+//       dq_full[w] (phase n), and goes on. Part N (at the kernel's end): the same wait, the leader
+//       stores kDqEnd (-2), every thread arrives.
+//     writer 1 + w, per part n until it reads kDqEnd: wait for phase n of dq_full[w]; read the slot;
+//       for a row, lane 0 issues the part's dq_cols(w) / 32 reduce-adds (32-column tiles), commits
+//       them as one group and waits for their reads of the staging (cp.async.bulk.wait_group.read
+//       0); every lane arrives on dq_empty[w] (phase n). After kDqEnd lane 0 waits for the groups'
+//       completion (cp.async.bulk.wait_group 0) before the warp exits.
+//   What each orders: dq_full[w] phase n, each thread's part-n stores (its proxy fence makes them
+//   visible to the async proxy that the reduce-adds read through) and the leader's slot store
+//   before the writer's slot read and reduce issue (arrive releases, the wait acquires);
+//   dq_empty[w] phase n, the reads of part n (lane 0's wait_group.read precedes its arrival; bulk
+//   groups are per thread, so lane 0's are this writer's only) and every lane's slot read before
+//   the warpgroup's part n + 1 stores. The first form (session 12), named barriers of 160 threads
+//   with both sides syncing on both, drew racecheck reports of the slot's store against its read,
+//   though the same pattern alone in bench/gpu/probes/racecheck_slot.cu drew none; with the
+//   mbarriers racecheck is clean, and the slots sit on 128-byte lines of their own.
 //   Matching counts: in the non-deterministic mode the consumers' dQ block runs at every step of
 //   every item with no early exit (the `last` step, masked, softcap and ALiBi steps alike; kExchange
-//   and kUneven in both warpgroups' instantiations: the block is the same code for both), so per
-//   part n < N each of the warpgroup's 128 threads makes one DQ_EMPTY sync and one DQ_FULL sync,
-//   the leader's slot store being the only thread-dependent part; part N likewise, once, after the
-//   item loop; the writer makes one DQ_EMPTY sync and one DQ_FULL sync per slot value it reads, up
-//   to kDqEnd, which is stored once, last. Every phase of both barriers gets exactly 160 arrivals
-//   and none is left pending at the exit. The deterministic mode has no part on either side
-//   (p.deterministic is uniform: the writers return at once, the consumers skip the dQ block and
-//   the end), nor do producer warps 0 and 3 touch these barriers. The writer needs no
-//   item sequence: the warpgroup's part count is the only thing both sides share.
-//   No early arrivals: a thread passes a sync only once its phase completed, and all 160 threads
-//   sync on every phase of DQ_EMPTY, so none can arrive on phase n + 1 before phase n completed.
-//   DQ_FULL: the writer syncs on phase n + 1 after its phase n sync returned; a warpgroup thread
-//   reaches phase n + 1 after its DQ_EMPTY sync of phase n + 1 returned, which needs the writer's
-//   sync on that phase, which follows the writer's DQ_FULL phase n sync in program order: phase n
-//   had completed.
-//   No deadlock: the writer waits only on its warpgroup (DQ_EMPTY(w) n: the warpgroup reaches it at
-//   part n; DQ_FULL(w) n: the warpgroup's arrivals, which follow its DQ_EMPTY(w) n sync with no wait
-//   but its own dQ product) and on the TMA unit's reads of reductions it issued (wait_group.read,
-//   which needs no thread). The warpgroup's DQ_FULL(w) n sync needs the writer's, which follows the
-//   writer's DQ_EMPTY(w) n sync with no wait between. Its other new wait, DQ_EMPTY(w) n, needs the
-//   writer there: the writer reaches it once DQ_FULL(w) n - 1 completed, i.e. after the warpgroup's own arrivals
-//   for part n - 1, made earlier in its program order, and its lane 0's wait.read returned. So the
-//   new waits add no dependence on the producer or on the other warpgroup (each warpgroup has its
-//   own writer and barriers; a single writer taking the two warpgroups' parts in turn would make a
-//   warpgroup's staging wait for the other's), and every wait of the argument above still returns:
-//   by induction on the steps, as there (the kv_empty arrival at an item's last step now follows
-//   that step's DQ_EMPTY sync, which returns without any producer action).
+//   and kUneven in both warpgroups' instantiations: the block is the same code for both), so each
+//   of the warpgroup's 128 threads arrives once per part, the leader's slot store being the only
+//   thread-dependent part, and part N once, after the item loop; the writer's 32 lanes arrive once
+//   per part before kDqEnd. The deterministic mode has no part on either side (p.deterministic is
+//   uniform: the writers return at once, the consumers skip the dQ block and the end), nor do
+//   producer warps 0 and 3 touch these barriers. The writer needs no item sequence: the part
+//   count is the only thing both sides share. A parity wait cannot mistake a phase two ahead:
+//   dq_full phase n + 1 needs dq_empty phase n, which needs the writer past its phase-n wait, and
+//   dq_empty phase n needs dq_full phase n, which needs the warpgroup past its phase n - 1 wait.
+//   No deadlock: the writer waits only on its warpgroup's arrivals (which follow, for part n, its
+//   wait on dq_empty phase n - 1 and its own dQ product) and on the TMA unit's reads of reductions it
+//   issued (which need no thread); the warpgroup's new wait, dq_empty phase n - 1, needs only the
+//   writer's arrival after part n - 1, which the warpgroup's own arrivals for part n - 1, made
+//   earlier in its program order, enabled. So these waits add no dependence on the producer or on
+//   the other warpgroup (each warpgroup has its own writer and barriers; a single writer taking the
+//   two warpgroups' parts in turn would make a warpgroup's staging wait for the other's), and every
+//   wait of the argument above still returns, by induction on the steps as there.
 // kMods: softcap and ALiBi compiled in (calls with either; run_bwd picks the instantiation), as in
 // the forward's kernels: the calls without them keep the loop they had.
 template <class T, int kD, bool kMods>
@@ -857,7 +838,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             wgmma_ss<T, 1, 1>(dq, desc_add(ds_m, kk * 16 * kSwizzleBytes), desc_add(k_n, kk * 16 * kSwizzleBytes), kk > 0);
           wgmma_commit();
           // While the product runs: the writer's reductions of this warpgroup's previous part have
-          // read the staging (DQ_EMPTY; the writer is usually there already).
+          // read the staging (dq_empty; usually long done).
           dq_staging_acquire();
           wgmma_wait<0>();
           fence_operands(dq);
