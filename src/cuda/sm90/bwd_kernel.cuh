@@ -109,6 +109,10 @@ struct BwdShape {
   static constexpr int kBN = bwd_block_n(kD);               // keys per item
   static constexpr int kStages = kD == 256 ? 1 : 2;         // Q / dO buffers in flight
   static constexpr int kWgKeys = kSplitD ? 0 : 64;          // warpgroup w's first key: kWgKeys * w
+  // The dQ staging's tiles (bwd_kernel's stores, the writers' reduce-adds, run_bwd's tensor map):
+  // kDqTileCols fp32 columns x 64 rows, 128-byte swizzled at 32 columns, unswizzled at 8.
+  static constexpr int kDqTileCols = kD == 64 ? 8 : 32;
+  static constexpr int kDqTileBytes = 64 * kDqTileCols * 4;
   // Warpgroup w's dK / dV columns [wc0(w), + wg_cols(w)) and dQ part columns [dq_c(w), + dq_cols(w)),
   // rows [dq_m(w), + 64) of the step.
   __host__ __device__ static constexpr int wg_cols(int w) { return !kSplitD ? kD : kUneven && w == 1 ? 64 : 128; }
@@ -354,7 +358,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks
 //       dq_full[w] (phase n), and goes on. Part N (at the kernel's end): the same wait, the leader
 //       stores kDqEnd (-2), every thread arrives.
 //     writer 1 + w, per part n until it reads kDqEnd: wait for phase n of dq_full[w]; read the slot;
-//       for a row, lane 0 issues the part's dq_cols(w) / 32 reduce-adds (32-column tiles), commits
+//       for a row, lane 0 issues the part's dq_cols(w) / Shape::kDqTileCols reduce-adds (one per tile), commits
 //       them as one group and waits for their reads of the staging (cp.async.bulk.wait_group.read
 //       0); every lane arrives on dq_empty[w] (phase n). After kDqEnd lane 0 waits for the groups'
 //       completion (cp.async.bulk.wait_group 0) before the warp exits.
@@ -458,14 +462,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const int row = *dq_row;
         if (row == kDqEnd) break;
         if (lane == 0 && row >= 0) {  // kDqNoRows: the part's rows lie past the sequence (zeros)
-          // Tiles of 32 columns (64 rows of 128 bytes each), from the part's first column.
+          // Tiles of kDqTileCols columns (64 rows each), from the part's first column.
           static_assert(Shape::dq_cols(0) <= Shape::dq_cols(1), "warpgroup 1's part is the wider");
+          constexpr int kTile = Shape::kDqTileCols;
 #pragma unroll
-          for (int c = 0; c < Shape::dq_cols(1) / 32; ++c) {
-            if (c >= Shape::dq_cols(w) / 32) break;  // (kUneven: warpgroup 0's part is narrower)
-            const int32_t coords[4] = {Shape::dq_c(w) + c * 32, row, 0, 0};
+          for (int c = 0; c < Shape::dq_cols(1) / kTile; ++c) {
+            if (c >= Shape::dq_cols(w) / kTile) break;  // (kUneven: warpgroup 0's part is narrower)
+            const int32_t coords[4] = {Shape::dq_c(w) + c * kTile, row, 0, 0};
             bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
-                                              src + c * (64 * kSwizzleBytes));
+                                              src + c * Shape::kDqTileBytes);
           }
           bptx::cp_async_bulk_commit_group();
           bptx::cp_async_bulk_wait_group_read(bptx::n32_t<0>{});  // (bulk groups are per thread)
@@ -843,41 +848,56 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           wgmma_wait<0>();
           fence_operands(dq);
           if (last) release_kv();  // the item's last read of K
-          // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
-          // TMA's 128-byte swizzle), which the writer reduces with one reduce-add per tile. Stored
-          // as the fragment lies (8-byte store i of a tile: column tile 4 T + i of rows wr, wr + 8),
-          // a half warp (rows q .. q + 3, q % 8 = 0 or 4) writes 32 bytes of each row into 4
-          // distinct chunk pairs: two ways in each bank, twice the ideal wavefronts (ncu, session 12:
-          // 4 per store instead of 2; the staging held ~10% of the d = 256 stall samples). So the
-          // thread's store i takes column tile 4 T + (i ^ rho), rho = row % 4: the half warp's rows
-          // then fill all 8 chunks. rho's bits pick the tile by two conditional swaps (SELs, 2 per
-          // value), and the chunk offset is the thread's own XOR with 32 i (the swizzle is an XOR).
-          // Measured (session 12, H200, backward TFLOP/s): d = 128 +2-7%, d = 64 +0-1%, d = 256 -1-2%
-          // (its 128 SELs per thread cost more than the conflicts: the d = 256 kernel waits on L2
-          // and its products instead), so d > 128 keeps rho = 0, the fragment's order.
-          static_assert(kDqCols % 32 == 0, "whole 32-column tiles");
-          const int rho = kD <= 128 ? wr % 4 : 0;
+          if constexpr (Shape::kDqTileCols == 8) {
+            // At d = 64: tiles of 8 columns (64 rows of 32 bytes, unswizzled): thread q of a quad
+            // holds columns 2 q, + 1 of tile dt, so a half warp's 8-byte store covers 4 whole rows,
+            // 128 contiguous bytes: one wavefront, with no SELs; the writer issues 4x the
+            // reduce-adds, of 2 KB each. Measured (session 12, H200, backward TFLOP/s, against the
+            // 32-column form below): d = 64 +4-5%, but d = 128 -3-5%, d = 192 -10-17%, d = 256 -21-41%
+            // (the many small reduce-adds), hence only at d = 64.
 #pragma unroll
-          for (int tile = 0; tile < kDqCols / 32; ++tile)
+            for (int dt = 0; dt < kDqCols / 8; ++dt)
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              float2 v[4];
+              for (int r = 0; r < 2; ++r)
+                *reinterpret_cast<float2*>(dq_wg + dt * Shape::kDqTileBytes + (wr + 8 * r) * 32 + (lane % 4) * 8) =
+                    make_float2(dq[dt][2 * r], dq[dt][2 * r + 1]);
+          } else {
+            // dQ part -> fp32 tiles of 32 columns (128-byte rows, 16-byte chunk u of row q at u ^ (q % 8):
+            // TMA's 128-byte swizzle), which the writer reduces with one reduce-add per tile. Stored
+            // as the fragment lies (8-byte store i of a tile: column tile 4 T + i of rows wr, wr + 8),
+            // a half warp (rows q .. q + 3, q % 8 = 0 or 4) writes 32 bytes of each row into 4
+            // distinct chunk pairs: two ways in each bank, twice the ideal wavefronts (ncu, session 12:
+            // 4 per store instead of 2; the staging held ~10% of the d = 256 stall samples). So the
+            // thread's store i takes column tile 4 T + (i ^ rho), rho = row % 4: the half warp's rows
+            // then fill all 8 chunks. rho's bits pick the tile by two conditional swaps (SELs, 2 per
+            // value), and the chunk offset is the thread's own XOR with 32 i (the swizzle is an XOR).
+            // Measured (session 12, H200, backward TFLOP/s): d = 128 +2-7%, d = 256 -1-2% (its 128 SELs
+            // per thread cost more than the conflicts: the d = 256 kernel waits on L2 and its products
+            // instead), so d > 128 keeps rho = 0, the fragment's order.
+            static_assert(kDqCols % 32 == 0, "whole 32-column tiles");
+            const int rho = kD <= 128 ? wr % 4 : 0;
 #pragma unroll
-              for (int i = 0; i < 4; ++i) v[i] = make_float2(dq[4 * tile + i][2 * r], dq[4 * tile + i][2 * r + 1]);
-              auto swap_if = [](bool c, float2& a, float2& b) {
-                const float2 a0 = a;
-                a = c ? b : a;
-                b = c ? a0 : b;
-              };
-              swap_if(rho & 1, v[0], v[1]), swap_if(rho & 1, v[2], v[3]);  // v[i] <- v[i ^ (rho & 1)]
-              swap_if(rho & 2, v[0], v[2]), swap_if(rho & 2, v[1], v[3]);  // v[i] <- v[i ^ rho]
-              const int row = wr + 8 * r, q = lane % 4;
-              // Byte offset of tile 4 T + i's columns 2 q, + 1 in row `row`: chunk (2 (i ^ rho) + q / 2) ^ (row % 8).
-              const int base = row * kSwizzleBytes + (((2 * rho + q / 2) ^ (row % 8)) * 16) + (q % 2) * 8;
-              unsigned char* tile_base = dq_wg + tile * (64 * kSwizzleBytes);
+            for (int tile = 0; tile < kDqCols / 32; ++tile)
 #pragma unroll
-              for (int i = 0; i < 4; ++i) *reinterpret_cast<float2*>(tile_base + (base ^ (32 * i))) = v[i];
-            }
+              for (int r = 0; r < 2; ++r) {
+                float2 v[4];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) v[i] = make_float2(dq[4 * tile + i][2 * r], dq[4 * tile + i][2 * r + 1]);
+                auto swap_if = [](bool c, float2& a, float2& b) {
+                  const float2 a0 = a;
+                  a = c ? b : a;
+                  b = c ? a0 : b;
+                };
+                swap_if(rho & 1, v[0], v[1]), swap_if(rho & 1, v[2], v[3]);  // v[i] <- v[i ^ (rho & 1)]
+                swap_if(rho & 2, v[0], v[2]), swap_if(rho & 2, v[1], v[3]);  // v[i] <- v[i ^ rho]
+                const int row = wr + 8 * r, q = lane % 4;
+                // Byte offset of tile 4 T + i's columns 2 q, + 1 in row `row`: chunk (2 (i ^ rho) + q / 2) ^ (row % 8).
+                const int base = row * kSwizzleBytes + (((2 * rho + q / 2) ^ (row % 8)) * 16) + (q % 2) * 8;
+                unsigned char* tile_base = dq_wg + tile * (64 * kSwizzleBytes);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) *reinterpret_cast<float2*>(tile_base + (base ^ (32 * i))) = v[i];
+              }
+          }
           fence_proxy_async_smem();  // for the writer's reductions (async proxy)
           // The part's first accumulator row (run_bwd keeps the rows below 2^31); rows past the
           // sequence hold zeros: nothing to add.
@@ -998,7 +1018,9 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
                         BwdShape<kD>::kBM, type) &&
       // The accumulator is kAccD wide: the reductions of columns past it (kD > kAccD) fall outside
       // the tensor and TMA drops them.
-      encode_tensor_map(&tdq, {dq_accum, kAccD, accum_rows, 1, 1, kAccD, 0, 0}, 64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4);
+      encode_tensor_map(&tdq, {dq_accum, kAccD, accum_rows, 1, 1, kAccD, 0, 0}, 64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4,
+                        BwdShape<kD>::kDqTileCols * 4,
+                        BwdShape<kD>::kDqTileCols == 8 ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B);
   if (!ok) return Status{ErrorCode::Unsupported, "sm90 backward: the driver refused a tensor map for these strides"};
 
   // Softcap / ALiBi (no dropout here: use_sm90_backward) run the kMods instantiation.

@@ -42,12 +42,13 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// Encodes `t` for boxes of box_cols columns (128 bytes: 64 16-bit or 32 fp32 elements) x box_rows
-// rows x 1 head x 1 batch, 128-byte swizzled in shared memory (the layout wgmma.cuh describes),
-// out-of-range elements read as zeros (and skipped by reductions). Returns false if the driver
-// refuses (strides not multiples of 16 bytes, and the like).
+// Encodes `t` for boxes of box_bytes of columns (by default 128 bytes: 64 16-bit or 32 fp32
+// elements) x box_rows rows x 1 head x 1 batch, by default 128-byte swizzled in shared memory (the
+// layout wgmma.cuh describes), out-of-range elements read as zeros (and skipped by reductions).
+// Returns false if the driver refuses (strides not multiples of 16 bytes, and the like).
 inline bool encode_tensor_map(CUtensorMap* map, const TensorDesc& t, int box_rows, CUtensorMapDataType type,
-                              int elem_bytes = 2) {
+                              int elem_bytes = 2, int box_bytes = kSwizzleBytes,
+                              CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
   if (encode == nullptr) return false;
   // Strides of extent-1 dims are free; give them a legal value (a multiple of 16 bytes).
@@ -57,10 +58,10 @@ inline bool encode_tensor_map(CUtensorMap* map, const TensorDesc& t, int box_row
                 bs = stride(t.batch, t.batch_stride, fallback);
   cuuint64_t dims[4] = {cuuint64_t(t.cols), cuuint64_t(t.rows), cuuint64_t(t.heads), cuuint64_t(t.batch)};
   cuuint64_t strides[3] = {cuuint64_t(rs * elem_bytes), cuuint64_t(hs * elem_bytes), cuuint64_t(bs * elem_bytes)};
-  cuuint32_t box[4] = {cuuint32_t(kSwizzleBytes / elem_bytes), cuuint32_t(box_rows), 1, 1};
+  cuuint32_t box[4] = {cuuint32_t(box_bytes / elem_bytes), cuuint32_t(box_rows), 1, 1};
   cuuint32_t elem_strides[4] = {1, 1, 1, 1};
   const CUresult r = encode(map, type, 4, const_cast<void*>(t.base), dims, strides, box, elem_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
 }
