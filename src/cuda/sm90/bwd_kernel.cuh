@@ -853,7 +853,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             // holds columns 2 q, + 1 of tile dt, so a half warp's 8-byte store covers 4 whole rows,
             // 128 contiguous bytes: one wavefront, with no SELs; the writer issues 4x the
             // reduce-adds, of 2 KB each. Measured (session 12, H200, backward TFLOP/s, against the
-            // 32-column form below): d = 64 +4-5%, but d = 128 -3-5%, d = 192 -10-17%, d = 256 -21-41%
+            // 32-column form below): d = 64 +4-5%, but d = 128 -3-5%, d = 192 -9-15%, d = 256 -17-29%
             // (the many small reduce-adds), hence only at d = 64.
 #pragma unroll
             for (int dt = 0; dt < kDqCols / 8; ++dt)
@@ -871,9 +871,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             // thread's store i takes column tile 4 T + (i ^ rho), rho = row % 4: the half warp's rows
             // then fill all 8 chunks. rho's bits pick the tile by two conditional swaps (SELs, 2 per
             // value), and the chunk offset is the thread's own XOR with 32 i (the swizzle is an XOR).
-            // Measured (session 12, H200, backward TFLOP/s): d = 128 +2-7%, d = 256 -1-2% (its 128 SELs
-            // per thread cost more than the conflicts: the d = 256 kernel waits on L2 and its products
-            // instead), so d > 128 keeps rho = 0, the fragment's order.
+            // Measured (session 12, H200, backward TFLOP/s): d = 128 +2-7% (512 causal -1%), d = 256
+            // -1-2% (its 128 SELs per thread cost more than the conflicts: the d = 256 kernel waits on
+            // L2 and its products instead), so d > 128 keeps rho = 0, the fragment's order.
             static_assert(kDqCols % 32 == 0, "whole 32-column tiles");
             const int rho = kD <= 128 ? wr % 4 : 0;
 #pragma unroll
