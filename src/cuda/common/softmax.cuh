@@ -8,6 +8,16 @@
 
 namespace ioattn::cuda {
 
+// op over t[0 .. n): pairs at distance 1, 2, 4, ... (t is overwritten; any n).
+template <int kN, class Op>
+__device__ __forceinline__ float tree_reduce(float (&t)[kN], Op op) {
+#pragma unroll
+  for (int w = 1; w < kN; w *= 2)
+#pragma unroll
+    for (int i = 0; i + w < kN; i += 2 * w) t[i] = op(t[i], t[i + w]);
+  return t[0];
+}
+
 struct OnlineSoftmax {
   float m[2];  // running row maximum, log2 units (quad-uniform)
   float l[2];  // running sum of exp2(x - m): this thread's columns only, summed over the quad at the end
@@ -29,9 +39,14 @@ struct OnlineSoftmax {
   __device__ __forceinline__ void update(float (&x)[kNTiles][4], float (&alpha)[2], float scale = 1.0f) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = kScaled ? -INFINITY : m[r];
+      // The row's maximum and (below) its sum as pairwise trees, log2(2 kNTiles) deep, not as chains
+      // of 2 kNTiles dependent instructions: with two consumer warps per scheduler (the sm90 d = 64
+      // causal tile) the chains' fixed latencies held a third of the stall samples.
+      float t[kNTiles];
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) mx = fmaxf(mx, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
+      for (int nt = 0; nt < kNTiles; ++nt) t[nt] = fmaxf(x[nt][2 * r], x[nt][2 * r + 1]);
+      float mx = tree_reduce(t, [](float a, float b) { return fmaxf(a, b); });
+      if (!kScaled) mx = fmaxf(mx, m[r]);
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       if (kScaled) mx = fmaxf(m[r], mx * scale);  // to log2 units; -inf * scale stays -inf
@@ -40,7 +55,6 @@ struct OnlineSoftmax {
       // lets the caller skip rescaling O (fwd_kernel.cuh) whatever ex2.approx returns for 0.
       alpha[r] = m[r] == base ? 1.0f : fast_exp2(m[r] - base);
       m[r] = mx;
-      float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
         if (kScaled) {
@@ -50,9 +64,9 @@ struct OnlineSoftmax {
           x[nt][2 * r] = fast_exp2(x[nt][2 * r] - base);
           x[nt][2 * r + 1] = fast_exp2(x[nt][2 * r + 1] - base);
         }
-        sum += x[nt][2 * r] + x[nt][2 * r + 1];
+        t[nt] = x[nt][2 * r] + x[nt][2 * r + 1];
       }
-      l[r] = l[r] * alpha[r] + sum;
+      l[r] = fmaf(l[r], alpha[r], tree_reduce(t, [](float a, float b) { return a + b; }));
     }
   }
 
