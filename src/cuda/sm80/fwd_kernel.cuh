@@ -157,10 +157,10 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods, kPaired>::warps * 32, Fw
           mod.apply<true, true>(s[mt], row, col0);
         else
           mod.apply<false, true>(s[mt], row, col0);
-        softmax[mt].update(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
+        softmax[mt].update<false, true>(s[mt], alpha);  // s now holds P (undropped: l and LSE use it)
       } else {  // raw scores; the scale is folded into the exponent (one FFMA per element)
         if (boundary) mod.apply_mask(s[mt], row, col0);
-        softmax[mt].update<true>(s[mt], alpha, mod.scale_log2);
+        softmax[mt].update<true, true>(s[mt], alpha, mod.scale_log2);
       }
       if (kMods && has_dropout) dropout.apply(s[mt], row, col0);
       // Rescale O only when some row of the warp's m-tile got a new maximum (alpha != 1). Once a
