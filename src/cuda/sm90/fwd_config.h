@@ -50,6 +50,10 @@ struct FwdTile {
 //            2048 / 16k). With pingpong persistent without overlap: 591 / 391 / 666 / 654 against
 //            460 / 341 / 587 / 559 for the old schedule in the same run (one CTA per tile with
 //            pingpong: 561 / 353 / 684 / 644, + overlap 561 / 362 / 689 / 653).
+//            Session 13 (bench/results/variants-nvidia-h200-2026-11-22-s13-fwd-overlap-ab.txt), adding
+//            overlap to the persistent pingpong schedule: 643 / 544 / 700 / 681 against 631 / 534 / 691 /
+//            676 (+1-2%), 512 / 1024 within +-1%. The same flag at d = 192 / 256: +-3% either way, not
+//            taken.
 //   d = 192: the d = 256 schedule (block_n 64) with 3 of its 4 column tiles: 596 / 415 / 691 / 673
 //            (cuDNN 622 / 519 / 646 / 564 in the same run, session 4), where rounding up to the
 //            d = 256 kernel had spent a quarter more products and bytes.
@@ -66,7 +70,7 @@ struct FwdTile {
 inline constexpr FwdTile kFwdTiles[] = {
     {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
     {64, 128, 2, 128, 3, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 128 KB smem"},
-    {128, 128, 2, 128, 2, 2, true, false, true, "S 64 + O 64 regs; 192 KB smem"},
+    {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 128, 2, 64, 2, 2, true, false, false, "S 32 + O 96 regs; 192 KB smem"},
     {256, 128, 2, 64, 2, 1, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
 };
