@@ -252,6 +252,14 @@ std::vector<Case> feature_cases() {
   c = make("many_tiles_causal_d192", DType::BF16, 260, 260, 192);
   c.batch = 2; c.hq = c.hk = 64; c.causal = true;
   v.push_back(c);
+  // The Q ring and the O slots' releases across tiles without keys between tiles with keys (causal,
+  // sq > sk: rows 0-129 see no key) and across tiles of one or two key blocks (a sliding window).
+  c = make("many_tiles_causal_gqa_d128", DType::BF16, 330, 200, 128);
+  c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
+  v.push_back(c);
+  c = make("many_tiles_window_d192", DType::F16, 300, 300, 192);
+  c.batch = 2; c.hq = c.hk = 64; c.window_left = 70; c.window_right = 10;
+  v.push_back(c);
   // d 256 stages O in the last key block's K and V slots (one Q buffer) and hands them back to the
   // producer only in the CTA's next tile with keys: the last query block of a varlen sequence with
   // warpgroup 0 staging and warpgroup 1 not (64, 100, 200 rows) or neither (1, 7, 129, 300), tiles of
