@@ -41,10 +41,10 @@ struct OnlineSoftmax {
   // taken before scaling (rounding is monotone: max(round(x_i * scale)) == round(max(x_i) * scale),
   // the same m as scaling first), and the scale folds into the exponent: one FFMA per element
   // instead of FMUL + FADD (FA2's trick). Masked scores are -inf in either unit.
-  // kTrees: the row's maximum and sum as pairwise trees instead of chains. Measured (H200, session
-  // 13): the sm80 forward +3-4% at d = 64 (its warps' dependent chains are its stalls), 0-1% at
-  // d = 128 / 256; the sm90 forward 1-4% slower with trees (its consumers' chains overlap the other
-  // warpgroups' products), so it keeps the chains.
+  // kTrees: the row's maximum and sum as pairwise trees instead of chains (a shorter dependency
+  // path, a few more live registers). Measured (H200, session 13, bench/notes-sm80.md): the sm80
+  // forward +3-4% at d = 64, within +-1% at d = 128 / 256; the sm90 forward 1-4% slower, so it
+  // keeps the chains.
   template <bool kScaled = false, bool kTrees = false, int kNTiles>
   __device__ __forceinline__ void update(float (&x)[kNTiles][4], float (&alpha)[2], float scale = 1.0f) {
 #pragma unroll
