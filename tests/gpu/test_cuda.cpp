@@ -12,7 +12,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -363,6 +365,37 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
     const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
     EXPECT_NE(choice.find(std::to_string(t.consumers) + " consumer warpgroups"), std::string::npos)
         << "seqlen " << t.seqlen << (t.causal ? " causal" : "") << " window " << t.window_left << ": " << choice;
+  }
+  // The persistent grid under a causal mask (fwd_config.h's fwd_ctas): one CTA per multiprocessor, or
+  // one fewer where the round-robin of the heads' query-block pairs (pair u % pairs of unit u to CTA
+  // u % ctas) then loads the busiest CTA less. Recomputed here from the pairs' key blocks.
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  struct GridCase { int seqlen, d, heads, batch; };
+  for (const GridCase& g : {GridCase{2048, 64, 8, 4}, GridCase{4000, 64, 4, 10}, GridCase{1000, 64, 4, 40},
+                            GridCase{2048, 128, 8, 4}, GridCase{1500, 128, 4, 11}}) {
+    Case c = make("grid", DType::BF16, g.seqlen, g.seqlen, g.d);
+    c.causal = true; c.hq = c.hk = g.heads; c.batch = g.batch;
+    Fixture f(c);
+    const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
+    int block_m = 0, block_n = 0;  // the tile the call runs with ("tile 192x128")
+    const size_t at = choice.find("tile ");
+    ASSERT_NE(at, std::string::npos) << choice;
+    ASSERT_EQ(std::sscanf(choice.c_str() + at, "tile %dx%d", &block_m, &block_n), 2) << choice;
+    const int m_blocks = (g.seqlen + block_m - 1) / block_m, pairs = (m_blocks + 1) / 2;
+    const int units = pairs * g.heads * g.batch;
+    auto blocks = [&](int m) { return (std::min((m + 1) * block_m, g.seqlen) - 1) / block_n + 1; };
+    auto busiest = [&](int ctas) {
+      std::vector<long> load(ctas, 0);
+      for (int u = 0; u < units; ++u) {
+        const int j = u % pairs;
+        load[u % ctas] += blocks(m_blocks - 1 - j) + (j != m_blocks - 1 - j ? blocks(j) : 0);
+      }
+      return *std::max_element(load.begin(), load.end());
+    };
+    const int want = units <= sms ? units : (busiest(sms - 1) < busiest(sms) ? sms - 1 : sms);
+    EXPECT_NE(choice.find(", " + std::to_string(want) + " persistent CTAs"), std::string::npos)
+        << "seqlen " << g.seqlen << " d " << g.d << ": " << choice;
   }
 }
 

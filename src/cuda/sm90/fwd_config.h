@@ -13,7 +13,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
+#include <vector>
 
+#include "core/mask.h"
 #include "core/params.h"
 
 namespace ioattn::cuda::sm90 {
@@ -116,6 +119,65 @@ inline int fwd_tile_index(int head_dim, const Params& p) {
   return fwd_key_span(p) < min_span ? i + 1 : i;
 }
 inline FwdTile fwd_tile(int head_dim, const Params& p) { return kFwdTiles[fwd_tile_index(head_dim, p)]; }
+
+// Whether the forward pairs its query blocks (a causal-like mask: fwd_kernel.cuh's plan_tile).
+IOATTN_HD bool tiles_paired(const Params& p) { return p.window_left < 0 && p.window_right >= 0; }
+
+// What one CTA takes at a time: a query block, or a pair of them (tiles_paired). Varlen: of the
+// longest sequence, for every sequence.
+inline int64_t fwd_units(const Params& p, int block_m) {
+  const int64_t m_blocks = (p.seqlen_q + block_m - 1) / block_m;
+  return (tiles_paired(p) ? (m_blocks + 1) / 2 : m_blocks) * p.heads_q * p.batch;
+}
+// The forward's grid (run_fwd_tile): one CTA per unit; with a persistent tile one CTA per
+// multiprocessor, or one fewer where that balances the CTAs' loads. CTA c takes units c, c + ctas,
+// c + 2 ctas, ... (tile_of), and a head's units are its pairs in a fixed order; with ctas a
+// multiple of the pairs per head, every CTA takes the same pair of every head it visits. Where the
+// pairs cost different amounts (an odd count of query blocks leaves the middle one unpaired;
+// 192-row tiles over 128-key blocks), some CTAs then take only the cheap ones: d = 64 causal at
+// seqlen 2048 with 192-row tiles (6 pairs per head, 132 SMs) puts 1.16x the mean load on the
+// busiest CTA, 1.03x with 131 CTAs (the rounds' quantization alone). So the round-robin loads are
+// computed for sms and sms - 1 CTAs (key blocks per unit, fixed-length sequences; a varlen call's
+// lengths are on the device) and the smaller maximum is taken, sms on a tie. Host cost: O(ctas x
+// pairs) per candidate, only where the pairs' costs differ.
+inline int fwd_ctas(const Params& p, const FwdTile& t, int sms) {
+  const int64_t units = fwd_units(p, t.block_m);
+  if (!t.persistent) return static_cast<int>(units);
+  if (units <= sms) return static_cast<int>(units);
+  if (!tiles_paired(p) || p.varlen || sms < 2) return sms;
+  const int block_m = t.block_m, block_n = t.block_n, m_blocks = (p.seqlen_q + block_m - 1) / block_m;
+  const WindowMask mask{p.window_left, p.window_right, p.seqlen_k - p.seqlen_q};
+  auto blocks = [&](int m_block) {  // key blocks of query block m_block (plan_tile's n_begin / n_end)
+    const int m0 = m_block * block_m, m_last = std::min(m0 + block_m, p.seqlen_q) - 1;
+    const int kb = mask.first_key(m0), ke = mask.end_key(m_last, p.seqlen_k);
+    return ke > kb ? (ke + block_n - 1) / block_n - kb / block_n : 0;
+  };
+  const int pairs = (m_blocks + 1) / 2;
+  std::vector<int64_t> cost(pairs);
+  bool equal = true;
+  for (int j = 0; j < pairs; ++j) {
+    cost[j] = blocks(m_blocks - 1 - j) + (j != m_blocks - 1 - j ? blocks(j) : 0);
+    equal = equal && cost[j] == cost[0];
+  }
+  if (equal) return sms;
+  // Unit u (pair u % pairs of its head) goes to CTA u % ctas, so CTA c's pairs are (c + k ctas) %
+  // pairs, k < its unit count: periodic with period pairs / gcd(ctas, pairs), whose sum depends on
+  // c % gcd only. Whole periods by that sum, the rest one by one: O(ctas x pairs).
+  auto busiest = [&](int ctas) {
+    const int g = std::gcd(ctas, pairs), period = pairs / g;
+    std::vector<int64_t> period_sum(g, 0);
+    for (int j = 0; j < pairs; ++j) period_sum[j % g] += cost[j];
+    int64_t most = 0;
+    for (int c = 0; c < ctas; ++c) {
+      const int64_t n = units / ctas + (c < units % ctas ? 1 : 0);
+      int64_t load = n / period * period_sum[c % g];
+      for (int64_t k = 0, j = c % pairs; k < n % period; ++k, j = (j + ctas) % pairs) load += cost[j];
+      most = std::max(most, load);
+    }
+    return most;
+  };
+  return busiest(sms - 1) < busiest(sms) ? sms - 1 : sms;
+}
 
 template <int kTile>
 struct FwdTileAt {

@@ -171,15 +171,14 @@ struct FwdTilePlan {
 
 // Under a causal-like mask (window_left < 0, window_right >= 0) a query block's cost grows with
 // its index. The tiles then go in pairs: the slot of query blocks j and m_blocks - 1 - j of one head
-// (the costlier first), which together cost the same for every j, and one CTA takes both tiles of a
-// pair (tile_of). So the CTAs' loads stay even without sorting the tiles by cost, and the CTAs
+// (the costlier first), which together cost about the same for every j, and one CTA takes both tiles
+// of a pair (tile_of; where the pairs' costs differ, fwd_config.h's fwd_persistent_ctas sizes the grid). So the CTAs' loads stay even without sorting the tiles by cost, and the CTAs
 // running at one time work on few heads: a head's m_blocks / 2 pairs sit on neighbouring CTAs, all
 // reading the head's K/V blocks from the first on, nearly in step, so most reads hit L2. (An
 // earlier order sorted all tiles by cost, the costliest query block of every head first: the CTAs
 // running at one time each read a different head's K/V, from device memory; seqlen 2048 causal ran
 // at 0.73-0.78x cuDNN.) Tiles per (head, batch): 2 ceil(m_blocks / 2), the odd middle block's
-// partner slot left empty.
-__host__ __device__ inline bool tiles_paired(const Params& p) { return p.window_left < 0 && p.window_right >= 0; }
+// partner slot left empty. (tiles_paired: fwd_config.h.)
 __host__ __device__ inline int tile_slots(const Params& p, int m_blocks) {
   return tiles_paired(p) ? 2 * ((m_blocks + 1) / 2) : m_blocks;
 }
@@ -680,14 +679,13 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   const int m_blocks = (p.seqlen_q + kBM - 1) / kBM;  // varlen: the longest sequence
   if (m_blocks == 0 || p.batch == 0) return Status::Ok();
   const int64_t tiles = int64_t(tile_slots(p, m_blocks)) * p.heads_q * p.batch;
-  const int64_t units = tiles_paired(p) ? tiles / 2 : tiles;  // what one CTA takes at a time (tile_of)
   if (tiles > INT32_MAX)
     return Status{ErrorCode::Unsupported, "sm90 forward: more than 2^31 query blocks in one call"};
   int device = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return Status{ErrorCode::BackendError, std::string("sm90 forward: ") + cudaGetErrorString(e)};
-  const int ctas = Tile::persistent ? static_cast<int>(std::min<int64_t>(units, sms)) : static_cast<int>(units);
+  const int ctas = fwd_ctas(p, kFwdTiles[kTile], sms);
   CUtensorMap tq, tk, tv, to;
   if (!encode_qkv_maps(p, kFwdTiles[kTile], &tq, &tk, &tv))
     return Status{ErrorCode::Unsupported, "sm90 forward: the driver refused a tensor map for these strides"};
