@@ -356,7 +356,7 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
   // d 64: 3 consumer warpgroups (192-row tiles), 2 where a causal / window mask leaves the queries
   // short key spans (fwd_config.h's fwd_tile_index).
   struct TileCase { int seqlen; bool causal; int window_left; int consumers; };
-  for (const TileCase& t : {TileCase{512, false, -1, 3}, TileCase{512, true, -1, 2}, TileCase{2048, true, -1, 2},
+  for (const TileCase& t : {TileCase{512, false, -1, 3}, TileCase{1024, true, -1, 2}, TileCase{2048, true, -1, 3},
                             TileCase{3200, true, -1, 3}, TileCase{4096, false, 2000, 2}, TileCase{8192, false, 4000, 3}}) {
     Case c = make("tile_d64", DType::BF16, t.seqlen, t.seqlen, 64);
     c.causal = t.causal;
@@ -368,7 +368,7 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
   }
   // The persistent grid under a causal mask (fwd_config.h's fwd_ctas): one CTA per multiprocessor, or
   // one fewer where the round-robin of the heads' query-block pairs (pair u % pairs of unit u to CTA
-  // u % ctas) then loads the busiest CTA less. Recomputed here from the pairs' key blocks.
+  // u % ctas) then loads the busiest CTA at least 2% less. Recomputed here from the pairs' key blocks.
   int sms = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
   struct GridCase { int seqlen, d, heads, batch; };
@@ -393,7 +393,7 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
       }
       return *std::max_element(load.begin(), load.end());
     };
-    const int want = units <= sms ? units : (busiest(sms - 1) < busiest(sms) ? sms - 1 : sms);
+    const int want = units <= sms ? units : (50 * busiest(sms - 1) <= 49 * busiest(sms) ? sms - 1 : sms);
     EXPECT_NE(choice.find(", " + std::to_string(want) + " persistent CTAs"), std::string::npos)
         << "seqlen " << g.seqlen << " d " << g.d << ": " << choice;
   }

@@ -108,14 +108,15 @@ inline int64_t fwd_key_span(const Params& p) {
 
 // The row this call runs with (an index into kFwdTiles): its head dim's first tile, or the second
 // (d = 64: 2 consumer warpgroups) where a mask leaves the queries short key spans. Thresholds as
-// measured (H200, d = 64, 3 against 2 consumers; bench/results/*-2026-11-22-s8-fwd-d64-*): causal
-// lost at seqlen 2048 (span 1024: 333 / 354) and won at 3200 (span 1600: 408 / 379) and 4096;
-// a sliding window (window_left >= 0, no pairing of the tiles) lost at span 2001 (315 / 364) and
-// won at span 4001 (428 / 400).
+// measured (H200, d = 64, 3 against 2 consumers): causal won at seqlen 2048 (span 1024: 366-370 /
+// 345) once fwd_ctas evened the pairs' round-robin (before: 333 / 354, session 8), lost at 1024
+// (span 512: 269 / 285) and 512 (192 / 213; bench/results/variants-nvidia-h200-2026-11-22-s14-fwd-
+// balanced-grid-ab.txt); a sliding window (window_left >= 0, no pairing of the tiles) lost at span
+// 2001 (315 / 364) and won at span 4001 (428 / 400; bench/results/*-2026-11-22-s8-fwd-d64-*).
 inline int fwd_tile_index(int head_dim, const Params& p) {
   const int i = fwd_first_tile(head_dim);
   if (!fwd_has_second_tile(head_dim) || (p.window_left < 0 && p.window_right < 0)) return i;
-  const int64_t min_span = p.window_left < 0 ? 1536 : 3072;
+  const int64_t min_span = p.window_left < 0 ? 768 : 3072;
   return fwd_key_span(p) < min_span ? i + 1 : i;
 }
 inline FwdTile fwd_tile(int head_dim, const Params& p) { return kFwdTiles[fwd_tile_index(head_dim, p)]; }
@@ -138,8 +139,11 @@ inline int64_t fwd_units(const Params& p, int block_m) {
 // seqlen 2048 with 192-row tiles (6 pairs per head, 132 SMs) puts 1.16x the mean load on the
 // busiest CTA, 1.03x with 131 CTAs (the rounds' quantization alone). So the round-robin loads are
 // computed for sms and sms - 1 CTAs (key blocks per unit, fixed-length sequences; a varlen call's
-// lengths are on the device) and the smaller maximum is taken, sms on a tie. Host cost: O(ctas x
-// pairs) per candidate, only where the pairs' costs differ.
+// lengths are on the device), and sms - 1 is taken where its busiest CTA has at least 2% less to
+// do: a model that counts key blocks only is not worth a multiprocessor for less (H200, d = 64
+// causal 4096, 11 pairs per head, the model's 1.034 -> 1.031: 441 TFLOP/s with 132 CTAs, 430-436
+// with 131; 2048: 345 -> 366-370, bench/results/variants-nvidia-h200-2026-11-22-s14-fwd-balanced-
+// grid-ab.txt). Host cost: O(ctas x pairs) per candidate, only where the pairs' costs differ.
 inline int fwd_ctas(const Params& p, const FwdTile& t, int sms) {
   const int64_t units = fwd_units(p, t.block_m);
   if (!t.persistent) return static_cast<int>(units);
@@ -176,7 +180,7 @@ inline int fwd_ctas(const Params& p, const FwdTile& t, int sms) {
     }
     return most;
   };
-  return busiest(sms - 1) < busiest(sms) ? sms - 1 : sms;
+  return 50 * busiest(sms - 1) <= 49 * busiest(sms) ? sms - 1 : sms;
 }
 
 template <int kTile>
