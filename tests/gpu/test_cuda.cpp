@@ -248,6 +248,12 @@ std::vector<Case> feature_cases() {
   c.lens_q = {500, 193, 64, 130, 1, 320, 384, 129}; c.lens_k = {470, 260, 64, 300, 17, 320, 90, 129};
   c.hq = 24; c.hk = 8;
   v.push_back(c);
+  // Causal d 64 with 3 warpgroups (key span >= 768): per tile, warpgroups whose rows end a key block
+  // before the tile's last take empty turns for it (kSkipMasked), at both tile alignments (192-row
+  // tiles start on and between 128-key blocks), with sq < sk (bottom-right diagonal, shift 300).
+  c = make("causal_3wg_skip_d64", DType::BF16, 1700, 2000, 64);
+  c.hq = 4; c.hk = 2; c.causal = true; c.backward = false;
+  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);

@@ -239,8 +239,13 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   using W = FwdWarps<kTile>;
   constexpr int kD = L::kD;
   constexpr bool kOverlap = FwdTileAt<kTile>::overlap, kPingpong = FwdTileAt<kTile>::pingpong;
+  // Warpgroups skip key blocks masked from all their rows: where a tile's rows are not a multiple of
+  // its keys per block (192 x 128), so whole blocks of a causal tile's diagonal miss a warpgroup.
+  // Not with q_stages = 1 (O staged in the last block's K / V slots, which every warpgroup reads).
+  constexpr bool kSkipMasked = FwdTileAt<kTile>::block_m % FwdTileAt<kTile>::block_n != 0;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
+  static_assert(!kSkipMasked || kQStages > 1, "skipped blocks with O staged in K / V slots");
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
   constexpr int kDT = kD / 8;   // 8-column tiles of O
   constexpr int kPT = kBN / 16; // 16-key k-steps of O += P V
@@ -430,6 +435,12 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     const int row0 = w.m0 + 64 * cwg + 16 * (warp % 4) + lane / 4;  // sequence row of s[.][0..1]; +8: [2..3]
     const int wg_m0 = w.m0 + 64 * cwg;
     const int wg_m_last = max(wg_m0, min(wg_m0 + 63, w.m_last));
+    // kSkipMasked: the key blocks [wg_n_end, n_end) hide every key from this warpgroup's rows (a
+    // 192-row tile over 128-key blocks under a causal mask: 1 or 2 of every tile's 3 warpgroups end
+    // a block early). Their products are skipped; the warpgroup still takes their turns and
+    // releases their K / V slots once loaded (below). At least the tile's first block is computed.
+    const int wg_n_end = kSkipMasked ? max(w.n_begin + 1, min(w.n_end, (w.mod.mask.end_key(wg_m_last, w.sb.sk) + kBN - 1) / kBN))
+                                     : w.n_end;
     // This warpgroup's O goes out through shared memory and TMA (epilogue below). A varlen block
     // must not reach past its sequence: TMA clips only at the packed tensor's end.
     const bool stage_o = o_tma && w.n_begin < w.n_end && (!p.varlen || wg_m0 + 64 <= w.sb.sq);
@@ -502,10 +513,10 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         fence_operands(sacc);
         // (The last block's K slot may take O: its arrival then waits for the stores, o_pending.)
         if (!(keep_k && w.n_begin + 1 == w.n_end)) arrive(k_empty + s);
-        if (w.n_begin + 1 == w.n_end && !o_in_q) arrive(q_empty + qs);  // the tile's last use of Q
+        if (w.n_begin + 1 == wg_n_end && !o_in_q) arrive(q_empty + qs);  // the tile's last use of Q
         softmax_step(sacc, w.n_begin, pk, alpha);
       }
-      for (int n = w.n_begin + 1; n < w.n_end; ++n) {
+      for (int n = w.n_begin + 1; n < wg_n_end; ++n) {
         const int sp = kv % kStages;        // slot of block n - 1 (its V)
         const int s = (kv + 1) % kStages;   // slot of block n
         float sacc[kNT][4];
@@ -524,7 +535,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         }
         fence_operands(sacc);
         if (!(keep_k && n + 1 == w.n_end)) arrive(k_empty + s);
-        if (n + 1 == w.n_end && !o_in_q) arrive(q_empty + qs);
+        if (n + 1 == wg_n_end && !o_in_q) arrive(q_empty + qs);
         // P_n into registers of its own: the PV product still reads P_{n-1} from `pk` (register
         // operands of wgmma are read asynchronously; overwriting them before the wait makes ptxas
         // serialise the wgmma pipeline, warning C7513).
@@ -554,6 +565,20 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         fence_operands(o);
         if (!keep_v) arrive(v_empty + s);  // (as for K above)
         ++kv;
+      }
+      // The blocks masked from all of this warpgroup's rows (kSkipMasked): their turns, and their K / V
+      // slots released once loaded (an arrival before the load could complete the slot's previous
+      // phase, whose other readers may not be done).
+      for (int n = wg_n_end; n < w.n_end; ++n, ++kv) {
+        const int s = kv % kStages;
+        wait_barrier(k_full + s, (kv / kStages) & 1);
+        if (kPingpong) {
+          turn_wait<kConsumers>(cwg);
+          turn_pass<kConsumers>(cwg);
+        }
+        arrive(k_empty + s);
+        wait_barrier(v_full + s, (kv / kStages) & 1);
+        arrive(v_empty + s);
       }
     }
     plan_next();  // (a tile without keys to visit: here)
