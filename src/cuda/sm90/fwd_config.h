@@ -62,6 +62,11 @@ struct FwdTile {
 //            d = 256 kernel had spent a quarter more products and bytes.
 //   d = 256: persistent without overlap best or tied on all 6 (643 .. 749); with pingpong 624 / 452 /
 //            736 / 710 against 637 / 459 / 750 / 726 without (2048 / 2048 causal / 16k / 16k causal).
+//            Session 14, 80-key blocks (FA3's d = 256 tile; smem 224 of 227 KB) against 64
+//            (bench/results/variants-nvidia-h200-2026-11-22-s14-fwd-d256-n80{,-ov}-ab.txt): 706 / 581 /
+//            801 / 763 against 667 / 544 / 750 / 725 (+5-7%), 1024 625 against 594, 1024 causal and 512
+//            -1..-4%; with overlap on top 711 / 589 / 813 / 771, 1024 636 / 451, 512 483 / 303 (second
+//            run, 4 rounds: 1024 637 / 449 against 586 / 450, 512 488 / 309 against 485 / 312).
 //   d = 64 with 3 consumers (block_m 192, FA3's d = 64 tile; session 8, H200, same run as 2 consumers,
 //            bench/results/variants-nvidia-h200-2026-11-22-s8-fwd-d64-3wg-ab.txt): 352 / 409 / 489 / 515
 //            / 567 against 323 / 373 / 414 / 432 / 451 at seqlen 512 / 1k / 2k / 4k / 16k (+9% .. +26%),
@@ -75,7 +80,7 @@ inline constexpr FwdTile kFwdTiles[] = {
     {64, 128, 2, 128, 3, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 128 KB smem"},
     {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 128, 2, 64, 2, 2, true, false, false, "S 32 + O 96 regs; 192 KB smem"},
-    {256, 128, 2, 64, 2, 1, true, false, false, "S 32 + O 128 regs; 192 KB smem"},
+    {256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
 };
 inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
 

@@ -246,7 +246,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   // fwd_ctas' grid): 389 TFLOP/s against 376 without; non-causal unchanged (490 / 490).
   // (Session 9's version spilled and lost 9-20%: this one keeps the live loop as it was and puts the
   // empty turns in a loop of their own after the last P V.)
-  constexpr bool kSkipMasked = FwdTileAt<kTile>::block_m % FwdTileAt<kTile>::block_n != 0;
+  constexpr bool kSkipMasked =
+      FwdTileAt<kTile>::block_m % FwdTileAt<kTile>::block_n != 0 && FwdTileAt<kTile>::q_stages > 1;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   static_assert(!kSkipMasked || kQStages > 1, "skipped blocks with O staged in K / V slots");

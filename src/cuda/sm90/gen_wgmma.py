@@ -9,7 +9,7 @@ instead of hand-typing 128-operand lists. Run it after changing SHAPES and commi
 
 # (form, N): "ss" = A and B from shared-memory descriptors (S = Q K^T: N = keys per tile);
 #            "rs" = A from registers, B from a descriptor (O += P V: N = head dim).
-SHAPES = [("ss", 64), ("ss", 128), ("rs", 64), ("rs", 128), ("rs", 192), ("rs", 256)]
+SHAPES = [("ss", 64), ("ss", 80), ("ss", 128), ("rs", 64), ("rs", 128), ("rs", 192), ("rs", 256)]
 TYPES = [("__half", "f16"), ("__nv_bfloat16", "bf16")]
 
 
