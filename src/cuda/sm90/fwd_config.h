@@ -60,6 +60,10 @@ struct FwdTile {
 //   d = 192: the d = 256 schedule (block_n 64) with 3 of its 4 column tiles: 596 / 415 / 691 / 673
 //            (cuDNN 622 / 519 / 646 / 564 in the same run, session 4), where rounding up to the
 //            d = 256 kernel had spent a quarter more products and bytes.
+//            Session 14, 80-key blocks with overlap as at d = 256 (bench/results/variants-nvidia-h200-
+//            2026-11-22-s14-fwd-d192-n80-ab.txt): 669 / 556 / 744 / 727 against 614 / 521 / 691 / 678
+//            (+5-8%), 1024 591 / 425 against 560 / 429, 512 478 / 325 against 460 / 304; without the
+//            overlap 666 / 551 / 737 / 714.
 //   d = 256: persistent without overlap best or tied on all 6 (643 .. 749); with pingpong 624 / 452 /
 //            736 / 710 against 637 / 459 / 750 / 726 without (2048 / 2048 causal / 16k / 16k causal).
 //            Session 14, 80-key blocks (FA3's d = 256 tile; smem 224 of 227 KB) against 64
@@ -79,7 +83,7 @@ inline constexpr FwdTile kFwdTiles[] = {
     {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
     {64, 128, 2, 128, 3, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 128 KB smem"},
     {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
-    {192, 128, 2, 64, 2, 2, true, false, false, "S 32 + O 96 regs; 192 KB smem"},
+    {192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
     {256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
 };
 inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
