@@ -240,8 +240,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   constexpr int kD = L::kD;
   constexpr bool kOverlap = FwdTileAt<kTile>::overlap, kPingpong = FwdTileAt<kTile>::pingpong;
   // Warpgroups skip key blocks masked from all their rows: where a tile's rows are not a multiple of
-  // its keys per block (192 x 128), so whole blocks of a causal tile's diagonal miss a warpgroup
-  // (1.5 of a tile's 3 x blocks warpgroup-blocks on average). Not with q_stages = 1 (O staged in the
+  // its keys per block (d = 64: 192 x 128, 1.5 of a causal tile's 3 x blocks warpgroup-blocks on
+  // average; d = 192: 128 x 80), so whole blocks of a causal tile's diagonal miss a warpgroup. Not with q_stages = 1 (O staged in the
   // last block's K / V slots, which every warpgroup reads). Measured (H200, d = 64 causal 2048, with
   // fwd_ctas' grid): 389 TFLOP/s against 376 without; non-causal unchanged (490 / 490).
   // (Session 9's version spilled and lost 9-20%: this one keeps the live loop as it was and puts the
