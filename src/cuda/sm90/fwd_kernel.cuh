@@ -172,8 +172,9 @@ struct FwdTilePlan {
 // Under a causal-like mask (window_left < 0, window_right >= 0) a query block's cost grows with
 // its index. The tiles then go in pairs: the slot of query blocks j and m_blocks - 1 - j of one head
 // (the costlier first), which together cost about the same for every j, and one CTA takes both tiles
-// of a pair (tile_of; where the pairs' costs differ, fwd_config.h's fwd_persistent_ctas sizes the grid). So the CTAs' loads stay even without sorting the tiles by cost, and the CTAs
-// running at one time work on few heads: a head's m_blocks / 2 pairs sit on neighbouring CTAs, all
+// of a pair (tile_of; where the pairs' costs differ, fwd_config.h's fwd_ctas sizes the grid). So the
+// CTAs' loads stay even without sorting the tiles by cost, and the CTAs running at one time work on
+// few heads: a head's m_blocks / 2 pairs sit on neighbouring CTAs, all
 // reading the head's K/V blocks from the first on, nearly in step, so most reads hit L2. (An
 // earlier order sorted all tiles by cost, the costliest query block of every head first: the CTAs
 // running at one time each read a different head's K/V, from device memory; seqlen 2048 causal ran
@@ -241,16 +242,15 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   constexpr bool kOverlap = FwdTileAt<kTile>::overlap, kPingpong = FwdTileAt<kTile>::pingpong;
   // Warpgroups skip key blocks masked from all their rows: where a tile's rows are not a multiple of
   // its keys per block (d = 64: 192 x 128, 1.5 of a causal tile's 3 x blocks warpgroup-blocks on
-  // average; d = 192: 128 x 80), so whole blocks of a causal tile's diagonal miss a warpgroup. Not with q_stages = 1 (O staged in the
-  // last block's K / V slots, which every warpgroup reads). Measured (H200, d = 64 causal 2048, with
-  // fwd_ctas' grid): 389 TFLOP/s against 376 without; non-causal unchanged (490 / 490).
-  // (Session 9's version spilled and lost 9-20%: this one keeps the live loop as it was and puts the
-  // empty turns in a loop of their own after the last P V.)
+  // average; d = 192: 128 x 80), so whole blocks of a causal tile's diagonal miss a warpgroup. Not
+  // with q_stages = 1 (d = 256: O staged in the last block's K / V slots, which every warpgroup
+  // reads). Measured (H200, d = 64 causal 2048, with fwd_ctas' grid): 389 TFLOP/s against 376
+  // without; non-causal unchanged (490 / 490). (Session 9's version spilled and lost 9-20%: this one
+  // keeps the live loop as it was and puts the empty turns in a loop of their own after the last P V.)
   constexpr bool kSkipMasked =
       FwdTileAt<kTile>::block_m % FwdTileAt<kTile>::block_n != 0 && FwdTileAt<kTile>::q_stages > 1;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
-  static_assert(!kSkipMasked || kQStages > 1, "skipped blocks with O staged in K / V slots");
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
   constexpr int kDT = kD / 8;   // 8-column tiles of O
   constexpr int kPT = kBN / 16; // 16-key k-steps of O += P V
@@ -444,8 +444,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     // 192-row tile over 128-key blocks under a causal mask: 1 or 2 of every tile's 3 warpgroups end
     // a block early). Their products are skipped; the warpgroup still takes their turns and
     // releases their K / V slots once loaded (below). At least the tile's first block is computed.
-    const int wg_n_end = kSkipMasked ? max(w.n_begin + 1, min(w.n_end, (w.mod.mask.end_key(wg_m_last, w.sb.sk) + kBN - 1) / kBN))
-                                     : w.n_end;
+    const int wg_key_end = w.mod.mask.end_key(wg_m_last, w.sb.sk);
+    const int wg_n_end = kSkipMasked ? max(w.n_begin + 1, min(w.n_end, (wg_key_end + kBN - 1) / kBN)) : w.n_end;
     // This warpgroup's O goes out through shared memory and TMA (epilogue below). A varlen block
     // must not reach past its sequence: TMA clips only at the packed tensor's end.
     const bool stage_o = o_tma && w.n_begin < w.n_end && (!p.varlen || wg_m0 + 64 <= w.sb.sq);
