@@ -254,6 +254,11 @@ std::vector<Case> feature_cases() {
   c = make("causal_3wg_skip_d64", DType::BF16, 1700, 2000, 64);
   c.hq = 4; c.hk = 2; c.causal = true; c.backward = false;
   v.push_back(c);
+  // A causal grid one CTA short of the SMs (fwd_ctas: 24 heads x 6 pairs of 192-row tiles at 2048
+  // take 131 CTAs on a 132-SM H100 / H200): CTAs take units c, c + 131, ..., so several run two.
+  c = make("causal_grid_d64", DType::BF16, 2048, 2048, 64);
+  c.hq = 24; c.hk = 8; c.causal = true; c.backward = false;
+  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
