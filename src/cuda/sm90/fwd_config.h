@@ -130,14 +130,28 @@ inline int fwd_tile_index(int head_dim, const Params& p) {
 }
 inline FwdTile fwd_tile(int head_dim, const Params& p) { return kFwdTiles[fwd_tile_index(head_dim, p)]; }
 
-// Whether the forward pairs its query blocks (a causal-like mask: fwd_kernel.cuh's plan_tile).
+// Whether the forward pairs its query blocks (a causal-like mask: fwd_kernel.cuh's plan_tile), and
+// the tile slots per (head, batch): 2 ceil(m_blocks / 2) when paired (the odd middle block's partner
+// slot left empty), else m_blocks.
 IOATTN_HD bool tiles_paired(const Params& p) { return p.window_left < 0 && p.window_right >= 0; }
+IOATTN_HD int tile_slots(const Params& p, int m_blocks) { return tiles_paired(p) ? 2 * ((m_blocks + 1) / 2) : m_blocks; }
+
+// The key blocks [begin, end) query rows [m0, m_last] of a sequence visit (empty when the mask hides
+// every key): plan_tile's range, and fwd_ctas' cost of a tile.
+struct KeyBlocks {
+  int begin, end;
+};
+IOATTN_HD KeyBlocks key_blocks(const WindowMask& mask, int m0, int m_last, int sk, int block_n) {
+  const int key_begin = mask.first_key(m0), key_end = mask.end_key(m_last, sk);
+  const int begin = key_begin / block_n;
+  return {begin, key_end > key_begin ? (key_end + block_n - 1) / block_n : begin};
+}
 
 // What one CTA takes at a time: a query block, or a pair of them (tiles_paired). Varlen: of the
 // longest sequence, for every sequence.
 inline int64_t fwd_units(const Params& p, int block_m) {
-  const int64_t m_blocks = (p.seqlen_q + block_m - 1) / block_m;
-  return (tiles_paired(p) ? (m_blocks + 1) / 2 : m_blocks) * p.heads_q * p.batch;
+  const int m_blocks = (p.seqlen_q + block_m - 1) / block_m;
+  return int64_t(tile_slots(p, m_blocks)) / (tiles_paired(p) ? 2 : 1) * p.heads_q * p.batch;
 }
 // The forward's grid (run_fwd_tile): one CTA per unit; with a persistent tile one CTA per
 // multiprocessor, or one fewer where that balances the CTAs' loads. CTA c takes units c, c + ctas,
@@ -160,10 +174,10 @@ inline int fwd_ctas(const Params& p, const FwdTile& t, int sms) {
   if (!tiles_paired(p) || p.varlen || sms < 2) return sms;
   const int block_m = t.block_m, block_n = t.block_n, m_blocks = (p.seqlen_q + block_m - 1) / block_m;
   const WindowMask mask{p.window_left, p.window_right, p.seqlen_k - p.seqlen_q};
-  auto blocks = [&](int m_block) {  // key blocks of query block m_block (plan_tile's n_begin / n_end)
-    const int m0 = m_block * block_m, m_last = std::min(m0 + block_m, p.seqlen_q) - 1;
-    const int kb = mask.first_key(m0), ke = mask.end_key(m_last, p.seqlen_k);
-    return ke > kb ? (ke + block_n - 1) / block_n - kb / block_n : 0;
+  auto blocks = [&](int m_block) {  // key blocks of query block m_block
+    const int m0 = m_block * block_m;
+    const KeyBlocks kb = key_blocks(mask, m0, std::min(m0 + block_m, p.seqlen_q) - 1, p.seqlen_k, block_n);
+    return kb.end - kb.begin;
   };
   const int pairs = (m_blocks + 1) / 2;
   std::vector<int64_t> cost(pairs);

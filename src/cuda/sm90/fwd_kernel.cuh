@@ -178,11 +178,7 @@ struct FwdTilePlan {
 // reading the head's K/V blocks from the first on, nearly in step, so most reads hit L2. (An
 // earlier order sorted all tiles by cost, the costliest query block of every head first: the CTAs
 // running at one time each read a different head's K/V, from device memory; seqlen 2048 causal ran
-// at 0.73-0.78x cuDNN.) Tiles per (head, batch): 2 ceil(m_blocks / 2), the odd middle block's
-// partner slot left empty. (tiles_paired: fwd_config.h.)
-__host__ __device__ inline int tile_slots(const Params& p, int m_blocks) {
-  return tiles_paired(p) ? 2 * ((m_blocks + 1) / 2) : m_blocks;
-}
+// at 0.73-0.78x cuDNN.) Tiles per (head, batch): tile_slots (fwd_config.h, with tiles_paired).
 
 template <int kBM, int kBN>
 __device__ __forceinline__ FwdTilePlan plan_tile(const Params& p, int t, int m_blocks) {
@@ -207,10 +203,9 @@ __device__ __forceinline__ FwdTilePlan plan_tile(const Params& p, int t, int m_b
   w.skip = dup || w.m0 >= w.sb.sq;
   w.m_last = min(w.m0 + kBM, w.sb.sq) - 1;
   w.mod = ScoreMod::make(p, w.b, w.h, w.sb.sq, w.sb.sk);
-  const int key_begin = w.mod.mask.first_key(w.m0);
-  const int key_end = w.mod.mask.end_key(w.m_last, w.sb.sk);
-  w.n_begin = key_begin / kBN;
-  w.n_end = key_end > key_begin ? (key_end + kBN - 1) / kBN : w.n_begin;
+  const KeyBlocks kb = key_blocks(w.mod.mask, w.m0, w.m_last, w.sb.sk, kBN);
+  w.n_begin = kb.begin;
+  w.n_end = kb.end;
   return w;
 }
 
