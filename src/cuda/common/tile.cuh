@@ -32,26 +32,27 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
                                                 int cols_valid, int tid) {
   constexpr int kChunksPerRow = Tile::kCols / 8;
   constexpr int kChunks = Tile::kRows * kChunksPerRow;
-  // Not unrolled on purpose: unrolled, the compiler hoists every chunk's 64-bit address out of the
-  // main loop and keeps them live (8-16 per tile); rolled, the forward kernel at d = 256 went from
-  // 52 bytes of spills to none (ptxas -v, sm_90a).
   if constexpr (kThreads % kChunksPerRow == 0 && kChunks % kThreads == 0) {
     // Chunk c = tid + i * kThreads is row tid / kChunksPerRow + i * kRowStep, column
     // (tid % kChunksPerRow) * 8 for every i: the column, its test and the start addresses are
-    // computed once, and each chunk costs a pointer step, a row test and the cp.async (the general
-    // loop below divides and multiplies a 64-bit offset per chunk, in every K/V tile of the main
-    // loops). Same chunks, same order, same zero-fill as the general loop.
+    // computed once, and each chunk costs a pointer step, a compare with a constant and the cp.async.
+    // Same chunks, same order, same zero-fill as the general loop.
     constexpr int kRowStep = kThreads / kChunksPerRow;
     const int row0 = tid / kChunksPerRow;
     const int col = (tid % kChunksPerRow) * 8;
-    const bool col_ok = col < cols_valid;
+    const int rows_left = col < cols_valid ? rows_valid - row0 : 0;  // chunk i valid iff i * kRowStep < it
     const T* src = gmem + row0 * row_stride + col;  // stepped past the tile's rows, never read there
-    const int64_t src_step = kRowStep * row_stride;
+    int64_t src_step = kRowStep * row_stride;
+    // The step is opaque to the optimiser: otherwise it hoists every chunk's 64-bit offset out of the
+    // caller's main loop and keeps them live (16 per tile at d = 256: 52 bytes of spills in the d = 256
+    // forward). Rolled instead, the loop cost 16 instructions and a branch per chunk; ncu on the H200
+    // (session 15) counted a third of the d = 256 forward's instructions there.
+    asm volatile("" : "+l"(src_step));
     T* dst = smem + row0 * Tile::kPitch + col;
-#pragma unroll 1
+#pragma unroll
     for (int i = 0; i < kChunks / kThreads; ++i) {
-      const bool valid = col_ok && row0 + i * kRowStep < rows_valid;
-      cp_async_16(dst + i * (kRowStep * Tile::kPitch), valid ? src : gmem, valid);
+      const bool valid = i * kRowStep < rows_left;
+      cp_async_16(dst + i * (kRowStep * Tile::kPitch), src, valid);
       src += src_step;
     }
   } else {
