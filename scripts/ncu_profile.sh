@@ -7,6 +7,8 @@
 # (build-gpu/tools/ioattn; CLI=... to use another), e.g.
 #   scripts/ncu_profile.sh OUT_DIR                       # the default cases below
 #   scripts/ncu_profile.sh OUT_DIR 'name|kernel regex|ioattn run arguments' ...
+#   scripts/ncu_profile.sh OUT_DIR 'name|kernel regex|python3 bench/gpu/sdpa_once.py ...'  (a peer's kernel)
+# bench/gpu/ncu_compare.py puts several profiles side by side (metrics, SASS opcode mix, stall reasons).
 # Writes OUT_DIR/<name>.txt (details) and OUT_DIR/<name>-sass.csv.gz (source page).
 # Clocks are left alone (--clock-control none: /work/.library/device/METHOD.md); the first call of
 # the kernel is skipped (the CLI warms up before timing).
@@ -28,10 +30,10 @@ status=0
 for c in "$@"; do
   IFS='|' read -r name regex args <<<"$c"
   rep="$OUT_DIR/$name"
-  # shellcheck disable=SC2086
+  # shellcheck disable=SC2086,SC2206
+  if [[ $args == python3* ]]; then cmd=($args); else cmd=("$CLI" run --device cuda --dtype bf16 --repeat 2 $args); fi
   if ncu --clock-control none --kernel-name-base function --kernel-name "regex:$regex" --launch-skip 1 \
-      --launch-count 1 --set full --import-source no -f -o "$rep" \
-      "$CLI" run --device cuda --dtype bf16 --repeat 2 $args >"$rep.log" 2>&1; then
+      --launch-count 1 --set full --import-source no -f -o "$rep" "${cmd[@]}" >"$rep.log" 2>&1; then
     ncu -i "$rep.ncu-rep" --page details >"$rep.txt" 2>&1
     ncu -i "$rep.ncu-rep" --page source --print-source sass --csv 2>&1 | gzip >"$rep-sass.csv.gz"
     echo "$name: $(grep -m1 -E 'Duration' "$rep.txt" | tr -s ' ')"
