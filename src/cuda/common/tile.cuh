@@ -1,27 +1,61 @@
 // Shared-memory tiles of 16-bit elements and the warp-level fragment loads from them.
 //
-// Layout: row-major, each row padded by 8 elements (16 bytes). ldmatrix reads 8 rows x 16 bytes at
-// one column; with a row pitch of 2*kCols + 16 bytes and kCols a multiple of 32 (every head dim we
-// instantiate and every key-block width), the 8 rows land at 8 distinct 16-byte offsets modulo
-// 128 bytes, i.e. in distinct bank groups: conflict-free, without an XOR swizzle. The cost is
-// 16 bytes per row (1.5-6% of a tile).
+// Layout: row-major. ldmatrix reads 8 rows x 16 bytes at one column, and a warp's cp.async writes
+// whole 128-byte global lines; both are conflict-free when the 8 rows' chunks fall in distinct
+// 16-byte bank groups and a 128-byte line stays in one 128-byte row segment.
+// - Swizzled (where the kernel asks for it, tile_layout.h): rows of a multiple of 64 columns (128
+//   bytes; head dims 64, 128, 192, 256 and the key blocks) are unpadded and their 16-byte chunks XOR-swizzled by row % 8 within each 128-byte group: chunk c of
+//   row r is stored at chunk c ^ (r % 8). Any 8 consecutive rows from a multiple of 8 then put one
+//   logical chunk in 8 distinct bank groups, and a line is a permutation of one segment.
+// - Padded: other widths (multiples of 32: head dims 96, 160, 224) and the kernels that keep it are
+//   padded by 8 elements (16 bytes) per
+//   row: 8 rows then land at 8 distinct 16-byte offsets modulo 128 bytes (conflict-free ldmatrix),
+//   but a 128-byte line spans two segments. That was the only layout until session 15, when ncu
+//   counted twice the ideal shared-memory wavefronts on every cp.async of the sm80 kernels (the
+//   d = 256 forward's shared memory was then ~88% busy; bench/notes-sm80.md).
 #pragma once
 
 #include <cstdint>
 
 #include "mma.cuh"
+#include "tile_layout.h"
 
 namespace ioattn::cuda {
 
-template <int kRows_, int kCols_>
+// kSwizzle: the kernel's choice (tile_layout.h); taken where kCols allows it.
+template <int kRows_, int kCols_, bool kSwizzle>
 struct SmemTile {
   static constexpr int kRows = kRows_;
   static constexpr int kCols = kCols_;
-  static constexpr int kPitch = kCols + 8;  // elements
+  static constexpr bool kSwizzled = smem_tile_swizzled(kCols, kSwizzle);
+  static constexpr int kPitch = smem_tile_pitch(kCols, kSwizzle);  // elements
   static constexpr int kElems = kRows * kPitch;
   static constexpr int kBytes = kElems * 2;
   static_assert(kCols % 32 == 0, "conflict-free ldmatrix needs kCols % 32 == 0 (see above)");
   static_assert(kRows % 16 == 0, "tiles are read in 16-row mma steps");
+  // Element offset of (row, col). Within a 16-byte chunk (8 elements) the order is kept, so col may
+  // be any column (e.g. the 4-byte stores of mma fragments at col = 8 n + 2 t).
+  __device__ __forceinline__ static int offset(int row, int col) {
+    if constexpr (kSwizzled)
+      return row * kPitch + (((col >> 3) ^ (row & 7)) << 3) + (col & 7);
+    else
+      return row * kPitch + col;
+  }
+  // Shared-memory address of (row, c0 + cl) for ldmatrix: c0 a multiple of 16 (a constant in the
+  // unrolled loops), cl 0 or 8 (the lane's half). Swizzled, chunk (c0 + cl) / 8 ^ (row % 8) is
+  // (c0 / 8) ^ z with z = (cl / 8) ^ (row % 8), and because rows start 128-byte aligned its address
+  // is (row start + 16 z) XOR the constant 2 (c0 % 64), plus 2 (c0 - c0 % 64): per thread one base
+  // per row, per fragment one XOR with a constant and an immediate offset. (offset() written out
+  // instead left the compiler one live register per fragment column: 144-264 bytes of spills.)
+  __device__ __forceinline__ static uint32_t frag_addr(const void* smem, int row, int c0, int cl) {
+    const uint32_t row_addr = smem_addr(smem) + 2 * row * kPitch;
+    if constexpr (kSwizzled) {
+      const uint32_t base = row_addr + 16 * (((cl >> 3) ^ row) & 7);
+      return (base ^ (2 * (c0 & 63))) + 2 * (c0 & ~63);
+    } else {
+      return row_addr + 2 * (c0 + cl);
+    }
+  }
 };
 
 // Copy rows [0, rows_valid) x columns [0, cols_valid) of a global tile (row stride in elements,
@@ -48,11 +82,20 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
     // forward). Rolled instead, the loop cost 16 instructions and a branch per chunk; ncu on the H200
     // (session 15) counted a third of the d = 256 forward's instructions there.
     asm volatile("" : "+l"(src_step));
-    T* dst = smem + row0 * Tile::kPitch + col;
+    // Row passes kRowStep apart: the swizzle (row % 8) is the same in every pass when kRowStep is a
+    // multiple of 8 and alternates by XOR 4 when it is 4 mod 8; otherwise offset() per pass.
+    const int dst0 = Tile::offset(row0, col);
 #pragma unroll
     for (int i = 0; i < kChunks / kThreads; ++i) {
       const bool valid = i * kRowStep < rows_left;
-      cp_async_16(dst + i * (kRowStep * Tile::kPitch), src, valid);
+      int dst;
+      if constexpr (!Tile::kSwizzled || kRowStep % 8 == 0)
+        dst = dst0 + i * kRowStep * Tile::kPitch;
+      else if constexpr (kRowStep % 8 == 4)
+        dst = (i % 2 == 0 ? dst0 : dst0 ^ 32) + i * kRowStep * Tile::kPitch;  // chunk ^ 4 = element ^ 32
+      else
+        dst = Tile::offset(row0 + i * kRowStep, col);
+      cp_async_16(smem + dst, src, valid);
       src += src_step;
     }
   } else {
@@ -63,7 +106,7 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
       const bool valid = row < rows_valid && col < cols_valid;
       // An invalid chunk reads nothing; the pointer only has to be a legal operand.
       const T* src = valid ? gmem + row * row_stride + col : gmem;
-      cp_async_16(smem + row * Tile::kPitch + col, src, valid);
+      cp_async_16(smem + Tile::offset(row, col), src, valid);
     }
   }
 }
@@ -71,20 +114,20 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
 // A fragment (16x16) of rows [r0, r0+16) x columns [c0, c0+16) of a row-major tile.
 template <class Tile, class T>
 __device__ __forceinline__ void load_a_frag(uint32_t (&a)[4], const T* smem, int r0, int c0, int lane) {
-  ldmatrix_x4(a, smem + (r0 + (lane % 16)) * Tile::kPitch + c0 + (lane / 16) * 8);
+  ldmatrix_x4(a, Tile::frag_addr(smem, r0 + lane % 16, c0, (lane / 16) * 8));
 }
 
 // B fragments of two adjacent 8-wide n tiles [n0, n0+16) for k in [k0, k0+16), from a tile stored
 // n-major ([n][k], e.g. K for S = Q K^T): b[0], b[1] for n tile n0; b[2], b[3] for n0 + 8.
 template <class Tile, class T>
 __device__ __forceinline__ void load_b_frags_nk(uint32_t (&b)[4], const T* smem, int n0, int k0, int lane) {
-  ldmatrix_x4(b, smem + (n0 + (lane / 16) * 8 + lane % 8) * Tile::kPitch + k0 + ((lane / 8) % 2) * 8);
+  ldmatrix_x4(b, Tile::frag_addr(smem, n0 + (lane / 16) * 8 + lane % 8, k0, ((lane / 8) % 2) * 8));
 }
 
 // The same from a tile stored k-major ([k][n], e.g. V for O = P V), through ldmatrix.trans.
 template <class Tile, class T>
 __device__ __forceinline__ void load_b_frags_kn(uint32_t (&b)[4], const T* smem, int k0, int n0, int lane) {
-  ldmatrix_x4_trans(b, smem + (k0 + ((lane / 8) % 2) * 8 + lane % 8) * Tile::kPitch + n0 + (lane / 16) * 8);
+  ldmatrix_x4_trans(b, Tile::frag_addr(smem, k0 + ((lane / 8) % 2) * 8 + lane % 8, n0, (lane / 16) * 8));
 }
 
 }  // namespace ioattn::cuda

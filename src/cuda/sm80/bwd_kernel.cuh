@@ -30,7 +30,7 @@
 // (kBlockN × d): 32 keys × the d columns of a warp column (4 × 2 warps at 128 keys, 2 × 4 at 64),
 // or 16 keys (kBlockN/16 × the rest) where d does not split into those columns in 16-column pairs
 // (d = 160, 224). dQ (kStepM × d): 16-row warp tiles, 4 × 2 of 16 × d/2 (64 rows) or 8 × 1 of
-// 16 × d (128 rows). Shared tiles are the padded row-major SmemTiles of common/tile.cuh
+// 16 × d (128 rows). Shared tiles are the row-major SmemTiles of common/tile.cuh
 // (conflict-free ldmatrix, no swizzle).
 #pragma once
 
@@ -106,9 +106,10 @@ template <int kHeadDim, int kRows_>
 struct StepShape {
   static constexpr int kRows = kRows_;
   static constexpr int kBlockN = block_n_for(kHeadDim);
-  using TileQ = SmemTile<kRows, kHeadDim>;    // Q, dO
-  using TileK = SmemTile<kBlockN, kHeadDim>;  // K, V
-  using TileS = SmemTile<kRows, kBlockN>;     // P, dS
+  static constexpr bool kSwizzle = sm80_bwd_swizzled(kHeadDim);  // shared layout (tile_layout.h)
+  using TileQ = SmemTile<kRows, kHeadDim, kSwizzle>;    // Q, dO
+  using TileK = SmemTile<kBlockN, kHeadDim, kSwizzle>;  // K, V
+  using TileS = SmemTile<kRows, kBlockN, kSwizzle>;     // P, dS
   // Warp grids (8 warps), FA2's where they divide. The accumulators per thread are fixed by the
   // product's size; the warp tile's shape sets the shared-memory reads per mma (WarpGrid).
   // S = Q Kᵀ, dP = dO Vᵀ (kRows × kBlockN): 128 keys 2 × 4 warps (64 rows: 32 × 32, 0.5 ldmatrix
@@ -329,7 +330,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
       for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int off = (row_w + 16 * mt + g + half * 8) * TileS::kPitch + col_w + nt * 8 + 2 * t;
+          const int off = TileS::offset(row_w + 16 * mt + g + half * 8, col_w + nt * 8 + 2 * t);
           *reinterpret_cast<uint32_t*>(dst + off) = pack2<T>(x[mt][nt][half * 2] * mul, x[mt][nt][half * 2 + 1] * mul);
         }
       }
@@ -416,18 +417,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   using TileS = typename Shape::TileS;
   constexpr int kBlockN = Cfg::kBlockN;
   constexpr int kStepM = Shape::kRows;  // query rows per iteration (this kernel's query blocks)
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // 128: swizzled SmemTile rows (tile.cuh)
   const int hk = blockIdx.y, b = blockIdx.z;
   const SeqBounds s = seq_bounds(p, b);
   const int n0 = blockIdx.x * kBlockN;
   if (n0 >= s.sk) return;
 
-  T* sK = reinterpret_cast<T*>(smem_raw);   // [kBlockN][d + 8]
-  T* sV = sK + TileK::kElems;               // [kBlockN][d + 8]
-  T* sQ = sV + TileK::kElems;               // [stages][kStepM][d + 8]
-  T* sdO = sQ + stages * TileQ::kElems;     // [stages][kStepM][d + 8]
-  T* sP = sdO + stages * TileQ::kElems;     // [kStepM][kBlockN + 8]
-  T* sdS = sP + TileS::kElems;              // [kStepM][kBlockN + 8]
+  T* sK = reinterpret_cast<T*>(smem_raw);   // [kBlockN][d] (SmemTile)
+  T* sV = sK + TileK::kElems;               // [kBlockN][d] (SmemTile)
+  T* sQ = sV + TileK::kElems;               // [stages][kStepM][d] (SmemTile)
+  T* sdO = sQ + stages * TileQ::kElems;     // [stages][kStepM][d] (SmemTile)
+  T* sP = sdO + stages * TileQ::kElems;     // [kStepM][kBlockN] (SmemTile)
+  T* sdS = sP + TileS::kElems;              // [kStepM][kBlockN] (SmemTile)
   float* s_lse = reinterpret_cast<float*>(sdS + TileS::kElems);  // [stages][kStepM]
   float* s_dsum = s_lse + stages * kStepM;                        // [stages][kStepM]
 
@@ -541,7 +542,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
   using TileK = typename Shape::TileK;
   using TileS = typename Shape::TileS;
   constexpr int kBlockN = Shape::kBlockN;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // 128: swizzled SmemTile rows (tile.cuh)
   const int h = blockIdx.y, b = blockIdx.z;
   const SeqBounds s = seq_bounds(p, b);
   const int m0 = blockIdx.x * kBlockM;

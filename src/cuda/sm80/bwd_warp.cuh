@@ -21,7 +21,7 @@ namespace ioattn::cuda::sm80::bwd {
 template <class Tile, class T>
 __device__ __forceinline__ void load_a_frag_trans(uint32_t (&a)[4], const T* smem, int k0, int m0, int lane) {
   const int mat = lane / 8;
-  ldmatrix_x4_trans(a, smem + (k0 + (mat / 2) * 8 + lane % 8) * Tile::kPitch + m0 + (mat % 2) * 8);
+  ldmatrix_x4_trans(a, Tile::frag_addr(smem, k0 + (mat / 2) * 8 + lane % 8, m0, (mat % 2) * 8));
 }
 
 // C(16 kMT × 8 kNT) += Σ_ks A_ks B_ks, the loop the three shapes share. Per 16-deep k-step the

@@ -50,10 +50,10 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods, kPaired>::warps * 32, Fw
   constexpr int kDT = kD / 8;        // 8-column tiles of O per m-tile: O is (16 kMT, kD) per warp
   static_assert(kBM == 16 * kMT * Cfg::warps, "each warp owns 16 * m_tiles query rows");
   static_assert(kD % 32 == 0 && kBN % 32 == 0, "tile.cuh's conflict-free layout and 16-wide mma steps");
-  using QTile = SmemTile<kBM, kD>;   // (block_m, d)
-  using KVTile = SmemTile<kBN, kD>;  // (block_n, d), K and V alike
+  using QTile = SmemTile<kBM, kD, Cfg::swizzled>;   // (block_m, d)
+  using KVTile = SmemTile<kBN, kD, Cfg::swizzled>;  // (block_n, d), K and V alike
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // 128: swizzled SmemTile rows (tile.cuh)
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + QTile::kElems;
   T* sV = sK + KVTile::kElems;
@@ -218,9 +218,9 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods, kPaired>::warps * 32, Fw
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
       const int c = dt * 8 + col_in_tile;
-      *reinterpret_cast<uint32_t*>(sO + r * QTile::kPitch + c) =
+      *reinterpret_cast<uint32_t*>(sO + QTile::offset(r, c)) =
           pack2<T>(o[mt][dt][0] * o_scale[0], o[mt][dt][1] * o_scale[0]);
-      *reinterpret_cast<uint32_t*>(sO + (r + 8) * QTile::kPitch + c) =
+      *reinterpret_cast<uint32_t*>(sO + QTile::offset(r + 8, c)) =
           pack2<T>(o[mt][dt][2] * o_scale[1], o[mt][dt][3] * o_scale[1]);
     }
   }
@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods, kPaired>::warps * 32, Fw
     const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
     if (r < rows_valid && col < p.head_dim_v)
       *reinterpret_cast<uint4*>(gO + r * p.o_row_stride + col) =
-          *reinterpret_cast<const uint4*>(sO + r * QTile::kPitch + col);
+          *reinterpret_cast<const uint4*>(sO + QTile::offset(r, col));
   }
   if (p.lse != nullptr && lane % 4 == 0) {
     float* gL = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + sbo.q_row0;
