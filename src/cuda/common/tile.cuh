@@ -37,7 +37,7 @@ struct SmemTile {
   // be any column (e.g. the 4-byte stores of mma fragments at col = 8 n + 2 t).
   __device__ __forceinline__ static int offset(int row, int col) {
     if constexpr (kSwizzled)
-      return row * kPitch + (((col >> 3) ^ (row & 7)) << 3) + (col & 7);
+      return smem_tile_offset(row, col, kPitch, true);
     else
       return row * kPitch + col;
   }
@@ -45,18 +45,18 @@ struct SmemTile {
   // unrolled loops), cl 0 or 8 (the lane's half). Swizzled, chunk (c0 + cl) / 8 ^ (row % 8) is
   // (c0 / 8) ^ z with z = (cl / 8) ^ (row % 8), and because rows start 128-byte aligned its address
   // is (row start + 16 z) XOR the constant 2 (c0 % 64), plus 2 (c0 - c0 % 64): per thread one base
-  // per row, per fragment one XOR with a constant and an immediate offset. (offset() written out
-  // instead left the compiler one live register per fragment column: 144-264 bytes of spills.)
-  // The XOR is an opaque instruction next to its ldmatrix: left to the optimiser, the XOR-ed bases
-  // were hoisted out of the main loop and kept live, 3 per operand (the d = 64 forward then spilled
-  // 48 bytes and lost 7%; issued here it spills 24 and gains 6-10% over the padded layout).
+  // per row, per fragment one XOR with a constant and an immediate offset (tile_layout.h's three
+  // parts). (offset() written out instead left the compiler one live register per fragment column:
+  // 144-264 bytes of spills.) The XOR is an opaque instruction next to its ldmatrix: left to the
+  // optimiser, the XOR-ed bases were hoisted out of the main loop and kept live, 3 per operand (the
+  // d = 64 forward then spilled 48 bytes and lost 7%; issued here it spills 24 and gains 6-10% over
+  // the padded layout).
   __device__ __forceinline__ static uint32_t frag_addr(const void* smem, int row, int c0, int cl) {
     const uint32_t row_addr = smem_addr(smem) + 2 * row * kPitch;
     if constexpr (kSwizzled) {
-      const uint32_t base = row_addr + 16 * (((cl >> 3) ^ row) & 7);
-      uint32_t x = base;
-      if ((c0 & 63) != 0) asm volatile("xor.b32 %0, %0, %1;" : "+r"(x) : "r"(2 * (c0 & 63)));
-      return x + 2 * (c0 & ~63);
+      uint32_t x = row_addr + frag_lane_bytes(row, cl);
+      if ((c0 & 63) != 0) asm volatile("xor.b32 %0, %0, %1;" : "+r"(x) : "r"(frag_xor(c0)));
+      return x + frag_add(c0);
     } else {
       return row_addr + 2 * (c0 + cl);
     }

@@ -1,0 +1,93 @@
+// The sm80 kernels' shared-memory tile layout (src/cuda/common/tile_layout.h, used by tile.cuh), checked
+// on the host for every tile width the kernels use (multiples of 32 up to 256 columns) in both forms:
+// - every row's columns map one-to-one onto the row's slots, inside the row;
+// - ldmatrix reads 8 consecutive rows from a multiple of 8 at one 16-byte chunk: those 8 addresses fall
+//   in 8 distinct 16-byte bank groups (no bank conflict);
+// - swizzled, a warp's cp.async of one 128-byte global line (8 chunks from a multiple of 8) lands in a
+//   single 128-byte segment (one shared wavefront);
+// - the three-part ldmatrix address of frag_addr (row start + lane part, XOR a constant, + a constant)
+//   equals 2 x the element offset for every row, c0 (multiple of 16) and lane half.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "cuda/common/tile_layout.h"
+
+namespace {
+
+using ioattn::cuda::frag_add;
+using ioattn::cuda::frag_lane_bytes;
+using ioattn::cuda::frag_xor;
+using ioattn::cuda::smem_tile_offset;
+using ioattn::cuda::smem_tile_pitch;
+using ioattn::cuda::smem_tile_swizzled;
+
+constexpr int kRows = 64;
+
+class TileLayout : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+
+TEST_P(TileLayout, RowsAreBijective) {
+  const auto [cols, want] = GetParam();
+  const bool swz = smem_tile_swizzled(cols, want);
+  const int pitch = smem_tile_pitch(cols, want);
+  for (int r = 0; r < kRows; ++r) {
+    std::set<int> seen;
+    for (int c = 0; c < cols; ++c) {
+      const int off = smem_tile_offset(r, c, pitch, swz);
+      ASSERT_GE(off, r * pitch) << "row " << r << " col " << c;
+      ASSERT_LT(off, r * pitch + cols) << "row " << r << " col " << c;
+      seen.insert(off);
+    }
+    ASSERT_EQ(static_cast<int>(seen.size()), cols) << "row " << r;
+  }
+}
+
+TEST_P(TileLayout, LdmatrixRowsHitDistinctBankGroups) {
+  const auto [cols, want] = GetParam();
+  const bool swz = smem_tile_swizzled(cols, want);
+  const int pitch = smem_tile_pitch(cols, want);
+  for (int r0 = 0; r0 < kRows; r0 += 8) {
+    for (int c = 0; c < cols; c += 8) {
+      std::set<int> groups;  // 16-byte bank group of each row's chunk, modulo 128 bytes
+      for (int r = r0; r < r0 + 8; ++r) groups.insert((2 * smem_tile_offset(r, c, pitch, swz)) % 128 / 16);
+      ASSERT_EQ(groups.size(), 8u) << "rows " << r0 << "..+8, col " << c << (swz ? " swizzled" : " padded");
+    }
+  }
+}
+
+TEST_P(TileLayout, SwizzledLinesStayInOneSegment) {
+  const auto [cols, want] = GetParam();
+  if (!smem_tile_swizzled(cols, want)) return;  // only the swizzled form promises it
+  const int pitch = smem_tile_pitch(cols, want);
+  for (int r = 0; r < kRows; ++r) {
+    for (int c0 = 0; c0 < cols; c0 += 64) {
+      const int seg = 2 * smem_tile_offset(r, c0, pitch, true) / 128;
+      for (int c = c0; c < c0 + 64; c += 8)
+        ASSERT_EQ(2 * smem_tile_offset(r, c, pitch, true) / 128, seg) << "row " << r << " col " << c;
+    }
+  }
+}
+
+TEST_P(TileLayout, FragmentAddressEqualsElementOffset) {
+  const auto [cols, want] = GetParam();
+  if (!smem_tile_swizzled(cols, want)) return;  // the padded form adds row, c0 and cl plainly
+  const int pitch = smem_tile_pitch(cols, want);
+  for (int r = 0; r < kRows; ++r) {
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+      for (int cl : {0, 8}) {
+        const int addr = ((2 * r * pitch + frag_lane_bytes(r, cl)) ^ frag_xor(c0)) + frag_add(c0);
+        ASSERT_EQ(addr, 2 * smem_tile_offset(r, c0 + cl, pitch, true)) << "row " << r << " c0 " << c0 << " cl " << cl;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Widths, TileLayout,
+                         ::testing::Combine(::testing::Values(32, 64, 96, 128, 160, 192, 224, 256),
+                                            ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<int, bool>>& info) {
+                           return "cols" + std::to_string(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) ? "_swizzle" : "_padded");
+                         });
+
+}  // namespace
