@@ -35,6 +35,7 @@
 
 #include "common/mma.cuh"
 #include "common/score.cuh"
+#include "common/tile_layout.h"
 #include "core/kvcache.h"
 #include "core/mask.h"
 #include "core/params.h"
@@ -306,11 +307,12 @@ __device__ void cluster_merge(const Params& p, int splits, float* part, const fl
 
 // ---- attend ----------------------------------------------------------------------------------
 // Shared-memory rows of kD 16-bit elements with the 16-byte chunk c of row r stored at chunk
-// c ^ (r % 8): ldmatrix's 8 row addresses (8 consecutive rows, one logical chunk) then fall in 8
-// distinct bank groups although the row pitch is a multiple of 128 bytes.
+// c ^ (r % 8) (the sm80 tiles' swizzle, common/tile_layout.h): ldmatrix's 8 row addresses (8
+// consecutive rows, one logical chunk) then fall in 8 distinct bank groups although the row pitch is
+// a multiple of 128 bytes. swz takes the chunk index c; its element offset.
 template <int kD>
 __device__ __forceinline__ int swz(int r, int c) {
-  return r * kD + ((c ^ (r & 7)) << 3);
+  return smem_tile_offset(r, c << 3, kD, true);
 }
 
 // grid (splits, heads_k * m_blocks, batch), Tile<kD, kStagesT>::kThreads threads,
