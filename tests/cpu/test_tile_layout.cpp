@@ -15,6 +15,7 @@
 
 namespace {
 
+using ioattn::cuda::SmemLayout;
 using ioattn::cuda::frag_add;
 using ioattn::cuda::frag_lane_bytes;
 using ioattn::cuda::frag_xor;
@@ -24,12 +25,14 @@ using ioattn::cuda::smem_tile_swizzled;
 
 constexpr int kRows = 64;
 
+SmemLayout layout_of(bool swizzle) { return swizzle ? SmemLayout::kSwizzled : SmemLayout::kPadded; }
+
 class TileLayout : public ::testing::TestWithParam<std::tuple<int, bool>> {};
 
 TEST_P(TileLayout, RowsAreBijective) {
-  const auto [cols, want] = GetParam();
-  const bool swz = smem_tile_swizzled(cols, want);
-  const int pitch = smem_tile_pitch(cols, want);
+  const auto [cols, swizzle] = GetParam();
+  const bool swz = smem_tile_swizzled(cols, layout_of(swizzle));
+  const int pitch = smem_tile_pitch(cols, layout_of(swizzle));
   for (int r = 0; r < kRows; ++r) {
     std::set<int> seen;
     for (int c = 0; c < cols; ++c) {
@@ -43,41 +46,14 @@ TEST_P(TileLayout, RowsAreBijective) {
 }
 
 TEST_P(TileLayout, LdmatrixRowsHitDistinctBankGroups) {
-  const auto [cols, want] = GetParam();
-  const bool swz = smem_tile_swizzled(cols, want);
-  const int pitch = smem_tile_pitch(cols, want);
+  const auto [cols, swizzle] = GetParam();
+  const bool swz = smem_tile_swizzled(cols, layout_of(swizzle));
+  const int pitch = smem_tile_pitch(cols, layout_of(swizzle));
   for (int r0 = 0; r0 < kRows; r0 += 8) {
     for (int c = 0; c < cols; c += 8) {
       std::set<int> groups;  // 16-byte bank group of each row's chunk, modulo 128 bytes
       for (int r = r0; r < r0 + 8; ++r) groups.insert((2 * smem_tile_offset(r, c, pitch, swz)) % 128 / 16);
       ASSERT_EQ(groups.size(), 8u) << "rows " << r0 << "..+8, col " << c << (swz ? " swizzled" : " padded");
-    }
-  }
-}
-
-TEST_P(TileLayout, SwizzledLinesStayInOneSegment) {
-  const auto [cols, want] = GetParam();
-  if (!smem_tile_swizzled(cols, want)) return;  // only the swizzled form promises it
-  const int pitch = smem_tile_pitch(cols, want);
-  for (int r = 0; r < kRows; ++r) {
-    for (int c0 = 0; c0 < cols; c0 += 64) {
-      const int seg = 2 * smem_tile_offset(r, c0, pitch, true) / 128;
-      for (int c = c0; c < c0 + 64; c += 8)
-        ASSERT_EQ(2 * smem_tile_offset(r, c, pitch, true) / 128, seg) << "row " << r << " col " << c;
-    }
-  }
-}
-
-TEST_P(TileLayout, FragmentAddressEqualsElementOffset) {
-  const auto [cols, want] = GetParam();
-  if (!smem_tile_swizzled(cols, want)) return;  // the padded form adds row, c0 and cl plainly
-  const int pitch = smem_tile_pitch(cols, want);
-  for (int r = 0; r < kRows; ++r) {
-    for (int c0 = 0; c0 < cols; c0 += 16) {
-      for (int cl : {0, 8}) {
-        const int addr = ((2 * r * pitch + frag_lane_bytes(r, cl)) ^ frag_xor(c0)) + frag_add(c0);
-        ASSERT_EQ(addr, 2 * smem_tile_offset(r, c0 + cl, pitch, true)) << "row " << r << " c0 " << c0 << " cl " << cl;
-      }
     }
   }
 }
@@ -89,5 +65,35 @@ INSTANTIATE_TEST_SUITE_P(Widths, TileLayout,
                            return "cols" + std::to_string(std::get<0>(info.param)) +
                                   (std::get<1>(info.param) ? "_swizzle" : "_padded");
                          });
+
+// The two promises only the swizzled form makes, for every width it applies to (whole 128-byte rows).
+TEST(TileLayoutSwizzled, LinesStayInOneSegment) {
+  for (int cols = 64; cols <= 256; cols += 64) {
+    ASSERT_TRUE(smem_tile_swizzled(cols, SmemLayout::kSwizzledOpaque)) << cols;
+    const int pitch = smem_tile_pitch(cols, SmemLayout::kSwizzled);
+    for (int r = 0; r < kRows; ++r) {
+      for (int c0 = 0; c0 < cols; c0 += 64) {
+        const int seg = 2 * smem_tile_offset(r, c0, pitch, true) / 128;
+        for (int c = c0; c < c0 + 64; c += 8)
+          ASSERT_EQ(2 * smem_tile_offset(r, c, pitch, true) / 128, seg) << "cols " << cols << " row " << r << " col " << c;
+      }
+    }
+  }
+}
+
+TEST(TileLayoutSwizzled, FragmentAddressEqualsElementOffset) {
+  for (int cols = 64; cols <= 256; cols += 64) {
+    const int pitch = smem_tile_pitch(cols, SmemLayout::kSwizzled);
+    for (int r = 0; r < kRows; ++r) {
+      for (int c0 = 0; c0 < cols; c0 += 16) {
+        for (int cl : {0, 8}) {
+          const int addr = ((2 * r * pitch + frag_lane_bytes(r, cl)) ^ frag_xor(c0)) + frag_add(c0);
+          ASSERT_EQ(addr, 2 * smem_tile_offset(r, c0 + cl, pitch, true))
+              << "cols " << cols << " row " << r << " c0 " << c0 << " cl " << cl;
+        }
+      }
+    }
+  }
+}
 
 }  // namespace

@@ -22,13 +22,13 @@
 
 namespace ioattn::cuda {
 
-// kSwizzle: the kernel's choice (tile_layout.h); taken where kCols allows it.
-template <int kRows_, int kCols_, bool kSwizzle>
+// kLayout: the kernel's choice (tile_layout.h); a swizzle is taken where kCols allows it.
+template <int kRows_, int kCols_, SmemLayout kLayout>
 struct SmemTile {
   static constexpr int kRows = kRows_;
   static constexpr int kCols = kCols_;
-  static constexpr bool kSwizzled = smem_tile_swizzled(kCols, kSwizzle);
-  static constexpr int kPitch = smem_tile_pitch(kCols, kSwizzle);  // elements
+  static constexpr bool kSwizzled = smem_tile_swizzled(kCols, kLayout);
+  static constexpr int kPitch = smem_tile_pitch(kCols, kLayout);  // elements
   static constexpr int kElems = kRows * kPitch;
   static constexpr int kBytes = kElems * 2;
   static_assert(kCols % 32 == 0, "conflict-free ldmatrix needs kCols % 32 == 0 (see above)");
@@ -47,15 +47,19 @@ struct SmemTile {
   // is (row start + 16 z) XOR the constant 2 (c0 % 64), plus 2 (c0 - c0 % 64): per thread one base
   // per row, per fragment one XOR with a constant and an immediate offset (tile_layout.h's three
   // parts). (offset() written out instead left the compiler one live register per fragment column:
-  // 144-264 bytes of spills.) The XOR is an opaque instruction next to its ldmatrix: left to the
-  // optimiser, the XOR-ed bases were hoisted out of the main loop and kept live, 3 per operand (the
-  // d = 64 forward then spilled 48 bytes and lost 7%; issued here it spills 24 and gains 6-10% over
-  // the padded layout).
+  // 144-264 bytes of spills.) kSwizzledOpaque issues the XOR as an opaque instruction next to its
+  // ldmatrix: left to the optimiser, the XOR-ed bases are hoisted out of the main loop and kept live,
+  // 3 per operand (the d = 64 forward then spilled 48 bytes and lost 7%; opaque it spills 24 and gains
+  // 6-10% over the padded layout).
   __device__ __forceinline__ static uint32_t frag_addr(const void* smem, int row, int c0, int cl) {
     const uint32_t row_addr = smem_addr(smem) + 2 * row * kPitch;
     if constexpr (kSwizzled) {
       uint32_t x = row_addr + frag_lane_bytes(row, cl);
-      if ((c0 & 63) != 0) asm volatile("xor.b32 %0, %0, %1;" : "+r"(x) : "r"(frag_xor(c0)));
+      if constexpr (kLayout == SmemLayout::kSwizzledOpaque) {
+        if ((c0 & 63) != 0) asm volatile("xor.b32 %0, %0, %1;" : "+r"(x) : "r"(frag_xor(c0)));
+      } else {
+        x ^= frag_xor(c0);
+      }
       return x + frag_add(c0);
     } else {
       return row_addr + 2 * (c0 + cl);

@@ -6,9 +6,14 @@
 
 namespace ioattn::cuda {
 
-// Only widths of whole 128-byte groups can be swizzled (tile.cuh); `want` is the kernel's choice.
-constexpr bool smem_tile_swizzled(int cols, bool want) { return want && cols % 64 == 0; }
-constexpr int smem_tile_pitch(int cols, bool want) { return smem_tile_swizzled(cols, want) ? cols : cols + 8; }
+// A kernel's choice of layout for its shared tiles (tile.cuh): rows padded by 16 bytes, or XOR-swizzled
+// with frag_addr's XOR left to the optimiser (kSwizzled) or issued as an opaque instruction next to each
+// ldmatrix (kSwizzledOpaque, which keeps the XOR-ed bases from being hoisted and kept live).
+enum class SmemLayout { kPadded, kSwizzled, kSwizzledOpaque };
+
+// Only widths of whole 128-byte groups can be swizzled; other widths keep the padding.
+constexpr bool smem_tile_swizzled(int cols, SmemLayout layout) { return layout != SmemLayout::kPadded && cols % 64 == 0; }
+constexpr int smem_tile_pitch(int cols, SmemLayout layout) { return smem_tile_swizzled(cols, layout) ? cols : cols + 8; }
 
 // Element offset of (row, col) in a tile of row pitch `pitch` (elements): swizzled, the 16-byte chunk
 // col / 8 is stored at chunk (col / 8) ^ (row % 8); the order within a chunk is kept.
@@ -24,11 +29,15 @@ IOATTN_HD int frag_lane_bytes(int row, int cl) { return 16 * (((cl >> 3) ^ row) 
 IOATTN_HD int frag_xor(int c0) { return 2 * (c0 & 63); }
 IOATTN_HD int frag_add(int c0) { return 2 * (c0 & ~63); }
 
-// Which sm80 kernels swizzle (measured on the H200 against the padded layout, session 15,
-// bench/notes-sm80.md): the forward at every head dim (d = 256 +10-12%, d = 128 +2-4%, d = 64 +6-10%)
-// and the backward above d = 128 (d = 256 +2-3%; d = 64 / 128 -6-7%: the dkdv kernels spill
-// 48-152 bytes more with the swizzle's addresses). The rest keep 16 bytes of padding per row.
-constexpr bool sm80_fwd_swizzled(int head_dim) { return head_dim > 0; }
-constexpr bool sm80_bwd_swizzled(int head_dim) { return head_dim > 128; }
+// The sm80 kernels' layouts, as measured on the H200 against the padded layout (session 15,
+// bench/notes-sm80.md): the forward swizzled with the opaque XOR at every head dim (d = 256 +10-12%,
+// d = 128 +2-4%, d = 64 +6-10%; with the XOR left to the optimiser d = 64 spilled and lost 7%, d = 128 /
+// 256 the same either way); the backward swizzled above d = 128 with the XOR left to the optimiser
+// (d = 256 +2-3%; the opaque XOR spills 56 bytes there instead of 32 and was not timed), padded at
+// d <= 128 (swizzled -6-7%: the dkdv kernels spill 48-152 bytes more).
+constexpr SmemLayout sm80_fwd_layout(int) { return SmemLayout::kSwizzledOpaque; }
+constexpr SmemLayout sm80_bwd_layout(int head_dim) {
+  return head_dim > 128 ? SmemLayout::kSwizzled : SmemLayout::kPadded;
+}
 
 }  // namespace ioattn::cuda

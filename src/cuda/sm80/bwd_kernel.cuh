@@ -106,10 +106,10 @@ template <int kHeadDim, int kRows_>
 struct StepShape {
   static constexpr int kRows = kRows_;
   static constexpr int kBlockN = block_n_for(kHeadDim);
-  static constexpr bool kSwizzle = sm80_bwd_swizzled(kHeadDim);  // shared layout (tile_layout.h)
-  using TileQ = SmemTile<kRows, kHeadDim, kSwizzle>;    // Q, dO
-  using TileK = SmemTile<kBlockN, kHeadDim, kSwizzle>;  // K, V
-  using TileS = SmemTile<kRows, kBlockN, kSwizzle>;     // P, dS
+  static constexpr SmemLayout kLayout = sm80_bwd_layout(kHeadDim);  // shared tiles (tile_layout.h)
+  using TileQ = SmemTile<kRows, kHeadDim, kLayout>;    // Q, dO
+  using TileK = SmemTile<kBlockN, kHeadDim, kLayout>;  // K, V
+  using TileS = SmemTile<kRows, kBlockN, kLayout>;     // P, dS
   // Warp grids (8 warps), FA2's where they divide. The accumulators per thread are fixed by the
   // product's size; the warp tile's shape sets the shared-memory reads per mma (WarpGrid).
   // S = Q Kᵀ, dP = dO Vᵀ (kRows × kBlockN): 128 keys 2 × 4 warps (64 rows: 32 × 32, 0.5 ldmatrix

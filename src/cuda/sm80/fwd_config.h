@@ -81,7 +81,7 @@ constexpr FwdTile fwd_tile(int head_dim, bool mods, bool paired) {
 
 constexpr int fwd_smem_bytes(int head_dim, bool mods, bool paired) {
   const FwdTile t = fwd_tile(head_dim, mods, paired);
-  return (t.block_m + 2 * t.block_n) * smem_tile_pitch(head_dim, sm80_fwd_swizzled(head_dim)) * 2;
+  return (t.block_m + 2 * t.block_n) * smem_tile_pitch(head_dim, sm80_fwd_layout(head_dim)) * 2;
 }
 
 // Which instantiation a call runs: the one place that decides (run_fwd launches by it, the
@@ -107,7 +107,7 @@ struct FwdTileFor {
   static constexpr FwdTile t = fwd_tile(kHeadDim, kMods, kPaired);
   static constexpr int block_m = t.block_m, block_n = t.block_n, warps = t.warps, m_tiles = t.m_tiles,
                        min_ctas = t.min_ctas;
-  static constexpr bool swizzled = sm80_fwd_swizzled(kHeadDim);  // shared-memory layout (tile_layout.h)
+  static constexpr SmemLayout layout = sm80_fwd_layout(kHeadDim);  // shared tiles (tile_layout.h)
 };
 
 // Defined in fwd_kernel.cuh, instantiated per head dim in generated files (src/cuda/CMakeLists.txt).

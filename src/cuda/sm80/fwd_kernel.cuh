@@ -50,8 +50,8 @@ __global__ void __launch_bounds__(FwdTileFor<kD, kMods, kPaired>::warps * 32, Fw
   constexpr int kDT = kD / 8;        // 8-column tiles of O per m-tile: O is (16 kMT, kD) per warp
   static_assert(kBM == 16 * kMT * Cfg::warps, "each warp owns 16 * m_tiles query rows");
   static_assert(kD % 32 == 0 && kBN % 32 == 0, "tile.cuh's conflict-free layout and 16-wide mma steps");
-  using QTile = SmemTile<kBM, kD, Cfg::swizzled>;   // (block_m, d)
-  using KVTile = SmemTile<kBN, kD, Cfg::swizzled>;  // (block_n, d), K and V alike
+  using QTile = SmemTile<kBM, kD, Cfg::layout>;   // (block_m, d)
+  using KVTile = SmemTile<kBN, kD, Cfg::layout>;  // (block_n, d), K and V alike
 
   extern __shared__ __align__(128) unsigned char smem_raw[];  // 128: swizzled SmemTile rows (tile.cuh)
   T* sQ = reinterpret_cast<T*>(smem_raw);
