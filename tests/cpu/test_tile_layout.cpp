@@ -81,6 +81,18 @@ TEST(TileLayoutSwizzled, LinesStayInOneSegment) {
   }
 }
 
+// load_tile_async steps row passes 4 rows apart (kRowStep = 4: d = 256 with 128 threads) by toggling
+// element bit 5 (chunk ^ 4) instead of recomputing the swizzle.
+TEST(TileLayoutSwizzled, FourRowsApartIsChunkXorFour) {
+  for (int cols = 64; cols <= 256; cols += 64) {
+    const int pitch = smem_tile_pitch(cols, SmemLayout::kSwizzled);
+    for (int r = 0; r + 4 < kRows; ++r)
+      for (int c = 0; c < cols; c += 8)
+        ASSERT_EQ(smem_tile_offset(r + 4, c, pitch, true), (smem_tile_offset(r, c, pitch, true) ^ 32) + 4 * pitch)
+            << "cols " << cols << " row " << r << " col " << c;
+  }
+}
+
 TEST(TileLayoutSwizzled, FragmentAddressEqualsElementOffset) {
   for (int cols = 64; cols <= 256; cols += 64) {
     const int pitch = smem_tile_pitch(cols, SmemLayout::kSwizzled);

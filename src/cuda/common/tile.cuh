@@ -4,15 +4,16 @@
 // whole 128-byte global lines; both are conflict-free when the 8 rows' chunks fall in distinct
 // 16-byte bank groups and a 128-byte line stays in one 128-byte row segment.
 // - Swizzled (where the kernel asks for it, tile_layout.h): rows of a multiple of 64 columns (128
-//   bytes; head dims 64, 128, 192, 256 and the key blocks) are unpadded and their 16-byte chunks XOR-swizzled by row % 8 within each 128-byte group: chunk c of
-//   row r is stored at chunk c ^ (r % 8). Any 8 consecutive rows from a multiple of 8 then put one
-//   logical chunk in 8 distinct bank groups, and a line is a permutation of one segment.
-// - Padded: other widths (multiples of 32: head dims 96, 160, 224) and the kernels that keep it are
-//   padded by 8 elements (16 bytes) per
-//   row: 8 rows then land at 8 distinct 16-byte offsets modulo 128 bytes (conflict-free ldmatrix),
-//   but a 128-byte line spans two segments. That was the only layout until session 15, when ncu
-//   counted twice the ideal shared-memory wavefronts on every cp.async of the sm80 kernels (the
-//   d = 256 forward's shared memory was then ~88% busy; bench/notes-sm80.md).
+//   bytes; head dims 64, 128, 192, 256 and the key blocks) are unpadded, and their 16-byte chunks are
+//   XOR-swizzled by row % 8 within each 128-byte group: chunk c of row r is stored at chunk
+//   c ^ (r % 8). Any 8 consecutive rows from a multiple of 8 then put one logical chunk in 8
+//   distinct bank groups, and a line is a permutation of one segment.
+// - Padded: other widths (multiples of 32: head dims 96, 160, 224), and the kernels that keep this
+//   layout, pad each row by 8 elements (16 bytes): 8 rows then land at 8 distinct 16-byte offsets
+//   modulo 128 bytes (conflict-free ldmatrix), but a 128-byte line spans two segments. That was the
+//   only layout until session 15, when ncu counted twice the ideal shared-memory wavefronts on every
+//   cp.async of the sm80 kernels (the d = 256 forward's shared memory was then ~88% busy;
+//   bench/notes-sm80.md).
 #pragma once
 
 #include <cstdint>
