@@ -30,8 +30,8 @@
 // (kBlockN × d): 32 keys × the d columns of a warp column (4 × 2 warps at 128 keys, 2 × 4 at 64),
 // or 16 keys (kBlockN/16 × the rest) where d does not split into those columns in 16-column pairs
 // (d = 160, 224). dQ (kStepM × d): 16-row warp tiles, 4 × 2 of 16 × d/2 (64 rows) or 8 × 1 of
-// 16 × d (128 rows). Shared tiles are the row-major SmemTiles of common/tile.cuh
-// (conflict-free ldmatrix, no swizzle).
+// 16 × d (128 rows). Shared tiles are the row-major SmemTiles of common/tile.cuh (conflict-free
+// ldmatrix; padded rows up to d = 128, XOR-swizzled above: sm80_bwd_layout in tile_layout.h).
 #pragma once
 
 #include <cuda_runtime.h>
