@@ -2,7 +2,8 @@
 # The one GPU check, run on an H100/H200 machine from the repository root:
 #   1. configure + build the library, the `ioattn` CLI and ioattn_gpu_tests (CUDA on)
 #   2. run ioattn_gpu_tests (every feature against the float64 reference, graph capture, errors)
-#   3. compute-sanitizer memcheck and racecheck on the small shapes (Gpu/Small.*)
+#   3. compute-sanitizer memcheck and racecheck on the small shapes (Gpu/Small.*); on Hopper once
+#      more on the sm80 kernels (IOATTN_SM90=0)
 #   4. the Python package built with CUDA and its whole pytest suite (tests/python, test_cuda.py too)
 #   5. the side-by-side benchmark (bench/gpu/bench_attn.py: ioattn vs PyTorch SDPA backends), and
 #      bench/gpu/bench_decode.py --quick (decoding, through the Python package of step 4)
@@ -141,6 +142,16 @@ if [ $BUILD_RC -eq 0 ]; then
     run_step synccheck "$LOG_DIR/synccheck.log" $SHARDED "$LOG_DIR/synccheck" timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool synccheck --error-exitcode 1 \
       "$TESTS" --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d192*:Gpu/Bwd.*d256*:Gpu/Bwd.*softcap*'
     STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR"/synccheck.*.log | grep -E 'ERROR SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+    # 3b. On Hopper the shapes above ran the sm90 kernels; memcheck and racecheck the sm80 kernels
+    # (what an Ampere GPU runs: their tile loads and swizzled shared tiles) on the small shapes too.
+    if [ "$HOPPER" = 1 ]; then
+      for tool in memcheck racecheck; do
+        run_step "${tool}_sm80" "$LOG_DIR/${tool}_sm80.log" $SHARDED "$LOG_DIR/${tool}_sm80" env IOATTN_SM90=0 \
+          timeout "${TIMEOUT_SANITIZER:-240}" compute-sanitizer --tool "$tool" --error-exitcode 1 "$TESTS" \
+          --gtest_filter='Gpu/Small.*:Gpu/Bwd.*d256*'
+        STEP_RESULTS[-1]="${STEP_RESULTS[-1]} $(cat "$LOG_DIR/${tool}_sm80".*.log | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+      done
+    fi
   fi
 
   # 4. The Python package with CUDA, and its whole test suite.
