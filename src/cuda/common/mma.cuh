@@ -84,17 +84,13 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 
 // Four 8x8 16-bit matrices; lane l gives the address of row (l % 8) of matrix (l / 8) and receives
 // element (l / 4, 2 (l % 4) .. +1) of each matrix in r[0..3].
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(smem_row)));
-}
-
-// The same from a shared-state address (SmemTile::frag_addr).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t smem_row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_row));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  ldmatrix_x4(r, smem_addr(smem_row));
 }
 
 // The same, transposed: lane l receives elements (2 (l % 4) .. +1, l / 4) of each matrix.

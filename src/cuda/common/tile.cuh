@@ -37,10 +37,7 @@ struct SmemTile {
   // Element offset of (row, col). Within a 16-byte chunk (8 elements) the order is kept, so col may
   // be any column (e.g. the 4-byte stores of mma fragments at col = 8 n + 2 t).
   __device__ __forceinline__ static int offset(int row, int col) {
-    if constexpr (kSwizzled)
-      return smem_tile_offset(row, col, kPitch, true);
-    else
-      return row * kPitch + col;
+    return smem_tile_offset(row, col, kPitch, kSwizzled);
   }
   // Shared-memory address of (row, c0 + cl) for ldmatrix: c0 a multiple of 16 (a constant in the
   // unrolled loops), cl 0 or 8 (the lane's half). Swizzled, chunk (c0 + cl) / 8 ^ (row % 8) is
