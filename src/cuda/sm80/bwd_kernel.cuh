@@ -525,7 +525,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // dQ(kStepM rows × d) += dS K into the fp32 accumulator, unscaled (bwd_convert_dq scales);
       // rows past the sequence (s.sq - m0 < kStepM) are skipped.
       warp_gemm_ab_atomic<TileS, TileK, kBlockN / 16, GridDQ::kNT / 2>(dq_accum + row_index(p, b, h, m0) * kHeadDim,
-                                                                       kHeadDim, s.sq - m0, p.head_dim, sdS, sK,
+                                                                       kHeadDim, s.sq - m0, sdS, sK,
                                                                        dq_row, dq_col, lane);
     }
     if (stages == 1 && it + 1 < iters) {

@@ -78,30 +78,42 @@ __device__ __forceinline__ void warp_gemm_ab(float (&acc)[kMT][kNT][4], const T*
       [&](uint32_t(&b)[4], int np, int ks) { load_b_frags_kn<TileB>(b, sB, 16 * ks, n0 + 16 * np, lane); });
 }
 
-// d[0] += x, d[1] += y (fp32, global). sm_90 has a vector reduction (red.global.add.v2.f32, CUDA's
-// float2 atomicAdd): one instruction and one L2 request per pair instead of two. d is 8-byte
-// aligned: the dQ accumulator rows start at multiples of d_pad floats from a 256-byte offset into
-// the workspace (bwd_preprocess already stores float4 to them, so the workspace is 16-byte
-// aligned), and columns are even. sm_80 falls back to two scalar atomics.
-__device__ __forceinline__ void atomic_add2(float* d, float x, float y) {
+// d[0] += x, d[1] += y (fp32, global) where `valid`. sm_90 has a vector reduction
+// (red.global.add.v2.f32, what CUDA's float2 atomicAdd compiles to): one instruction and one L2
+// request per pair instead of two. d is 8-byte aligned: the dQ accumulator rows start at multiples
+// of d_pad floats from a 256-byte offset into the workspace (bwd_preprocess already stores float4 to
+// them, so the workspace is 16-byte aligned), and columns are even. sm_80 uses two scalar
+// reductions. Predicated in PTX, not branched: written as `if (valid) atomicAdd(...)` every
+// reduction became a BSSY / BRA / BSYNC region (the d = 256 dkdv kernel's dQ update executed ~5
+// control instructions per reduction, ncu, session 16); d is not dereferenced when !valid.
+__device__ __forceinline__ void atomic_add2_if(bool valid, float* d, float x, float y) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(reinterpret_cast<float2*>(d), make_float2(x, y));
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p red.global.add.v2.f32 [%0], {%1, %2};\n}\n" ::"l"(d),
+      "f"(x), "f"(y), "r"(static_cast<int>(valid))
+      : "memory");
 #else
-  atomicAdd(d, x);
-  atomicAdd(d + 1, y);
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p red.global.add.f32 [%0], %1;\n"
+      " @p red.global.add.f32 [%0+4], %2;\n}\n" ::"l"(d),
+      "f"(x), "f"(y), "r"(static_cast<int>(valid))
+      : "memory");
 #endif
 }
 
-// dst[m0.., n0..] += A[m0.., k] · B[k, n0..] (fp32, atomicAdd), 16 columns at a time so that only
-// 8 accumulators are live: the dQ update of the atomic mode. Rows >= rows_valid and columns >=
-// cols_valid are skipped. The A fragments (16 × 16 kKSteps) are loaded once for all columns.
+// dst[m0.., n0..] += A[m0.., k] · B[k, n0..] (fp32, reductions), 16 columns at a time so that only
+// 8 accumulators are live: the dQ update of the atomic mode. Rows >= rows_valid are skipped; every
+// column is written (dst's rows are the accumulator's kHeadDim columns wide; columns past the call's
+// head dim are never read back: bwd_convert_dq). The A fragments (16 × 16 kKSteps) are loaded once
+// for all columns.
 template <class TileA, class TileB, int kKSteps, int kNPairs, class T>
-__device__ __forceinline__ void warp_gemm_ab_atomic(float* dst, int ld, int rows_valid, int cols_valid,
-                                                    const T* sA, const T* sB, int m0, int n0, int lane) {
+__device__ __forceinline__ void warp_gemm_ab_atomic(float* dst, int ld, int rows_valid, const T* sA, const T* sB,
+                                                    int m0, int n0, int lane) {
   uint32_t a[kKSteps][4];
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) load_a_frag<TileA>(a[ks], sA, m0, ks * 16, lane);
   const int g = lane / 4, t = lane % 4;
+  const bool row_ok[2] = {m0 + g < rows_valid, m0 + g + 8 < rows_valid};
 #pragma unroll
   for (int np = 0; np < kNPairs; ++np) {
     float acc[2][4] = {};
@@ -115,12 +127,11 @@ __device__ __forceinline__ void warp_gemm_ab_atomic(float* dst, int ld, int rows
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
       const int col = n0 + np * 16 + nt * 8 + 2 * t;
-      if (col >= cols_valid) continue;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = m0 + g + half * 8;
-        if (row >= rows_valid) continue;
-        atomic_add2(dst + static_cast<int64_t>(row) * ld + col, acc[nt][half * 2], acc[nt][half * 2 + 1]);
+        atomic_add2_if(row_ok[half], dst + static_cast<int64_t>(row) * ld + col, acc[nt][half * 2],
+                       acc[nt][half * 2 + 1]);
       }
     }
   }
