@@ -27,6 +27,18 @@ __device__ __forceinline__ float fast_exp2(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+// 1 / x and log2(x) on the MUFU (rcp.approx, lg2.approx; flushing subnormals): one instruction
+// each where the IEEE forms add a slow-path branch (division) or a polynomial (log2f).
+__device__ __forceinline__ float fast_rcp(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float fast_log2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // tanh(y) = 1 - 2 / (e^(2y) + 1) for softcap: one ex2 and one reciprocal on the MUFU and three
 // FMA-pipe instructions, where tanhf costs ~20 instructions with a branch (softcap's forward ran

@@ -56,6 +56,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/common/fastdiv.h"
 #include "cuda/common/mma.cuh"
 #include "cuda/host_util.h"
 #include "cuda/common/seq.cuh"
@@ -220,6 +221,25 @@ struct BwdItem {
   SeqBounds sb;
   int m_begin, m_count, steps;
   bool skip;  // the block starts past this (varlen) sequence's end: not even dK / dV to write
+  // Step k's query head and first query row. The loops step them (query blocks of a head, then the
+  // next head) instead of dividing k by m_count: that integer division (~20 dependent
+  // instructions) ran once per step on the producer's and each consumer's path.
+  struct Step {
+    int hq, m0;
+  };
+  template <int kBM>
+  __device__ __forceinline__ Step first_step(const Params& p) const {
+    return {hk * p.group, m_begin * kBM};
+  }
+  template <int kBM>
+  __device__ __forceinline__ Step next_step(Step st) const {
+    st.m0 += kBM;
+    if (st.m0 == (m_begin + m_count) * kBM) {
+      st.m0 = m_begin * kBM;
+      ++st.hq;
+    }
+    return st;
+  }
 };
 
 // Item w: key block fastest, then kv head, then batch (the order the counter hands them out in, as
@@ -227,13 +247,14 @@ struct BwdItem {
 // neighbouring key blocks of the same heads, which read the same Q / dO rows and reduce into the
 // same dQ rows in L2: measured to be worth 13-25% over an order across heads (bench/notes-sm90.md,
 // the launch order under a causal mask).
+// n_blocks: key blocks per (kv head, batch); heads: p.heads_k (FastDiv, prepared once per CTA).
 template <int kBN, int kBM>
-__device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, int n_blocks) {
+__device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDiv& n_blocks, const FastDiv& heads) {
   BwdItem t;
-  const int hb = w / n_blocks;
-  t.n0 = (w - hb * n_blocks) * kBN;
-  t.hk = hb % p.heads_k;
-  t.b = hb / p.heads_k;
+  int hb, nb;
+  n_blocks.divmod(w, hb, nb);
+  t.n0 = nb * kBN;
+  heads.divmod(hb, t.b, t.hk);
   t.sb = seq_bounds(p, t.b);
   t.skip = t.n0 >= t.sb.sk;
   int m_end = 0;
@@ -427,6 +448,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // so that the counter, taken items + gridDim.x times, stays in range.
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
   const int items = n_blocks * p.heads_k * p.batch;
+  // bwd_item's divisors (a 64-bit division each, once per thread).
+  const FastDiv n_blocks_div = FastDiv::make(max(n_blocks, 1)), heads_div = FastDiv::make(max(p.heads_k, 1));
 
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
@@ -505,19 +528,19 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       if (lane == 0) w = atomicAdd(sched, 1);
       w = __shfl_sync(0xffffffffu, w, 0);
       if (w >= items) break;
-      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks);
+      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks_div, heads_div);
       if (t.skip) continue;  // nothing to load, no dK / dV rows: the consumers need not know of it
       if (t.steps == 0) hand_over(w, 0);  // nothing to load; the consumers write dK = dV = 0
       const int bt = p.varlen ? 0 : t.b;  // varlen: the row index carries the sequence
-      for (int k = 0; k < t.steps; ++k, ++g) {
+      BwdItem::Step st = t.first_step<kBM>(p);
+      for (int k = 0; k < t.steps; ++k, ++g, st = t.next_step<kBM>(st)) {
         const int s = g % kStages;
         __syncwarp();  // converged for the aligned barrier
         if (g >= kStages) {
           stats_read_sync(s);  // step g - kStages's statistics are read
           bwd_wait(qdo_empty + s, ((g / kStages) & 1) ^ 1);
         }
-        const int hq = t.hk * p.group + k / t.m_count;
-        const int m0 = (t.m_begin + k % t.m_count) * kBM;
+        const int hq = st.hq, m0 = st.m0;
         if (lane == 0) {
           bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, qdo_full + s,
                                           2 * L::kQBytes + L::kStatsBytes);
@@ -610,7 +633,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       const int w = *item_slot;  // stored before the producer's arrive on this phase (the protocol above)
       if (w == kEndItem) break;  // (no arrival: the producer writes the slot no more)
       item_read_arrive();
-      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks);
+      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks_div, heads_div);
       if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
       const SeqBounds& sb = t.sb;
       const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
@@ -621,11 +644,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
 
-      for (int k = 0; k < t.steps; ++k, ++g) {
+      BwdItem::Step st = t.first_step<kBM>(p);
+      for (int k = 0; k < t.steps; ++k, ++g, st = t.next_step<kBM>(st)) {
         const bool last = k + 1 == t.steps;
         const int s = g % kStages;
-        const int hq = t.hk * p.group + k / t.m_count;
-        const int m0 = (t.m_begin + k % t.m_count) * kBM;
+        const int hq = st.hq, m0 = st.m0;
         const ScoreMod mod = ScoreMod::make(p, t.b, hq, sb.sq, sb.sk);
         const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
         const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;

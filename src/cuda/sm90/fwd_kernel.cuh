@@ -50,6 +50,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/common/fastdiv.h"
 #include "cuda/common/mma.cuh"
 #include "cuda/host_util.h"
 #include "cuda/common/seq.cuh"
@@ -180,24 +181,36 @@ struct FwdTilePlan {
 // running at one time each read a different head's K/V, from device memory; seqlen 2048 causal ran
 // at 0.73-0.78x cuDNN.) Tiles per (head, batch): tile_slots (fwd_config.h, with tiles_paired).
 
+// The tile index's divisors (plan_tile), prepared once on the host: FastDiv (common/fastdiv.h)
+// instead of a ~20-instruction integer division per quotient on the path between two tiles.
+struct FwdTileOrder {
+  int m_blocks;      // query blocks of the longest sequence
+  FastDiv per_head;  // units of one (head, batch): pairs of query blocks (tiles_paired) or query blocks
+  FastDiv heads;     // p.heads_q
+  FastDiv group;     // p.group: query heads per kv head
+  static FwdTileOrder make(const Params& p, int m_blocks) {
+    auto div = [](int d) { return FastDiv::make(std::max(d, 1)); };  // (no tile divides by an empty count)
+    return {m_blocks, div(tiles_paired(p) ? (m_blocks + 1) / 2 : m_blocks), div(p.heads_q), div(p.group)};
+  }
+};
+
 template <int kBM, int kBN>
-__device__ __forceinline__ FwdTilePlan plan_tile(const Params& p, int t, int m_blocks) {
+__device__ __forceinline__ FwdTilePlan plan_tile(const Params& p, int t, const FwdTileOrder& order) {
   // Without a causal-like mask every query block costs the same: query block fastest, so the CTAs
   // running at one time share a head's K/V in L2.
   FwdTilePlan w;
-  int m_block, hb;
+  const int m_blocks = order.m_blocks;
+  int m_block, hb, j;
   bool dup = false;  // the empty partner slot of an odd middle block
   if (tiles_paired(p)) {
-    const int pairs = (m_blocks + 1) / 2, u = t / 2, j = u % pairs;
-    hb = u / pairs;
+    order.per_head.divmod(t >> 1, hb, j);  // pair j of the (head, batch) hb
     m_block = (t & 1) ? j : m_blocks - 1 - j;
     dup = (t & 1) && j == m_blocks - 1 - j;
   } else {
-    m_block = m_blocks - 1 - t % m_blocks;
-    hb = t / m_blocks;
+    order.per_head.divmod(t, hb, j);
+    m_block = m_blocks - 1 - j;
   }
-  w.h = hb % p.heads_q;
-  w.b = hb / p.heads_q;
+  order.heads.divmod(hb, w.b, w.h);
   w.sb = seq_bounds(p, w.b);
   w.m0 = m_block * kBM;
   w.skip = dup || w.m0 >= w.sb.sq;
@@ -229,7 +242,7 @@ template <class T, int kTile, bool kMods>
 __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
-               const __grid_constant__ CUtensorMap tm_o, bool o_tma, int m_blocks, int tiles) {
+               const __grid_constant__ CUtensorMap tm_o, bool o_tma, const FwdTileOrder order, int tiles) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kTile>;
   using W = FwdWarps<kTile>;
@@ -286,9 +299,9 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     for (int r = 0; round_exists(r, gridDim.x, tiles, paired); ++r) {
       const int t = tile_of(r, blockIdx.x, gridDim.x, paired);
       if (t >= tiles) continue;
-      const FwdTilePlan w = plan_tile<kBM, kBN>(p, t, m_blocks);
+      const FwdTilePlan w = plan_tile<kBM, kBN>(p, t, order);
       if (w.skip || w.n_begin >= w.n_end) continue;
-      const int hk = w.h / p.group;
+      const int hk = order.group.div(w.h);
       const int bt = p.varlen ? 0 : w.b;  // varlen: the row index carries the sequence
       const int q_row = static_cast<int>(w.sb.q_row0) + w.m0, k_row = static_cast<int>(w.sb.k_row0);
       // Q into its ring slot once the tile that used the slot last is done with it (its last S, and
@@ -416,7 +429,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     for (; round_exists(r, gridDim.x, tiles, paired); ++r) {
       const int t = tile_of(r, blockIdx.x, gridDim.x, paired);
       if (t >= tiles) continue;
-      next = plan_tile<kBM, kBN>(p, t, m_blocks);
+      next = plan_tile<kBM, kBN>(p, t, order);
       if (!next.skip) return true;
     }
     return false;
@@ -685,7 +698,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
 }
 
 template <class T, int kTile, bool kMods>
-cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks, int tiles, int ctas,
+cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, const FwdTileOrder& order, int tiles, int ctas,
                               const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const CUtensorMap& to,
                               bool o_tma) {
   constexpr int kSmem = FwdSmem<kTile>::kBytes;
@@ -693,7 +706,7 @@ cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, int m_blocks
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
-  kernel<<<ctas, FwdWarps<kTile>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, m_blocks, tiles);
+  kernel<<<ctas, FwdWarps<kTile>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, order, tiles);
   return cudaGetLastError();
 }
 
@@ -718,8 +731,9 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   // multiple of 16 bytes) O is written from registers instead.
   const bool o_tma = encode_o_map(p, &to);
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-  e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma)
-           : launch_fwd_kernel<T, kTile, false>(p, stream, m_blocks, int(tiles), ctas, tq, tk, tv, to, o_tma);
+  const FwdTileOrder order = FwdTileOrder::make(p, m_blocks);
+  e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma)
+           : launch_fwd_kernel<T, kTile, false>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError,
                   std::string("cuda forward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};
