@@ -10,11 +10,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define IOATTN_HD __host__ __device__ __forceinline__
-#else
-#define IOATTN_HD inline
-#endif
+#include "core/hostdevice.h"
 
 namespace ioattn::cuda {
 
@@ -47,5 +43,3 @@ struct FastDiv {
 };
 
 }  // namespace ioattn::cuda
-
-#undef IOATTN_HD
