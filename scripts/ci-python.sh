@@ -37,9 +37,10 @@ fi
 # with torch) came with torch above. With IOATTN_REQUIRE_ULTRALYTICS=1 a missing ultralytics fails
 # those tests instead of skipping them.
 ULTRALYTICS_PIN=8.4.190
+THOP_PIN=2.2.3  # (scripts/gpu_check.sh --fetch-wheels reads both pins from here)
 if ! "$PY" -c "import importlib.metadata as m, cv2, PIL, torchvision; assert m.version('ultralytics') == '$ULTRALYTICS_PIN'" 2>/dev/null; then
   echo "== installing ultralytics $ULTRALYTICS_PIN (opencv-python-headless, pillow)"
-  "$PY" -m pip install -q --no-deps "ultralytics==$ULTRALYTICS_PIN" ultralytics-thop==2.2.3 opencv-python-headless pillow
+  "$PY" -m pip install -q --no-deps "ultralytics==$ULTRALYTICS_PIN" "ultralytics-thop==$THOP_PIN" opencv-python-headless pillow
 fi
 export IOATTN_REQUIRE_ULTRALYTICS=1
 

@@ -21,8 +21,10 @@
 #   SKIP_BENCH=1 / SKIP_SANITIZER=1 / SKIP_PYTHON=1 / SKIP_DECODE=1  skip those steps
 #   EXAMPLES=1   also train examples/vit and examples/gpt with --control (results in $LOG_DIR/examples)
 #   PY_TARGET    where the Python package is installed (default $BUILD_DIR/py-site; prepended to PYTHONPATH).
-#                The GPU image lacks nanobind / scikit-build-core / pytest: carry them as wheels in .whl/
-#                (see /work/.library/device/README.md) and this script installs them first.
+#                Wheels in .whl/ are installed first (see /work/.library/device/README.md): the GPU
+#                image has nanobind, scikit-build-core and pytest but not ultralytics, which
+#                tests/python/test_ultralytics.py requires here (IOATTN_REQUIRE_ULTRALYTICS=1);
+#                `scripts/gpu_check.sh --fetch-wheels` downloads it (the pin of scripts/ci-python.sh).
 #   IOATTN_DEPS_PREFIX  a /usr-like prefix holding what the build needs that the GPU image may lack
 #                (GoogleTest, CLI11, nlohmann-json, OpenBLAS + cblas.h and its runtime libraries):
 #                added to CMAKE_PREFIX_PATH, CPATH and LD_LIBRARY_PATH
@@ -35,9 +37,20 @@
 # The GPU image has CUDA, CMake, ninja and PyTorch but not the C++ dev packages. On the development
 # machine (Debian, packages installed), `scripts/gpu_check.sh --make-deps-prefix DIR` copies them
 # into DIR/usr (about 42 MB; use a path that .gitignore covers, e.g. build-gpu-deps), to be carried
-# to the GPU machine and named by IOATTN_DEPS_PREFIX=DIR/usr.
+# to the GPU machine and named by IOATTN_DEPS_PREFIX=DIR/usr. `scripts/gpu_check.sh --fetch-wheels`
+# (on the development machine, which has network) puts the ultralytics wheels into .whl/ (ignored by
+# git; carry it too).
 set -u
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  pin=$(sed -n 's/^ULTRALYTICS_PIN=//p' scripts/ci-python.sh)
+  thop=$(sed -n 's/^THOP_PIN=\([0-9.]*\).*/\1/p' scripts/ci-python.sh)
+  set -e
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .whl "ultralytics==$pin" "ultralytics-thop==$thop"
+  ls .whl
+  exit 0
+fi
 
 if [ "${1:-}" = "--make-deps-prefix" ]; then
   D="${2:?usage: $0 --make-deps-prefix DIR}/usr"
