@@ -1,7 +1,8 @@
 // FastDiv (src/cuda/common/fastdiv.h), the sm90 kernels' division by a run-time divisor, against
 // the built-in division on the host: every dividend below 2^16 for the divisors 1..300 (tile
 // counts, head counts, GQA groups live there), then random and extreme dividends (up to 2^31 - 1)
-// for divisors across the whole range, powers of two and their neighbours included.
+// for divisors across the whole range, powers of two and their neighbours included; a divisor
+// below 1 (an empty count) divides as 1.
 #include <gtest/gtest.h>
 
 #include <climits>
@@ -26,6 +27,13 @@ TEST(FastDiv, SmallDivisorsEveryDividendBelow2To16) {
   for (int d = 1; d <= 300; ++d) {
     const FastDiv f = FastDiv::make(d);
     for (int n = 0; n < (1 << 16); ++n) expect_divides(f, d, n);
+  }
+}
+
+TEST(FastDiv, EmptyCountDividesAsOne) {
+  for (int d : {0, -1, -7}) {
+    const FastDiv f = FastDiv::make(d);
+    for (int n : {0, 1, 5, 1 << 20, INT_MAX}) expect_divides(f, 1, n);
   }
 }
 

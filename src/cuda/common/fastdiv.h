@@ -17,10 +17,10 @@ namespace ioattn::cuda {
 struct FastDiv {
   uint32_t d = 1, mul = 1, shift = 0;
 
-  // d >= 1.
+  // A divisor d < 1 (the count of something empty, which no index is divided by) is taken as 1.
   IOATTN_HD static FastDiv make(int d) {
     FastDiv f;
-    f.d = static_cast<uint32_t>(d);
+    f.d = static_cast<uint32_t>(d > 1 ? d : 1);
     while ((uint64_t{1} << f.shift) < f.d) ++f.shift;
     f.mul = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << f.shift) - f.d)) / f.d + 1);
     return f;

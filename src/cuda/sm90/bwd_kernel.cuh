@@ -449,7 +449,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
   const int items = n_blocks * p.heads_k * p.batch;
   // bwd_item's divisors (a 64-bit division each, once per thread).
-  const FastDiv n_blocks_div = FastDiv::make(max(n_blocks, 1)), heads_div = FastDiv::make(max(p.heads_k, 1));
+  const FastDiv n_blocks_div = FastDiv::make(n_blocks), heads_div = FastDiv::make(p.heads_k);
 
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;

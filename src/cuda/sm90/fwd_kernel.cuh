@@ -189,8 +189,8 @@ struct FwdTileOrder {
   FastDiv heads;     // p.heads_q
   FastDiv group;     // p.group: query heads per kv head
   static FwdTileOrder make(const Params& p, int m_blocks) {
-    auto div = [](int d) { return FastDiv::make(std::max(d, 1)); };  // (no tile divides by an empty count)
-    return {m_blocks, div(tiles_paired(p) ? (m_blocks + 1) / 2 : m_blocks), div(p.heads_q), div(p.group)};
+    return {m_blocks, FastDiv::make(tiles_paired(p) ? (m_blocks + 1) / 2 : m_blocks), FastDiv::make(p.heads_q),
+            FastDiv::make(p.group)};
   }
 };
 
