@@ -393,7 +393,8 @@ def main():
                       ("triton do_bench median (L2 flushed per call)" if device == "cuda" and do_bench
                        else f"median of {args.repeat}"),
             "copy": {"gib": copy_gib, "ms": copy_ms, "bytes_per_s": copy_bps}, "launch_floor_ms": floor_ms,
-            "protocol": "BENCHMARKS.md decoding: bf16, Hq 32 / Hk 8, D 128, seqlen_q 1", "rows": rows}
+            "protocol": "BENCHMARKS.md decoding: bf16, Hq 32 / Hk 8, D 128, seqlen_q 1",
+            "layouts": layouts, "peers": peers, "rows": rows}
 
     def save():  # after every shape, so a run cut short keeps what it measured
         with open(path, "w") as f:

@@ -57,8 +57,7 @@ def spread(xs):
 def table(names, runs):
     """runs[name] = list of bench_decode JSONs (one per round). One line per (batch, seqlen_k, layout)."""
     first = runs[names[0]][0]
-    layouts = [k for k in first["rows"][0] if isinstance(first["rows"][0][k], dict) and k.startswith(("contig", "paged", "head"))]
-    peers = sorted({p for r in first["rows"] for sp in (r.get(l, {}).get("speedup", {}) for l in layouts) for p in sp})
+    layouts, peers = first["layouts"], first["peers"]  # as bench_decode.py ran them
     unit = "us"
     cols = [f"{n:>19}" for n in names] + [f"{p:>9}" for p in peers]
     lines = [f"ioattn time per call ({unit}, median of {len(runs[names[0]])} rounds +- spread; ratio to {names[0]}), "
