@@ -168,7 +168,8 @@ cudaError_t launch_attend_cluster(const Params& p, int splits, const dim3& grid,
   if (cudaError_t e = cluster_kernel_setup<T, kD>(splits); e != cudaSuccess) return e;
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = cluster_config<decode::Tile<kD>>(splits, grid, stream, &attr);
-  return cudaLaunchKernelEx(&cfg, decode::attend_kernel<T, kD, 0, true>, p, splits, static_cast<float*>(nullptr),
+  const auto divs = decode::AttendDivs::make(p, static_cast<int>(grid.y) / p.heads_k, splits);
+  return cudaLaunchKernelEx(&cfg, decode::attend_kernel<T, kD, 0, true>, p, splits, divs, static_cast<float*>(nullptr),
                             static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr));
 }
 
@@ -184,9 +185,10 @@ cudaError_t launch_attend(const Params& p, int splits, float* part_o, float* par
     e = cudaFuncSetAttribute(decode::attend_kernel<T, kD, kStagesT>, cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared);
   if (e != cudaSuccess) return e;
-  const dim3 grid(splits, static_cast<unsigned>(p.heads_k * ((p.seqlen_q * p.group + C::kM - 1) / C::kM)), p.batch);
-  decode::attend_kernel<T, kD, kStagesT>
-      <<<grid, C::kThreads, C::kSmemBytes, stream>>>(p, splits, part_o, part_lse, arrivals);
+  const int row_blocks = (p.seqlen_q * p.group + C::kM - 1) / C::kM;
+  const dim3 grid(splits, static_cast<unsigned>(p.heads_k * row_blocks), p.batch);
+  decode::attend_kernel<T, kD, kStagesT><<<grid, C::kThreads, C::kSmemBytes, stream>>>(
+      p, splits, decode::AttendDivs::make(p, row_blocks, splits), part_o, part_lse, arrivals);
   return cudaGetLastError();
 }
 

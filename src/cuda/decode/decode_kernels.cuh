@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/fastdiv.h"
 #include "common/mma.cuh"
 #include "common/score.cuh"
 #include "common/tile_layout.h"
@@ -247,11 +248,25 @@ __device__ void merge_row(const Params& p, int splits, const float* part_o, cons
 // global merge this drops the per-call memset of the arrival counters, the partials' round trip
 // through L2, the fences and the atomic (about 4 us of a 10-25 us decode call: globaltimer traces,
 // bench/notes-decode.md).
-constexpr int kMaxClusterSplits = 16;  // the largest cluster sm_90 launches (8 portable, 16 opted in)
+constexpr int kMaxClusterSplits = 16;
+
+// The attend kernel's run-time divisors, prepared on the host (common/fastdiv.h): at batch 1 a
+// block's whole life is a prologue, a tile or two and the merge, and the prologue's integer
+// divisions (row block and kv head out of blockIdx.y, a row's query and head out of the GQA group,
+// the split's share of the tiles: ~20 dependent instructions each) sat on its serial path.
+struct AttendDivs {
+  FastDiv group;       // p.group: row rg of a block is query rg / group of head hk * group + rg % group
+  FastDiv row_blocks;  // row blocks per kv head: blockIdx.y = hk * row_blocks + row block
+  FastDiv splits;      // the grid's splits (blockIdx.x)
+  static AttendDivs make(const Params& p, int row_blocks, int splits) {
+    auto div = [](int d) { return FastDiv::make(d > 1 ? d : 1); };
+    return {div(p.group), div(row_blocks), div(splits)};
+  }
+};  // the largest cluster sm_90 launches (8 portable, 16 opted in)
 
 template <class T, class C>
-__device__ void cluster_merge(const Params& p, int splits, float* part, const float* sstate, int real_rows, int r0,
-                              int hk, int b, int64_t q0) {
+__device__ void cluster_merge(const Params& p, int splits, const FastDiv& group, float* part, const float* sstate,
+                              int real_rows, int r0, int hk, int b, int64_t q0) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   constexpr int kD4 = C::kDim / 4;  // 4-dim groups per row
@@ -291,7 +306,9 @@ __device__ void cluster_merge(const Params& p, int splits, float* part, const fl
       acc.w += w * x[sp].w;
     }
     const float scale = m.out_scale();
-    const int rg = r0 + r, i = rg / p.group, h = hk * p.group + rg % p.group;
+    int i, hr;
+    group.divmod(r0 + r, i, hr);
+    const int h = hk * p.group + hr;
     T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (q0 + i) * p.o_row_stride + h * p.o_head_stride + d;
     orow[0] = from_float<T>(acc.x * scale);
     orow[1] = from_float<T>(acc.y * scale);
@@ -325,7 +342,7 @@ __device__ __forceinline__ int swz(int r, int c) {
 // instead (cluster_merge): no workspace, no counters, no global partials.
 template <class T, int kD, int kStagesT, bool kCluster = false>
 __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStagesT>::kMinBlocks)
-    attend_kernel(const Params p, int splits, float* part_o, float* part_lse, unsigned* arrivals) {
+    attend_kernel(const Params p, int splits, const AttendDivs dv, float* part_o, float* part_lse, unsigned* arrivals) {
   using C = Tile<kD, kStagesT>;
   constexpr int kM = C::kM, kN = C::kN, kWN = C::kWN, kStages = C::kStages, kChunks = C::kChunks;
   constexpr int kKSteps = kD / 16;                 // k16 steps of Q K^T
@@ -339,8 +356,9 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int split = blockIdx.x, b = blockIdx.z;
-  const int m_blocks = (p.seqlen_q * p.group + kM - 1) / kM;  // grid.y: sized for the longest sequence
-  const int hk = blockIdx.y / m_blocks, r0 = (blockIdx.y % m_blocks) * kM;
+  int hk, r0;  // grid.y: kv heads x row blocks, sized for the longest sequence (AttendDivs)
+  dv.row_blocks.divmod(static_cast<int>(blockIdx.y), hk, r0);
+  r0 *= kM;
   const int D = p.head_dim, Dv = p.head_dim_v;
   const KVSeq s = kv_seq(p, b);
   const int rows = s.sq * p.group;
@@ -351,8 +369,8 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   // (first_key / end_key grow with the row, so the first and last rows bound it). The loop starts
   // at k_begin rounded down to 16 so every warp tile starts on a 16-key boundary (one page);
   // the keys before k_begin are masked.
-  const int i_first = r0 / p.group, i_last = (min(r0 + kM, rows) - 1) / p.group;
-  const int tiles = (s.sk + kN - 1) / kN, per_split = (tiles + splits - 1) / splits;
+  const int i_first = dv.group.div(r0), i_last = dv.group.div(min(r0 + kM, rows) - 1);
+  const int tiles = (s.sk + kN - 1) / kN, per_split = dv.splits.div(tiles + splits - 1);
   const int k_begin = max(min(mask.first_key(i_first), s.sk), split * per_split * kN);
   const int k_end = min(mask.end_key(i_last, s.sk), min(s.sk, (split + 1) * per_split * kN));
   const int k_start = k_begin & ~(kWN - 1);
@@ -418,7 +436,9 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
 #pragma unroll
     for (int k = 0; k < 8; ++k) x[k] = from_float<T>(0.0f);
     if (rg < rows && c * 8 < D) {
-      const int i = rg / p.group, h = hk * p.group + rg % p.group;
+      int i, hr;
+      dv.group.divmod(rg, i, hr);
+      const int h = hk * p.group + hr;
       const T* qrow =
           static_cast<const T*>(p.q) + b * p.q_batch_stride + (s.q0 + i) * p.q_row_stride + h * p.q_head_stride;
 #pragma unroll
@@ -465,10 +485,12 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   for (int r = 0; r < 2; ++r) {
     const int rg = r0 + g + 8 * r;
     const bool real = rg < rows;
-    qi[r] = real ? rg / p.group : 0;
+    int hr;
+    dv.group.divmod(rg, qi[r], hr);
+    if (!real) qi[r] = 0;
     lo[r] = real ? max(k_begin, mask.first_key(qi[r])) : 0;
     hi[r] = real ? min(k_end, mask.end_key(qi[r], s.sk)) : 0;
-    const int h = hk * p.group + rg % p.group;
+    const int h = hk * p.group + hr;
     slope[r] = (p.alibi_slopes && real) ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2eF : 0.0f;
   }
   const bool alibi = p.alibi_slopes != nullptr, mods = softcap || alibi;
@@ -642,7 +664,9 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
       val.w += x.w * wt;
     }
     const float row_lse = sstate[r * 2 + 1];
-    const int i = rg / p.group, h = hk * p.group + rg % p.group;
+    int i, hr;
+    dv.group.divmod(rg, i, hr);
+    const int h = hk * p.group + hr;
     if (splits == 1) {
       T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride + d;
       orow[0] = from_float<T>(val.x);
@@ -660,7 +684,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   }
   if (splits == 1) return;
   if constexpr (kCluster) {
-    cluster_merge<T, C>(p, splits, so_part, sstate, real_rows, r0, hk, b, s.q0);
+    cluster_merge<T, C>(p, splits, dv.group, so_part, sstate, real_rows, r0, hk, b, s.q0);
     return;
   }
 
@@ -672,7 +696,9 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   static_assert(kMaxSplits % 32 == 0, "whole LSEs per lane");
   float* s_w = reinterpret_cast<float*>(skv) + warp * kMaxSplits;
   for (int r = warp; r < min(kM, rows - r0); r += C::kWarps) {
-    const int rg = r0 + r, i = rg / p.group, h = hk * p.group + rg % p.group;
+    int i, hr;
+    dv.group.divmod(r0 + r, i, hr);
+    const int h = hk * p.group + hr;
     T* orow = static_cast<T*>(p.out) + b * p.o_batch_stride + (s.q0 + i) * p.o_row_stride + h * p.o_head_stride;
     float* lse_out = p.lse ? p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + s.q0 + i : nullptr;
     const int64_t row = (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
