@@ -17,6 +17,53 @@ namespace ioattn {
 
 constexpr float kLn2f = 0.6931471805599453f;  // log2 units -> natural log
 
+// 2^x, 1 / x, log2(x), e^x and ln(x). On the GPU the MUFU approximations, flushing subnormals (ex2 / rcp /
+// lg2.approx.ftz: one instruction each, ~2 ulp), as the attention kernels' softmax does
+// (cuda/common/score.cuh's fast_exp2); exp2f without fast-math is a range test and two scalings
+// around ex2, the IEEE division a slow-path branch, log2f a polynomial, on the decode kernel's
+// per-tile and epilogue paths. On the host the library functions. exp2(-inf) = +0 on both.
+IOATTN_HD float sm_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return exp2f(x);
+#endif
+}
+IOATTN_HD float sm_rcp(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return 1.0f / x;
+#endif
+}
+IOATTN_HD float sm_log2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return log2f(x);
+#endif
+}
+IOATTN_HD float sm_exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return sm_exp2(x * 1.4426950408889634f);
+#else
+  return expf(x);
+#endif
+}
+IOATTN_HD float sm_log(float x) {
+#if defined(__CUDA_ARCH__)
+  return sm_log2(x) * kLn2f;
+#else
+  return logf(x);
+#endif
+}
+
 struct SoftmaxState {
   float m;  // running maximum of the scores seen (log2 units), -inf while none is visible
   float l;  // running sum of exp2(x - m)
@@ -28,28 +75,28 @@ struct SoftmaxState {
   // row's accumulated output must be multiplied by (0 while the row had seen nothing).
   IOATTN_HD float raise_max(float mx) {
     const float m_new = m > mx ? m : mx;
-    const float alpha = exp2f(m - base(m_new));
+    const float alpha = sm_exp2(m - base(m_new));
     m = m_new;
     l *= alpha;
     return alpha;
   }
   // Unnormalised probability of score x under the current maximum (0 for a masked x = -inf).
-  IOATTN_HD float prob(float x) const { return exp2f(x - base(m)); }
+  IOATTN_HD float prob(float x) const { return sm_exp2(x - base(m)); }
 
   // Folds another state of the same row into this one: out = a_self * out + a_other * out_other.
   IOATTN_HD void merge(const SoftmaxState& o, float* a_self, float* a_other) {
     const float m_new = m > o.m ? m : o.m;
-    *a_self = exp2f(m - base(m_new));
-    *a_other = exp2f(o.m - base(m_new));
+    *a_self = sm_exp2(m - base(m_new));
+    *a_other = sm_exp2(o.m - base(m_new));
     l = l * *a_self + o.l * *a_other;
     m = m_new;
   }
 
   IOATTN_HD bool is_empty() const { return m == -INFINITY || !(l > 0.0f); }
   // What the accumulated output is multiplied by at the end (1 / l; 0 for an empty row).
-  IOATTN_HD float out_scale() const { return is_empty() ? 0.0f : 1.0f / l; }
+  IOATTN_HD float out_scale() const { return is_empty() ? 0.0f : sm_rcp(l); }
   // Natural-log LSE; -inf for an empty row.
-  IOATTN_HD float lse() const { return is_empty() ? -INFINITY : (m + log2f(l)) * kLn2f; }
+  IOATTN_HD float lse() const { return is_empty() ? -INFINITY : (m + sm_log2(l)) * kLn2f; }
 };
 
 // Merge of normalised partial results (o_s, lse_s) of one row, s = 0..n-1 (the split-KV combine):
@@ -62,13 +109,13 @@ struct LseMerge {
   IOATTN_HD static LseMerge begin(float max_lse) { return LseMerge{max_lse, 0.0f}; }
   // exp(lse_s - max); accumulates the sum. An empty split (lse = -inf) weighs exactly 0.
   IOATTN_HD float add(float lse_s) {
-    const float w = max_lse == -INFINITY ? 0.0f : expf(lse_s - max_lse);
+    const float w = max_lse == -INFINITY ? 0.0f : sm_exp(lse_s - max_lse);
     sum += w;
     return w;
   }
   // Factor turning Σ w_s o_s into O; 0 for an empty row.
-  IOATTN_HD float out_scale() const { return sum > 0.0f ? 1.0f / sum : 0.0f; }
-  IOATTN_HD float lse() const { return sum > 0.0f ? max_lse + logf(sum) : -INFINITY; }
+  IOATTN_HD float out_scale() const { return sum > 0.0f ? sm_rcp(sum) : 0.0f; }
+  IOATTN_HD float lse() const { return sum > 0.0f ? max_lse + sm_log(sum) : -INFINITY; }
 };
 
 // How many pieces to split the key range into (host). `work_units` independent tiles already fill
