@@ -168,7 +168,8 @@ cudaError_t launch_attend_cluster(const Params& p, int splits, const dim3& grid,
   if (cudaError_t e = cluster_kernel_setup<T, kD>(splits); e != cudaSuccess) return e;
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t cfg = cluster_config<decode::Tile<kD>>(splits, grid, stream, &attr);
-  const auto divs = decode::AttendDivs::make(p, static_cast<int>(grid.y) / p.heads_k, splits);
+  const auto divs = decode::AttendDivs::make(p, (p.seqlen_q * p.group + decode::Tile<kD>::kM - 1) / decode::Tile<kD>::kM,
+                                             splits);  // row blocks per kv head, as attend_grid's m_blocks
   return cudaLaunchKernelEx(&cfg, decode::attend_kernel<T, kD, 0, true>, p, splits, divs, static_cast<float*>(nullptr),
                             static_cast<float*>(nullptr), static_cast<unsigned*>(nullptr));
 }
