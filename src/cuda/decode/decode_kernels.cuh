@@ -259,8 +259,7 @@ struct AttendDivs {
   FastDiv row_blocks;  // row blocks per kv head: blockIdx.y = hk * row_blocks + row block
   FastDiv splits;      // the grid's splits (blockIdx.x)
   static AttendDivs make(const Params& p, int row_blocks, int splits) {
-    auto div = [](int d) { return FastDiv::make(d > 1 ? d : 1); };
-    return {div(p.group), div(row_blocks), div(splits)};
+    return {FastDiv::make(p.group), FastDiv::make(row_blocks), FastDiv::make(splits)};
   }
 };  // the largest cluster sm_90 launches (8 portable, 16 opted in)
 
