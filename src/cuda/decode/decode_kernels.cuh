@@ -248,7 +248,7 @@ __device__ void merge_row(const Params& p, int splits, const float* part_o, cons
 // global merge this drops the per-call memset of the arrival counters, the partials' round trip
 // through L2, the fences and the atomic (about 4 us of a 10-25 us decode call: globaltimer traces,
 // bench/notes-decode.md).
-constexpr int kMaxClusterSplits = 16;
+constexpr int kMaxClusterSplits = 16;  // the largest cluster sm_90 launches (8 portable, 16 opted in)
 
 // The attend kernel's run-time divisors, prepared on the host (common/fastdiv.h): at batch 1 a
 // block's whole life is a prologue, a tile or two and the merge, and the prologue's integer
@@ -261,7 +261,7 @@ struct AttendDivs {
   static AttendDivs make(const Params& p, int row_blocks, int splits) {
     return {FastDiv::make(p.group), FastDiv::make(row_blocks), FastDiv::make(splits)};
   }
-};  // the largest cluster sm_90 launches (8 portable, 16 opted in)
+};
 
 template <class T, class C>
 __device__ void cluster_merge(const Params& p, int splits, const FastDiv& group, float* part, const float* sstate,
