@@ -17,11 +17,17 @@ namespace ioattn {
 
 constexpr float kLn2f = 0.6931471805599453f;  // log2 units -> natural log
 
-// 2^x, 1 / x, log2(x), e^x and ln(x). On the GPU the MUFU approximations, flushing subnormals (ex2 / rcp /
-// lg2.approx.ftz: one instruction each, ~2 ulp), as the attention kernels' softmax does
-// (cuda/common/score.cuh's fast_exp2); exp2f without fast-math is a range test and two scalings
-// around ex2, the IEEE division a slow-path branch, log2f a polynomial, on the decode kernel's
-// per-tile and epilogue paths. On the host the library functions. exp2(-inf) = +0 on both.
+// 2^x, 1 / x, log2(x), e^x and ln(x): the one definition every GPU kernel uses (the attention
+// kernels' softmax, score mods and finalize, the decode kernels). On the GPU the MUFU approximations,
+// flushing subnormals (ex2 / rcp / lg2.approx.ftz: one instruction each, ~2 ulp); on the host the
+// library functions. exp2(-inf) = +0 on both, so masked scores still give exactly 0.
+// exp2f without -ftz=true compiles to ex2.approx.f32, which ptxas expands to about four
+// instructions (range test and pre/post scaling so that results below 2^-126 come out subnormal
+// instead of 0); FA2 gets the one-instruction form from --use_fast_math. Flushing is harmless for
+// attention probabilities: a P below 2^-126 next to the row maximum's P = 1 is below fp32's
+// resolution of the row sum and of fp16's range, and bf16's subnormal products with V vanish in the
+// fp32 accumulator. The IEEE division adds a slow-path branch and log2f a polynomial, on the
+// kernels' per-tile and epilogue paths.
 IOATTN_HD float sm_exp2(float x) {
 #if defined(__CUDA_ARCH__)
   float y;

@@ -1,7 +1,7 @@
 // What happens to a score between the QK^T product and the softmax, applied to mma accumulator
 // fragments (layout in mma.cuh): softmax scale, softcap, ALiBi, the window/causal mask and the
 // ragged key tail, and dropout on P. Scores leave here in log2 units (x = s * log2(e)), so the
-// softmax uses exp2 (fast_exp2, softmax.cuh). Shared by the forward and backward kernels.
+// softmax uses exp2 (sm_exp2, softmax.cuh). Shared by the forward and backward kernels.
 #pragma once
 
 #include <cstdint>
@@ -9,36 +9,15 @@
 #include "core/mask.h"
 #include "core/params.h"
 #include "core/philox.h"
+#include "core/softmax_state.h"
 
 namespace ioattn::cuda {
 
 constexpr float kLog2e = 1.4426950408889634f;  // log2(e): natural-log units -> log2 units
 constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   log2 units -> natural log (LSE)
 
-// 2^x with ex2.approx.ftz.f32: one MUFU.EX2. exp2f without -ftz=true compiles to ex2.approx.f32,
-// which ptxas expands to about four instructions (range test and pre/post scaling so that results
-// below 2^-126 come out subnormal instead of 0); FA2 gets the one-instruction form from
-// --use_fast_math. Flushing is harmless for attention probabilities: a P below 2^-126 next to the
-// row maximum's P = 1 is below fp32's resolution of the row sum and of fp16's range, and bf16's
-// subnormal products with V vanish in the fp32 accumulator. Same ~2 ulp accuracy as exp2f
-// otherwise; exp2(-inf) = +0, so masked scores still give exactly 0.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-// 1 / x and log2(x) on the MUFU (rcp.approx, lg2.approx; flushing subnormals): one instruction
-// each where the IEEE forms add a slow-path branch (division) or a polynomial (log2f).
-__device__ __forceinline__ float fast_rcp(float x) {
-  float y;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float fast_log2(float x) {
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
+// 2^x, 1 / x and log2(x) on the MUFU: sm_exp2, sm_rcp, sm_log2 (core/softmax_state.h, shared with
+// the decode kernels and the CPU backend's host forms).
 
 // tanh(y) = 1 - 2 / (e^(2y) + 1) for softcap: one ex2 and one reciprocal on the MUFU and three
 // FMA-pipe instructions, where tanhf costs ~20 instructions with a branch (softcap's forward ran
@@ -48,7 +27,7 @@ __device__ __forceinline__ float fast_log2(float x) {
 // relative error of ~1e-5 in P, 50x below fp16's rounding. Large |y|: e = inf gives 1, e = 0
 // gives -1; NaN stays NaN.
 __device__ __forceinline__ float softcap_tanh(float y) {
-  const float e = fast_exp2(y * (2.0f * kLog2e));
+  const float e = sm_exp2(y * (2.0f * kLog2e));
   return 1.0f - __fdividef(2.0f, e + 1.0f);
 }
 

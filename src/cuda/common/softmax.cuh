@@ -60,16 +60,16 @@ struct OnlineSoftmax {
       const float base = mx == -INFINITY ? 0.0f : mx;
       // 0 while the row had no key (m = -inf); exactly 1 when the maximum did not move, which
       // lets the caller skip rescaling O (fwd_kernel.cuh) whatever ex2.approx returns for 0.
-      alpha[r] = m[r] == base ? 1.0f : fast_exp2(m[r] - base);
+      alpha[r] = m[r] == base ? 1.0f : sm_exp2(m[r] - base);
       m[r] = mx;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
         if (kScaled) {
-          x[nt][2 * r] = fast_exp2(fmaf(x[nt][2 * r], scale, -base));
-          x[nt][2 * r + 1] = fast_exp2(fmaf(x[nt][2 * r + 1], scale, -base));
+          x[nt][2 * r] = sm_exp2(fmaf(x[nt][2 * r], scale, -base));
+          x[nt][2 * r + 1] = sm_exp2(fmaf(x[nt][2 * r + 1], scale, -base));
         } else {
-          x[nt][2 * r] = fast_exp2(x[nt][2 * r] - base);
-          x[nt][2 * r + 1] = fast_exp2(x[nt][2 * r + 1] - base);
+          x[nt][2 * r] = sm_exp2(x[nt][2 * r] - base);
+          x[nt][2 * r + 1] = sm_exp2(x[nt][2 * r + 1] - base);
         }
         t[nt] = x[nt][2 * r] + x[nt][2 * r + 1];
       }
@@ -91,8 +91,8 @@ struct OnlineSoftmax {
       s += __shfl_xor_sync(0xffffffffu, s, 1);
       s += __shfl_xor_sync(0xffffffffu, s, 2);
       const bool empty = m[r] == -INFINITY || !(s > 0.0f);
-      o_scale[r] = empty ? 0.0f : out_scale * fast_rcp(s);
-      lse[r] = empty ? -INFINITY : (m[r] + fast_log2(s)) * kLn2;
+      o_scale[r] = empty ? 0.0f : out_scale * sm_rcp(s);
+      lse[r] = empty ? -INFINITY : (m[r] + sm_log2(s)) * kLn2;
     }
   }
 };

@@ -305,7 +305,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const float x = s[mt][nt][half * 2 + e];
-          const float prob = fast_exp2(fmaf(x, x_scale, -lse2));  // softmax.cuh: one MUFU.EX2
+          const float prob = sm_exp2(fmaf(x, x_scale, -lse2));  // softmax.cuh: one MUFU.EX2
           float ds = prob * (dp[mt][nt][half * 2 + e] * rp - dsum);
           if (kMods && mod.softcap) {
             // tanh of the capped score, recovered from x = cap_out · tanh − ALiBi; fmaxf keeps a

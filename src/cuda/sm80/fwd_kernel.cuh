@@ -8,12 +8,12 @@
 //                wait K_n; start V_n                        (V_n load overlaps S = Q K_n^T)
 //                S = Q K_n^T   mma.m16n8k16, fp32 accumulators in registers
 //                scores -> log2 units: scale / softcap / ALiBi; element mask only on boundary blocks
-//                online softmax (m, l) in fp32 with exp2 (fast_exp2); rescale O; dropout on P
+//                online softmax (m, l) in fp32 with exp2 (sm_exp2); rescale O; dropout on P
 //                wait V_n; start K_{n+1}                    (K_{n+1} load overlaps O += P V_n)
 //                O += P V_n    P converted to 16 bits in registers (C fragment == A fragment)
 //   epilogue   O / l (and 1/(1-p) with dropout) -> input dtype, staged through the Q tile for
 //              16-byte coalesced stores; LSE = ln(sum) in fp32.
-// Fast intrinsics relied on: ex2.approx.ftz (fast_exp2 in common/score.cuh, about 2 ulp, results
+// Fast intrinsics relied on: ex2.approx.ftz (sm_exp2 in core/softmax_state.h, about 2 ulp, results
 // below 2^-126 flushed to 0), log2f, and softcap's tanh from ex2 and a reciprocal (softcap_tanh).
 #pragma once
 

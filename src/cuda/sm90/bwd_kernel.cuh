@@ -725,7 +725,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                 const int key = key0 + 8 * (e / 2);
                 if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
               }
-              const float pr = fast_exp2(x);
+              const float pr = sm_exp2(x);
               st[j][e] = pr;
               if constexpr (decltype(with_ds)::value) {
                 float ds = ds_of(pr, dpt[j][e], qc);
