@@ -83,9 +83,10 @@ __device__ __forceinline__ void warp_gemm_ab(float (&acc)[kMT][kNT][4], const T*
 // request per pair instead of two. d is 8-byte aligned: the dQ accumulator rows start at multiples
 // of d_pad floats from a 256-byte offset into the workspace (bwd_preprocess already stores float4 to
 // them, so the workspace is 16-byte aligned), and columns are even. sm_80 uses two scalar
-// reductions. Predicated in PTX, not branched: written as `if (valid) atomicAdd(...)` every
-// reduction became a BSSY / BRA / BSYNC region (the d = 256 dkdv kernel's dQ update executed ~5
-// control instructions per reduction, ncu, session 16); d is not dereferenced when !valid.
+// reductions. Predicated in PTX (d is not dereferenced when !valid); ptxas still puts each
+// reduction and its address arithmetic in a BSSY / BRA / BSYNC region (SASS, session 17), and that
+// spacing is worth keeping: a branch-free form with immediate offsets issued the REDGs in bursts and
+// ran 5-6% slower at d = 64 / 128 (bench/notes-sm80.md, session 17).
 __device__ __forceinline__ void atomic_add2_if(bool valid, float* d, float x, float y) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile(
