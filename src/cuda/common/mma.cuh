@@ -103,6 +103,15 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
   ldmatrix_x4_trans(r, smem_addr(smem_row));
 }
 
+// The inverse of ldmatrix_x4 (sm_90): lane l gives the address of row (l % 8) of matrix (l / 8) and
+// element (l / 4, 2 (l % 4) .. +1) of each matrix in r0..r3 (an mma / wgmma accumulator fragment,
+// packed to 16 bits), and the four matrices' rows are stored, 16 bytes each.
+__device__ __forceinline__ void stmatrix_x4(uint32_t smem_row, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_row), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // 16-byte global -> shared copy that bypasses L1 (.cg). When !valid nothing is read (src-size 0)
 // and the 16 bytes are zero-filled: ragged row tails and padded head-dim columns become zeros.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
