@@ -785,16 +785,17 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         // chunk, kBN rows (keys; this warpgroup's at wk0) of 128 bytes, 16-byte chunk c of a row at
         // c ^ (row % 8). From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r]
         // holds row wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+        // One stmatrix.x4 per k-step: its matrices (rows wr.. + 8 r, query tile 2 kk + h) are the A
+        // fragment's registers in order (e = 2 h + r); lane l gives the address of row l % 8 of
+        // matrix l / 8, whose 16-byte unit is (2 kk % 8 + l / 16) ^ (row % 8) = (2 kk % 8) ^ st_u.
         auto store_ds = [&] {
-          unsigned char* ds = smem + L::kDS + (g % 2) * L::kDSBytes;
+          const int st_row = wk0 + 16 * (warp % 4) + (lane & 7) + 8 * ((lane >> 3) & 1);  // lane l's row
+          const int st_u = (lane >> 4) ^ (st_row % 8);
+          const uint32_t ds = smem_addr(smem + L::kDS + (g % 2) * L::kDSBytes) + st_row * kSwizzleBytes;
 #pragma unroll
           for (int kk = 0; kk < kQK; ++kk)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int row = wk0 + wr + 8 * (e % 2), j = 2 * kk + e / 2;  // j: 8-query tile
-              *reinterpret_cast<uint32_t*>(ds + (j / 8) * (kBN * kSwizzleBytes) + row * kSwizzleBytes +
-                                           (((j % 8) ^ (row % 8)) * 16) + 4 * (lane % 4)) = pds[kk][e];
-            }
+            stmatrix_x4(ds + (kk / 4) * (kBN * kSwizzleBytes) + (((2 * kk) % 8 ^ st_u) * 16), pds[kk][0], pds[kk][1],
+                        pds[kk][2], pds[kk][3]);
         };
         if constexpr (kExchange && kW == 1) {
           // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ (B is a sync of all 256
