@@ -321,9 +321,24 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
       }
     }
   }
-  // x[mt][nt][2 half + e] is the block's row row_w + 16 mt + g + 8 half, key col_w + 8 nt + 2t + e:
-  // one 4-byte store per pair, times mul.
+  // x[mt][nt][2 half + e] is the block's row row_w + 16 mt + g + 8 half, key col_w + 8 nt + 2t + e,
+  // stored times mul. On sm_90 one stmatrix.x4 per 16 x 16 (matrices: rows 0-7 / 8-15 x column
+  // tiles nt / nt + 1, lane l giving the address of row l % 8 of matrix l / 8; kNT is even: GridS's
+  // kFits): a quarter of the shared-memory instructions of the 4-byte stores, on a kernel whose
+  // MIO queue is its bottleneck next to the dQ reductions (bench/notes-sm80.md, session 17).
   auto store = [&](T* dst, const float(&x)[kMT][kNT][4], float mul) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const int srow = row_w + (lane & 7) + 8 * ((lane >> 3) & 1), scol = col_w + 8 * (lane >> 4);
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; nt += 2)
+        stmatrix_x4(smem_addr(dst + TileS::offset(srow + 16 * mt, scol + nt * 8)),
+                    pack2<T>(x[mt][nt][0] * mul, x[mt][nt][1] * mul), pack2<T>(x[mt][nt][2] * mul, x[mt][nt][3] * mul),
+                    pack2<T>(x[mt][nt + 1][0] * mul, x[mt][nt + 1][1] * mul),
+                    pack2<T>(x[mt][nt + 1][2] * mul, x[mt][nt + 1][3] * mul));
+    }
+#else
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
@@ -335,6 +350,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
         }
       }
     }
+#endif
   };
   store(s_ds, dp, 1.f);
   if (s_p == nullptr) return;
