@@ -250,13 +250,14 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   constexpr bool kOverlap = FwdTileAt<kTile>::overlap, kPingpong = FwdTileAt<kTile>::pingpong;
   // Warpgroups skip key blocks masked from all their rows: where a tile's rows are not a multiple of
   // its keys per block (d = 64: 192 x 128, 1.5 of a causal tile's 3 x blocks warpgroup-blocks on
-  // average; d = 192: 128 x 80), so whole blocks of a causal tile's diagonal miss a warpgroup. Not
-  // with q_stages = 1 (d = 256: O staged in the last block's K / V slots, which every warpgroup
-  // reads). Measured (H200, d = 64 causal 2048, with fwd_ctas' grid): 389 TFLOP/s against 376
-  // without; non-causal unchanged (490 / 490). (Session 9's version spilled and lost 9-20%: this one
-  // keeps the live loop as it was and puts the empty turns in a loop of their own after the last P V.)
-  constexpr bool kSkipMasked =
-      FwdTileAt<kTile>::block_m % FwdTileAt<kTile>::block_n != 0 && FwdTileAt<kTile>::q_stages > 1;
+  // average; d = 192 / 256: 128 x 80, warpgroup 0 one block of every causal tile), so whole blocks
+  // of a causal tile's diagonal miss a warpgroup. With q_stages = 1 (d = 256) the skipped last block's
+  // K / V slot may still take O (keep_k / keep_v below): the skip loop then waits for its load and
+  // defers that arrival as the main loop does. Measured (H200, d = 64 causal 2048, with fwd_ctas'
+  // grid): 389 TFLOP/s against 376 without; non-causal unchanged (490 / 490). (Session 9's version
+  // spilled and lost 9-20%: this one keeps the live loop as it was and puts the empty turns in a loop
+  // of their own after the last P V.)
+  constexpr bool kSkipMasked = FwdTileAt<kTile>::block_m % FwdTileAt<kTile>::block_n != 0;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
@@ -576,12 +577,12 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         plan_next();  // while the product runs
         wgmma_wait<0>();
         fence_operands(o);
-        if (!keep_v) arrive(v_empty + s);  // (as for K above)
+        if (!(keep_v && wg_n_end == w.n_end)) arrive(v_empty + s);  // (as for K above)
         ++kv;
       }
       // The blocks masked from all of this warpgroup's rows (kSkipMasked): their turns, and their K / V
       // slots released once loaded (an arrival before the load could complete the slot's previous
-      // phase, whose other readers may not be done).
+      // phase, whose other readers may not be done); the tile's last block's slot not when it takes O.
       for (int n = wg_n_end; n < w.n_end; ++n, ++kv) {
         const int s = kv % kStages;
         wait_barrier(k_full + s, (kv / kStages) & 1);
@@ -589,9 +590,9 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
           turn_wait<kConsumers>(cwg);
           turn_pass<kConsumers>(cwg);
         }
-        arrive(k_empty + s);
+        if (!(keep_k && n + 1 == w.n_end)) arrive(k_empty + s);
         wait_barrier(v_full + s, (kv / kStages) & 1);
-        arrive(v_empty + s);
+        if (!(keep_v && n + 1 == w.n_end)) arrive(v_empty + s);
       }
     }
     plan_next();  // (a tile without keys to visit: here)
