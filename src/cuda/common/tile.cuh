@@ -55,10 +55,13 @@ struct SmemTile {
       uint32_t x = row_addr + frag_lane_bytes(row, cl);
       if constexpr (kLayout == SmemLayout::kSwizzledOpaque) {
         if ((c0 & 63) != 0) asm volatile("xor.b32 %0, %0, %1;" : "+r"(x) : "r"(frag_xor(c0)));
+        return x + frag_add(c0);
       } else {
-        x ^= frag_xor(c0);
+        // row_addr's bits 0-6 are clear, so (row_addr + lane part) ^ xor = row_addr + (lane part ^
+        // xor): the bracket is loop-invariant (per lane and c0), and the address one IADD3 of the
+        // row start, it and an immediate.
+        return row_addr + (frag_lane_bytes(row, cl) ^ frag_xor(c0)) + frag_add(c0);
       }
-      return x + frag_add(c0);
     } else {
       return row_addr + 2 * (c0 + cl);
     }
