@@ -6,7 +6,8 @@
 // - swizzled, a warp's cp.async of one 128-byte global line (8 chunks from a multiple of 8) lands in a
 //   single 128-byte segment (one shared wavefront);
 // - the three-part ldmatrix address of frag_addr (row start + lane part, XOR a constant, + a constant)
-//   equals 2 x the element offset for every row, c0 (multiple of 16) and lane half.
+//   equals 2 x the element offset for every row, c0 (multiple of 16) and lane half, and so does the
+//   kSwizzled form (frag_swizzled_addr).
 #include <gtest/gtest.h>
 
 #include <set>
@@ -18,6 +19,7 @@ namespace {
 using ioattn::cuda::SmemLayout;
 using ioattn::cuda::frag_add;
 using ioattn::cuda::frag_lane_bytes;
+using ioattn::cuda::frag_swizzled_addr;
 using ioattn::cuda::frag_xor;
 using ioattn::cuda::smem_tile_offset;
 using ioattn::cuda::smem_tile_pitch;
@@ -101,6 +103,8 @@ TEST(TileLayoutSwizzled, FragmentAddressEqualsElementOffset) {
         for (int cl : {0, 8}) {
           const int addr = ((2 * r * pitch + frag_lane_bytes(r, cl)) ^ frag_xor(c0)) + frag_add(c0);
           ASSERT_EQ(addr, 2 * smem_tile_offset(r, c0 + cl, pitch, true))
+              << "cols " << cols << " row " << r << " c0 " << c0 << " cl " << cl;
+          ASSERT_EQ(frag_swizzled_addr(2 * r * pitch, r, c0, cl), static_cast<uint32_t>(addr))  // kSwizzled's form
               << "cols " << cols << " row " << r << " c0 " << c0 << " cl " << cl;
         }
       }

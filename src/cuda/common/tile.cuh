@@ -48,20 +48,19 @@ struct SmemTile {
   // 144-264 bytes of spills.) kSwizzledOpaque issues the XOR as an opaque instruction next to its
   // ldmatrix: left to the optimiser, the XOR-ed bases are hoisted out of the main loop and kept live,
   // 3 per operand (the d = 64 forward then spilled 48 bytes and lost 7%; opaque it spills 24 and gains
-  // 6-10% over the padded layout).
+  // 6-10% over the padded layout). kSwizzled leaves it to the optimiser in the equal form of
+  // frag_swizzled_addr (tile_layout.h), one IADD3 per address with a hoisted lane part: the sm80
+  // backward at d = 192 / 256 +1-2% against the three-part form (the d = 256 dK / dV kernel's SASS:
+  // 75 fewer IMAD / LOP3, 26 more IADD3, of 2864; H200, session 18, bench/notes-sm80.md). In the
+  // forward it spilled 160-236 bytes (opaque: 20-100) and was not timed.
   __device__ __forceinline__ static uint32_t frag_addr(const void* smem, int row, int c0, int cl) {
     const uint32_t row_addr = smem_addr(smem) + 2 * row * kPitch;
-    if constexpr (kSwizzled) {
+    if constexpr (kLayout == SmemLayout::kSwizzledOpaque && kSwizzled) {
       uint32_t x = row_addr + frag_lane_bytes(row, cl);
-      if constexpr (kLayout == SmemLayout::kSwizzledOpaque) {
-        if ((c0 & 63) != 0) asm volatile("xor.b32 %0, %0, %1;" : "+r"(x) : "r"(frag_xor(c0)));
-        return x + frag_add(c0);
-      } else {
-        // row_addr's bits 0-6 are clear, so (row_addr + lane part) ^ xor = row_addr + (lane part ^
-        // xor): the bracket is loop-invariant (per lane and c0), and the address one IADD3 of the
-        // row start, it and an immediate.
-        return row_addr + (frag_lane_bytes(row, cl) ^ frag_xor(c0)) + frag_add(c0);
-      }
+      if ((c0 & 63) != 0) asm volatile("xor.b32 %0, %0, %1;" : "+r"(x) : "r"(frag_xor(c0)));
+      return x + frag_add(c0);
+    } else if constexpr (kSwizzled) {
+      return frag_swizzled_addr(row_addr, row, c0, cl);
     } else {
       return row_addr + 2 * (c0 + cl);
     }

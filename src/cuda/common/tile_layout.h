@@ -2,6 +2,8 @@
 // their row pitch, so that host code sizing shared memory (sm80/fwd_config.h) agrees with the kernels.
 #pragma once
 
+#include <cstdint>
+
 #include "core/hostdevice.h"
 
 namespace ioattn::cuda {
@@ -28,6 +30,12 @@ IOATTN_HD int smem_tile_offset(int row, int col, int pitch, bool swizzled) {
 IOATTN_HD int frag_lane_bytes(int row, int cl) { return 16 * (((cl >> 3) ^ row) & 7); }
 IOATTN_HD int frag_xor(int c0) { return 2 * (c0 & 63); }
 IOATTN_HD int frag_add(int c0) { return 2 * (c0 & ~63); }
+// The same address in kSwizzled's form: with the row start's bits 4-6 clear, (row start + lane part) ^
+// xor = row start + (lane part ^ xor), whose bracket is loop-invariant, so each ldmatrix address is one
+// add of the row start, a register and an immediate (IADD3).
+IOATTN_HD uint32_t frag_swizzled_addr(uint32_t row_start, int row, int c0, int cl) {
+  return row_start + (frag_lane_bytes(row, cl) ^ frag_xor(c0)) + frag_add(c0);
+}
 
 // The sm80 kernels' layouts, as measured on the H200 against the padded layout (session 15,
 // bench/notes-sm80.md): the forward swizzled with the opaque XOR at every head dim (d = 256 +10-12%,
