@@ -70,42 +70,63 @@ struct SmemTile {
 // Copy rows [0, rows_valid) x columns [0, cols_valid) of a global tile (row stride in elements,
 // columns contiguous) into the shared tile with cp.async; everything else in the tile becomes zero.
 // cols_valid is a multiple of 8 (the head dim; checked by select()). Call with all kThreads threads.
+// The 16-byte chunks of a row that load_tile_async's fast path gives one pass of the threads: the
+// whole row where kThreads is a multiple of its chunks (head dims 64, 128, 256), else the largest
+// divisor of the row's chunks that kThreads is a multiple of (d = 192: 8 of 24 chunks, three 64-column
+// groups; d = 96 / 160 / 224: 4), 0 if none. Within a swizzled tile a group of 8 is one 128-byte
+// swizzle span, so the swizzle stays a function of the row alone.
+template <int kChunksPerRow, int kThreads>
+__host__ __device__ constexpr int load_group_chunks() {
+  for (int g = kChunksPerRow; g > 0; --g)
+    if (kChunksPerRow % g == 0 && kThreads % g == 0) return g;
+  return 0;
+}
+
 template <class Tile, int kThreads, class T>
 __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t row_stride, int rows_valid,
                                                 int cols_valid, int tid) {
   constexpr int kChunksPerRow = Tile::kCols / 8;
   constexpr int kChunks = Tile::kRows * kChunksPerRow;
-  if constexpr (kThreads % kChunksPerRow == 0 && kChunks % kThreads == 0) {
-    // Chunk c = tid + i * kThreads is row tid / kChunksPerRow + i * kRowStep, column
-    // (tid % kChunksPerRow) * 8 for every i: the column, its test and the start addresses are
-    // computed once, and each chunk costs a pointer step, a compare with a constant and the cp.async.
-    // Same chunks, same order, same zero-fill as the general loop.
-    constexpr int kRowStep = kThreads / kChunksPerRow;
-    const int row0 = tid / kChunksPerRow;
-    const int col = (tid % kChunksPerRow) * 8;
-    const int rows_left = col < cols_valid ? rows_valid - row0 : 0;  // chunk i valid iff i * kRowStep < it
-    const T* src = gmem + row0 * row_stride + col;  // stepped past the tile's rows, never read there
-    int64_t src_step = kRowStep * row_stride;
-    // The step is opaque to the optimiser: otherwise it hoists every chunk's 64-bit offset out of the
-    // caller's main loop and keeps them live (16 per tile at d = 256: 52 bytes of spills in the d = 256
-    // forward). Rolled instead, the loop cost 16 instructions and a branch per chunk; ncu on the H200
-    // (session 15) counted a third of the d = 256 forward's instructions there.
-    asm volatile("" : "+l"(src_step));
-    // Row passes kRowStep apart: the swizzle (row % 8) is the same in every pass when kRowStep is a
-    // multiple of 8 and alternates by XOR 4 when it is 4 mod 8; otherwise offset() per pass.
-    const int dst0 = Tile::offset(row0, col);
+  constexpr int kGroupChunks = load_group_chunks<kChunksPerRow, kThreads>();
+  constexpr int kGroups = kChunksPerRow / kGroupChunks;
+  if constexpr (kGroupChunks > 0 && (Tile::kRows * kGroupChunks) % kThreads == 0 &&
+                (!Tile::kSwizzled || kGroupChunks % 8 == 0)) {
+    // The row's chunks in kGroups groups of kGroupChunks (one group: the whole row). In group g, chunk
+    // tid + i * kThreads is row tid / kGroupChunks + i * kRowStep, column g * 8 kGroupChunks +
+    // (tid % kGroupChunks) * 8 for every i: the column, its test and the start addresses are computed
+    // once per group, and each chunk costs a pointer step, a compare with a constant and the cp.async.
+    // Same chunks and zero-fill as the general loop. (Before the groups, d = 192 took the general
+    // loop, whose division per chunk left the sm80 forward at 0.72x of flash-attn 2 there.)
+    constexpr int kRowStep = kThreads / kGroupChunks;
+    constexpr int kPasses = Tile::kRows / kRowStep;
+    const int row0 = tid / kGroupChunks;
 #pragma unroll
-    for (int i = 0; i < kChunks / kThreads; ++i) {
-      const bool valid = i * kRowStep < rows_left;
-      int dst;
-      if constexpr (!Tile::kSwizzled || kRowStep % 8 == 0)
-        dst = dst0 + i * kRowStep * Tile::kPitch;
-      else if constexpr (kRowStep % 8 == 4)
-        dst = (i % 2 == 0 ? dst0 : dst0 ^ 32) + i * kRowStep * Tile::kPitch;  // chunk ^ 4 = element ^ 32
-      else
-        dst = Tile::offset(row0 + i * kRowStep, col);
-      cp_async_16(smem + dst, src, valid);
-      src += src_step;
+    for (int g = 0; g < kGroups; ++g) {
+      const int col = g * kGroupChunks * 8 + (tid % kGroupChunks) * 8;
+      const int rows_left = col < cols_valid ? rows_valid - row0 : 0;  // chunk i valid iff i * kRowStep < it
+      const T* src = gmem + row0 * row_stride + col;  // stepped past the tile's rows, never read there
+      int64_t src_step = kRowStep * row_stride;
+      // The step is opaque to the optimiser: otherwise it hoists every chunk's 64-bit offset out of the
+      // caller's main loop and keeps them live (16 per tile at d = 256: 52 bytes of spills in the d =
+      // 256 forward). Rolled instead, the loop cost 16 instructions and a branch per chunk; ncu on the
+      // H200 (session 15) counted a third of the d = 256 forward's instructions there.
+      asm volatile("" : "+l"(src_step));
+      // Row passes kRowStep apart: the swizzle (row % 8) is the same in every pass when kRowStep is a
+      // multiple of 8 and alternates by XOR 4 when it is 4 mod 8; otherwise offset() per pass.
+      const int dst0 = Tile::offset(row0, col);
+#pragma unroll
+      for (int i = 0; i < kPasses; ++i) {
+        const bool valid = i * kRowStep < rows_left;
+        int dst;
+        if constexpr (!Tile::kSwizzled || kRowStep % 8 == 0)
+          dst = dst0 + i * kRowStep * Tile::kPitch;
+        else if constexpr (kRowStep % 8 == 4)
+          dst = (i % 2 == 0 ? dst0 : dst0 ^ 32) + i * kRowStep * Tile::kPitch;  // chunk ^ 4 = element ^ 32
+        else
+          dst = Tile::offset(row0 + i * kRowStep, col);
+        cp_async_16(smem + dst, src, valid);
+        src += src_step;
+      }
     }
   } else {
 #pragma unroll 1
