@@ -53,10 +53,11 @@ inline constexpr FwdTileRow kFwdTiles[] = {
      {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
      {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
      {}},
+    // d = 192, paired: the d = 256 row's paired tile (below), for the same reason (to measure).
     {192,
      {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem, 1 CTA/SM"},
      {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem, 1 CTA/SM"},
-     {}},
+     {64, 64, 4, 1, 2, "d<=192 (228 KB smem/SM): O 96 + S 32 regs; 74 KB smem, 2 CTAs/SM (as at d = 256)"}},
     // d = 256, paired: FA2's Hopper choice, 64 x 64 with 4 warps. 99 KB of shared memory, so two
     // CTAs share a Hopper SM and one's softmax and barriers run under the other's products; the
     // 128-row tile (8 warps, 132 KB) leaves one CTA per SM with nothing to overlap them. Measured on
