@@ -53,7 +53,9 @@ inline constexpr FwdTileRow kFwdTiles[] = {
      {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
      {128, 64, 4, 2, 1, "d<=128: O 128 + S 64 regs (FA2's 128x64, 4 warps); 68 KB smem, 2 CTAs/SM"},
      {}},
-    // d = 192, paired: the d = 256 row's paired tile (below), for the same reason (to measure).
+    // d = 192, paired: the d = 256 row's paired tile (below), for the same reason (74 KB: two CTAs per
+    // Hopper SM). Measured on the H200 against the 128-row tile (bench/notes-sm80.md, session 18):
+    // +16-23% at seqlen 1024-8192, causal and not.
     {192,
      {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem, 1 CTA/SM"},
      {128, 64, 8, 1, 1, "d<=192: O 96 + S 32 regs at 1 m-tile (FA2's 128x64, 8 warps); 102 KB smem, 1 CTA/SM"},
