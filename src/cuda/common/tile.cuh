@@ -67,21 +67,21 @@ struct SmemTile {
   }
 };
 
-// Copy rows [0, rows_valid) x columns [0, cols_valid) of a global tile (row stride in elements,
-// columns contiguous) into the shared tile with cp.async; everything else in the tile becomes zero.
-// cols_valid is a multiple of 8 (the head dim; checked by select()). Call with all kThreads threads.
 // The 16-byte chunks of a row that load_tile_async's fast path gives one pass of the threads: the
 // whole row where kThreads is a multiple of its chunks (head dims 64, 128, 256), else the largest
 // divisor of the row's chunks that kThreads is a multiple of (d = 192: 8 of 24 chunks, three 64-column
-// groups; d = 96 / 160 / 224: 4), 0 if none. Within a swizzled tile a group of 8 is one 128-byte
+// groups; d = 96 / 160 / 224: 4; at least 1). Within a swizzled tile a group of 8 is one 128-byte
 // swizzle span, so the swizzle stays a function of the row alone.
 template <int kChunksPerRow, int kThreads>
 __host__ __device__ constexpr int load_group_chunks() {
   for (int g = kChunksPerRow; g > 0; --g)
     if (kChunksPerRow % g == 0 && kThreads % g == 0) return g;
-  return 0;
+  return 1;
 }
 
+// Copy rows [0, rows_valid) x columns [0, cols_valid) of a global tile (row stride in elements,
+// columns contiguous) into the shared tile with cp.async; everything else in the tile becomes zero.
+// cols_valid is a multiple of 8 (the head dim; checked by select()). Call with all kThreads threads.
 template <class Tile, int kThreads, class T>
 __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t row_stride, int rows_valid,
                                                 int cols_valid, int tid) {
@@ -89,8 +89,7 @@ __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t 
   constexpr int kChunks = Tile::kRows * kChunksPerRow;
   constexpr int kGroupChunks = load_group_chunks<kChunksPerRow, kThreads>();
   constexpr int kGroups = kChunksPerRow / kGroupChunks;
-  if constexpr (kGroupChunks > 0 && (Tile::kRows * kGroupChunks) % kThreads == 0 &&
-                (!Tile::kSwizzled || kGroupChunks % 8 == 0)) {
+  if constexpr ((Tile::kRows * kGroupChunks) % kThreads == 0 && (!Tile::kSwizzled || kGroupChunks % 8 == 0)) {
     // The row's chunks in kGroups groups of kGroupChunks (one group: the whole row). In group g, chunk
     // tid + i * kThreads is row tid / kGroupChunks + i * kRowStep, column g * 8 kGroupChunks +
     // (tid % kGroupChunks) * 8 for every i: the column, its test and the start addresses are computed
