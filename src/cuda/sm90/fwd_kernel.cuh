@@ -127,6 +127,7 @@ __device__ __forceinline__ void named_barrier(int i) {
 //   1 .. kConsumers               consumer warpgroup c's pingpong turn: barrier 1 + c
 //   kConsumers + 1 .. 2 kConsumers  warpgroup c's epilogue_sync: barrier kConsumers + 1 + c
 //   2 kConsumers + 1              all consumer warpgroups: consumers_sync (q_stages = 1 only)
+//   2 kConsumers + 2              warpgroup 1's last S done, for warpgroup 0: early_meet (q_stages = 1)
 // (with 2 consumers 1-2, 3-4 and 5, as before the third warpgroup; with 3, 1-3, 4-6 and 7.)
 // ptxas counts barriers up to the highest id used (d = 256, no pingpong: 6, ids 1-2 unused).
 //
@@ -159,6 +160,13 @@ template <int kConsumers>
 __device__ __forceinline__ void consumers_sync() {
   named_barrier<true, 128 * kConsumers, 2 * kConsumers + 1, 1>(0);
 }
+
+// q_stages = 1, a tile whose last key block warpgroup 0 skips (kSkipMasked): warpgroup 0 stages O in
+// that block's K slot once warpgroup 1's last S (the slot's one reader) is done, instead of meeting
+// warpgroup 1 after its last P V (consumers_sync). Warpgroup 1 arrives (128 threads), warpgroup 0
+// syncs (128): a barrier of 256.
+__device__ __forceinline__ void early_meet_arrive() { asm volatile("bar.arrive 6, 256;\n" ::: "memory"); }
+__device__ __forceinline__ void early_meet_sync() { asm volatile("bar.sync 6, 256;\n" ::: "memory"); }
 
 // One work tile: a query block of one head of one sequence, and the key blocks it must visit.
 // Producer and consumers derive the same plan from the tile index, so they agree on every load.
@@ -453,8 +461,12 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     // 192-row tile over 128-key blocks under a causal mask: 1 or 2 of every tile's 3 warpgroups end
     // a block early). Their products are skipped; the warpgroup still takes their turns and
     // releases their K / V slots once loaded (below). At least the tile's first block is computed.
-    const int wg_key_end = w.mod.mask.end_key(wg_m_last, w.sb.sk);
-    const int wg_n_end = kSkipMasked ? max(w.n_begin + 1, min(w.n_end, (wg_key_end + kBN - 1) / kBN)) : w.n_end;
+    auto blocks_end = [&](int c) {  // the end of warpgroup c's key blocks
+      const int m0 = w.m0 + 64 * c, m_last = max(m0, min(m0 + 63, w.m_last));
+      const int key_end = w.mod.mask.end_key(m_last, w.sb.sk);
+      return kSkipMasked ? max(w.n_begin + 1, min(w.n_end, (key_end + kBN - 1) / kBN)) : w.n_end;
+    };
+    const int wg_n_end = blocks_end(cwg);
     // This warpgroup's O goes out through shared memory and TMA (epilogue below). A varlen block
     // must not reach past its sequence: TMA clips only at the packed tensor's end.
     const bool stage_o = o_tma && w.n_begin < w.n_end && (!p.varlen || wg_m0 + 64 <= w.sb.sq);
@@ -466,6 +478,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     const bool meet = kQStages == 1 && o_tma && w.n_begin < w.n_end && (!p.varlen || w.m0 + 64 <= w.sb.sq);
     const bool keep_k = kQStages == 1 && stage_o && cwg == 0;
     const bool keep_v = kQStages == 1 && stage_o && cwg == 1;
+    // Warpgroup 0 skips the tile's last block, so warpgroup 1 alone reads its K (and V): early_meet.
+    const bool early = meet && kQStages == 1 && kSkipMasked && kConsumers == 2 && blocks_end(0) < w.n_end;
 
     OnlineSoftmax softmax;
     softmax.init();
@@ -550,6 +564,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         fence_operands(sacc);
         if (!(keep_k && n + 1 == w.n_end)) arrive(k_empty + s);
         if (n + 1 == wg_n_end && !o_in_q) arrive(q_empty + qs);
+        if (early && cwg == 1 && n + 1 == w.n_end) early_meet_arrive();  // (never its first block)
         // P_n into registers of its own: the PV product still reads P_{n-1} from `pk` (register
         // operands of wgmma are read asynchronously; overwriting them before the wait makes ptxas
         // serialise the wgmma pipeline, warning C7513).
@@ -663,8 +678,17 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
       //    read of block g + kStages, which could be loaded only after the deferred arrival.
       // If no tile with keys follows, nothing more is loaded and the slot is never released; the
       // leader waits for its stores at kernel end.
+      // With `early`, warpgroup 0 writes the K slot after warpgroup 1's last S only, and warpgroup 1
+      // writes the V slot, which it alone read, without waiting: warpgroup 0 moves on to the next
+      // tile while warpgroup 1 finishes this one. The arrival comes after warpgroup 1's last S and
+      // each tile's is consumed in that tile (warpgroup 1's next one needs the next tile's Q, which
+      // needs warpgroup 0's last S of that tile, after its sync here), so the barrier never holds
+      // two; the deferred arrivals and slots are as below.
       const int s = (kv - 1) % kStages;  // the last key block's slot (kv is past it)
-      consumers_sync<kConsumers>();
+      if (!early)
+        consumers_sync<kConsumers>();
+      else if (cwg == 0)
+        early_meet_sync();
       if (stage_o) {
         store_o(smem + (cwg == 0 ? L::kK : L::kV) + s * L::kKVBytes, kBN * kSwizzleBytes);
         o_pending = s;
