@@ -14,8 +14,10 @@
 // bwd_kernel: 3 warpgroups, like the forward.
 //   producer   warp 0, one thread, per item: takes the item's index (atomicAdd on the counter),
 //              Q_m and dO_m for every (query head of the GQA group, query block m of kBM rows that
-//              sees the key block) into a ring of kStages buffers (mbarriers), and K and V of the
-//              block (TMA, one buffer: loaded after the item's first Q / dO stage, while the
+//              sees the key block) into a ring of kStages buffers (mbarriers; dO first, on a barrier
+//              of its own: it is free again once the step's dV is done, Q only after its dK, and
+//              at d = 256, with one stage, the next step's dO then loads while dK and dQ run), and
+//              K and V of the block (TMA, one buffer: loaded after the item's first Q / dO stage, while the
 //              consumers finish the previous item), handing the index to the consumers with K / V
 //              (see bwd_kernel).
 //   dQ writers warps 1 and 2 (the non-deterministic mode), one per consumer warpgroup: issue the
@@ -151,10 +153,10 @@ struct BwdSmem {
   static constexpr int kPXBytes = S::kExchange ? S::kBN * S::kBM * 4 : 0;
   static constexpr int kPX = kDQ + 64 * (S::dq_cols(0) + S::dq_cols(1)) * 4;
   static constexpr int kStats = kPX + kPXBytes;
-  // kv_full, kv_empty, qdo_full[], qdo_empty[], p_full (kExchange's hand-off A), dq_full[2],
-  // dq_empty[2] (bwd_kernel's protocol)
+  // kv_full, kv_empty, q_full[], do_full[], q_empty[], do_empty[], p_full (kExchange's hand-off A),
+  // dq_full[2], dq_empty[2] (bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
-  static constexpr int kItem = kBar + 8 * (3 + 2 * S::kStages + 4);  // the handed-over item index (bwd_kernel)
+  static constexpr int kItem = kBar + 8 * (3 + 4 * S::kStages + 4);  // the handed-over item index (bwd_kernel)
   // Warpgroup w's dQ slot (an int, bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes, each on a
   // 128-byte line of its own. (Tried in session 12 against racecheck's reports of the slots under
   // named barriers, which it did not change: those paired each warpgroup's leader with its own
@@ -187,8 +189,8 @@ __device__ __forceinline__ void consumers_sync() {
 }
 
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
-// producer warp 0 syncs before its next copy into that stage). The stage's qdo_empty mbarrier
-// orders the same reads already; this named barrier is for compute-sanitizer's racecheck, which
+// producer warp 0 syncs before its next copy into that stage). The stage's do_empty / q_empty
+// mbarriers order the same reads already; this named barrier is for compute-sanitizer's racecheck, which
 // does not follow mbarriers and reported the copies' overwrites of rows the consumers had read.
 __device__ __forceinline__ void stats_read_arrive(int s) { asm volatile("bar.arrive %0, 288;\n" ::"r"(4 + s) : "memory"); }
 __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync %0, 288;\n" ::"r"(4 + s) : "memory"); }
@@ -309,16 +311,16 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 // for kv_full's phase kv. A parity wait cannot mistake a phase two ahead: phase kv + 1 of either
 // barrier needs the other side's part in phase kv first.
 //   No deadlock: the producer's waits before issuing step g, the K / V of g's item or a hand-over
-// (statistics barrier and qdo_empty of step g - kStages, kv_empty of the previous hand-over) are on
+// (statistics barrier, do_empty and q_empty of step g - kStages, kv_empty of the previous hand-over) are on
 // consumer work of earlier steps and items only, all of whose copies and hand-overs the producer
-// issued earlier in its program order; the consumers' waits (kv_full of each hand-over, qdo_full of
-// step g, and the two warpgroups' named barriers, which both pass at every step in the same order)
+// issued earlier in its program order; the consumers' waits (kv_full of each hand-over, q_full and
+// do_full of step g, and the two warpgroups' named barriers, which both pass at every step in the same order)
 // are on copies and hand-overs issued before any producer wait on a later step or hand-over. The
 // atomicAdd waits for nothing. By induction on (hand-overs, steps) every wait returns, and the end's
 // hand-over reaches the consumers after they arrived for the last item.
 //   No buffer rewritten while read: K / V and the slot by kv_empty (above; the slot also by named
 //   barrier 8, item_read_arrive / item_read_sync, for racecheck); a Q / dO stage and its
-//   statistics by qdo_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was
+//   statistics by q_empty / do_empty and barrier 4 + s (below) at g - kStages; the dS^T buffer of step g was
 //   last read by step g - 2's dQ products, which both warpgroups completed before step g - 1's
 //   consumers_sync (kExchange: by hand-off A, below) (g global: restarted per item, an item's first
 //   step could overwrite the buffer that the other warpgroup's dQ product of the previous item's
@@ -347,21 +349,21 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //       threads; a warpgroup bar.sync that stood before that dQ product was redundant and went with
 //       the dQ writers); warpgroup 1's loads of P^T(g) before warpgroup 0's P^T(g + 1) stores
 //       (which follow B(g) in warpgroup 0's program order).
-//   The statistics barrier 4 + s, qdo_empty and kv_empty get the same arrivals as in the other
-//   modes: every consumer thread arrives on 4 + s once per step after its last read of the
-//   statistics (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on qdo_empty
-//   after its dV / dK products and on kv_empty after its last product reading K or V (warpgroup 0:
+//   The statistics barrier 4 + s, do_empty / q_empty and kv_empty get the same arrivals as in the
+//   other modes: every consumer thread arrives on 4 + s once per step after its last read of the
+//   statistics (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on do_empty
+//   after its dV product, on q_empty after its dK product, and on kv_empty after its last product reading K or V (warpgroup 0:
 //   S^T or dQ; warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and
 //   steps; both sync on B(g), which warpgroup 0 reaches after its arrival on A(g) and warpgroup 1
 //   after its wait for A(g), which that arrival completes; before A(g) both wait on the producer
-//   only (qdo_full of g; the producer's waits for step g are on arrivals of steps before g, made as
+//   only (q_full, do_full of g; the producer's waits for step g are on arrivals of steps before g, made as
 //   in the other modes: above). No early arrivals: warpgroup 0 arrives on A(g + 1) after passing
 //   B(g), which completes after warpgroup 1 waited for A(g); and neither reaches B(g + 1) before
 //   both passed B(g). Items without steps touch neither.
 //   Statistics barriers: the consumers' arrival at step g meets the producer's bar.sync before it
 //   copies step g + kStages, or the producer's drain of the last min(g, kStages) steps after its
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
-//   at step g + kStages only after its qdo_full, i.e. after that bar.sync: a barrier never gets a
+//   at step g + kStages only after its q_full or do_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
 //   The dQ hand-offs (the non-deterministic mode). Consumer warpgroup w's fp32 dQ part goes through
 //   its staging (L::kDQ + dq_offset(w)) and its slot (an int at L::kDqRow + w kDqSlotBytes) to its
@@ -436,9 +438,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
   uint64_t* kv_empty = kv_full + 1;
-  uint64_t* qdo_full = kv_empty + 1;
-  uint64_t* qdo_empty = qdo_full + kStages;
-  uint64_t* p_full = qdo_empty + kStages;  // kExchange: hand-off A (the protocol above)
+  // Per Q / dO stage, Q (with the LSE rows) and dO (with the D rows) complete on barriers of their
+  // own, so that a step's dO, read by its first products, is reloaded before its Q (the protocol above).
+  uint64_t* q_full = kv_empty + 1;          // [kStages]
+  uint64_t* do_full = q_full + kStages;     // [kStages]
+  uint64_t* q_empty = do_full + kStages;    // [kStages]
+  uint64_t* do_empty = q_empty + kStages;   // [kStages]
+  uint64_t* p_full = do_empty + kStages;  // kExchange: hand-off A (the protocol above)
   uint64_t* dq_full = p_full + 1;          // [2]: the dQ hand-offs (the protocol above)
   uint64_t* dq_empty = dq_full + 2;        // [2]
   int* item_slot = reinterpret_cast<int*>(smem + L::kItem);  // the index handed over (the protocol above)
@@ -457,8 +463,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     bptx::mbarrier_init(kv_full, 1);    // the producer's hand-over (arrive.expect_tx)
     bptx::mbarrier_init(kv_empty, 8);   // the 8 consumer warps
     for (int s = 0; s < kStages; ++s) {
-      bptx::mbarrier_init(qdo_full + s, 1);
-      bptx::mbarrier_init(qdo_empty + s, 8);
+      bptx::mbarrier_init(q_full + s, 1);
+      bptx::mbarrier_init(do_full + s, 1);
+      bptx::mbarrier_init(q_empty + s, 8);   // the 8 consumer warps
+      bptx::mbarrier_init(do_empty + s, 8);
     }
     if (kExchange) bptx::mbarrier_init(p_full, 128);  // warpgroup 0's threads
     for (int w = 0; w < 2; ++w) {
@@ -536,32 +544,33 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       for (int k = 0; k < t.steps; ++k, ++g, st = t.next_step<kBM>(st)) {
         const int s = g % kStages;
         __syncwarp();  // converged for the aligned barrier
+        const uint32_t empty_phase = ((g / kStages) & 1) ^ 1;
         if (g >= kStages) {
           stats_read_sync(s);  // step g - kStages's statistics are read
-          bwd_wait(qdo_empty + s, ((g / kStages) & 1) ^ 1);
+          bwd_wait(do_empty + s, empty_phase);
         }
         const int hq = st.hq, m0 = st.m0;
-        if (lane == 0) {
-          bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, qdo_full + s,
-                                          2 * L::kQBytes + L::kStatsBytes);
-          // The step's LSE (log2 units) and D rows, prepared by bwd_preprocess (sm80::bwd::stats_rows).
-          const int64_t stats_row = (static_cast<int64_t>(t.b) * p.heads_q + hq) * sm80::bwd::stats_rows(p) + m0;
-          unsigned char* stats_dst = smem + L::kStats + s * L::kStatsBytes;
-          bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst, row_stats + stats_row, kBM * 4,
-                              qdo_full + s);
-          bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats_dst + kBM * 4,
-                              row_stats + sm80::bwd::stats_plane(p) + stats_row, kBM * 4, qdo_full + s);
+        // The step's LSE (log2 units) and D rows, prepared by bwd_preprocess (sm80::bwd::stats_rows):
+        // D with dO, LSE with Q.
+        const int64_t stats_row = (static_cast<int64_t>(t.b) * p.heads_q + hq) * sm80::bwd::stats_rows(p) + m0;
+        unsigned char* stats_dst = smem + L::kStats + s * L::kStatsBytes;
+        // One operand of the stage (Q or dO: tensor map tm, buffer at byte offset dst) and its
+        // statistics rows (src) on barrier `full`.
+        auto load_operand = [&](uint64_t* full, const CUtensorMap& tm, int dst, unsigned char* stats, const float* src) {
+          if (lane != 0) return;
+          bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, full,
+                                          L::kQBytes + kBM * 4);
+          bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats, src + stats_row, kBM * 4, full);
 #pragma unroll
           for (int c = 0; c < L::kChunks; ++c) {
             const int32_t coords[4] = {c * 64, static_cast<int>(t.sb.q_row0) + m0, hq, bt};
             bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
-                                       smem + L::kQ + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_q, coords,
-                                       qdo_full + s);
-            bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
-                                       smem + L::kDO + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm_do, coords,
-                                       qdo_full + s);
+                                       smem + dst + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm, coords, full);
           }
-        }
+        };
+        load_operand(do_full + s, tm_do, L::kDO, stats_dst + kBM * 4, row_stats + sm80::bwd::stats_plane(p));
+        if (g >= kStages) bwd_wait(q_empty + s, empty_phase);
+        load_operand(q_full + s, tm_q, L::kQ, stats_dst, row_stats);
         if (k == 0) {  // the item's index, K and V, once the previous item's last products have read them
           hand_over(w, 2 * L::kKBytes);
           if (lane == 0) {
@@ -653,7 +662,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
         const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
         const uint32_t ds_addr = smem_base + L::kDS + (g % 2) * L::kDSBytes;
-        bwd_wait(qdo_full + s, (g / kStages) & 1);
+        // The operands of this warpgroup's score products (kExchange: warpgroup 0 Q, warpgroup 1 dO; the
+        // other one is waited for before dV / dK).
+        const uint32_t full_phase = (g / kStages) & 1;
+        if constexpr (kComputesS) bwd_wait(q_full + s, full_phase);
+        if constexpr (kComputesDP) bwd_wait(do_full + s, full_phase);
 
         // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim. kExchange:
         // warpgroup 0 computes S^T only, warpgroup 1 dP^T only.
@@ -809,6 +822,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
 
         // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
+        // dV and dK are committed as separate groups, dV first: dO is released when dV is done.
+        if constexpr (!kComputesS) bwd_wait(q_full + s, full_phase);
+        if constexpr (!kComputesDP) bwd_wait(do_full + s, full_phase);
         fence_operands(dk);
         fence_operands(dv);
         wgmma_fence();
@@ -818,6 +834,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
 #pragma unroll
         for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
+        wgmma_commit();
         if constexpr (kComputesDP) {
 #pragma unroll
           for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
@@ -825,7 +842,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         } else {
           // Warpgroup 0 of kExchange: dK with A = warpgroup 1's dS^T from the buffer, read K-major (keys
           // are M, the contiguous queries K: the form of K as A of S^T), once B says it is written.
-          wgmma_commit();
           consumers_sync<kDSReadyBarrier>();
           // (A fence of its own: ptxas injected one here, C7519, after a branch that stood before B.)
           wgmma_fence();
@@ -847,11 +863,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           consumers_sync();  // both warpgroups' dS^T written, for both dQ products
         }
 
-        wgmma_wait<0>();  // dV, dK done: Q and dO of this step are no longer read
-        fence_operands(dk);
+        wgmma_wait<1>();  // dV done: this step's dO is no longer read (dP^T was waited for above)
         fence_operands(dv);
         __syncwarp();
-        if (lane == 0) bptx::mbarrier_arrive(qdo_empty + s);
+        if (lane == 0) bptx::mbarrier_arrive(do_empty + s);
+        wgmma_wait<0>();  // dK done: nor is its Q (S^T was waited for above)
+        fence_operands(dk);
+        __syncwarp();
+        if (lane == 0) bptx::mbarrier_arrive(q_empty + s);
 
         if (!p.deterministic) {  // (the deterministic mode computes dQ in a separate kernel: run_bwd)
           // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
