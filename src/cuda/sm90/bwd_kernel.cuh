@@ -14,12 +14,12 @@
 // bwd_kernel: 3 warpgroups, like the forward.
 //   producer   warp 0, one thread, per item: takes the item's index (atomicAdd on the counter),
 //              Q_m and dO_m for every (query head of the GQA group, query block m of kBM rows that
-//              sees the key block) into a ring of kStages buffers (mbarriers; dO first, on a barrier
-//              of its own: it is free again once the step's dV is done, Q only after its dK, and
-//              at d = 256, with one stage, the next step's dO then loads while dK and dQ run), and
-//              K and V of the block (TMA, one buffer: loaded after the item's first Q / dO stage, while the
-//              consumers finish the previous item), handing the index to the consumers with K / V
-//              (see bwd_kernel).
+//              sees the key block) into a ring of kStages buffers (mbarriers; at d = 256, which has
+//              one stage, dO and Q on barriers of their own, dO loaded once the previous step's dV
+//              is done, while its dK and dQ run, Q once its dK is done), and K and V of the block
+//              (TMA, one buffer: loaded after the item's first Q / dO stage, while the consumers
+//              finish the previous item), handing the index to the consumers with K / V (see
+//              bwd_kernel).
 //   dQ writers warps 1 and 2 (the non-deterministic mode), one per consumer warpgroup: issue the
 //              TMA reduce-adds of the warpgroup's dQ parts from its staging (see bwd_kernel).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
@@ -438,12 +438,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + L::kBar);
   uint64_t* kv_empty = kv_full + 1;
-  // Per Q / dO stage, Q (with the LSE rows) and dO (with the D rows) complete on barriers of their
-  // own, so that a step's dO, read by its first products, is reloaded before its Q (the protocol above).
-  uint64_t* q_full = kv_empty + 1;          // [kStages]
-  uint64_t* do_full = q_full + kStages;     // [kStages]
-  uint64_t* q_empty = do_full + kStages;    // [kStages]
-  uint64_t* do_empty = q_empty + kStages;   // [kStages]
+  // Per Q / dO stage: with one stage (d = 256, kSplitQdo), Q (with the LSE rows) and dO (with the D
+  // rows) complete on barriers of their own, so that the next step's dO is loaded once this step's
+  // dV is done, while dK and dQ run, and its Q after dK (the protocol above). Measured (session 19,
+  // H200, backward TFLOP/s): d = 256 +1-3%; with two stages (d = 64 / 128 / 192) -1-3%, so there
+  // do_full / do_empty are q_full / q_empty and a stage completes as a whole.
+  constexpr bool kSplitQdo = kStages == 1;
+  uint64_t* q_full = kv_empty + 1;                                  // [kStages]
+  uint64_t* do_full = kSplitQdo ? q_full + kStages : q_full;        // [kStages]
+  uint64_t* q_empty = q_full + 2 * kStages;                         // [kStages]
+  uint64_t* do_empty = kSplitQdo ? q_empty + kStages : q_empty;     // [kStages]
   uint64_t* p_full = do_empty + kStages;  // kExchange: hand-off A (the protocol above)
   uint64_t* dq_full = p_full + 1;          // [2]: the dQ hand-offs (the protocol above)
   uint64_t* dq_empty = dq_full + 2;        // [2]
@@ -463,10 +467,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     bptx::mbarrier_init(kv_full, 1);    // the producer's hand-over (arrive.expect_tx)
     bptx::mbarrier_init(kv_empty, 8);   // the 8 consumer warps
     for (int s = 0; s < kStages; ++s) {
-      bptx::mbarrier_init(q_full + s, 1);
-      bptx::mbarrier_init(do_full + s, 1);
-      bptx::mbarrier_init(q_empty + s, 8);   // the 8 consumer warps
-      bptx::mbarrier_init(do_empty + s, 8);
+      // the producer's arrive.expect_tx (both operands' in one barrier without kSplitQdo)
+      bptx::mbarrier_init(q_full + s, kSplitQdo ? 1 : 2);
+      bptx::mbarrier_init(q_empty + s, 8);  // the 8 consumer warps
+      if (kSplitQdo) {
+        bptx::mbarrier_init(do_full + s, 1);
+        bptx::mbarrier_init(do_empty + s, 8);
+      }
     }
     if (kExchange) bptx::mbarrier_init(p_full, 128);  // warpgroup 0's threads
     for (int w = 0; w < 2; ++w) {
@@ -569,7 +576,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           }
         };
         load_operand(do_full + s, tm_do, L::kDO, stats_dst + kBM * 4, row_stats + sm80::bwd::stats_plane(p));
-        if (g >= kStages) bwd_wait(q_empty + s, empty_phase);
+        if (kSplitQdo && g >= kStages) bwd_wait(q_empty + s, empty_phase);
         load_operand(q_full + s, tm_q, L::kQ, stats_dst, row_stats);
         if (k == 0) {  // the item's index, K and V, once the previous item's last products have read them
           hand_over(w, 2 * L::kKBytes);
@@ -665,8 +672,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         // The operands of this warpgroup's score products (kExchange: warpgroup 0 Q, warpgroup 1 dO; the
         // other one is waited for before dV / dK).
         const uint32_t full_phase = (g / kStages) & 1;
-        if constexpr (kComputesS) bwd_wait(q_full + s, full_phase);
-        if constexpr (kComputesDP) bwd_wait(do_full + s, full_phase);
+        if constexpr (kComputesS || !kSplitQdo) bwd_wait(q_full + s, full_phase);
+        if constexpr (kComputesDP && kSplitQdo) bwd_wait(do_full + s, full_phase);
 
         // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim. kExchange:
         // warpgroup 0 computes S^T only, warpgroup 1 dP^T only.
@@ -822,7 +829,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
 
         // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
-        // dV and dK are committed as separate groups, dV first: dO is released when dV is done.
+        // kSplitQdo: dV and dK are committed as separate groups, dV first: dO is released when dV is done.
         if constexpr (!kComputesS) bwd_wait(q_full + s, full_phase);
         if constexpr (!kComputesDP) bwd_wait(do_full + s, full_phase);
         fence_operands(dk);
@@ -834,7 +841,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
 #pragma unroll
         for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
-        wgmma_commit();
+        if constexpr (kSplitQdo || !kComputesDP) wgmma_commit();
         if constexpr (kComputesDP) {
 #pragma unroll
           for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
@@ -863,12 +870,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           consumers_sync();  // both warpgroups' dS^T written, for both dQ products
         }
 
-        wgmma_wait<1>();  // dV done: this step's dO is no longer read (dP^T was waited for above)
-        fence_operands(dv);
-        __syncwarp();
-        if (lane == 0) bptx::mbarrier_arrive(do_empty + s);
-        wgmma_wait<0>();  // dK done: nor is its Q (S^T was waited for above)
+        if constexpr (kSplitQdo) {
+          wgmma_wait<1>();  // dV done: this step's dO is no longer read (dP^T was waited for above)
+          fence_operands(dv);
+          __syncwarp();
+          if (lane == 0) bptx::mbarrier_arrive(do_empty + s);
+        }
+        wgmma_wait<0>();  // dK (and dV) done: the step's Q (and dO) are no longer read
         fence_operands(dk);
+        fence_operands(dv);
         __syncwarp();
         if (lane == 0) bptx::mbarrier_arrive(q_empty + s);
 
