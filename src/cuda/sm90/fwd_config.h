@@ -85,6 +85,7 @@ inline constexpr FwdTile kFwdTiles[] = {
     {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
     {256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
+    {256, 128, 2, 64, 2, 1, true, true, false, "keys that 80-key blocks pad: S 32 + O 128 + P 16 regs; 192 KB smem"},
 };
 inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
 
@@ -115,8 +116,10 @@ inline int64_t fwd_key_span(const Params& p) {
   return std::max<int64_t>(0, std::min<int64_t>(sk, left + right + 1));
 }
 
-// The row this call runs with (an index into kFwdTiles): its head dim's first tile, or the second
-// (d = 64: 2 consumer warpgroups) where a mask leaves the queries short key spans. Thresholds as
+// The row this call runs with (an index into kFwdTiles): its head dim's first tile, or the second.
+// d = 256: 64-key blocks where they pad the keys by 5% less than 80-key blocks do (seqlen_k 512: 512
+// against 560 keys; varlen: the longest sequence), else 80.
+// d = 64: 2 consumer warpgroups where a mask leaves the queries short key spans. Thresholds as
 // measured (H200, d = 64, 3 against 2 consumers): causal won at seqlen 2048 (span 1024: 366-370 /
 // 345) once fwd_ctas evened the pairs' round-robin (before: 333 / 354, session 8), lost at 1024
 // (span 512: 269 / 285) and 512 (192 / 213; bench/results/variants-nvidia-h200-2026-11-22-s14-fwd-
@@ -124,7 +127,12 @@ inline int64_t fwd_key_span(const Params& p) {
 // 2001 (315 / 364) and won at span 4001 (428 / 400; bench/results/*-2026-11-22-s8-fwd-d64-*).
 inline int fwd_tile_index(int head_dim, const Params& p) {
   const int i = fwd_first_tile(head_dim);
-  if (!fwd_has_second_tile(head_dim) || (p.window_left < 0 && p.window_right < 0)) return i;
+  if (!fwd_has_second_tile(head_dim)) return i;
+  if (head_dim == 256) {
+    const int64_t keys80 = (p.seqlen_k + 79) / 80 * 80, keys64 = (p.seqlen_k + 63) / 64 * 64;
+    return keys64 * 20 < keys80 * 19 ? i + 1 : i;
+  }
+  if (p.window_left < 0 && p.window_right < 0) return i;
   const int64_t min_span = p.window_left < 0 ? 768 : 3072;
   return fwd_key_span(p) < min_span ? i + 1 : i;
 }
