@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/attention_case.h"
@@ -285,6 +286,14 @@ std::vector<Case> feature_cases() {
   c = make("many_tiles_causal_gqa_d256", DType::BF16, 330, 200, 256);
   c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
   v.push_back(c);
+  // The same two with 64-key blocks (fwd_config.h's second d 256 row: the longest sequence has 512 or
+  // 256 keys, which 80-key blocks pad): tiles of one key block (7, 33, 64 keys) and two (65, 100).
+  c = make("many_tiles_varlen_d256_n64", DType::F16, 0, 0, 256);
+  c.lens_q = {300, 129, 7, 200, 1, 64, 100, 512}; c.lens_k = {300, 140, 7, 200, 33, 64, 100, 512}; c.hq = c.hk = 32;
+  v.push_back(c);
+  c = make("many_tiles_causal_gqa_d256_n64", DType::BF16, 330, 256, 256);
+  c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
+  v.push_back(c);
   return v;
 }
 
@@ -376,6 +385,13 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
     const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
     EXPECT_NE(choice.find(std::to_string(t.consumers) + " consumer warpgroups"), std::string::npos)
         << "seqlen " << t.seqlen << (t.causal ? " causal" : "") << " window " << t.window_left << ": " << choice;
+  }
+  // d 256: 64-key blocks where 80-key blocks would pad the keys by 5% more (fwd_config.h).
+  for (const auto& [seqlen, block_n] : {std::pair{512, 64}, std::pair{1024, 80}, std::pair{256, 64}, std::pair{640, 80}}) {
+    Case c = make("tile_d256", DType::BF16, seqlen, seqlen, 256);
+    Fixture f(c);
+    const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
+    EXPECT_NE(choice.find("tile 128x" + std::to_string(block_n)), std::string::npos) << "seqlen " << seqlen << ": " << choice;
   }
   // The persistent grid under a causal mask (fwd_config.h's fwd_ctas): one CTA per multiprocessor, or
   // one fewer where the round-robin of the heads' query-block pairs (pair u % pairs of unit u to CTA
