@@ -256,16 +256,17 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   using W = FwdWarps<kTile>;
   constexpr int kD = L::kD;
   constexpr bool kOverlap = FwdTileAt<kTile>::overlap, kPingpong = FwdTileAt<kTile>::pingpong;
-  // Warpgroups skip key blocks masked from all their rows: where a tile's rows are not a multiple of
-  // its keys per block (d = 64: 192 x 128, 1.5 of a causal tile's 3 x blocks warpgroup-blocks on
-  // average; d = 192 / 256: 128 x 80, warpgroup 0 one block of every causal tile), so whole blocks
-  // of a causal tile's diagonal miss a warpgroup. With q_stages = 1 (d = 256) the skipped last block's
+  // Warpgroups skip key blocks masked from all their rows: where a block has fewer keys than the
+  // tile has rows (d = 64: 192 x 128, 1.5 of a causal tile's 3 x blocks warpgroup-blocks on
+  // average; d = 192 / 256: 128 x 80 and 128 x 64, warpgroup 0 one block of every causal tile), so
+  // whole blocks of a causal tile's diagonal miss a warpgroup (not at 128 x 128: each warpgroup's
+  // rows see part of the diagonal block). With q_stages = 1 (d = 256) the skipped last block's
   // K / V slot may still take O (keep_k / keep_v below): the skip loop then waits for its load and
   // defers that arrival as the main loop does. Measured (H200, d = 64 causal 2048, with fwd_ctas'
   // grid): 389 TFLOP/s against 376 without; non-causal unchanged (490 / 490). (Session 9's version
   // spilled and lost 9-20%: this one keeps the live loop as it was and puts the empty turns in a loop
   // of their own after the last P V.)
-  constexpr bool kSkipMasked = FwdTileAt<kTile>::block_m % FwdTileAt<kTile>::block_n != 0;
+  constexpr bool kSkipMasked = FwdTileAt<kTile>::block_n < FwdTileAt<kTile>::block_m;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
