@@ -190,8 +190,8 @@ __device__ __forceinline__ void consumers_sync() {
 
 // 4 + s: the consumers' reads of stage s's row statistics are done (256 consumer threads arrive,
 // producer warp 0 syncs before its next copy into that stage). The stage's do_empty / q_empty
-// mbarriers order the same reads already; this named barrier is for compute-sanitizer's racecheck, which
-// does not follow mbarriers and reported the copies' overwrites of rows the consumers had read.
+// mbarriers order the same reads already; this named barrier is for compute-sanitizer's racecheck,
+// which does not follow mbarriers and reported the copies' overwrites of rows the consumers had read.
 __device__ __forceinline__ void stats_read_arrive(int s) { asm volatile("bar.arrive %0, 288;\n" ::"r"(4 + s) : "memory"); }
 __device__ __forceinline__ void stats_read_sync(int s) { asm volatile("bar.sync %0, 288;\n" ::"r"(4 + s) : "memory"); }
 // 8: the consumers read the handed-over item index (bwd_kernel's protocol; the 256 consumer threads
@@ -314,8 +314,9 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 // (statistics barrier, do_empty and q_empty of step g - kStages, kv_empty of the previous hand-over) are on
 // consumer work of earlier steps and items only, all of whose copies and hand-overs the producer
 // issued earlier in its program order; the consumers' waits (kv_full of each hand-over, q_full and
-// do_full of step g, and the two warpgroups' named barriers, which both pass at every step in the same order)
-// are on copies and hand-overs issued before any producer wait on a later step or hand-over. The
+// do_full of step g, and the two warpgroups' named barriers, which both pass at every step in the
+// same order) are on copies and hand-overs issued before any producer wait on a later step or
+// hand-over. The
 // atomicAdd waits for nothing. By induction on (hand-overs, steps) every wait returns, and the end's
 // hand-over reaches the consumers after they arrived for the last item.
 //   No buffer rewritten while read: K / V and the slot by kv_empty (above; the slot also by named
@@ -352,8 +353,8 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   The statistics barrier 4 + s, do_empty / q_empty and kv_empty get the same arrivals as in the
 //   other modes: every consumer thread arrives on 4 + s once per step after its last read of the
 //   statistics (warpgroup 0 reads LSE only, warpgroup 1 D only), every consumer warp on do_empty
-//   after its dV product, on q_empty after its dK product, and on kv_empty after its last product reading K or V (warpgroup 0:
-//   S^T or dQ; warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and
+//   after its dV product, on q_empty after its dK product, and on kv_empty after its last product
+//   reading K or V (warpgroup 0: S^T or dQ; warpgroup 1: dP^T or dQ). No deadlock: both warpgroups take the same items and
 //   steps; both sync on B(g), which warpgroup 0 reaches after its arrival on A(g) and warpgroup 1
 //   after its wait for A(g), which that arrival completes; before A(g) both wait on the producer
 //   only (q_full, do_full of g; the producer's waits for step g are on arrivals of steps before g, made as
