@@ -480,7 +480,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     const bool keep_k = kQStages == 1 && stage_o && cwg == 0;
     const bool keep_v = kQStages == 1 && stage_o && cwg == 1;
     // Warpgroup 0 skips the tile's last block, so warpgroup 1 alone reads its K (and V): early_meet.
-    const bool early = meet && kQStages == 1 && kSkipMasked && kConsumers == 2 && blocks_end(0) < w.n_end;
+    const bool early = meet && kSkipMasked && kConsumers == 2 && blocks_end(0) < w.n_end;
 
     OnlineSoftmax softmax;
     softmax.init();
