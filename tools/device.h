@@ -29,6 +29,10 @@ class Device {
   virtual void to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void fill_bytes(void* dst, unsigned char byte, size_t bytes) = 0;
   // Runs fn once and returns the milliseconds it took on this device, after it has finished.
+  // CUDA: as triton.testing.do_bench times the PyTorch peers (bench/gpu/bench_attn.py), each call
+  // starts behind a 256 MiB memset on the same stream (an L2 flush): the call reads its inputs from
+  // device memory, and its host work (validation, tensor-map encoding, launches) overlaps the
+  // memset instead of adding idle GPU time between the start event and the first kernel.
   virtual double time_ms(const std::function<void()>& fn) = 0;
 };
 

@@ -3,10 +3,13 @@
 //   2. outputs poisoned with 0xFF bytes (NaN in every float dtype), so anything the library fails to
 //      write shows up in --check;
 //   3. workspace sized by the library's own queries; one warm-up call, then --repeat timed calls
-//      (median); backward is timed by itself, given the forward's O and LSE;
+//      (median; on the GPU each behind an L2 flush, as do_bench times the PyTorch peers:
+//      Device::time_ms), and the host time per call; backward is timed by itself, given the
+//      forward's O and LSE;
 //   4. peak extra memory: the backend's scratch plus the LSE, the O(N) the algorithm keeps;
 //   5. with --check, the outputs against the float64 reference (check.cpp).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -28,16 +31,25 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Times `call` (one warm-up, then `repeat` runs) and returns the median in milliseconds.
-double time_call(Device& dev, int repeat, const std::string& what, const std::function<ioattn::Status()>& call) {
+// Times `call` (one warm-up, then `repeat` runs): the medians of the device time (Device::time_ms)
+// and of the host time the call takes to return (on the GPU: validation, tensor maps, launches, what
+// a caller's thread spends per call; on the CPU the same as the device time).
+struct Timing {
+  double ms = 0, host_us = 0;
+};
+Timing time_call(Device& dev, int repeat, const std::string& what, const std::function<ioattn::Status()>& call) {
   throw_if_error(call(), what);  // warm-up; also the first place a library error surfaces
-  std::vector<double> ms;
+  std::vector<double> ms, host_us;
   for (int r = 0; r < repeat; ++r) {
     ioattn::Status s;
-    ms.push_back(dev.time_ms([&] { s = call(); }));
+    ms.push_back(dev.time_ms([&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      s = call();
+      host_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    }));
     throw_if_error(s, what);
   }
-  return median(ms);
+  return {median(ms), median(host_us)};
 }
 
 // A device tensor: its buffer and a contiguous view over it.
@@ -82,8 +94,8 @@ std::string bytes_str(double b) {
 
 struct Measured {
   std::string device_name, choice;
-  double fwd_flops = 0, fwd_ms = 0;
-  std::optional<double> bwd_ms;
+  double fwd_flops = 0, fwd_ms = 0, fwd_host_us = 0;
+  std::optional<double> bwd_ms, bwd_host_us;
   size_t scratch_bytes = 0, lse_bytes = 0;
   double score_matrix_bytes = 0;  // one N×N matrix of standard attention in this dtype
   std::optional<CheckReport> check;
@@ -121,6 +133,8 @@ void print_json(const RunConfig& c, const Measured& m) {
   j["fwd_tflops"] = tf;
   j["bwd_ms"] = opt(m.bwd_ms);
   j["bwd_tflops"] = opt(bwd_tf);
+  j["fwd_host_us"] = m.fwd_host_us;
+  j["bwd_host_us"] = opt(m.bwd_host_us);
   j["peak_extra_bytes"] = m.scratch_bytes + m.lse_bytes;
   j["scratch_bytes"] = m.scratch_bytes;
   j["lse_bytes"] = m.lse_bytes;
@@ -164,11 +178,11 @@ void print_text(const RunConfig& c, const Measured& m) {
   if (c.varlen) std::printf("  varlen");
   std::printf("\n  choice:   %s\n", m.choice.c_str());
   const double tf = m.fwd_flops / (m.fwd_ms * 1e-3) / 1e12;
-  std::printf("  forward:  %10.3f ms  %8.3f TFLOP/s   (median of %d, %.3g GFLOP)\n", m.fwd_ms, tf, c.repeat,
-              m.fwd_flops / 1e9);
+  std::printf("  forward:  %10.3f ms  %8.3f TFLOP/s   (median of %d, %.3g GFLOP; host %.1f us per call)\n",
+              m.fwd_ms, tf, c.repeat, m.fwd_flops / 1e9, m.fwd_host_us);
   if (m.bwd_ms)
-    std::printf("  backward: %10.3f ms  %8.3f TFLOP/s   (median of %d, 2.5x forward FLOPs)\n", *m.bwd_ms,
-                2.5 * m.fwd_flops / (*m.bwd_ms * 1e-3) / 1e12, c.repeat);
+    std::printf("  backward: %10.3f ms  %8.3f TFLOP/s   (median of %d, 2.5x forward FLOPs; host %.1f us per call)\n",
+                *m.bwd_ms, 2.5 * m.fwd_flops / (*m.bwd_ms * 1e-3) / 1e12, c.repeat, *m.bwd_host_us);
   std::printf("  extra memory: %s (scratch %s + LSE %s); standard attention stores %s per N×N matrix\n",
               bytes_str(double(m.scratch_bytes + m.lse_bytes)).c_str(), bytes_str(double(m.scratch_bytes)).c_str(),
               bytes_str(double(m.lse_bytes)).c_str(), bytes_str(m.score_matrix_bytes).c_str());
@@ -235,8 +249,10 @@ int run_command(const RunConfig& c) {
   args.workspace_bytes = workspace.bytes();
 
   if (d.type() == DeviceType::CPU) ioattn::reset_cpu_peak_scratch_bytes();
-  m.fwd_ms = time_call(d, c.repeat, "forward",
-                       [&] { return ioattn::forward(q.view, k.view, v.view, out.view, lse.view, args); });
+  const Timing fwd = time_call(d, c.repeat, "forward",
+                               [&] { return ioattn::forward(q.view, k.view, v.view, out.view, lse.view, args); });
+  m.fwd_ms = fwd.ms;
+  m.fwd_host_us = fwd.host_us;
 
   DeviceTensor dout, dq, dk, dv;
   if (c.backward) {
@@ -244,10 +260,12 @@ int run_command(const RunConfig& c) {
     dq = poisoned(d, c.dtype, qs);
     dk = poisoned(d, c.dtype, kvs);
     dv = poisoned(d, c.dtype, kvs);
-    m.bwd_ms = time_call(d, c.repeat, "backward", [&] {
+    const Timing bwd = time_call(d, c.repeat, "backward", [&] {
       return ioattn::backward(q.view, k.view, v.view, out.view, dout.view, lse.view, dq.view, dk.view, dv.view,
                               args);
     });
+    m.bwd_ms = bwd.ms;
+    m.bwd_host_us = bwd.host_us;
   }
   m.scratch_bytes = d.type() == DeviceType::CPU ? ioattn::cpu_peak_scratch_bytes() : workspace.bytes();
 
