@@ -191,9 +191,15 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
       name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
     name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.stages << " stages, " << tile.consumers
          << " consumer warpgroups";
-    int sms = 0;  // the grid run_fwd_tile launches
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index) != cudaSuccess) cudaGetLastError();
-    if (sms > 0) name << ", " << sm90::fwd_ctas(p, tile, sms) << (tile.persistent ? " persistent CTAs" : " CTAs");
+    int sms = 0;  // the grid run_fwd_tile launches (described only: a call's path needs no name)
+    if (kernel_name && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, p.device_index) != cudaSuccess)
+      cudaGetLastError();
+    if (sms > 0) {
+      const int ctas = sm90::fwd_ctas(p, tile, sms);
+      name << ", " << ctas << (tile.persistent ? " persistent CTAs" : " CTAs");
+      const sm90::FwdTail tail = sm90::fwd_tail_cached(p, tile, ctas);
+      if (tail.used()) name << ", the last " << tail.begin[ctas] << " tiles dealt by cost";
+    }
     if (kernel_name) *kernel_name = name.str();
     return Status::Ok();
   }

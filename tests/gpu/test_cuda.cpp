@@ -260,6 +260,16 @@ std::vector<Case> feature_cases() {
   c = make("causal_grid_d64", DType::BF16, 2048, 2048, 64);
   c.hq = 24; c.hk = 8; c.causal = true; c.backward = false;
   v.push_back(c);
+  // The last pairs' tiles dealt singly by cost (fwd_config.h's fwd_tail): 144 heads x 2 pairs of
+  // 128-row tiles over 132 CTAs (one round of pairs, then 312 tiles dealt), and d 128 with sq > sk
+  // (rows 0-199 see no key: empty tiles in the deal, left out of it) and an odd middle block (5
+  // query blocks: its empty partner slot), two rounds of pairs on 131 CTAs, then the deal.
+  c = make("many_tiles_causal_deal_d64", DType::BF16, 512, 512, 64);
+  c.batch = 3; c.hq = 48; c.hk = 16; c.causal = true; c.backward = false;
+  v.push_back(c);
+  c = make("many_tiles_causal_deal_d128", DType::BF16, 600, 400, 128);
+  c.batch = 2; c.hq = 80; c.hk = 16; c.causal = true; c.backward = false;
+  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
@@ -423,6 +433,17 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
     const int want = units <= sms ? units : (50 * busiest(sms - 1) <= 49 * busiest(sms) ? sms - 1 : sms);
     EXPECT_NE(choice.find(", " + std::to_string(want) + " persistent CTAs"), std::string::npos)
         << "seqlen " << g.seqlen << " d " << g.d << ": " << choice;
+  }
+  // The last pairs' tiles dealt by cost (fwd_config.h's fwd_tail) under a causal mask with more
+  // pairs than CTAs (d 64 at 512: 32 x 32 heads x 2 pairs); not under a sliding window (no pairs).
+  for (const bool causal : {true, false}) {
+    Case c = make("deal", DType::BF16, 512, 512, 64);
+    c.hq = c.hk = 32; c.batch = 32;
+    if (causal) c.causal = true;
+    else { c.window_left = 100; c.window_right = 0; }
+    Fixture f(c);
+    const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
+    EXPECT_EQ(choice.find("tiles dealt by cost") != std::string::npos, causal) << choice;
   }
 }
 

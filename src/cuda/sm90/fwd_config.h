@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <mutex>
+#include <utility>
 #include <numeric>
 #include <vector>
 
@@ -212,6 +214,162 @@ inline int fwd_ctas(const Params& p, const FwdTile& t, int sms) {
     return most;
   };
   return 50 * busiest(sms - 1) <= 49 * busiest(sms) ? sms - 1 : sms;
+}
+
+// The persistent forward's last tiles, dealt one by one (fwd_tail). Under a causal-like mask the
+// CTAs take whole pairs of query blocks in rounds (tile_of): with P pairs over C CTAs the last
+// round gives P % C CTAs one pair more than the others, so at 512 / 1024 keys (15.5 rounds of equal
+// pairs, d = 64 / 128) the busiest CTA has 3% more to do than the mean, and the kernel takes as long
+// as that CTA. Instead, from the round before the last on (so that at least C pairs remain), the
+// remaining pairs' tiles are dealt singly: longest first, each to the CTA with the least work so
+// far (LPT: largest processing time first), which leaves the busiest CTA within a tile of the mean,
+// where a tile is 1-4 key blocks at 512 keys against a pair's 5 (the model of fwd_tail: within
+// 0.5-1.5% of the mean at d = 64 / 128, 512 / 1024 causal, H200's 132 CTAs). Computed on the host
+// from the tiles' key blocks, so for equal-length sequences only (a varlen call's lengths are on the
+// device), and passed with the launch by value (a kernel parameter: CUDA graphs capture it).
+struct FwdTail {
+  static constexpr int kMaxCtas = 144;             // every sm_90 part has at most 132 SMs
+  static constexpr int kMaxTiles = 4 * kMaxCtas;   // the tail: fewer than 2 C pairs
+  static constexpr int kNone = 1 << 29;
+  int pair_rounds = kNone;  // rounds of pairs taken by tile_of first: picks 0 .. 2 pair_rounds - 1
+  int first = 0;            // the tail's first tile: 2 pair_rounds ctas
+  uint16_t begin[kMaxCtas + 1] = {};  // CTA c's tail tiles: first + tile[begin[c] .. begin[c + 1])
+  uint16_t tile[kMaxTiles] = {};
+  bool used() const { return pair_rounds != kNone; }
+};
+
+// Whether a tile of `consumers` warpgroups deals (mods: the instantiation for softcap / ALiBi): not the d = 64 192-row
+// tile's kMods kernel, where the deal's few instructions took ptxas from 24 to 130-146 bytes of spills
+// (160 registers per consumer thread).
+IOATTN_HD constexpr bool fwd_deals(int consumers, bool mods) { return !(mods && consumers == 3); }
+
+// fwd_tail's limits: rounds of pairs (the deal's gain is at most a pair of the busiest CTA's
+// rounds), pairs of query blocks per head (its cost tables; 256 covers 65k rows of 128-row tiles).
+constexpr int kMaxRounds = 32, kMaxPairsPerHead = 256;
+
+// A tile's cost in fwd_tail's deal: its key blocks plus one for what a tile costs besides them
+// (its first S, which nothing overlaps, and its epilogue).
+constexpr int kFwdTileOverhead = 1;
+
+// fwd_tail's schedule for `ctas` CTAs of tile t (used() false where it does not apply: one CTA per
+// tile, no causal-like mask, varlen, not fwd_deals, fewer pairs than CTAs or more than kMaxRounds
+// rounds of them, more CTAs than kMaxCtas, or a deal whose busiest CTA would not have less to do than
+// with the round-robin). Host cost: O(pairs) (at most kMaxRounds x kMaxCtas) for the round-robin's
+// loads, O(C log C) for the deal.
+inline FwdTail fwd_tail(const Params& p, const FwdTile& t, int ctas) {
+  FwdTail tail;
+  if (!t.persistent || !tiles_paired(p) || p.varlen || ctas < 2 || ctas > FwdTail::kMaxCtas ||
+      !fwd_deals(t.consumers, p.softcap > 0.0f || p.alibi_slopes != nullptr))
+    return tail;
+  const int m_blocks = (p.seqlen_q + t.block_m - 1) / t.block_m, per_head = (m_blocks + 1) / 2;
+  const int64_t pairs = int64_t(per_head) * p.heads_q * p.batch;
+  // From kMaxRounds rounds on the last round's imbalance is below 1 / kMaxRounds of the call: not
+  // worth the host's O(rounds x ctas).
+  if (pairs < ctas || pairs / ctas > kMaxRounds || per_head > kMaxPairsPerHead) return tail;
+  const WindowMask mask{p.window_left, p.window_right, p.seqlen_k - p.seqlen_q};
+  // A tile whose rows see no key still writes O = 0 and its LSE: it costs the overhead.
+  auto cost = [&](int m_block) {
+    const int m0 = m_block * t.block_m;
+    const KeyBlocks kb = key_blocks(mask, m0, std::min(m0 + t.block_m, p.seqlen_q) - 1, p.seqlen_k, t.block_n);
+    return kb.end - kb.begin + kFwdTileOverhead;
+  };
+  // Tile 2 u + h of pair u = (head, batch) x per_head + j: h = 0 query block m_blocks - 1 - j, h = 1
+  // block j (plan_tile); cost 0 for the latter where the two are the same (an odd count's middle
+  // block: plan_tile skips that slot, and the deal leaves it out).
+  int half0[kMaxPairsPerHead], half1[kMaxPairsPerHead], most = 0;
+  for (int j = 0; j < per_head; ++j) {
+    half0[j] = cost(m_blocks - 1 - j);
+    half1[j] = j != m_blocks - 1 - j ? cost(j) : 0;
+    most = std::max(most, half0[j]);
+  }
+  const int rounds = static_cast<int>(pairs / ctas) - 1;
+  const int tail_pairs = static_cast<int>(pairs - int64_t(rounds) * ctas);  // in [ctas, 2 ctas)
+  // Round-robin loads: the rounds before the tail (both schedules), then the tail's pairs.
+  int64_t load[FwdTail::kMaxCtas], rr[FwdTail::kMaxCtas];
+  std::fill(load, load + ctas, 0);
+  int j = 0;  // pair u's j = u % per_head, stepped
+  for (int k = 0; k < rounds; ++k)
+    for (int c = 0; c < ctas; ++c, j = j + 1 == per_head ? 0 : j + 1) load[c] += half0[j] + half1[j];
+  std::copy(load, load + ctas, rr);
+  const int j_tail = j;
+  for (int u = 0; u < tail_pairs; ++u, j = j + 1 == per_head ? 0 : j + 1) rr[u % ctas] += half0[j] + half1[j];
+  // The deal: the tail's tiles, longest first (a counting sort by cost; ties: lower tile first), each
+  // to the least-loaded CTA (ties: lower index), i.e. LPT with a heap of (load, cta).
+  const int count = 2 * tail_pairs;
+  std::vector<int> by_cost(most + 2, 0), order(count), cta_of(count, -1);
+  auto tile_cost = [&](int i) {
+    const int jj = (j_tail + i / 2) % per_head;
+    return i % 2 ? half1[jj] : half0[jj];
+  };
+  for (int i = 0; i < count; ++i) ++by_cost[most + 1 - tile_cost(i)];  // bucket 0: the costliest
+  for (int b = 1; b <= most + 1; ++b) by_cost[b] += by_cost[b - 1];
+  for (int i = count - 1; i >= 0; --i) order[--by_cost[most + 1 - tile_cost(i)]] = i;
+  std::pair<int64_t, int> heap[FwdTail::kMaxCtas];  // min-heap of (load, cta)
+  for (int c = 0; c < ctas; ++c) heap[c] = {load[c], c};
+  auto later = [](const std::pair<int64_t, int>& a, const std::pair<int64_t, int>& b) { return a > b; };
+  std::make_heap(heap, heap + ctas, later);
+  for (const int i : order) {
+    const int c = tile_cost(i);
+    if (c == 0) break;  // the empty slots sort last
+    std::pop_heap(heap, heap + ctas, later);
+    heap[ctas - 1].first += c;
+    cta_of[i] = heap[ctas - 1].second;
+    std::push_heap(heap, heap + ctas, later);
+  }
+  int64_t busiest = 0;
+  for (int c = 0; c < ctas; ++c) busiest = std::max(busiest, heap[c].first);
+  // Kept only where it beats the round-robin of the same pairs (LPT can lose by a tile where the
+  // rounds before it left the CTAs uneven: pairs of different costs).
+  if (busiest >= *std::max_element(rr, rr + ctas)) return tail;
+  // Each CTA's tiles in tile order (heads in order, as the round-robin visits them: CTAs running at
+  // one time then read the same heads' K / V, which stay in L2; in the order dealt, the costliest
+  // tiles of every head of the tail first, they did not at d = 256, 2048 causal).
+  tail.pair_rounds = rounds;
+  tail.first = 2 * rounds * ctas;
+  std::fill(tail.begin, tail.begin + ctas + 1, 0);
+  for (int i = 0; i < count; ++i)
+    if (cta_of[i] >= 0) ++tail.begin[cta_of[i] + 1];
+  for (int c = 0; c < ctas; ++c) tail.begin[c + 1] += tail.begin[c];
+  uint16_t fill[FwdTail::kMaxCtas];
+  std::copy(tail.begin, tail.begin + ctas, fill);
+  for (int i = 0; i < count; ++i)
+    if (cta_of[i] >= 0) tail.tile[fill[cta_of[i]]++] = static_cast<uint16_t>(i);
+  return tail;
+}
+
+// fwd_tail through a small cache: the deal costs 10-30 us of host time per call (H200 host: a call's
+// host time went from 13 to 41 us at d = 64 512 causal), where a training or serving loop asks for
+// the same few shapes every step. 16 entries, the oldest replaced; a mutex, as calls may come from
+// several threads.
+inline FwdTail fwd_tail_cached(const Params& p, const FwdTile& t, int ctas) {
+  if (!t.persistent || !tiles_paired(p) || p.varlen) return FwdTail{};  // (fwd_tail's cheap refusals)
+  struct Key {
+    int block_m, block_n, consumers, batch, heads, sq, sk, left, right, ctas;
+    bool mods;
+    bool operator==(const Key& o) const {
+      return block_m == o.block_m && block_n == o.block_n && consumers == o.consumers && batch == o.batch &&
+             heads == o.heads && sq == o.sq && sk == o.sk && left == o.left && right == o.right && ctas == o.ctas &&
+             mods == o.mods;
+    }
+  };
+  constexpr int kEntries = 16;
+  static std::mutex mu;
+  static Key keys[kEntries];
+  static FwdTail tails[kEntries];
+  static int filled = 0, oldest = 0;
+  const Key key{t.block_m, t.block_n, t.consumers, p.batch, p.heads_q, p.seqlen_q, p.seqlen_k, p.window_left,
+                p.window_right, ctas, p.softcap > 0.0f || p.alibi_slopes != nullptr};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (int i = 0; i < filled; ++i)
+      if (keys[i] == key) return tails[i];
+  }
+  const FwdTail tail = fwd_tail(p, t, ctas);
+  std::lock_guard<std::mutex> lock(mu);
+  const int i = filled < kEntries ? filled++ : std::exchange(oldest, (oldest + 1) % kEntries);
+  keys[i] = key;
+  tails[i] = tail;
+  return tail;
 }
 
 template <int kTile>

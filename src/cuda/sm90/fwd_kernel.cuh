@@ -3,7 +3,8 @@
 //
 // Work tiles are (query block of block_m rows, query head, batch), ordered by plan_tile (under a
 // causal mask in pairs of equal total cost); per head dim (fwd_config.h) either one CTA per
-// multiprocessor walks them (persistent, tile_of), or one CTA per tile (pair) is launched. A CTA has
+// multiprocessor walks them (persistent: tile_of's rounds, the last pairs' tiles dealt singly by the
+// host's fwd_tail, pick_tile), or one CTA per tile (pair) is launched. A CTA has
 // 1 + kConsumers warpgroups (kConsumers = 2, or 3 at d = 64: fwd_config.h):
 //   producer   warpgroup 0 gives its registers back (setmaxnreg) and one thread issues the TMA
 //              copies: each tile's Q once (into a ring of q_stages buffers: with 2, during the
@@ -241,6 +242,20 @@ __device__ __forceinline__ int tile_of(int r, int cta, int ctas, bool paired) {
 __device__ __forceinline__ bool round_exists(int r, int ctas, int tiles, bool paired) {
   return (paired ? (r >> 1) * ctas * 2 : r * ctas) < tiles;
 }
+// CTA `cta`'s picks r = 0, 1, ...: tile_of's rounds, then, where the host dealt the last pairs' tiles
+// singly (FwdTail, fwd_config.h), the CTA's tiles of that deal. pick_exists bounds the picks' loop;
+// a tile >= tiles is an empty slot of the last round (skipped).
+// kDeal false (fwd_deals): tile_of's rounds only, the kernel's code as before the deal.
+template <bool kDeal>
+__device__ __forceinline__ bool pick_exists(int r, int cta, int ctas, int tiles, bool paired, const FwdTail& tail) {
+  if (kDeal && r >= 2 * tail.pair_rounds) return tail.begin[cta] + (r - 2 * tail.pair_rounds) < tail.begin[cta + 1];
+  return round_exists(r, ctas, tiles, paired);
+}
+template <bool kDeal>
+__device__ __forceinline__ int pick_tile(int r, int cta, int ctas, bool paired, const FwdTail& tail) {
+  if (kDeal && r >= 2 * tail.pair_rounds) return tail.first + tail.tile[tail.begin[cta] + (r - 2 * tail.pair_rounds)];
+  return tile_of(r, cta, ctas, paired);
+}
 
 // kMods: the call uses softcap or ALiBi (compiled out otherwise, as in the sm80 kernel).
 // gridDim.x CTAs walk the tiles in rounds (tile_of); persistent (one CTA per multiprocessor), one
@@ -250,7 +265,8 @@ template <class T, int kTile, bool kMods>
 __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
-               const __grid_constant__ CUtensorMap tm_o, bool o_tma, const FwdTileOrder order, int tiles) {
+               const __grid_constant__ CUtensorMap tm_o, bool o_tma, const FwdTileOrder order, int tiles,
+               const __grid_constant__ FwdTail tail) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kTile>;
   using W = FwdWarps<kTile>;
@@ -267,6 +283,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   // spilled and lost 9-20%: this one keeps the live loop as it was and puts the empty turns in a loop
   // of their own after the last P V.)
   constexpr bool kSkipMasked = FwdTileAt<kTile>::block_n < FwdTileAt<kTile>::block_m;
+  constexpr bool kDeal = fwd_deals(FwdTileAt<kTile>::consumers, kMods);  // the last tiles dealt singly (fwd_tail)
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
@@ -306,8 +323,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     regs_dealloc<W::kProducerRegs>();
     if (warp != 0 || lane != 0) return;
     int kv = 0, q = 0;
-    for (int r = 0; round_exists(r, gridDim.x, tiles, paired); ++r) {
-      const int t = tile_of(r, blockIdx.x, gridDim.x, paired);
+    for (int r = 0; pick_exists<kDeal>(r, blockIdx.x, gridDim.x, tiles, paired, tail); ++r) {
+      const int t = pick_tile<kDeal>(r, blockIdx.x, gridDim.x, paired, tail);
       if (t >= tiles) continue;
       const FwdTilePlan w = plan_tile<kBM, kBN>(p, t, order);
       if (w.skip || w.n_begin >= w.n_end) continue;
@@ -436,8 +453,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   // dependent instructions: the next tile is planned while this tile's last P V product runs
   // (plan_next below), not between the two tiles.
   auto find_tile = [&](int& r, FwdTilePlan& next) {
-    for (; round_exists(r, gridDim.x, tiles, paired); ++r) {
-      const int t = tile_of(r, blockIdx.x, gridDim.x, paired);
+    for (; pick_exists<kDeal>(r, blockIdx.x, gridDim.x, tiles, paired, tail); ++r) {
+      const int t = pick_tile<kDeal>(r, blockIdx.x, gridDim.x, paired, tail);
       if (t >= tiles) continue;
       next = plan_tile<kBM, kBN>(p, t, order);
       if (!next.skip) return true;
@@ -732,13 +749,13 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
 template <class T, int kTile, bool kMods>
 cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, const FwdTileOrder& order, int tiles, int ctas,
                               const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const CUtensorMap& to,
-                              bool o_tma) {
+                              bool o_tma, const FwdTail& tail) {
   constexpr int kSmem = FwdSmem<kTile>::kBytes;
   auto kernel = fwd_kernel<T, kTile, kMods>;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
-  kernel<<<ctas, FwdWarps<kTile>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, order, tiles);
+  kernel<<<ctas, FwdWarps<kTile>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, order, tiles, tail);
   return cudaGetLastError();
 }
 
@@ -764,8 +781,9 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   const bool o_tma = encode_o_map(p, &to);
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
   const FwdTileOrder order = FwdTileOrder::make(p, m_blocks);
-  e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma)
-           : launch_fwd_kernel<T, kTile, false>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma);
+  const FwdTail tail = fwd_tail_cached(p, kFwdTiles[kTile], ctas);
+  e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma, tail)
+           : launch_fwd_kernel<T, kTile, false>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma, tail);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError,
                   std::string("cuda forward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};
