@@ -270,6 +270,11 @@ std::vector<Case> feature_cases() {
   c = make("many_tiles_causal_deal_d128", DType::BF16, 600, 400, 128);
   c.batch = 2; c.hq = 80; c.hk = 16; c.causal = true; c.backward = false;
   v.push_back(c);
+  // The deal in the softcap / ALiBi (kMods) kernel of a 2-consumer tile (fwd_deals).
+  c = make("many_tiles_causal_deal_mods_d128", DType::BF16, 512, 512, 128);
+  c.batch = 2; c.hq = 80; c.hk = 16; c.causal = true; c.backward = false;
+  c.softcap = 5.0f; c.alibi = Alibi::PerHead;
+  v.push_back(c);
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
