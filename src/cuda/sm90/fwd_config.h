@@ -280,7 +280,7 @@ inline FwdTail fwd_tail(const Params& p, const FwdTile& t, int ctas) {
   for (int j = 0; j < per_head; ++j) {
     half0[j] = cost(m_blocks - 1 - j);
     half1[j] = j != m_blocks - 1 - j ? cost(j) : 0;
-    most = std::max(most, half0[j]);
+    most = std::max({most, half0[j], half1[j]});  // (the counting sort's range)
   }
   const int rounds = static_cast<int>(pairs / ctas) - 1;
   const int tail_pairs = static_cast<int>(pairs - int64_t(rounds) * ctas);  // in [ctas, 2 ctas)
