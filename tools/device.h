@@ -30,9 +30,9 @@ class Device {
   virtual void fill_bytes(void* dst, unsigned char byte, size_t bytes) = 0;
   // Runs fn once and returns the milliseconds it took on this device, after it has finished.
   // CUDA: as triton.testing.do_bench times the PyTorch peers (bench/gpu/bench_attn.py), each call
-  // starts behind a 256 MiB memset on the same stream (an L2 flush): the call reads its inputs from
-  // device memory, and its host work (validation, tensor-map encoding, launches) overlaps the
-  // memset instead of adding idle GPU time between the start event and the first kernel.
+  // starts behind a 256 MiB memset on the same stream (an L2 flush), so the call reads its inputs
+  // from device memory as theirs do. (Its host work overlaps the memset; on the H200 the timing
+  // without the flush measured the same: bench/notes-sm90.md, session 20.)
   virtual double time_ms(const std::function<void()>& fn) = 0;
 };
 

@@ -179,15 +179,14 @@ void print_text(const RunConfig& c, const Measured& m) {
   std::printf("\n  choice:   %s\n", m.choice.c_str());
   const double tf = m.fwd_flops / (m.fwd_ms * 1e-3) / 1e12;
   // The host time per call is shown for the GPU only (on the CPU it is the call).
-  const bool gpu = c.device != DeviceType::CPU;
-  const std::string fwd_host = gpu ? "; host " + std::to_string(int(m.fwd_host_us + 0.5)) + " us per call" : "";
+  auto host = [&](double us) {
+    return c.device != DeviceType::CPU ? "; host " + std::to_string(int(us + 0.5)) + " us per call" : std::string();
+  };
   std::printf("  forward:  %10.3f ms  %8.3f TFLOP/s   (median of %d, %.3g GFLOP%s)\n", m.fwd_ms, tf, c.repeat,
-              m.fwd_flops / 1e9, fwd_host.c_str());
-  if (m.bwd_ms) {
-    const std::string bwd_host = gpu ? "; host " + std::to_string(int(*m.bwd_host_us + 0.5)) + " us per call" : "";
+              m.fwd_flops / 1e9, host(m.fwd_host_us).c_str());
+  if (m.bwd_ms)
     std::printf("  backward: %10.3f ms  %8.3f TFLOP/s   (median of %d, 2.5x forward FLOPs%s)\n", *m.bwd_ms,
-                2.5 * m.fwd_flops / (*m.bwd_ms * 1e-3) / 1e12, c.repeat, bwd_host.c_str());
-  }
+                2.5 * m.fwd_flops / (*m.bwd_ms * 1e-3) / 1e12, c.repeat, host(*m.bwd_host_us).c_str());
   std::printf("  extra memory: %s (scratch %s + LSE %s); standard attention stores %s per N×N matrix\n",
               bytes_str(double(m.scratch_bytes + m.lse_bytes)).c_str(), bytes_str(double(m.scratch_bytes)).c_str(),
               bytes_str(double(m.lse_bytes)).c_str(), bytes_str(m.score_matrix_bytes).c_str());

@@ -6,9 +6,8 @@ Shapes: bf16, model width 2048 (heads = 2048 / head_dim), batch x seqlen = 16384
 
   ioattn         through the `ioattn` CLI (`ioattn run --device cuda --json --backward`): CUDA events,
                  one warm-up call, median of --repeat calls, each behind a 256 MiB memset as do_bench
-                 flushes L2 for the peers (so the call's host work overlaps the GPU's, as theirs does:
-                 tools/device.h); backward timed by itself. The CLI's JSON also has the host time
-                 per call (fwd_host_us / bwd_host_us)
+                 flushes L2 for the peers (tools/device.h); backward timed by itself. The CLI's JSON
+                 also has the host time per call (fwd_host_us / bwd_host_us)
   SDPA backends  PyTorch scaled_dot_product_attention pinned to FLASH_ATTENTION (flash-attn 2),
                  CUDNN_ATTENTION and EFFICIENT_ATTENTION; triton.testing.do_bench median;
                  backward = time(forward + backward) - time(forward)

@@ -238,6 +238,9 @@ struct FwdTail {
   bool used() const { return pair_rounds != kNone; }
 };
 
+// Whether the call runs the kMods kernels (softcap or ALiBi compiled in).
+inline bool fwd_mods(const Params& p) { return p.softcap > 0.0f || p.alibi_slopes != nullptr; }
+
 // Whether a tile of `consumers` warpgroups deals (mods: the instantiation for softcap / ALiBi): not the d = 64 192-row
 // tile's kMods kernel, where the deal's few instructions took ptxas from 24 to 130-146 bytes of spills
 // (160 registers per consumer thread).
@@ -259,7 +262,7 @@ constexpr int kFwdTileOverhead = 1;
 inline FwdTail fwd_tail(const Params& p, const FwdTile& t, int ctas) {
   FwdTail tail;
   if (!t.persistent || !tiles_paired(p) || p.varlen || ctas < 2 || ctas > FwdTail::kMaxCtas ||
-      !fwd_deals(t.consumers, p.softcap > 0.0f || p.alibi_slopes != nullptr))
+      !fwd_deals(t.consumers, fwd_mods(p)))
     return tail;
   const int m_blocks = (p.seqlen_q + t.block_m - 1) / t.block_m, per_head = (m_blocks + 1) / 2;
   const int64_t pairs = int64_t(per_head) * p.heads_q * p.batch;
@@ -358,7 +361,7 @@ inline FwdTail fwd_tail_cached(const Params& p, const FwdTile& t, int ctas) {
   static FwdTail tails[kEntries];
   static int filled = 0, oldest = 0;
   const Key key{t.block_m, t.block_n, t.consumers, p.batch, p.heads_q, p.seqlen_q, p.seqlen_k, p.window_left,
-                p.window_right, ctas, p.softcap > 0.0f || p.alibi_slopes != nullptr};
+                p.window_right, ctas, fwd_mods(p)};
   {
     std::lock_guard<std::mutex> lock(mu);
     for (int i = 0; i < filled; ++i)

@@ -779,7 +779,7 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   // O's map for the TMA epilogue; when the driver refuses it (say, a row stride that is not a
   // multiple of 16 bytes) O is written from registers instead.
   const bool o_tma = encode_o_map(p, &to);
-  const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
+  const bool mods = fwd_mods(p);
   const FwdTileOrder order = FwdTileOrder::make(p, m_blocks);
   const FwdTail tail = fwd_tail_cached(p, kFwdTiles[kTile], ctas);
   e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma, tail)
