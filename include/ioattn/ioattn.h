@@ -122,7 +122,8 @@ Status backward(const TensorView& q, const TensorView& k, const TensorView& v,
                 const Args& args);
 
 // Device scratch bytes that forward()/backward() need in args.workspace for these arguments (0 on
-// the CPU). Validates like the call itself; on error returns the Status and sets *bytes = 0.
+// the CPU; the forward needs a few bytes for varlen calls on Hopper, else none). Validates like the
+// call itself; on error returns the Status and sets *bytes = 0.
 Status forward_workspace_size(const TensorView& q, const TensorView& k, const TensorView& v,
                               const Args& args, size_t* bytes);
 Status backward_workspace_size(const TensorView& q, const TensorView& k, const TensorView& v,

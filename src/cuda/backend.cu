@@ -199,6 +199,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
       name << ", " << ctas << (tile.persistent ? " persistent CTAs" : " CTAs");
       const sm90::FwdTail tail = sm90::fwd_tail_cached(p, tile, ctas);
       if (tail.used()) name << ", the last " << tail.begin[ctas] << " tiles dealt by cost";
+      if (sm90::fwd_dynamic(p, tile, ctas)) name << ", tiles taken from a counter (varlen)";
     }
     if (kernel_name) *kernel_name = name.str();
     return Status::Ok();
@@ -242,19 +243,35 @@ Status select(const Params& p, bool backward, std::string* kernel_name) {
   return select_path(p, backward, kernel_name, &sm90_forward);
 }
 
+namespace {
+// The forward's scratch: the sm90 forward's tile counter for varlen calls (fwd_dynamic); none
+// otherwise. sm90_forward: select_path's choice.
+size_t forward_workspace_bytes([[maybe_unused]] const Params& p, [[maybe_unused]] bool sm90_forward) {
+#ifdef IOATTN_HAVE_SM90
+  if (sm90_forward)
+    return sm90::fwd_workspace_bytes(p, sm90::fwd_tile(sm90::forward_head_dim(std::max(p.head_dim, p.head_dim_v)), p));
+#endif
+  return 0;
+}
+}  // namespace
+
 size_t workspace_size(const Params& p, bool backward) {
 #ifdef IOATTN_HAVE_SM80_BWD
   if (backward) return sm80::bwd_workspace_bytes_sm80(p);
-#else
-  (void)p;
-  (void)backward;
 #endif
-  return 0;  // the forward needs no scratch
+  if (backward) return 0;
+  bool sm90_forward = false;
+  if (!select_path(p, false, nullptr, &sm90_forward).ok()) return 0;
+  return forward_workspace_bytes(p, sm90_forward);
 }
 
 Status forward(const Params& p) {
   bool sm90_forward = false;
   if (Status s = select_path(p, false, nullptr, &sm90_forward); !s.ok()) return s;
+  const size_t need = forward_workspace_bytes(p, sm90_forward);
+  if (need > 0 && (p.workspace == nullptr || p.workspace_bytes < need))
+    return make_error(ErrorCode::WorkspaceTooSmall, "workspace: this forward needs ", need,
+                      " bytes of device memory (forward_workspace_size), got ", p.workspace ? p.workspace_bytes : 0);
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
 #ifdef IOATTN_HAVE_SM90

@@ -17,6 +17,8 @@ namespace {
 using ioattn::Params;
 using ioattn::cuda::sm90::FwdTail;
 using ioattn::cuda::sm90::FwdTile;
+using ioattn::cuda::sm90::fwd_dynamic;
+using ioattn::cuda::sm90::fwd_workspace_bytes;
 using ioattn::cuda::sm90::fwd_tail;
 using ioattn::cuda::sm90::fwd_tail_cached;
 using ioattn::cuda::sm90::kFwdTileCount;
@@ -161,6 +163,37 @@ TEST(FwdTail, CachedEqualsComputed) {
       EXPECT_TRUE(std::equal(a.begin, a.begin + 133, b.begin)) << heads;
       EXPECT_TRUE(std::equal(a.tile, a.tile + a.begin[132], b.tile)) << heads;
     }
+}
+
+// Varlen calls take their tiles from a counter in the workspace (fwd_dynamic), where the round-robin
+// has more units than CTAs to balance, in the kernels that deal; the workspace is asked for whenever a
+// call of that shape could (the size query has no device). Dense calls keep the round-robin.
+TEST(FwdDynamic, VarlenOnlyWithMoreUnitsThanCtasInTheDealingKernels) {
+  Params p = causal_params(8, 32, 4000, 4000);  // varlen: the longest sequence's rows
+  p.varlen = true;
+  const FwdTile& two = kFwdTiles[1];  // 2 consumer warpgroups (fwd_deals in both instantiations)
+  EXPECT_TRUE(fwd_dynamic(p, two, 132));
+  EXPECT_GT(fwd_workspace_bytes(p, two), 0u);
+  Params dense = p;
+  dense.varlen = false;
+  EXPECT_FALSE(fwd_dynamic(dense, two, 132));
+  EXPECT_EQ(fwd_workspace_bytes(dense, two), 0u);
+  Params few = p;  // 1 sequence x 4 heads x 16 pairs of 128-row tiles = 64 units on 64 CTAs
+  few.batch = 1;
+  few.heads_q = few.heads_k = 4;
+  EXPECT_FALSE(fwd_dynamic(few, two, 64));
+  EXPECT_TRUE(fwd_dynamic(few, two, 63));
+  EXPECT_GT(fwd_workspace_bytes(few, two), 0u);
+  Params softcap = p;
+  softcap.softcap = 30.0f;  // not the 3-consumer tile's softcap / ALiBi kernel (fwd_deals)
+  ASSERT_EQ(kFwdTiles[0].consumers, 3);
+  EXPECT_FALSE(fwd_dynamic(softcap, kFwdTiles[0], 132));
+  EXPECT_EQ(fwd_workspace_bytes(softcap, kFwdTiles[0]), 0u);
+  EXPECT_TRUE(fwd_dynamic(softcap, two, 132));
+  FwdTile one_per_tile = two;
+  one_per_tile.persistent = false;
+  EXPECT_FALSE(fwd_dynamic(p, one_per_tile, 132));
+  EXPECT_EQ(fwd_workspace_bytes(p, one_per_tile), 0u);
 }
 
 }  // namespace

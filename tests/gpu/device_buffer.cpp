@@ -45,6 +45,13 @@ DeviceInputs::DeviceInputs(const CaseInputs& in)
     args.cu_seqlens_k = cu_k.view();
   }
   if (in.args.alibi_slopes.defined()) args.alibi_slopes = slopes.view();
+  // (A call that fails validation gets no workspace: its test expects the error anyway.)
+  if (forward_workspace_size(q.view(), k.view(), v.view(), args, &fwd_workspace_bytes).ok() && fwd_workspace_bytes > 0) {
+    fwd_workspace = std::make_unique<DeviceScratch>(fwd_workspace_bytes);
+    check(cudaMemset(fwd_workspace->get(), 0xA5, fwd_workspace_bytes), "cudaMemset workspace");
+    args.workspace = fwd_workspace->get();
+    args.workspace_bytes = fwd_workspace_bytes;
+  }
 }
 
 DeviceScratch::DeviceScratch(size_t bytes) {

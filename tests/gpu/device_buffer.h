@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "common/attention_case.h"
@@ -32,14 +33,6 @@ class DeviceBuffer {
   TensorView view_;
 };
 
-// A case's inputs on the device, with Args pointing at the device copies of cu_seqlens and the
-// ALiBi slopes.
-struct DeviceInputs {
-  explicit DeviceInputs(const CaseInputs& in);
-  DeviceBuffer q, k, v, dout, cu_q, cu_k, slopes;
-  Args args;
-};
-
 // Device scratch of at least `bytes` (nothing when 0).
 class DeviceScratch {
  public:
@@ -51,6 +44,18 @@ class DeviceScratch {
 
  private:
   void* ptr_ = nullptr;
+};
+
+// A case's inputs on the device, with Args pointing at the device copies of cu_seqlens and the
+// ALiBi slopes, and at the forward's workspace (forward_workspace_size's bytes: the sm90 forward's
+// tile counter for varlen calls), poisoned with 0xA5 bytes so that a call which uses it without
+// zeroing it first shows. (The backward tests put their own workspace in args.)
+struct DeviceInputs {
+  explicit DeviceInputs(const CaseInputs& in);
+  DeviceBuffer q, k, v, dout, cu_q, cu_k, slopes;
+  Args args;
+  size_t fwd_workspace_bytes = 0;
+  std::unique_ptr<DeviceScratch> fwd_workspace;
 };
 
 }  // namespace ioattn::test

@@ -548,6 +548,53 @@ void expect_error(const char* what, Fixture& f, const TensorView& q, const Tenso
   EXPECT_TRUE(o.bytes() == f.out.bytes() && l.bytes() == f.lse.bytes()) << what << ": an output was written";
 }
 
+// Enough varlen tiles for the sm90 forward to take them from its counter (fwd_config.h's
+// fwd_dynamic: more units than CTAs): 32 heads x 4 sequences, the longest of 8 query blocks (4 causal pairs).
+Case varlen_counter_case(const std::string& name) {
+  Case c = make(name, DType::BF16, 0, 0, 128);
+  c.lens_q = {10, 0, 300, 900}; c.lens_k = {64, 20, 250, 900}; c.hq = 32; c.hk = 8; c.causal = true;
+  c.backward = false;
+  return c;
+}
+
+TEST(GpuContract, GraphCaptureVarlenCounter) {  // the counter's memset is captured with the kernel
+  check_graph_capture(varlen_counter_case("graph_varlen_counter"));
+}
+
+// The varlen forward's workspace on Hopper: described, required (a named error, nothing written,
+// without it or with a byte less), zeroed by every call (the fixture's starts as 0xA5 bytes, and a
+// second call reuses what the first left: both must match the reference and each other bitwise).
+TEST(GpuContract, VarlenForwardWorkspace) {
+  const Case c = varlen_counter_case("varlen_counter");
+  Fixture f(c);
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  const char* env = std::getenv("IOATTN_SM90");
+  const bool sm90 = major == 9 && build_info().cuda_sm90_kernels && !(env != nullptr && std::string(env) == "0");
+  const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
+  if (!sm90) {  // the sm80 forward needs no workspace
+    EXPECT_EQ(f.d.fwd_workspace_bytes, 0u) << choice;
+    return;
+  }
+  EXPECT_NE(choice.find("tiles taken from a counter (varlen)"), std::string::npos) << choice;
+  ASSERT_GT(f.d.fwd_workspace_bytes, 0u) << choice;
+  Args none = f.d.args;
+  none.workspace = nullptr;
+  none.workspace_bytes = 0;
+  expect_error("no forward workspace", f, f.d.q.view(), f.d.k.view(), f.d.v.view(), ErrorCode::WorkspaceTooSmall,
+               "forward_workspace_size", &none);
+  Args small = f.d.args;
+  small.workspace_bytes = f.d.fwd_workspace_bytes - 1;
+  expect_error("forward workspace a byte short", f, f.d.q.view(), f.d.k.view(), f.d.v.view(),
+               ErrorCode::WorkspaceTooSmall, "forward_workspace_size", &small);
+  DeviceBuffer o1(f.out), l1(f.lse), o2(f.out), l2(f.lse);
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o1.view(), l1.view(), f.d.args).ok());
+  ASSERT_TRUE(forward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o2.view(), l2.view(), f.d.args).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_TRUE(o1.bytes() == o2.bytes() && l1.bytes() == l2.bytes()) << "the second call differs from the first";
+  run_gpu_case(c);  // against the reference, outputs poisoned, with its own 0xA5 workspace
+}
+
 TEST(GpuContract, BadInputsGiveNamedErrors) {
   Fixture f(make("bad", DType::BF16, 64, 64, 64));
   // k on the host while q is on the GPU.

@@ -375,6 +375,28 @@ inline FwdTail fwd_tail_cached(const Params& p, const FwdTile& t, int ctas) {
   return tail;
 }
 
+// Varlen calls: the persistent CTAs take their tiles from a counter instead of the round-robin.
+// The sequences' lengths are on the device, so neither the host's deal (fwd_tail) nor fwd_ctas can
+// even the CTAs' loads, and tile_of's round-robin over the longest sequence's query blocks gives
+// each CTA a random mix of long tiles, short tiles and empty slots (past a shorter sequence's end):
+// a model of the H200's 132 CTAs over 8 sequences of random lengths summing to 16k (the benchmark's
+// varlen case; key blocks per tile plus 0.6 for its fixed costs, 200 draws) puts the busiest CTA at
+// 1.18x the mean load under a causal mask (1.64x at worst) and 1.11x without (1.62x), and a CTA
+// that takes the next tile whenever it needs one at 1.03x and 1.01x. Each CTA's first tile is
+// blockIdx.x as before; from there its producer takes gridDim.x + atomicAdd(counter, 1) (the
+// counter: the call's workspace, zeroed on the stream before the launch) and hands the index to the
+// consumers (fwd_kernel.cuh). Not where the round-robin leaves nothing to balance (one unit per
+// CTA) and not in the kernels that do not deal (fwd_deals: the d = 64 192-row kMods kernel has no
+// registers to spare); dense calls keep the round-robin and the deal.
+inline bool fwd_dynamic(const Params& p, const FwdTile& t, int ctas) {
+  return p.varlen && t.persistent && fwd_deals(t.consumers, fwd_mods(p)) && fwd_units(p, t.block_m) > ctas;
+}
+// The forward's workspace: the counter, on a 128-byte line of its own (0 where no call of this shape
+// takes tiles dynamically: fwd_dynamic's conditions that need no device).
+inline size_t fwd_workspace_bytes(const Params& p, const FwdTile& t) {
+  return p.varlen && t.persistent && fwd_deals(t.consumers, fwd_mods(p)) ? 128 : 0;
+}
+
 template <int kTile>
 struct FwdTileAt {
   static_assert(kTile >= 0 && kTile < kFwdTileCount, "a row of kFwdTiles");

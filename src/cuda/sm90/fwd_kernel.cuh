@@ -95,8 +95,13 @@ struct FwdSmem {
   static constexpr int kK = kQ + kQStages * kQBytes;
   static constexpr int kV = kK + kStages * kKVBytes;
   static constexpr int kBar = kV + kStages * kKVBytes;
-  static constexpr int kBars = 2 * kQStages + 4 * kStages;  // q_full[], q_empty[], k_full[], v_full[], k_empty[], v_empty[]
-  static constexpr int kBytes = kBar + 8 * kBars + 1024;  // + room to align the base to 1024
+  // The dynamic schedule's hand-over ring (fwd_kernel's protocol): kHandRing tile indices, each
+  // with a full and an empty mbarrier.
+  static constexpr int kHandRing = 4;
+  // q_full[], q_empty[], k_full[], v_full[], k_empty[], v_empty[], hand_full[], hand_empty[]
+  static constexpr int kBars = 2 * kQStages + 4 * kStages + 2 * kHandRing;
+  static constexpr int kHand = kBar + 8 * kBars;  // int[kHandRing]
+  static constexpr int kBytes = kHand + 4 * kHandRing + 1024;  // + room to align the base to 1024
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
 
@@ -266,7 +271,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     fwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                const __grid_constant__ CUtensorMap tm_o, bool o_tma, const FwdTileOrder order, int tiles,
-               const __grid_constant__ FwdTail tail) {
+               const __grid_constant__ FwdTail tail, int* sched) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kTile>;
   using W = FwdWarps<kTile>;
@@ -284,6 +289,8 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   // of their own after the last P V.)
   constexpr bool kSkipMasked = FwdTileAt<kTile>::block_n < FwdTileAt<kTile>::block_m;
   constexpr bool kDeal = fwd_deals(FwdTileAt<kTile>::consumers, kMods);  // the last tiles dealt singly (fwd_tail)
+  // Tiles from the counter (fwd_dynamic; run_fwd_tile passes it), in the kernels that deal.
+  const bool dynamic = kDeal && sched != nullptr;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
@@ -299,6 +306,10 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   uint64_t* v_full = k_full + kStages;
   uint64_t* k_empty = v_full + kStages;
   uint64_t* v_empty = k_empty + kStages;
+  uint64_t* hand_full = v_empty + kStages;           // [kHandRing] (dynamic: the protocol below)
+  uint64_t* hand_empty = hand_full + L::kHandRing;   // [kHandRing]
+  int* hand_tile = reinterpret_cast<int*>(smem + L::kHand);
+  constexpr int kEndTile = -1;  // handed over after the last tile
 
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);  // warp-uniform
   const int lane = threadIdx.x % 32;
@@ -314,6 +325,10 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
       ptx::mbarrier_init(k_empty + s, W::kConsumerWarps);
       ptx::mbarrier_init(v_empty + s, W::kConsumerWarps);
     }
+    for (int i = 0; i < L::kHandRing; ++i) {
+      ptx::mbarrier_init(hand_full + i, 1);                      // the producer's hand-over
+      ptx::mbarrier_init(hand_empty + i, 128 * W::kConsumers);   // every consumer thread's read
+    }
     ptx::fence_mbarrier_init(ptx::sem_release, ptx::scope_cluster);
   }
   __syncthreads();
@@ -322,12 +337,31 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   if (warp < 4) {  // ---- producer warpgroup ----
     regs_dealloc<W::kProducerRegs>();
     if (warp != 0 || lane != 0) return;
-    int kv = 0, q = 0;
-    for (int r = 0; pick_exists<kDeal>(r, blockIdx.x, gridDim.x, tiles, paired, tail); ++r) {
-      const int t = pick_tile<kDeal>(r, blockIdx.x, gridDim.x, paired, tail);
-      if (t >= tiles) continue;
+    int kv = 0, q = 0, hand = 0;
+    auto hand_over = [&](int t) {  // dynamic: tile t (or kEndTile) to the consumers
+      const int i = hand % L::kHandRing;
+      if (hand >= L::kHandRing) wait_barrier(hand_empty + i, ((hand / L::kHandRing) & 1) ^ 1);
+      hand_tile[i] = t;
+      ptx::mbarrier_arrive(hand_full + i);  // (release: the store before the consumers' read)
+      ++hand;
+    };
+    for (int r = 0;; ++r) {
+      int t;
+      if (dynamic) {
+        t = r == 0 ? static_cast<int>(blockIdx.x) : static_cast<int>(gridDim.x) + atomicAdd(sched, 1);
+        if (t >= tiles) {
+          hand_over(kEndTile);
+          break;
+        }
+      } else {
+        if (!pick_exists<kDeal>(r, blockIdx.x, gridDim.x, tiles, paired, tail)) break;
+        t = pick_tile<kDeal>(r, blockIdx.x, gridDim.x, paired, tail);
+        if (t >= tiles) continue;
+      }
       const FwdTilePlan w = plan_tile<kBM, kBN>(p, t, order);
-      if (w.skip || w.n_begin >= w.n_end) continue;
+      if (w.skip) continue;
+      if (dynamic) hand_over(t);
+      if (w.n_begin >= w.n_end) continue;
       const int hk = order.group.div(w.h);
       const int bt = p.varlen ? 0 : w.b;  // varlen: the row index carries the sequence
       const int q_row = static_cast<int>(w.sb.q_row0) + w.m0, k_row = static_cast<int>(w.sb.k_row0);
@@ -453,13 +487,22 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   // dependent instructions: the next tile is planned while this tile's last P V product runs
   // (plan_next below), not between the two tiles.
   auto find_tile = [&](int& r, FwdTilePlan& next) {
-    for (; pick_exists<kDeal>(r, blockIdx.x, gridDim.x, tiles, paired, tail); ++r) {
-      const int t = pick_tile<kDeal>(r, blockIdx.x, gridDim.x, paired, tail);
-      if (t >= tiles) continue;
+    for (;; ++r) {
+      int t;
+      if (kDeal && sched != nullptr) {  // dynamic: hand-over r (the producer hands over no skipped tile)
+        const int i = r % L::kHandRing;
+        wait_barrier(hand_full + i, (r / L::kHandRing) & 1);
+        t = hand_tile[i];
+        ptx::mbarrier_arrive(hand_empty + i);
+        if (t == kEndTile) return false;
+      } else {
+        if (!pick_exists<kDeal>(r, blockIdx.x, gridDim.x, tiles, paired, tail)) return false;
+        t = pick_tile<kDeal>(r, blockIdx.x, gridDim.x, paired, tail);
+        if (t >= tiles) continue;
+      }
       next = plan_tile<kBM, kBN>(p, t, order);
       if (!next.skip) return true;
     }
-    return false;
   };
   int r = 0;
   FwdTilePlan next;
@@ -749,13 +792,13 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
 template <class T, int kTile, bool kMods>
 cudaError_t launch_fwd_kernel(const Params& p, cudaStream_t stream, const FwdTileOrder& order, int tiles, int ctas,
                               const CUtensorMap& tq, const CUtensorMap& tk, const CUtensorMap& tv, const CUtensorMap& to,
-                              bool o_tma, const FwdTail& tail) {
+                              bool o_tma, const FwdTail& tail, int* sched) {
   constexpr int kSmem = FwdSmem<kTile>::kBytes;
   auto kernel = fwd_kernel<T, kTile, kMods>;
   static std::atomic<uint64_t> configured{0};  // devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured);
   if (e != cudaSuccess) return e;
-  kernel<<<ctas, FwdWarps<kTile>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, order, tiles, tail);
+  kernel<<<ctas, FwdWarps<kTile>::kThreads, kSmem, stream>>>(p, tq, tk, tv, to, o_tma, order, tiles, tail, sched);
   return cudaGetLastError();
 }
 
@@ -766,8 +809,9 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   const int m_blocks = (p.seqlen_q + kBM - 1) / kBM;  // varlen: the longest sequence
   if (m_blocks == 0 || p.batch == 0) return Status::Ok();
   const int64_t tiles = int64_t(tile_slots(p, m_blocks)) * p.heads_q * p.batch;
-  if (tiles > INT32_MAX)
-    return Status{ErrorCode::Unsupported, "sm90 forward: more than 2^31 query blocks in one call"};
+  // (Below 2^30: the dynamic schedule's indices, gridDim.x + the counter, stay in range.)
+  if (tiles >= (int64_t{1} << 30))
+    return Status{ErrorCode::Unsupported, "sm90 forward: more than 2^30 query blocks in one call"};
   int device = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -782,8 +826,16 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   const bool mods = fwd_mods(p);
   const FwdTileOrder order = FwdTileOrder::make(p, m_blocks);
   const FwdTail tail = fwd_tail_cached(p, kFwdTiles[kTile], ctas);
-  e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma, tail)
-           : launch_fwd_kernel<T, kTile, false>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma, tail);
+  // The dynamic schedule's counter (fwd_dynamic): the workspace's first int, zeroed on the stream
+  // (a memset node under graph capture). The backend checked the workspace's size before the call.
+  int* sched = nullptr;
+  if (fwd_dynamic(p, kFwdTiles[kTile], ctas)) {
+    sched = static_cast<int*>(p.workspace);
+    e = cudaMemsetAsync(sched, 0, sizeof(int), stream);
+  }
+  if (e == cudaSuccess)
+    e = mods ? launch_fwd_kernel<T, kTile, true>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma, tail, sched)
+             : launch_fwd_kernel<T, kTile, false>(p, stream, order, int(tiles), ctas, tq, tk, tv, to, o_tma, tail, sched);
   if (e != cudaSuccess)
     return Status{ErrorCode::BackendError,
                   std::string("cuda forward (sm90, head dim ") + std::to_string(kD) + "): " + cudaGetErrorString(e)};
