@@ -338,6 +338,26 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     regs_dealloc<W::kProducerRegs>();
     if (warp != 0 || lane != 0) return;
     int kv = 0, q = 0, hand = 0;
+    // The dynamic schedule (fwd_config.h's fwd_dynamic). Only this thread knows which tiles the CTA
+    // takes: each CTA's first is blockIdx.x, each later one gridDim.x + atomicAdd(sched, 1), taken
+    // when the previous tile's loads are all issued (so the atomic's latency hides behind the
+    // consumers' last key blocks, and no tile is bound to a CTA long before it can start). Every tile
+    // that is not skipped (past its sequence's end; an odd middle block's empty partner), with keys
+    // or without, and after the last one kEndTile, is handed over through a ring of kHandRing slots:
+    // hand-over h stores the index in slot h % kHandRing and arrives on its hand_full (release);
+    // every consumer thread waits for that phase (acquire), reads the slot in find_tile and arrives
+    // on its hand_empty (count: all consumer threads, each arriving for its own read, the pattern
+    // racecheck follows); hand-over h + kHandRing waits for that phase first. The consumers read
+    // hand-over h + 1 while tile h's last P V runs (plan_next), before the blocks masked from their
+    // rows (kSkipMasked) are released. No deadlock: the producer hands over tile h + 1 once tile h's
+    // loads are issued, and the last of them, block n_end - 1, needs the release of block
+    // n_end - 1 - kStages (V: released a step after its product), which every warpgroup made before
+    // its plan_next as long as it skips at most kStages - 1 blocks (the static_assert below); the
+    // consumers' other waits are on loads of tiles up to h, issued before. The statically scheduled
+    // calls (sched == nullptr) use neither the ring nor the counter.
+    static_assert((kBM - 64 + kBN - 1) / kBN <= kStages - 1,
+                  "a warpgroup's masked blocks (at most those of the tile's last 64-row part's extra rows) "
+                  "must leave the producer the releases it needs for the tile's last loads");
     auto hand_over = [&](int t) {  // dynamic: tile t (or kEndTile) to the consumers
       const int i = hand % L::kHandRing;
       if (hand >= L::kHandRing) wait_barrier(hand_empty + i, ((hand / L::kHandRing) & 1) ^ 1);
