@@ -166,9 +166,9 @@ TEST(FwdTail, CachedEqualsComputed) {
 }
 
 // Varlen calls take their tiles from a counter in the workspace (fwd_dynamic), where the round-robin
-// has more units than CTAs to balance, in the kernels that deal; the workspace is asked for whenever a
+// has more units than CTAs to balance, without softcap / ALiBi; the workspace is asked for whenever a
 // call of that shape could (the size query has no device). Dense calls keep the round-robin.
-TEST(FwdDynamic, VarlenOnlyWithMoreUnitsThanCtasInTheDealingKernels) {
+TEST(FwdDynamic, VarlenOnlyWithMoreUnitsThanCtasWithoutScoreMods) {
   Params p = causal_params(8, 32, 4000, 4000);  // varlen: the longest sequence's rows
   p.varlen = true;
   const FwdTile& two = kFwdTiles[1];  // 2 consumer warpgroups (fwd_deals in both instantiations)
@@ -185,11 +185,11 @@ TEST(FwdDynamic, VarlenOnlyWithMoreUnitsThanCtasInTheDealingKernels) {
   EXPECT_TRUE(fwd_dynamic(few, two, 63));
   EXPECT_GT(fwd_workspace_bytes(few, two), 0u);
   Params softcap = p;
-  softcap.softcap = 30.0f;  // not the 3-consumer tile's softcap / ALiBi kernel (fwd_deals)
-  ASSERT_EQ(kFwdTiles[0].consumers, 3);
-  EXPECT_FALSE(fwd_dynamic(softcap, kFwdTiles[0], 132));
-  EXPECT_EQ(fwd_workspace_bytes(softcap, kFwdTiles[0]), 0u);
-  EXPECT_TRUE(fwd_dynamic(softcap, two, 132));
+  softcap.softcap = 30.0f;  // not in the softcap / ALiBi kernels (their registers)
+  EXPECT_FALSE(fwd_dynamic(softcap, two, 132));
+  EXPECT_EQ(fwd_workspace_bytes(softcap, two), 0u);
+  EXPECT_TRUE(fwd_dynamic(p, kFwdTiles[0], 132));  // the 3-consumer tile's plain kernel
+  EXPECT_GT(fwd_workspace_bytes(p, kFwdTiles[0]), 0u);
   FwdTile one_per_tile = two;
   one_per_tile.persistent = false;
   EXPECT_FALSE(fwd_dynamic(p, one_per_tile, 132));

@@ -386,15 +386,16 @@ inline FwdTail fwd_tail_cached(const Params& p, const FwdTile& t, int ctas) {
 // blockIdx.x as before; from there its producer takes gridDim.x + atomicAdd(counter, 1) (the
 // counter: the call's workspace, zeroed on the stream before the launch) and hands the index to the
 // consumers (fwd_kernel.cuh). Not where the round-robin leaves nothing to balance (one unit per
-// CTA) and not in the kernels that do not deal (fwd_deals: the d = 64 192-row kMods kernel has no
-// registers to spare); dense calls keep the round-robin and the deal.
+// CTA), and not in the softcap / ALiBi (kMods) kernels: there the hand-over's registers cost ptxas
+// 4 bytes of spills at d = 128 / 192 and dense softcap calls 1-3% (H200, d = 128 softcap 1024 /
+// 4096, bench/notes-sm90.md, session 21); dense calls keep the round-robin and the deal.
 inline bool fwd_dynamic(const Params& p, const FwdTile& t, int ctas) {
-  return p.varlen && t.persistent && fwd_deals(t.consumers, fwd_mods(p)) && fwd_units(p, t.block_m) > ctas;
+  return p.varlen && t.persistent && !fwd_mods(p) && fwd_units(p, t.block_m) > ctas;
 }
 // The forward's workspace: the counter, on a 128-byte line of its own (0 where no call of this shape
 // takes tiles dynamically: fwd_dynamic's conditions that need no device).
 inline size_t fwd_workspace_bytes(const Params& p, const FwdTile& t) {
-  return p.varlen && t.persistent && fwd_deals(t.consumers, fwd_mods(p)) ? 128 : 0;
+  return p.varlen && t.persistent && !fwd_mods(p) ? 128 : 0;
 }
 
 template <int kTile>

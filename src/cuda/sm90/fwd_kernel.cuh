@@ -289,8 +289,9 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   // of their own after the last P V.)
   constexpr bool kSkipMasked = FwdTileAt<kTile>::block_n < FwdTileAt<kTile>::block_m;
   constexpr bool kDeal = fwd_deals(FwdTileAt<kTile>::consumers, kMods);  // the last tiles dealt singly (fwd_tail)
-  // Tiles from the counter (fwd_dynamic; run_fwd_tile passes it), in the kernels that deal.
-  const bool dynamic = kDeal && sched != nullptr;
+  // Tiles from the counter (fwd_dynamic; run_fwd_tile passes it), not in the softcap / ALiBi kernels.
+  constexpr bool kDynamic = !kMods;
+  const bool dynamic = kDynamic && sched != nullptr;
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
@@ -509,7 +510,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   auto find_tile = [&](int& r, FwdTilePlan& next) {
     for (;; ++r) {
       int t;
-      if (kDeal && sched != nullptr) {  // dynamic: hand-over r (the producer hands over no skipped tile)
+      if (kDynamic && sched != nullptr) {  // dynamic: hand-over r (the producer hands over no skipped tile)
         const int i = r % L::kHandRing;
         wait_barrier(hand_full + i, (r / L::kHandRing) & 1);
         t = hand_tile[i];
