@@ -13,6 +13,10 @@ Shapes: bf16, model width 2048 (heads = 2048 / head_dim), batch x seqlen = 16384
                  backward = time(forward + backward) - time(forward)
   FlexAttention  torch.compile'd flex_attention (only with --flex: compiling costs minutes)
 
+--rounds N measures every shape N times (each round times every implementation once, the rounds one
+after the other) and reports the medians, with each round's times and their spread in the JSON: the
+long non-causal rows move by 5-11% between single sweeps on an H200 (bench/notes-sm90.md, "Session 22").
+
 TFLOP/s as the FlashAttention papers count: forward 4·B·H·Sq·Sk·d (halved for causal),
 backward 2.5x forward. Peak extra memory of forward + backward at the longest seqlen: for the
 PyTorch peers torch.cuda.max_memory_allocated() minus the inputs (so out, lse and gradients count);
@@ -27,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -212,6 +217,62 @@ def fmt_tf(r, name, key):
     return f"{x:5.0f}" if x else "  -  "
 
 
+def measure_row(args, peers, b, h, s, d, causal, flops, mem):
+    """One round of one shape: every peer (in this process), then ioattn (the CLI, and with
+    --sm80-column its sm80 kernels). Returns {implementation: result dict}."""
+    out = {}
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for name, attn in peers.items():
+        try:
+            fwd, bwd, peak = time_torch(attn, q, k, v, causal, mem)
+            out[name] = {"fwd_ms": fwd, "bwd_ms": bwd, "fwd_tflops": flops / fwd / 1e9,
+                         "bwd_tflops": 2.5 * flops / bwd / 1e9 if bwd > 0 else None, "peak_extra_bytes": peak}
+        except Exception as e:  # a backend that does not support the shape
+            out[name] = {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+        torch.cuda.empty_cache()
+    del q, k, v
+    torch.cuda.empty_cache()
+    if os.path.exists(args.cli):
+        j = run_ioattn(args.cli, b, h, s, d, causal, args.repeat)
+        if "error" not in j:
+            tensor_bytes = b * s * h * d * 2
+            j["peak_extra_bytes_with_outputs"] = j.get("peak_extra_bytes", 0) + tensor_bytes * (
+                4 if j.get("bwd_ms") is not None else 1)
+        out["ioattn"] = j
+        if args.sm80_column:
+            out["ioattn-sm80"] = run_ioattn(args.cli, b, h, s, d, causal, args.repeat, {"IOATTN_SM90": "0"})
+    return out
+
+
+def merge_rounds(rounds, flops):
+    """One result per implementation from several rounds: the first round's record (its memory
+    figures, the CLI's fields) with fwd_ms / bwd_ms the medians over the rounds that succeeded and the
+    TFLOP/s recomputed from them; each round's times under "rounds", and "spread" = (max - min) /
+    median of the forward and backward times (bench_variants.py's measure of run-to-run noise)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = {}
+    for name, first in rounds[0].items():
+        ok = [r[name] for r in rounds if "error" not in r.get(name, {"error": 1})]
+        if "error" in first or len(ok) < len(rounds):
+            merged[name] = first if "error" in first else {"error": "failed in a later round"}
+            continue
+        x = dict(first)
+        x["rounds"] = [{"fwd_ms": r["fwd_ms"], "bwd_ms": r.get("bwd_ms")} for r in ok]
+        spread = {}
+        for key, tkey, scale in (("fwd_ms", "fwd_tflops", 1.0), ("bwd_ms", "bwd_tflops", 2.5)):
+            ts = sorted(r[key] for r in ok if r.get(key))
+            if len(ts) != len(ok):
+                continue
+            med = statistics.median(ts)
+            x[key], x[tkey] = med, scale * flops / med / 1e9
+            spread[key] = (ts[-1] - ts[0]) / med
+        x["spread"] = spread
+        merged[name] = x
+    return merged
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=shutil.which("ioattn") or "build-gpu/tools/ioattn", help="the ioattn CLI")
@@ -221,6 +282,9 @@ def main():
     ap.add_argument("--peers", default="flash,cudnn,efficient")
     ap.add_argument("--flex", action="store_true", help="also FlexAttention (torch.compile; slow to start)")
     ap.add_argument("--repeat", type=int, default=30, help="ioattn CLI timed repetitions")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every shape this many times (all implementations each round) and report "
+                         "the medians; the JSON keeps each round's times and their spread")
     ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--shape-checks", action="store_true",
                     help="also the GQA (32/8 heads) and varlen per-FLOP checks against dense (ioattn only)")
@@ -249,29 +313,11 @@ def main():
             for causal in causals:
                 flops = fwd_flops(b, h, s, s, d, causal)
                 row = {"head_dim": d, "seqlen": s, "batch": b, "heads": h, "causal": causal, "fwd_flops": flops}
-                mem = s == longest
-                torch.manual_seed(0)
-                q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-                for name, attn in peers.items():
-                    try:
-                        fwd, bwd, peak = time_torch(attn, q, k, v, causal, mem)
-                        row[name] = {"fwd_ms": fwd, "bwd_ms": bwd, "fwd_tflops": flops / fwd / 1e9,
-                                     "bwd_tflops": 2.5 * flops / bwd / 1e9 if bwd > 0 else None,
-                                     "peak_extra_bytes": peak}
-                    except Exception as e:  # a backend that does not support the shape
-                        row[name] = {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
-                    torch.cuda.empty_cache()
-                del q, k, v
-                torch.cuda.empty_cache()
-                if have_cli:
-                    j = run_ioattn(args.cli, b, h, s, d, causal, args.repeat)
-                    if "error" not in j:
-                        tensor_bytes = b * s * h * d * 2
-                        j["peak_extra_bytes_with_outputs"] = j.get("peak_extra_bytes", 0) + tensor_bytes * (
-                            4 if j.get("bwd_ms") is not None else 1)
-                    row["ioattn"] = j
-                    if args.sm80_column:
-                        row["ioattn-sm80"] = run_ioattn(args.cli, b, h, s, d, causal, args.repeat, {"IOATTN_SM90": "0"})
+                # Every implementation once per round, the rounds one after the other, so that each
+                # sees the same drift of the machine (clocks, temperature, where the inputs land).
+                rounds = [measure_row(args, peers, b, h, s, d, causal, flops, mem=(s == longest and r == 0))
+                          for r in range(args.rounds)]
+                row.update(merge_rounds(rounds, flops))
                 rows.append(row)
                 if len(rows) == 1:
                     print(header(peers, extra), flush=True)
@@ -295,6 +341,14 @@ def main():
 
     for ln in mem_lines:
         print(ln)
+    if args.rounds > 1:  # the noise the ratios above sit in
+        for name in ["ioattn"] + list(peers) + extra:
+            worst = max(((sp, key, r) for r in rows for key, sp in r.get(name, {}).get("spread", {}).items()),
+                        default=None, key=lambda t: t[0])
+            if worst:
+                sp, key, r = worst
+                print(f"largest spread over {args.rounds} rounds, {name}: {100 * sp:.1f}% ({key[:3]}, "
+                      f"d={r['head_dim']} seqlen={r['seqlen']} causal={r['causal']})")
     print("END TABLE")
     shape_rows = shape_checks(args.cli, args.repeat) if args.shape_checks and have_cli else []
 
@@ -305,6 +359,7 @@ def main():
     meta = {"device": dev.name, "sm_count": dev.multi_processor_count, "date": datetime.datetime.now(
         datetime.timezone.utc).isoformat(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(), "protocol": "BENCHMARKS.md: bf16, heads=2048/d, B*S=16384",
+        "rounds": args.rounds,
         "rows": rows, "shape_checks": shape_rows}
     with open(path, "w") as f:
         json.dump(meta, f, indent=1)
