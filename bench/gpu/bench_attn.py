@@ -217,9 +217,9 @@ def fmt_tf(r, name, key):
     return f"{x:5.0f}" if x else "  -  "
 
 
-def measure_row(args, peers, b, h, s, d, causal, flops, mem):
-    """One round of one shape: every peer (in this process), then ioattn (the CLI, and with
-    --sm80-column its sm80 kernels). Returns {implementation: result dict}."""
+def measure_row(args, have_cli, peers, b, h, s, d, causal, flops, mem):
+    """One round of one shape: every peer (in this process), then ioattn (the CLI, when there is one,
+    and with --sm80-column its sm80 kernels). Returns {implementation: result dict}."""
     out = {}
     torch.manual_seed(0)
     q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -233,7 +233,7 @@ def measure_row(args, peers, b, h, s, d, causal, flops, mem):
         torch.cuda.empty_cache()
     del q, k, v
     torch.cuda.empty_cache()
-    if os.path.exists(args.cli):
+    if have_cli:
         j = run_ioattn(args.cli, b, h, s, d, causal, args.repeat)
         if "error" not in j:
             tensor_bytes = b * s * h * d * 2
@@ -315,7 +315,7 @@ def main():
                 row = {"head_dim": d, "seqlen": s, "batch": b, "heads": h, "causal": causal, "fwd_flops": flops}
                 # Every implementation once per round, the rounds one after the other, so that each
                 # sees the same drift of the machine (clocks, temperature, where the inputs land).
-                rounds = [measure_row(args, peers, b, h, s, d, causal, flops, mem=(s == longest and r == 0))
+                rounds = [measure_row(args, have_cli, peers, b, h, s, d, causal, flops, mem=(s == longest and r == 0))
                           for r in range(args.rounds)]
                 row.update(merge_rounds(rounds, flops))
                 rows.append(row)
