@@ -303,6 +303,17 @@ std::vector<Case> bwd_cases() {
   c.name = "fp16_d128_window_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 4; c.hq = 4; c.hk = 2; c.sq = 64;
   c.sk = 2200; c.d = 128; c.window_left = 100; c.window_right = 0;
   add(c);
+  // d = 256 with windows: many key blocks seen by no query (items with no steps between items with
+  // steps, on Hopper), steps that see only part of a block, Sq < Sk; ALiBi with a window runs the
+  // sm90 backward's kMods kernel (both score products in each warpgroup) under masks.
+  c = {};
+  c.name = "fp16_d256_window_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 64;
+  c.sk = 2200; c.d = 256; c.window_left = 100; c.window_right = 0;
+  add(c);
+  c = {};
+  c.name = "bf16_d256_alibi_window_sq_lt_sk"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 100;
+  c.sk = 300; c.d = 256; c.alibi = Alibi::PerHead; c.window_left = 40; c.window_right = 16;
+  add(c);
   c = {};
   c.name = "bf16_d256_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 3; c.hq = 6; c.hk = 3; c.sq = 128;
   c.sk = 1100; c.d = 256; c.causal = true;
