@@ -54,6 +54,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -116,6 +117,12 @@ struct BwdShape {
   // kDqTileCols fp32 columns x 64 rows, 128-byte swizzled at 32 columns, unswizzled at 8.
   static constexpr int kDqTileCols = kD == 64 ? 8 : 32;
   static constexpr int kDqTileBytes = 64 * kDqTileCols * 4;
+  // The dQ part's proxy fence and hand-off to its writer at the next step's score products instead of
+  // right after its staging stores (bwd_kernel, dq_release_pending). Measured (session 23, H200,
+  // backward TFLOP/s against the immediate release, 2 rounds): d = 64 +2-3% at 2048 / 8192 causal and
+  // not; d = 128 -3-0%, d = 192 +-1%, d = 256 -3-0% (the writer's reduce-adds start later; ncu had put
+  // ~8% of the d = 256 consumers' stall samples on the fence and the arrival behind it).
+  static constexpr bool kLateDqRelease = kD == 64;
   // Warpgroup w's dK / dV columns [wc0(w), + wg_cols(w)) and dQ part columns [dq_c(w), + dq_cols(w)),
   // rows [dq_m(w), + 64) of the step.
   __host__ __device__ static constexpr int wg_cols(int w) { return !kSplitD ? kD : kUneven && w == 1 ? 64 : 128; }
@@ -625,6 +632,21 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     bptx::mbarrier_arrive(dq_full + cwg);  // release.cta
     ++dq_parts;
   };
+  // Shape::kLateDqRelease: a part's release (its proxy fence, which waits for the thread's staging
+  // stores to complete, and the arrival) is deferred from the end of its step to the next step's
+  // score products, after their issue and before the wait for them (dq_release_pending), so that the
+  // stores complete while the tensor cores run instead of on the warpgroup's path; at an item's end
+  // (before the dK / dV stores) and at the kernel's end a pending part is released at once. Otherwise
+  // each part is released right after its stores. dq_pending: the row of the part stored but not yet
+  // released, or kDqNone.
+  constexpr int kDqNone = INT_MIN;
+  int dq_pending = kDqNone;
+  auto dq_release_pending = [&] {
+    if (dq_pending == kDqNone) return;  // (uniform over the warpgroup)
+    fence_proxy_async_smem();  // for the writer's reductions (async proxy)
+    dq_staging_release(dq_pending);
+    dq_pending = kDqNone;
+  };
   auto release_kv = [&] {  // one arrival per warp, after all its lanes' reads of K / V and the item slot
     __syncwarp();
     if (lane == 0) bptx::mbarrier_arrive(kv_empty);
@@ -692,6 +714,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         if constexpr (kComputesS) score_product(st, k_desc, q_desc);
         if constexpr (kComputesDP) score_product(dpt, v_desc, do_desc);
         wgmma_commit();
+        dq_release_pending();  // the previous step's dQ part, while the products run
         wgmma_wait<0>();
         if constexpr (kComputesS) fence_operands(st);
         if constexpr (kComputesDP) fence_operands(dpt);
@@ -898,6 +921,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           wgmma_commit();
           // While the product runs: the writer's reductions of this warpgroup's previous part have
           // read the staging (dq_empty; usually long done).
+          dq_release_pending();  // (released at the score products already: a no-op)
           dq_staging_acquire();
           wgmma_wait<0>();
           fence_operands(dq);
@@ -952,13 +976,13 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                 for (int i = 0; i < 4; ++i) *reinterpret_cast<float2*>(tile_base + (base ^ (32 * i))) = v[i];
               }
           }
-          fence_proxy_async_smem();  // for the writer's reductions (async proxy)
           // The part's first accumulator row (run_bwd keeps the rows below 2^31); rows past the
-          // sequence hold zeros: nothing to add.
-          dq_staging_release(m0 + dq_m < sb.sq ? static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m))
-                                                : kDqNoRows);
+          // sequence hold zeros: nothing to add. kLateDqRelease: released at the next step's score products.
+          dq_pending = m0 + dq_m < sb.sq ? static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m)) : kDqNoRows;
+          if constexpr (!Shape::kLateDqRelease) dq_release_pending();
         }
       }
+      dq_release_pending();  // the item's last part: nothing to overlap it with here
       // dK (times the softmax scale) and dV of this warpgroup's 64 keys and kDT * 8 columns from wc0,
       // from the fragments (while the producer loads the next item's K / V). Thread q = lane % 4 of a
       // quad holds columns 8 dt + 2 q, + 1 of tile dt of its rows: stored as they are, each warp
@@ -1026,6 +1050,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     consume(std::integral_constant<int, 0>{});
   }
   if (!p.deterministic) {  // this warpgroup's end for the dQ writer (the protocol above)
+    dq_release_pending();  // (none: released at each item's end)
     dq_staging_acquire();
     dq_staging_release(kDqEnd);
   }
