@@ -387,7 +387,9 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //       fence.proxy.async; the leader stores the slot: the part's first accumulator row, or
 //       kDqNoRows (-1: the rows lie past the sequence and hold zeros); every thread arrives on
 //       dq_full[w] (phase n), and goes on. Part N (at the kernel's end): the same wait, the leader
-//       stores kDqEnd (-2), every thread arrives.
+//       stores kDqEnd (-2), every thread arrives. (kLateDqRelease, d = 64: the fence, the slot store
+//       and the arrival of part n come later, after the next step's score products are issued or at
+//       the item's end, still before part n + 1's wait, which is what the writer's progress needs.)
 //     writer 1 + w, per part n until it reads kDqEnd: wait for phase n of dq_full[w]; read the slot;
 //       for a row, lane 0 issues the part's dq_cols(w) / Shape::kDqTileCols reduce-adds (one per tile), commits
 //       them as one group and waits for their reads of the staging (cp.async.bulk.wait_group.read
