@@ -119,9 +119,10 @@ struct BwdShape {
   static constexpr int kDqTileBytes = 64 * kDqTileCols * 4;
   // The dQ part's proxy fence and hand-off to its writer at the next step's score products instead of
   // right after its staging stores (bwd_kernel, dq_release_pending). Measured (session 23, H200,
-  // backward TFLOP/s against the immediate release, 2 rounds): d = 64 +2-3% at 2048 / 8192 causal and
-  // not; d = 128 -3-0%, d = 192 +-1%, d = 256 -3-0% (the writer's reduce-adds start later; ncu had put
-  // ~8% of the d = 256 consumers' stall samples on the fence and the arrival behind it).
+  // backward TFLOP/s against the immediate release): d = 64 +1-5% on 8 of 10 shapes at 1024-16384
+  // (3 rounds; the other two within their 7-9% spreads); d = 128 -3-0%, d = 192 +-1%, d = 256 -3-0%
+  // (2 rounds at 2048 / 8192: the writer's reduce-adds start later; ncu had put ~8% of the d = 256
+  // consumers' stall samples on the fence and the arrival behind it).
   static constexpr bool kLateDqRelease = kD == 64;
   // Warpgroup w's dK / dV columns [wc0(w), + wg_cols(w)) and dQ part columns [dq_c(w), + dq_cols(w)),
   // rows [dq_m(w), + 64) of the step.
