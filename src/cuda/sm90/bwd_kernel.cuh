@@ -924,7 +924,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           wgmma_commit();
           // While the product runs: the writer's reductions of this warpgroup's previous part have
           // read the staging (dq_empty; usually long done).
-          dq_release_pending();  // (released at the score products already: a no-op)
           dq_staging_acquire();
           wgmma_wait<0>();
           fence_operands(dq);
@@ -1053,7 +1052,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     consume(std::integral_constant<int, 0>{});
   }
   if (!p.deterministic) {  // this warpgroup's end for the dQ writer (the protocol above)
-    dq_release_pending();  // (none: released at each item's end)
     dq_staging_acquire();
     dq_staging_release(kDqEnd);
   }
