@@ -639,8 +639,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // stores to complete, and the arrival) is deferred from the end of its step to the next step's
   // score products, after their issue and before the wait for them (dq_release_pending), so that the
   // stores complete while the tensor cores run instead of on the warpgroup's path; at an item's end
-  // (before the dK / dV stores) and at the kernel's end a pending part is released at once. Otherwise
-  // each part is released right after its stores. dq_pending: the row of the part stored but not yet
+  // (before the dK / dV stores) a pending part is released at once, so none is left at the kernel's
+  // end. Otherwise each part is released right after its stores. dq_pending: the row of the part stored but not yet
   // released, or kDqNone.
   constexpr int kDqNone = INT_MIN;
   int dq_pending = kDqNone;
