@@ -314,6 +314,10 @@ std::vector<Case> bwd_cases() {
   c.name = "bf16_d256_alibi_window_sq_lt_sk"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 100;
   c.sk = 300; c.d = 256; c.alibi = Alibi::PerHead; c.window_left = 40; c.window_right = 16;
   add(c);
+  c = {};  // softcap under a causal mask across several items per CTA (d = 256's kMods kernel)
+  c.name = "fp16_d256_softcap_causal_gqa_many_blocks"; c.dtype = DType::F16; c.batch = 2; c.hq = 4; c.hk = 2;
+  c.sq = 200; c.sk = 330; c.d = 256; c.causal = true; c.softcap = 15.0f;
+  add(c);
   c = {};
   c.name = "bf16_d256_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 3; c.hq = 6; c.hk = 3; c.sq = 128;
   c.sk = 1100; c.d = 256; c.causal = true;

@@ -112,6 +112,15 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t smem_row, uint32_t r0, uint
                : "memory");
 }
 
+// stmatrix_x4 with .trans: matrix i's 8 x 8 fragment (register i: row lane / 4, columns 2 (lane % 4),
+// + 1) stored transposed, so that the 16 bytes at lane l's address (row l % 8 of matrix l / 8)
+// receive column l % 8 of matrix l / 8.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t smem_row, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1,%2,%3,%4};\n" ::"r"(smem_row), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // 16-byte global -> shared copy that bypasses L1 (.cg). When !valid nothing is read (src-size 0)
 // and the 16 bytes are zero-filled: ragged row tails and padded head-dim columns become zeros.
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {

@@ -435,10 +435,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
-  // The S / dP split between the warpgroups (d = 256), not in the softcap / ALiBi instantiation:
-  // softcap's dS^T needs the tanh of warpgroup 0's scores, which the exchange does not carry; those
-  // calls keep both score products in each warpgroup.
+  // The S / dP split between the warpgroups (d = 256). Plain calls: by product (kExchange, warpgroup
+  // 0 S^T, warpgroup 1 dP^T, P^T handed over). Softcap / ALiBi: softcap's dS^T needs the tanh of
+  // warpgroup 0's scores, which the exchange does not carry, so there the split is by keys
+  // (kKeySplit: each warpgroup both products for 32 of the 64 keys; the consumer loop). Measured for
+  // plain calls (session 23, H200): the key split at 0.96-0.98 of the exchange (its score products
+  // read half as much again from shared memory), hence only where the exchange cannot serve.
   constexpr bool kExchange = Shape::kExchange && !kMods;
+  constexpr bool kKeySplit = Shape::kExchange && kMods;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
   constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
@@ -660,8 +664,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // same; offsets use cwg).
   auto consume = [&](auto wg_const) {
     constexpr int kW = decltype(wg_const)::value;
-    constexpr bool kComputesS = !kExchange || kW == 0;   // S^T (and P^T) in this warpgroup
-    constexpr bool kComputesDP = !kExchange || kW == 1;  // dP^T (and dS^T in registers)
+    // (The next three are the other modes', unused by kKeySplit.)
+    [[maybe_unused]] constexpr bool kComputesS = !kExchange || kW == 0;   // S^T (and P^T) in this warpgroup
+    [[maybe_unused]] constexpr bool kComputesDP = !kExchange || kW == 1;  // dP^T (and dS^T in registers)
     constexpr int kDT = Shape::wg_cols(kW) / 8;  // 8-column tiles of this warpgroup's dK, dV
     constexpr int kDqCols = Shape::dq_cols(kW);
     const int wc0 = Shape::wc0(cwg);  // the warpgroup's first dK / dV column
@@ -679,7 +684,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
       const SeqBounds& sb = t.sb;
       const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
-      const int n0w = t.n0 + wk0;
+      [[maybe_unused]] const int n0w = t.n0 + wk0;
       float dk[kDT][4], dv[kDT][4];
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt)
@@ -695,219 +700,353 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
         const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
         const uint32_t ds_addr = smem_base + L::kDS + (g % 2) * L::kDSBytes;
-        // The operands of this warpgroup's score products (kExchange: warpgroup 0 Q, warpgroup 1 dO; the
-        // other one is waited for before dV / dK).
         const uint32_t full_phase = (g / kStages) & 1;
-        if constexpr (kComputesS || !kSplitQdo) bwd_wait(q_full + s, full_phase);
-        if constexpr (kComputesDP && kSplitQdo) bwd_wait(do_full + s, full_phase);
-
-        // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim. kExchange:
-        // warpgroup 0 computes S^T only, warpgroup 1 dP^T only.
-        float st[kQT][4], dpt[kQT][4];
-        const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
-        auto score_product = [&](float(&acc)[kQT][4], uint64_t a_desc, uint64_t b_desc) {
+        if constexpr (kKeySplit) {
+          // kKeySplit (d = 256 with softcap or ALiBi, whose dS needs per-element values of S that the
+          // exchange of the plain kernel does not carry): warpgroup w computes S = Q K_w^T and
+          // dP = dO V_w^T for its 32 of the block's 64 keys (M = 64 queries, N = 32 keys, K = head
+          // dim), P and dS from them in registers (query rows: one LSE and one D per fragment row),
+          // instead of both score products over all 64 keys in each warpgroup (7 units of tensor work
+          // per step instead of 5), and stores both, in 16 bits,
+          // transposed by stmatrix.trans into the step's P^T and dS^T buffers (keys as rows, the
+          // layout of the dS^T tile below); after both warpgroups' stores (named barrier B), each
+          // computes its 128 columns of dV += P^T dO and dK += dS^T Q over all 64 keys with A from
+          // those buffers, then its dQ part as in the other modes.
+          bwd_wait(q_full + s, full_phase);
+          bwd_wait(do_full + s, full_phase);
+          float sc[4][4], dps[4][4];  // S, dP: 64 queries x this warpgroup's 32 keys
+          {
+            const uint64_t q_k = make_desc(q_addr, 16, kAtomBytes), do_k = make_desc(do_addr, 16, kAtomBytes);
+            const uint32_t kw_off = 32 * cwg * kSwizzleBytes;  // rows [32 w, + 32) of each 64-column tile
+            const uint64_t kw = make_desc(smem_base + L::kK + kw_off, 16, kAtomBytes);
+            const uint64_t vw = make_desc(smem_base + L::kV + kw_off, 16, kAtomBytes);
+            wgmma_fence();
 #pragma unroll
-          for (int kk = 0; kk < kKT; ++kk) {
-            const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-            const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-            wgmma_ss<T, 0, 0>(acc, desc_add(a_desc, off), desc_add(b_desc, offq), kk > 0);
+            for (int kk = 0; kk < kKT; ++kk) {
+              const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+              const uint32_t offk = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+              wgmma_ss<T, 0, 0>(sc, desc_add(q_k, offq), desc_add(kw, offk), kk > 0);
+            }
+#pragma unroll
+            for (int kk = 0; kk < kKT; ++kk) {
+              const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+              const uint32_t offk = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+              wgmma_ss<T, 0, 0>(dps, desc_add(do_k, offq), desc_add(vw, offk), kk > 0);
+            }
+            wgmma_commit();
+            dq_release_pending();  // (kLateDqRelease only)
+            wgmma_wait<0>();
+            fence_operands(sc);
+            fence_operands(dps);
           }
-        };
-        wgmma_fence();
-        if constexpr (kComputesS) score_product(st, k_desc, q_desc);
-        if constexpr (kComputesDP) score_product(dpt, v_desc, do_desc);
-        wgmma_commit();
-        dq_release_pending();  // the previous step's dQ part, while the products run
-        wgmma_wait<0>();
-        if constexpr (kComputesS) fence_operands(st);
-        if constexpr (kComputesDP) fence_operands(dpt);
-        if (p.deterministic && last) release_kv();  // without dQ products, the item's last read of K / V
-
-        // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
-        // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
-        // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
-        // element of every block (ncu: integer and predicate instructions were most of this loop).
-        // The softcap test likewise (kMods), once per step.
-        // The stage's LSE (log2 units; +inf for rows that see no key or lie past the sequence) and D.
-        const float* s_lse = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
-        // dS^T from P^T and dP^T, at query column qc of the step.
-        auto ds_of = [&](float pr, float dp, int qc) { return pr * (dp - s_lse[kBM + qc]); };
-        // with_ds: also dS^T (in dpt); kExchange's warpgroup 0 has no dP^T and computes P^T only.
-        auto scores_to_ds = [&](auto masked, auto softcap, auto with_ds) {
-          constexpr bool kCap = decltype(softcap)::value;
-          // ALiBi's distance |i + shift - j| for query i = m0 + qc and key j = key0 + 8 (e / 2): this
-          // thread's i + shift - j at j = 0, e = 0 once, then a constant per element (score.cuh's
-          // form: one FADD with |.| as an operand modifier and one FFMA per score).
-          [[maybe_unused]] const float dist0 = kMods ? static_cast<float>(m0 + 2 * (lane % 4) + mod.mask.shift - key0) : 0.0f;
-          // masked: the queries that see key row r (key0 + 8 r) are one interval (none past the key
-          // tail): one unsigned compare per element (ScoreMod::key_row_intervals / in_interval; the
-          // per-element WindowMask::visible test it replaces, with the key-tail test, cost ~10
-          // instructions per element: masked steps ran ~1.5x the time of plain ones, session 11).
-          // Not in d = 64's softcap / ALiBi kernel, which is at its register limit: the two rows'
-          // offsets and widths made ptxas spill 180 bytes there (76 with the per-element test).
-          constexpr bool kInterval = decltype(masked)::value && !(kMods && kD == 64);
-          [[maybe_unused]] ScoreMod::RowIntervals qiv;
-          if constexpr (kInterval) qiv = mod.key_row_intervals(key0, m0 + 2 * (lane % 4));
+          if (p.deterministic && last) release_kv();  // without dQ products, the item's last read of K / V
+          const float* s_stats = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
+          const int qr = 16 * (warp % 4) + lane / 4;  // step query row of elements 0, 1 (+ 8: 2, 3)
+          const float lse[2] = {s_stats[qr], s_stats[qr + 8]}, dsum[2] = {s_stats[kBM + qr], s_stats[kBM + qr + 8]};
+          stats_read_arrive(s);
+          const int kn0 = t.n0 + 32 * cwg;  // this warpgroup's first key
+          // P and dS, element (query row, key column): score.cuh's transform (ScoreMod::apply_scores:
+          // softcap, ALiBi, the mask as row intervals) with softcap's tanh kept for dS's derivative
+          // (d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2; the scale c is applied to dK / dQ at the end).
+          // The mask and the softcap test are compiled into separate copies, as in the other modes.
+          auto scores_to_ds = [&](auto masked, auto softcap) {
+            constexpr bool kCap = decltype(softcap)::value;
+            const int row0 = m0 + qr, col0 = kn0 + 2 * (lane % 4);
+            [[maybe_unused]] ScoreMod::RowIntervals iv;
+            if constexpr (decltype(masked)::value) iv = mod.row_intervals(row0, col0);
+            const float dist0 = static_cast<float>(row0 + mod.mask.shift - col0);  // ALiBi's i + shift - j at (0, 0)
 #pragma unroll
-          for (int j = 0; j < kQT; ++j) {
+            for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
-              float x, th = 0.0f;  // th: softcap's tanh, for its derivative below
-              if constexpr (kMods) {  // score.cuh's transform (ScoreMod::apply_scores), transposed
+              for (int e = 0; e < 4; ++e) {
+                float x, th = 0.0f;
                 if constexpr (kCap) {
-                  th = softcap_tanh(st[j][e] * mod.cap_in);
+                  th = softcap_tanh(sc[j][e] * mod.cap_in);
                   x = mod.cap_out * th;
                 } else {
-                  x = st[j][e] * mod.scale_log2;
+                  x = sc[j][e] * mod.scale_log2;
                 }
-                x = fmaf(-mod.alibi_log2, fabsf(dist0 + static_cast<float>(8 * j + e % 2 - 8 * (e / 2))), x);
-                x -= s_lse[qc];
-              } else {
-                x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
-              }
-              if constexpr (kInterval) {
-                if (!ScoreMod::in_interval(qiv, j, e)) x = -INFINITY;
-              } else if constexpr (decltype(masked)::value) {
-                const int key = key0 + 8 * (e / 2);
-                if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
-              }
-              const float pr = sm_exp2(x);
-              st[j][e] = pr;
-              if constexpr (decltype(with_ds)::value) {
-                float ds = ds_of(pr, dpt[j][e], qc);
-                // Softcap: d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2 (the scale c is applied to dK /
-                // dQ at the end, as without softcap); ALiBi's bias has no derivative in the score.
+                x = fmaf(-mod.alibi_log2, fabsf(dist0 + static_cast<float>(8 * (e / 2) - 8 * j - e % 2)), x);
+                if constexpr (decltype(masked)::value) {
+                  if (!ScoreMod::in_interval(iv, j, e)) x = -INFINITY;
+                }
+                const float pr = sm_exp2(x - lse[e / 2]);
+                float ds = pr * (dps[j][e] - dsum[e / 2]);
                 if constexpr (kCap) ds *= 1.0f - th * th;
-                dpt[j][e] = ds;
+                sc[j][e] = pr;
+                dps[j][e] = ds;
               }
+          };
+          auto with_softcap = [&](auto masked) {
+            if (mod.softcap)
+              scores_to_ds(masked, std::true_type{});
+            else
+              scores_to_ds(masked, std::false_type{});
+          };
+          if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, kn0, 32))
+            with_softcap(std::true_type{});
+          else
+            with_softcap(std::false_type{});
+          // P^T and dS^T -> buffers g % 2 (L::kPX, L::kDS): matrix (h, j) of the fragment (query rows
+          // 16 (warp % 4) + 8 h + 0..7, keys 8 j + 0..7 of the warpgroup's 32) stored transposed: its
+          // row r is key 32 w + 8 j + r, holding the 8 queries as 16-byte unit 2 (warp % 4) + h of the
+          // key's 128-byte row, at unit ^ (key % 8) (the 128-byte swizzle). Per x4: matrices
+          // (h, j) = (0, J), (1, J), (0, J + 1), (1, J + 1); lane l addresses row l % 8 of matrix l / 8.
+          {
+            const int mtx = lane / 8, h = mtx % 2, r = lane % 8;
+            const uint32_t row_off = (32 * cwg + 8 * (mtx / 2) + r) * kSwizzleBytes + ((((2 * (warp % 4) + h) ^ r)) * 16);
+            const uint32_t p_buf = smem_base + L::kPX + (g % 2) * L::kDSBytes + row_off;
+            const uint32_t ds_buf = ds_addr + row_off;
+#pragma unroll
+            for (int J = 0; J < 4; J += 2) {
+              stmatrix_x4_trans(p_buf + 8 * J * kSwizzleBytes, pack2<T>(sc[J][0], sc[J][1]), pack2<T>(sc[J][2], sc[J][3]),
+                                pack2<T>(sc[J + 1][0], sc[J + 1][1]), pack2<T>(sc[J + 1][2], sc[J + 1][3]));
+              stmatrix_x4_trans(ds_buf + 8 * J * kSwizzleBytes, pack2<T>(dps[J][0], dps[J][1]), pack2<T>(dps[J][2], dps[J][3]),
+                                pack2<T>(dps[J + 1][0], dps[J + 1][1]), pack2<T>(dps[J + 1][2], dps[J + 1][3]));
             }
           }
-        };
-        auto scores_to_p = [&](auto with_ds) {
-          auto with_mask = [&](auto softcap) {
-            if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
-              scores_to_ds(std::true_type{}, softcap, with_ds);
-            else
-              scores_to_ds(std::false_type{}, softcap, with_ds);
-          };
-          if constexpr (kMods) {
-            if (mod.softcap)
-              with_mask(std::true_type{});
-            else
-              with_mask(std::false_type{});
-          } else {
-            with_mask(std::false_type{});
-          }
-        };
-        // kExchange: this thread's P^T in the exchange buffer (L::kPX).
-        auto p_exchange = [&] { return reinterpret_cast<float4*>(smem + L::kPX) + threadIdx.x % 128; };
-        if constexpr (!kExchange) {
-          scores_to_p(std::true_type{});
-        } else if constexpr (kW == 0) {
-          // P^T -> warpgroup 1. The buffer's previous contents (step g - 1) were read before warpgroup 1
-          // reached B at g - 1, which this warpgroup synced on before this step.
-          scores_to_p(std::false_type{});
-#pragma unroll
-          for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
-          bptx::mbarrier_arrive(p_full);  // A(g): release.cta
-        } else {
-          // Warpgroup 1: warpgroup 0's P^T (A(g): phase g of p_full, acquire).
-          bwd_wait(p_full, g & 1);
-#pragma unroll
-          for (int j = 0; j < kQT; ++j) {
-            const float4 pr = p_exchange()[128 * j];
-            st[j][0] = pr.x, st[j][1] = pr.y, st[j][2] = pr.z, st[j][3] = pr.w;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dpt[j][e] = ds_of(st[j][e], dpt[j][e], 8 * j + 2 * (lane % 4) + (e % 2));
-          }
-        }
-        stats_read_arrive(s);
-        uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
-        pack_a_fragments<T>(st, pp);
-        if constexpr (kComputesDP) pack_a_fragments<T>(dpt, pds);
-
-        // dS^T -> shared memory buffer g % 2, the A operand of dQ = dS K read M-major (queries
-        // contiguous), and at kExchange of warpgroup 0's dK = dS^T Q read K-major: per 64-query
-        // chunk, kBN rows (keys; this warpgroup's at wk0) of 128 bytes, 16-byte chunk c of a row at
-        // c ^ (row % 8). From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r]
-        // holds row wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
-        // One stmatrix.x4 per k-step: its matrices (rows wr.. + 8 r, query tile 2 kk + h) are the A
-        // fragment's registers in order (e = 2 h + r); lane l gives the address of row l % 8 of
-        // matrix l / 8, whose 16-byte unit is (2 kk % 8 + l / 16) ^ (row % 8) = (2 kk % 8) ^ st_u.
-        auto store_ds = [&] {
-          const int st_row = wk0 + 16 * (warp % 4) + (lane & 7) + 8 * ((lane >> 3) & 1);  // lane l's row
-          const int st_u = (lane >> 4) ^ (st_row % 8);
-          const uint32_t ds = smem_addr(smem + L::kDS + (g % 2) * L::kDSBytes) + st_row * kSwizzleBytes;
+          fence_proxy_async_smem();
+          // B: both warpgroups' halves written, for both warpgroups' dV, dK and dQ products. Buffers g % 2
+          // were last read by step g - 2's products, which both warpgroups completed before B at g - 1.
+          consumers_sync<kDSReadyBarrier>();
+          const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
+          const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+          const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+          const uint64_t p_k = make_desc(smem_base + L::kPX + (g % 2) * L::kDSBytes, 16, kAtomBytes);
+          const uint64_t ds_k = make_desc(ds_addr, 16, kAtomBytes);
+          fence_operands(dk);
+          fence_operands(dv);
+          wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < kQK; ++kk)
-            stmatrix_x4(ds + (kk / 4) * (kBN * kSwizzleBytes) + (((2 * kk) % 8 ^ st_u) * 16), pds[kk][0], pds[kk][1],
-                        pds[kk][2], pds[kk][3]);
-        };
-        if constexpr (kExchange && kW == 1) {
-          // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ (B is a sync of all 256
-          // consumer threads: it orders this warpgroup's stores before its own dQ reads too). Buffer
-          // g % 2 was last read by step g - 2's products (warpgroup 0's dK and dQ, this warpgroup's
-          // dQ), which warpgroup 0 completed before A at g - 1 and this warpgroup before this step.
-          // B also releases this thread's read of P^T above.
-          store_ds();
-          fence_proxy_async_smem();
-          consumers_sync<kDSReadyBarrier>();
-        }
-
-        // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
-        // kSplitQdo: dV and dK are committed as separate groups, dV first: dO is released when dV is done.
-        if constexpr (!kComputesS) bwd_wait(q_full + s, full_phase);
-        if constexpr (!kComputesDP) bwd_wait(do_full + s, full_phase);
-        fence_operands(dk);
-        fence_operands(dv);
-        wgmma_fence();
-        // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
-        const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
-        const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
-        const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
-#pragma unroll
-        for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
-        if constexpr (kSplitQdo || !kComputesDP) wgmma_commit();
-        if constexpr (kComputesDP) {
-#pragma unroll
-          for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
+            wgmma_ss<T, 0, 1>(dv, desc_add(p_k, (kk % 4) * 32), desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
           wgmma_commit();
-        } else {
-          // Warpgroup 0 of kExchange: dK with A = warpgroup 1's dS^T from the buffer, read K-major (keys
-          // are M, the contiguous queries K: the form of K as A of S^T), once B says it is written.
-          consumers_sync<kDSReadyBarrier>();
-          // (A fence of its own: ptxas injected one here, C7519, after a branch that stood before B.)
-          wgmma_fence();
-          const uint64_t ds_k = make_desc(ds_addr + wk0 * kSwizzleBytes, 16, kAtomBytes);
 #pragma unroll
-          for (int kk = 0; kk < kQK; ++kk) {
-            const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-            wgmma_ss<T, 0, 1>(dk, desc_add(ds_k, off), desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
-          }
+          for (int kk = 0; kk < kQK; ++kk)
+            wgmma_ss<T, 0, 1>(dk, desc_add(ds_k, (kk % 4) * 32), desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
           wgmma_commit();
-        }
-
-        if (!kExchange && !p.deterministic) {
-          // The buffer was last read by step g - 2's dQ products, which both warpgroups finished
-          // before step g - 1's consumers_sync.
-          // At d = 192 both warpgroups hold the same dS^T: warpgroup 0 writes it.
-          if (!Shape::kSplitD || cwg == 0) store_ds();
-          fence_proxy_async_smem();
-          consumers_sync();  // both warpgroups' dS^T written, for both dQ products
-        }
-
-        if constexpr (kSplitQdo) {
-          wgmma_wait<1>();  // dV done: this step's dO is no longer read (dP^T was waited for above)
+          wgmma_wait<1>();  // dV done: this step's dO is no longer read
           fence_operands(dv);
           __syncwarp();
           if (lane == 0) bptx::mbarrier_arrive(do_empty + s);
+          wgmma_wait<0>();  // dK done: nor its Q
+          fence_operands(dk);
+          __syncwarp();
+          if (lane == 0) bptx::mbarrier_arrive(q_empty + s);
+        } else {
+          // The operands of this warpgroup's score products (kExchange: warpgroup 0 Q, warpgroup 1 dO; the
+          // other one is waited for before dV / dK).
+          if constexpr (kComputesS || !kSplitQdo) bwd_wait(q_full + s, full_phase);
+          if constexpr (kComputesDP && kSplitQdo) bwd_wait(do_full + s, full_phase);
+
+          // S^T = K Q^T and dP^T = V dO^T: M = 64 keys, N = kBM queries, K = head dim. kExchange:
+          // warpgroup 0 computes S^T only, warpgroup 1 dP^T only.
+          float st[kQT][4], dpt[kQT][4];
+          const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
+          auto score_product = [&](float(&acc)[kQT][4], uint64_t a_desc, uint64_t b_desc) {
+  #pragma unroll
+            for (int kk = 0; kk < kKT; ++kk) {
+              const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+              const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
+              wgmma_ss<T, 0, 0>(acc, desc_add(a_desc, off), desc_add(b_desc, offq), kk > 0);
+            }
+          };
+          wgmma_fence();
+          if constexpr (kComputesS) score_product(st, k_desc, q_desc);
+          if constexpr (kComputesDP) score_product(dpt, v_desc, do_desc);
+          wgmma_commit();
+          dq_release_pending();  // the previous step's dQ part, while the products run
+          wgmma_wait<0>();
+          if constexpr (kComputesS) fence_operands(st);
+          if constexpr (kComputesDP) fence_operands(dpt);
+          if (p.deterministic && last) release_kv();  // without dQ products, the item's last read of K / V
+
+          // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
+          // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
+          // written as one loop with a run-time flag, the compiler evaluated the whole mask for every
+          // element of every block (ncu: integer and predicate instructions were most of this loop).
+          // The softcap test likewise (kMods), once per step.
+          // The stage's LSE (log2 units; +inf for rows that see no key or lie past the sequence) and D.
+          const float* s_lse = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
+          // dS^T from P^T and dP^T, at query column qc of the step.
+          auto ds_of = [&](float pr, float dp, int qc) { return pr * (dp - s_lse[kBM + qc]); };
+          // with_ds: also dS^T (in dpt); kExchange's warpgroup 0 has no dP^T and computes P^T only.
+          auto scores_to_ds = [&](auto masked, auto softcap, auto with_ds) {
+            constexpr bool kCap = decltype(softcap)::value;
+            // ALiBi's distance |i + shift - j| for query i = m0 + qc and key j = key0 + 8 (e / 2): this
+            // thread's i + shift - j at j = 0, e = 0 once, then a constant per element (score.cuh's
+            // form: one FADD with |.| as an operand modifier and one FFMA per score).
+            [[maybe_unused]] const float dist0 = kMods ? static_cast<float>(m0 + 2 * (lane % 4) + mod.mask.shift - key0) : 0.0f;
+            // masked: the queries that see key row r (key0 + 8 r) are one interval (none past the key
+            // tail): one unsigned compare per element (ScoreMod::key_row_intervals / in_interval; the
+            // per-element WindowMask::visible test it replaces, with the key-tail test, cost ~10
+            // instructions per element: masked steps ran ~1.5x the time of plain ones, session 11).
+            // Not in d = 64's softcap / ALiBi kernel, which is at its register limit: the two rows'
+            // offsets and widths made ptxas spill 180 bytes there (76 with the per-element test).
+            constexpr bool kInterval = decltype(masked)::value && !(kMods && kD == 64);
+            [[maybe_unused]] ScoreMod::RowIntervals qiv;
+            if constexpr (kInterval) qiv = mod.key_row_intervals(key0, m0 + 2 * (lane % 4));
+  #pragma unroll
+            for (int j = 0; j < kQT; ++j) {
+  #pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
+                float x, th = 0.0f;  // th: softcap's tanh, for its derivative below
+                if constexpr (kMods) {  // score.cuh's transform (ScoreMod::apply_scores), transposed
+                  if constexpr (kCap) {
+                    th = softcap_tanh(st[j][e] * mod.cap_in);
+                    x = mod.cap_out * th;
+                  } else {
+                    x = st[j][e] * mod.scale_log2;
+                  }
+                  x = fmaf(-mod.alibi_log2, fabsf(dist0 + static_cast<float>(8 * j + e % 2 - 8 * (e / 2))), x);
+                  x -= s_lse[qc];
+                } else {
+                  x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
+                }
+                if constexpr (kInterval) {
+                  if (!ScoreMod::in_interval(qiv, j, e)) x = -INFINITY;
+                } else if constexpr (decltype(masked)::value) {
+                  const int key = key0 + 8 * (e / 2);
+                  if (key >= sb.sk || !mod.mask.visible(m0 + qc, key)) x = -INFINITY;
+                }
+                const float pr = sm_exp2(x);
+                st[j][e] = pr;
+                if constexpr (decltype(with_ds)::value) {
+                  float ds = ds_of(pr, dpt[j][e], qc);
+                  // Softcap: d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2 (the scale c is applied to dK /
+                  // dQ at the end, as without softcap); ALiBi's bias has no derivative in the score.
+                  if constexpr (kCap) ds *= 1.0f - th * th;
+                  dpt[j][e] = ds;
+                }
+              }
+            }
+          };
+          auto scores_to_p = [&](auto with_ds) {
+            auto with_mask = [&](auto softcap) {
+              if (mod.block_needs_mask(m0, min(m0 + kBM, sb.sq) - 1, n0w, 64))
+                scores_to_ds(std::true_type{}, softcap, with_ds);
+              else
+                scores_to_ds(std::false_type{}, softcap, with_ds);
+            };
+            if constexpr (kMods) {
+              if (mod.softcap)
+                with_mask(std::true_type{});
+              else
+                with_mask(std::false_type{});
+            } else {
+              with_mask(std::false_type{});
+            }
+          };
+          // kExchange: this thread's P^T in the exchange buffer (L::kPX).
+          auto p_exchange = [&] { return reinterpret_cast<float4*>(smem + L::kPX) + threadIdx.x % 128; };
+          if constexpr (!kExchange) {
+            scores_to_p(std::true_type{});
+          } else if constexpr (kW == 0) {
+            // P^T -> warpgroup 1. The buffer's previous contents (step g - 1) were read before warpgroup 1
+            // reached B at g - 1, which this warpgroup synced on before this step.
+            scores_to_p(std::false_type{});
+  #pragma unroll
+            for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
+            bptx::mbarrier_arrive(p_full);  // A(g): release.cta
+          } else {
+            // Warpgroup 1: warpgroup 0's P^T (A(g): phase g of p_full, acquire).
+            bwd_wait(p_full, g & 1);
+  #pragma unroll
+            for (int j = 0; j < kQT; ++j) {
+              const float4 pr = p_exchange()[128 * j];
+              st[j][0] = pr.x, st[j][1] = pr.y, st[j][2] = pr.z, st[j][3] = pr.w;
+  #pragma unroll
+              for (int e = 0; e < 4; ++e) dpt[j][e] = ds_of(st[j][e], dpt[j][e], 8 * j + 2 * (lane % 4) + (e % 2));
+            }
+          }
+          stats_read_arrive(s);
+          uint32_t pp[kQK][4], pds[kQK][4];  // A fragments, 16 queries per k-step
+          pack_a_fragments<T>(st, pp);
+          if constexpr (kComputesDP) pack_a_fragments<T>(dpt, pds);
+
+          // dS^T -> shared memory buffer g % 2, the A operand of dQ = dS K read M-major (queries
+          // contiguous), and at kExchange of warpgroup 0's dK = dS^T Q read K-major: per 64-query
+          // chunk, kBN rows (keys; this warpgroup's at wk0) of 128 bytes, 16-byte chunk c of a row at
+          // c ^ (row % 8). From the packed fragments (the fp32 dS^T is dead by now): pds[kk][2 h + r]
+          // holds row wr + 8 r, queries 8 (2 kk + h) + 2 (lane % 4) + {0, 1}.
+          // One stmatrix.x4 per k-step: its matrices (rows wr.. + 8 r, query tile 2 kk + h) are the A
+          // fragment's registers in order (e = 2 h + r); lane l gives the address of row l % 8 of
+          // matrix l / 8, whose 16-byte unit is (2 kk % 8 + l / 16) ^ (row % 8) = (2 kk % 8) ^ st_u.
+          auto store_ds = [&] {
+            const int st_row = wk0 + 16 * (warp % 4) + (lane & 7) + 8 * ((lane >> 3) & 1);  // lane l's row
+            const int st_u = (lane >> 4) ^ (st_row % 8);
+            const uint32_t ds = smem_addr(smem + L::kDS + (g % 2) * L::kDSBytes) + st_row * kSwizzleBytes;
+  #pragma unroll
+            for (int kk = 0; kk < kQK; ++kk)
+              stmatrix_x4(ds + (kk / 4) * (kBN * kSwizzleBytes) + (((2 * kk) % 8 ^ st_u) * 16), pds[kk][0], pds[kk][1],
+                          pds[kk][2], pds[kk][3]);
+          };
+          if constexpr (kExchange && kW == 1) {
+            // For warpgroup 0's dK (both modes) and dQ, and this warpgroup's dQ (B is a sync of all 256
+            // consumer threads: it orders this warpgroup's stores before its own dQ reads too). Buffer
+            // g % 2 was last read by step g - 2's products (warpgroup 0's dK and dQ, this warpgroup's
+            // dQ), which warpgroup 0 completed before A at g - 1 and this warpgroup before this step.
+            // B also releases this thread's read of P^T above.
+            store_ds();
+            fence_proxy_async_smem();
+            consumers_sync<kDSReadyBarrier>();
+          }
+
+          // dV += P^T dO, dK += dS^T Q: M = 64 keys, N = head dim, K = kBM queries; B read N-major.
+          // kSplitQdo: dV and dK are committed as separate groups, dV first: dO is released when dV is done.
+          if constexpr (!kComputesS) bwd_wait(q_full + s, full_phase);
+          if constexpr (!kComputesDP) bwd_wait(do_full + s, full_phase);
+          fence_operands(dk);
+          fence_operands(dv);
+          wgmma_fence();
+          // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
+          const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
+          const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+          const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+  #pragma unroll
+          for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
+          if constexpr (kSplitQdo || !kComputesDP) wgmma_commit();
+          if constexpr (kComputesDP) {
+  #pragma unroll
+            for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dk, pds[kk], desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
+            wgmma_commit();
+          } else {
+            // Warpgroup 0 of kExchange: dK with A = warpgroup 1's dS^T from the buffer, read K-major (keys
+            // are M, the contiguous queries K: the form of K as A of S^T), once B says it is written.
+            consumers_sync<kDSReadyBarrier>();
+            // (A fence of its own: ptxas injected one here, C7519, after a branch that stood before B.)
+            wgmma_fence();
+            const uint64_t ds_k = make_desc(ds_addr + wk0 * kSwizzleBytes, 16, kAtomBytes);
+  #pragma unroll
+            for (int kk = 0; kk < kQK; ++kk) {
+              const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
+              wgmma_ss<T, 0, 1>(dk, desc_add(ds_k, off), desc_add(q_n, kk * 16 * kSwizzleBytes), 1);
+            }
+            wgmma_commit();
+          }
+
+          if (!kExchange && !p.deterministic) {
+            // The buffer was last read by step g - 2's dQ products, which both warpgroups finished
+            // before step g - 1's consumers_sync.
+            // At d = 192 both warpgroups hold the same dS^T: warpgroup 0 writes it.
+            if (!Shape::kSplitD || cwg == 0) store_ds();
+            fence_proxy_async_smem();
+            consumers_sync();  // both warpgroups' dS^T written, for both dQ products
+          }
+
+          if constexpr (kSplitQdo) {
+            wgmma_wait<1>();  // dV done: this step's dO is no longer read (dP^T was waited for above)
+            fence_operands(dv);
+            __syncwarp();
+            if (lane == 0) bptx::mbarrier_arrive(do_empty + s);
+          }
+          wgmma_wait<0>();  // dK (and dV) done: the step's Q (and dO) are no longer read
+          fence_operands(dk);
+          fence_operands(dv);
+          __syncwarp();
+          if (lane == 0) bptx::mbarrier_arrive(q_empty + s);
         }
-        wgmma_wait<0>();  // dK (and dV) done: the step's Q (and dO) are no longer read
-        fence_operands(dk);
-        fence_operands(dv);
-        __syncwarp();
-        if (lane == 0) bptx::mbarrier_arrive(q_empty + s);
 
         if (!p.deterministic) {  // (the deterministic mode computes dQ in a separate kernel: run_bwd)
           // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
