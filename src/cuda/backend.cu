@@ -26,6 +26,7 @@
 #include "core/validate.h"
 #include "core/validate_kvcache.h"
 #include "ioattn_cuda_head_dims.h"
+#include "sm80/bwd_run.cuh"
 #include "sm80/fwd_config.h"
 #include "sm80/launch.h"
 #ifdef IOATTN_HAVE_SM90
@@ -118,8 +119,8 @@ bool use_sm90_forward(const Params& p) {
 
 // Whether the Hopper backward (sm90/bwd_kernel.cuh) serves this call: as for the forward (no
 // dropout: the sm80 kernels have its Philox mask), and an sm90 backward built for the call's sm80 head dim (the sm90
-// kernel of the next head dim among 64, 128, 192, 256, with the sm80 workspace layout). Both modes:
-// the deterministic one takes dQ from the sm80 dQ kernel (sm90::run_bwd).
+// kernel of the next head dim among 64, 128, 192, 256, with the sm80 workspace layout, and in the
+// deterministic mode the dQ accumulator and order counters past it: workspace_size). Both modes.
 // The default on compute capability 9.0 since it passed every GPU test and compute-sanitizer's
 // racecheck on the H200 (bench/notes-sm90.md); IOATTN_SM90_BWD=0 turns the backward alone back to
 // the sm80 kernels (IOATTN_SM90=0 turns off both directions).
@@ -227,7 +228,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
       n90 << ", " << sm90::bwd_block_n(k) << " keys x " << sm90::bwd_block_m(k) << " queries per step";
       n90 << ", persistent (dynamic item scheduler)";
       if (p.softcap > 0.0f || p.alibi_slopes != nullptr) n90 << ", softcap / ALiBi";
-      if (p.deterministic) n90 << ", deterministic (dQ by the sm80 kernel)";
+      if (p.deterministic) n90 << ", deterministic (dQ parts added in key-block order)";
       if (kernel_name) *kernel_name = n90.str();
       return Status::Ok();
     }
@@ -257,6 +258,15 @@ size_t forward_workspace_bytes([[maybe_unused]] const Params& p, [[maybe_unused]
 
 size_t workspace_size(const Params& p, bool backward) {
 #ifdef IOATTN_HAVE_SM80_BWD
+#ifdef IOATTN_HAVE_SM90
+  // The sm90 backward's deterministic mode needs its accumulator and order counters past the
+  // common layout (sm80/bwd_run.cuh, det_order_offset).
+  if (backward && p.deterministic && sm80::bwd_workspace_bytes_sm80(p) > 0 && use_sm90_backward(p)) {
+    const int acc = sm80::padded_head_dim(std::max(p.head_dim, p.head_dim_v));
+    const int64_t ints = sm80::bwd::det_order_offset(p, acc) + sm80::bwd::det_order_count(p);
+    return static_cast<size_t>((ints + 3) / 4 * 4) * sizeof(float);
+  }
+#endif
   if (backward) return sm80::bwd_workspace_bytes_sm80(p);
 #endif
   if (backward) return 0;
@@ -290,7 +300,7 @@ Status backward(const Params& p) {
   DeviceGuard guard(p.device_index);
   if (Status s = guard.status(); !s.ok()) return s;
 #ifdef IOATTN_HAVE_SM90
-  // Same workspace as the sm80 backward's atomic mode (workspace_size above).
+  // The sm80 backward's workspace layout, and in the deterministic mode the part past it (workspace_size above).
   if (use_sm90_backward(p))
     return sm90::launch_bwd_sm90(p, sm80::padded_head_dim(std::max(p.head_dim, p.head_dim_v)),
                                  static_cast<cudaStream_t>(p.stream), p.workspace);

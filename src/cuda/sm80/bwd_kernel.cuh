@@ -370,16 +370,20 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
 // warp per row, 24 of 32 lanes idled at d = 64 and 16 at d = 128). `sched` (the sm90 backward's
 // work-item counter, sched_offset; nullptr for the sm80 kernels): zeroed by the first thread, so that
 // each launch of the sm90 kernel, which runs after this one on the same stream, hands out its items
-// from 0 (graph replays included).
+// from 0 (graph replays included). `order` (the sm90 backward's dQ order counters in its
+// deterministic mode, det_order_offset; nullptr otherwise): block x zeroes those of its 64 rows.
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats, int* sched) {
+    bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats, int* sched, int* order) {
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kLanes = kChunks >= 32 ? 32 : kChunks >= 16 ? 16 : kChunks >= 8 ? 8 : 4;
   constexpr int kRowsPerWarp = 32 / kLanes;
   static_assert(kChunks >= 4 && kBlockM % (kWarps * kRowsPerWarp) == 0, "head dims 32 .. 256");
   if (sched != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) *sched = 0;
   const int b = blockIdx.z, h = blockIdx.y;
+  static_assert(kBlockM == 64, "one 64-row block of the order counters per block");
+  if (order != nullptr && threadIdx.x < 2 && static_cast<int>(blockIdx.x) < det_row_blocks(p))
+    order[((static_cast<int64_t>(b) * p.heads_q + h) * det_row_blocks(p) + blockIdx.x) * 2 + threadIdx.x] = 0;
   const SeqBounds s = seq_bounds(p, b);
   const T* o = head_base(static_cast<const T*>(p.out), p.o_batch_stride, p.o_row_stride, p.o_head_stride, b, h,
                          s.q_row0);
@@ -677,7 +681,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
     e = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemDq);
   if (e == cudaSuccess && m_blocks > 0) {
     bwd_preprocess<kHeadDim, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dsum, dq_accum,
-                                                                                               nullptr, nullptr);
+                                                                                               nullptr, nullptr, nullptr);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && n_blocks > 0) {

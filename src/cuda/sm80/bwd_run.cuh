@@ -37,6 +37,23 @@ __host__ __device__ __forceinline__ int64_t sched_offset(const Params& p, int ac
   return stats_offset(p, acc_head_dim) + 2 * stats_plane(p);
 }
 constexpr int kSchedBytes = 16;
+// The sm90 backward's deterministic mode, past the common layout (its size: backend.cu's
+// workspace_size adds it only where that kernel serves the call, so the sm80 path's deterministic
+// mode keeps its smaller workspace): the dQ accumulator (as the atomic mode's, which the
+// deterministic layout above lacks) at a 256-byte boundary after the counter, then the dQ order's
+// counters, one int per (batch, query head, 64-row block, consumer warpgroup): how many key blocks
+// have added their part to those rows (sm90/bwd_kernel.cuh's writers), zeroed by bwd_preprocess.
+__host__ __device__ __forceinline__ int64_t det_accum_offset(const Params& p, int acc_head_dim) {
+  return sched_offset(p, acc_head_dim) + 64;
+}
+__host__ __device__ __forceinline__ int64_t det_order_offset(const Params& p, int acc_head_dim) {
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
+  return det_accum_offset(p, acc_head_dim) + (rows * acc_head_dim + 63) / 64 * 64;
+}
+__host__ __device__ __forceinline__ int det_row_blocks(const Params& p) { return (p.seqlen_q + 63) / 64; }
+__host__ __device__ __forceinline__ int64_t det_order_count(const Params& p) {
+  return static_cast<int64_t>(p.batch) * p.heads_q * det_row_blocks(p) * 2;
+}
 }  // namespace bwd
 
 // Launches preprocess, dkdv and (deterministic) dq or (atomic) convert on `stream`.

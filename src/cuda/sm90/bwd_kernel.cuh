@@ -9,7 +9,8 @@
 //                    multiprocessor, each taking the next item from a global counter until none
 //                    is left (persistent, dynamically balanced)
 //   bwd_convert_dq   dq = scale * accumulator, in the input dtype
-//                    (the deterministic mode: sm80's bwd_dq instead, and bwd_kernel skips dQ)
+// Both modes run the same kernels; in the deterministic one the dQ writers add each query block's
+// parts in key-block order (bwd_kernel's order protocol).
 //
 // bwd_kernel: 3 warpgroups, like the forward.
 //   producer   warp 0, one thread, per item: takes the item's index (atomicAdd on the counter),
@@ -20,8 +21,9 @@
 //              (TMA, one buffer: loaded after the item's first Q / dO stage, while the consumers
 //              finish the previous item), handing the index to the consumers with K / V (see
 //              bwd_kernel).
-//   dQ writers warps 1 and 2 (the non-deterministic mode), one per consumer warpgroup: issue the
-//              TMA reduce-adds of the warpgroup's dQ parts from its staging (see bwd_kernel).
+//   dQ writers warps 1 and 2, one per consumer warpgroup: issue the TMA reduce-adds of the
+//              warpgroup's dQ parts from its staging (see bwd_kernel; in the deterministic mode
+//              each part in its turn).
 //   consumers  warpgroups 1 and 2, 64 keys each, 240 registers per thread; per query block:
 //                the step's LSE (log2 units, +inf for rows that see no key or lie past the
 //                sequence) and D rows arrive with its Q / dO stage (the producer's bulk copies of
@@ -47,6 +49,7 @@
 // kernels (backend.cu decides).
 #pragma once
 
+#include <cuda/atomic>
 #include <cuda/ptx>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -311,8 +314,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 // the item's first Q / dO stage (whose ring slot frees earlier, at step g - kStages), once kv_empty's
 // phase kv - 1 completed, and writes the slot just before: the consumers arrive on kv_empty (each of
 // the 8 consumer warps, __syncwarp then lane 0) after their last product reading K or V of item
-// kv - 1 (the last step's dQ = dS K; in the deterministic mode, which has no dQ product, its S^T and
-// dP^T), or right after reading the slot for an item with no steps; every consumer thread reads the
+// kv - 1 (the last step's dQ = dS K), or right after reading the slot for an item with no steps; every consumer thread reads the
 // slot before any of its products of that item. So K / V and the slot are rewritten only after
 // every read of them for the previous item (the arrive releases those reads, the producer's wait
 // acquires). The consumers store dK / dV after their kv_empty arrival, while the copy runs, then wait
@@ -374,7 +376,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   end hand-over (once per CTA, so none is left with a phase pending at exit); the consumers arrive
 //   at step g + kStages only after its q_full or do_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
-//   The dQ hand-offs (the non-deterministic mode). Consumer warpgroup w's fp32 dQ part goes through
+//   The dQ hand-offs. Consumer warpgroup w's fp32 dQ part goes through
 //   its staging (L::kDQ + dq_offset(w)) and its slot (an int at L::kDqRow + w kDqSlotBytes) to its
 //   dQ writer, producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the
 //   accumulator: the warpgroup's threads neither wait for a reduction's read of the staging nor sync
@@ -405,14 +407,12 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   with both sides syncing on both, drew racecheck reports of the slot's store against its read,
 //   though the same pattern alone in bench/gpu/probes/racecheck_slot.cu drew none; with the
 //   mbarriers racecheck is clean, and the slots sit on 128-byte lines of their own.
-//   Matching counts: in the non-deterministic mode the consumers' dQ block runs at every step of
+//   Matching counts: the consumers' dQ block runs at every step of
 //   every item with no early exit (the `last` step, masked, softcap and ALiBi steps alike; kExchange
 //   and kUneven in both warpgroups' instantiations: the block is the same code for both), so each
 //   of the warpgroup's 128 threads arrives once per part, the leader's slot store being the only
 //   thread-dependent part, and part N once, after the item loop; the writer's 32 lanes arrive once
-//   per part before kDqEnd. The deterministic mode has no part on either side (p.deterministic is
-//   uniform: the writers return at once, the consumers skip the dQ block and the end), nor do
-//   producer warps 0 and 3 touch these barriers. The writer needs no item sequence: the part
+//   per part before kDqEnd. Producer warps 0 and 3 do not touch these barriers. The writer needs no item sequence: the part
 //   count is the only thing both sides share. A parity wait cannot mistake a phase two ahead:
 //   dq_full phase n + 1 needs dq_empty phase n, which needs the writer past its phase-n wait, and
 //   dq_empty phase n needs dq_full phase n, which needs the warpgroup past its phase n - 1 wait.
@@ -424,6 +424,27 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   the other warpgroup (each warpgroup has its own writer and barriers; a single writer taking the
 //   two warpgroups' parts in turn would make a warpgroup's staging wait for the other's), and every
 //   wait of the argument above still returns, by induction on the steps as there.
+//   The order protocol (the deterministic mode): fp32 sums depend on their order, so the parts
+//   that the key blocks of a (kv head, batch) add to the same accumulator rows and columns are
+//   added in increasing key-block order. One counter per (batch, query head, 64-row block, consumer
+//   warpgroup) in the workspace (sm80::bwd::det_order_offset), zeroed by bwd_preprocess, holds j + 1
+//   once key block j's part of those rows has been added. The query blocks that key block j has
+//   steps for are an interval (bwd_item's m_begin, m_count: a mask's keys per query row are an
+//   interval, so are their unions), and so are, for a query block, the key blocks that have a step
+//   for it: j's part is the first of its rows if key block j - 1 has no step for that query block,
+//   and its turn comes when the counter reads 0; otherwise when it reads j. The consumers' leader
+//   hands the counter's index, that turn and j + 1 over in the slot with the part's row; the
+//   writer's lane 0 spins on the counter (ld.acquire.gpu) until its turn, issues the reduce-adds,
+//   waits for their reads (dq_empty as before) and then for their completion
+//   (cp.async.bulk.wait_group 0, with a proxy fence), and stores j + 1 (st.release.gpu). Parts whose
+//   rows lie past the sequence (kDqNoRows) are no one's: every key block skips them alike. Bitwise
+//   repeatable: each element's adds come in one order, the first onto the zeroed accumulator.
+//   No deadlock: a part waits only on the part of a smaller item index (key block j - 1 of the
+//   same kv head and batch). Items are taken from the counter in increasing order by CTAs that are
+//   running, so that item was taken earlier by a running CTA, or by this CTA, whose writer issued
+//   its parts before; by induction on the item index, every part is added: a CTA's own progress
+//   depends on other CTAs only through its writers' turns (its consumers wait on the writers only
+//   for the staging, which a writer frees before its next turn).
 // kMods: softcap and ALiBi compiled in (calls with either; run_bwd picks the instantiation), as in
 // the forward's kernels: the calls without them keep the loop they had.
 template <class T, int kD, bool kMods>
@@ -431,7 +452,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,
                const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_dq,
-               const float* row_stats, int* sched) {
+               const float* row_stats, int* sched, int* dq_order) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD>;
   using Shape = BwdShape<kD>;
@@ -505,7 +526,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // waiting on the mbarriers; lane 0 issues the copies. Kept warp-uniform, the loop state fits the
     // 24 registers (in uniform registers): with the waits in lane 0's branch too, it spilled 20 bytes.
     if (warp == 1 || warp == 2) {  // ---- dQ writer of consumer warpgroup w (the protocol above) ----
-      if (p.deterministic) return;  // no dQ parts: the consumers skip the hand-offs too
       const int w = warp - 1;
       const int* dq_row = reinterpret_cast<const int*>(smem + L::kDqRow + w * L::kDqSlotBytes);
       unsigned char* src = smem + L::kDQ + L::dq_offset(w);
@@ -514,7 +534,20 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         bwd_wait(dq_full + w, n & 1);  // part n (or the end) is in the staging and the slot
         const int row = *dq_row;
         if (row == kDqEnd) break;
+        int* order = nullptr;  // the deterministic mode's counter of these rows (lane 0)
+        int done = 0;          // ... and its value once this part is added
         if (lane == 0 && row >= 0) {  // kDqNoRows: the part's rows lie past the sequence (zeros)
+          // The deterministic mode: the part's turn among the key blocks adding to these rows (the
+          // order protocol above), then its reduce-adds.
+          if (p.deterministic) {
+            order = dq_order + dq_row[1];
+            const int turn = dq_row[2];
+            done = dq_row[3];
+            ::cuda::atomic_ref<int, ::cuda::thread_scope_device> counter(*order);
+            while (counter.load(::cuda::memory_order_acquire) != turn) {
+            }
+            bptx::fence_proxy_async(bptx::space_global);  // the reduce-adds below after the acquire
+          }
           // Tiles of kDqTileCols columns (64 rows each), from the part's first column.
           static_assert(Shape::dq_cols(0) <= Shape::dq_cols(1), "warpgroup 1's part is the wider");
           constexpr int kTile = Shape::kDqTileCols;
@@ -530,6 +563,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
         __syncwarp();
         bptx::mbarrier_arrive(dq_empty + w);  // phase n: the staging and the slot are free again
+        if (order != nullptr) {  // (lane 0 only) the next key block's turn, once these adds are done
+          bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});
+          bptx::fence_proxy_async(bptx::space_global);
+          ::cuda::atomic_ref<int, ::cuda::thread_scope_device>(*order).store(done, ::cuda::memory_order_release);
+        }
       }
       if (lane == 0) bptx::cp_async_bulk_wait_group(bptx::n32_t<0>{});  // reductions done before the CTA's exit
       return;
@@ -634,8 +672,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   auto dq_staging_acquire = [&] {
     if (dq_parts > 0) bwd_wait(dq_empty + cwg, (dq_parts - 1) & 1);
   };
+  // The deterministic mode's order of the part (the order protocol above): its counter, the
+  // counter's value when it is the part's turn, and its value after the part.
+  int dq_order_idx = 0, dq_turn = 0, dq_done = 0;
   auto dq_staging_release = [&](int row) {
-    if (leader) *dq_row = row;  // (all threads' staging stores came before, each with its proxy fence)
+    if (leader) {  // (all threads' staging stores came before, each with its proxy fence)
+      dq_row[0] = row;
+      dq_row[1] = dq_order_idx;
+      dq_row[2] = dq_turn;
+      dq_row[3] = dq_done;
+    }
     bptx::mbarrier_arrive(dq_full + cwg);  // release.cta
     ++dq_parts;
   };
@@ -684,6 +730,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
       const SeqBounds& sb = t.sb;
       const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
+      // The deterministic mode: the query blocks of key block j - 1 (the order protocol above).
+      int prev_m_begin = 0, prev_m_end = 0;
+      if (p.deterministic && t.n0 > 0)
+        sm80::bwd::query_blocks_for_keys(p, sb, t.n0 - kBN, kBN, &prev_m_begin, &prev_m_end, kBM);
       [[maybe_unused]] const int n0w = t.n0 + wk0;
       float dk[kDT][4], dv[kDT][4];
 #pragma unroll
@@ -739,7 +789,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             fence_operands(sc);
             fence_operands(dps);
           }
-          if (p.deterministic && last) release_kv();  // without dQ products, the item's last read of K / V
           const float* s_stats = reinterpret_cast<const float*>(smem + L::kStats + s * L::kStatsBytes);
           const int qr = 16 * (warp % 4) + lane / 4;  // step query row of elements 0, 1 (+ 8: 2, 3)
           const float lse[2] = {s_stats[qr], s_stats[qr + 8]}, dsum[2] = {s_stats[kBM + qr], s_stats[kBM + qr + 8]};
@@ -859,7 +908,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           wgmma_wait<0>();
           if constexpr (kComputesS) fence_operands(st);
           if constexpr (kComputesDP) fence_operands(dpt);
-          if (p.deterministic && last) release_kv();  // without dQ products, the item's last read of K / V
 
           // P^T and dS^T, element (key row, query column); masked elements and rows without keys give 0.
           // The mask test is compiled into a separate copy of the loop, taken only by boundary blocks:
@@ -1026,7 +1074,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             wgmma_commit();
           }
 
-          if (!kExchange && !p.deterministic) {
+          if (!kExchange) {
             // The buffer was last read by step g - 2's dQ products, which both warpgroups finished
             // before step g - 1's consumers_sync.
             // At d = 192 both warpgroups hold the same dS^T: warpgroup 0 writes it.
@@ -1048,7 +1096,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           if (lane == 0) bptx::mbarrier_arrive(q_empty + s);
         }
 
-        if (!p.deterministic) {  // (the deterministic mode computes dQ in a separate kernel: run_bwd)
+        {
           // dQ part = dS K: M = 64 queries (A = dS^T chunk read M-major), N = kDqCols columns of the head
           // dim (B = K rows read N-major), K = the item's kBN keys.
           float dq[kDqCols / 8][4];
@@ -1120,6 +1168,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // The part's first accumulator row (run_bwd keeps the rows below 2^31); rows past the
           // sequence hold zeros: nothing to add. kLateDqRelease: released at the next step's score products.
           dq_pending = m0 + dq_m < sb.sq ? static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m)) : kDqNoRows;
+          if (p.deterministic) {  // the part's turn: after key block j - 1's part, if that block has this step
+            const int j = t.n0 / kBN, mb = m0 / kBM;
+            dq_order_idx = ((t.b * p.heads_q + hq) * sm80::bwd::det_row_blocks(p) + (m0 + dq_m) / 64) * 2 + cwg;
+            dq_turn = j > 0 && mb >= prev_m_begin && mb < prev_m_end ? j : 0;
+            dq_done = j + 1;
+          }
           if constexpr (!Shape::kLateDqRelease) dq_release_pending();
         }
       }
@@ -1190,10 +1244,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   } else {
     consume(std::integral_constant<int, 0>{});
   }
-  if (!p.deterministic) {  // this warpgroup's end for the dQ writer (the protocol above)
-    dq_staging_acquire();
-    dq_staging_release(kDqEnd);
-  }
+  dq_staging_acquire();  // this warpgroup's end for the dQ writer (the protocol above)
+  dq_staging_release(kDqEnd);
 #else
   __trap();  // built for sm_90a only; dispatch never launches it elsewhere
 #endif
@@ -1205,7 +1257,10 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   using namespace sm80::bwd;
   if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
   float* dsum = static_cast<float*>(workspace);
-  float* dq_accum = dsum + dq_accum_offset(p);
+  // The deterministic mode's accumulator and order counters lie past the common layout
+  // (det_accum_offset: the sm80 path's deterministic mode has no accumulator).
+  float* dq_accum = dsum + (p.deterministic ? det_accum_offset(p, kAccD) : dq_accum_offset(p));
+  int* dq_order = p.deterministic ? reinterpret_cast<int*>(dsum + det_order_offset(p, kAccD)) : nullptr;
   float* row_stats = dsum + stats_offset(p, kAccD);
   int* sched = reinterpret_cast<int*>(dsum + sched_offset(p, kAccD));  // bwd_kernel's item counter
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of the sm80 preprocess / convert
@@ -1248,13 +1303,6 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   constexpr int kSmem = BwdSmem<kD>::kBytes;
   static std::atomic<uint64_t> configured[2];  // per instantiation: devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured[mods]);
-  // The deterministic mode: this kernel computes dK and dV only (in a fixed order already: no
-  // atomics), and the sm80 backward's dQ kernel sums each query block's dQ over the key blocks in
-  // order instead of the accumulator's atomic reductions.
-  auto dq_kernel = mods ? bwd_dq<kAccD, T, true> : bwd_dq<kAccD, T, false>;
-  static std::atomic<uint64_t> dq_configured[2];
-  if (e == cudaSuccess && p.deterministic)
-    e = allow_dynamic_smem(reinterpret_cast<const void*>(dq_kernel), Config<kAccD>::kSmemDq, dq_configured[mods]);
   // One CTA per multiprocessor (persistent), each taking items from the counter (bwd_kernel): an
   // item's K / V and first Q / dO copies overlap the previous item's last step and dK / dV stores
   // instead of each CTA's start and end being exposed, and under a mask, where the items' costs
@@ -1271,18 +1319,15 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
     // Over stats_rows (seqlen_q rounded up to 128): the row statistics' padding rows are written too.
     const int pre_blocks = stats_rows(p) / kBlockM;
     bwd_preprocess<kAccD, T><<<dim3(pre_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
-        p, dsum, p.deterministic ? nullptr : dq_accum, row_stats, sched);
+        p, dsum, dq_accum, row_stats, sched, dq_order);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && ctas > 0) {
-    kernel<<<ctas, kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, row_stats, sched);
+    kernel<<<ctas, kBwdThreads, kSmem, stream>>>(p, tk, tv, tq, tdo, tdq, row_stats, sched, dq_order);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) {
-    if (p.deterministic)
-      dq_kernel<<<dim3(m_blocks, p.heads_q, p.batch), kThreads, Config<kAccD>::kSmemDq, stream>>>(p, dsum);
-    else
-      bwd_convert_dq<kAccD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
+    bwd_convert_dq<kAccD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
     e = cudaGetLastError();
   }
   if (e != cudaSuccess)
