@@ -463,9 +463,8 @@ TEST(GpuContract, ForwardWithoutDropoutIsBitwiseRepeatable) {
   EXPECT_TRUE(o1.bytes() == o2.bytes() && l1.bytes() == l2.bytes());
 }
 
-TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatable) {
-  Case c = make("det_bwd", DType::BF16, 257, 300, 64);
-  c.hq = 8; c.hk = 2; c.causal = true;
+// Runs the deterministic backward `runs` times on one workspace and expects the same bits each time.
+void check_deterministic_repeats(Case c, int runs) {
   Fixture f(c);
   f.d.args.deterministic = true;
   DeviceBuffer o(f.out), l(f.lse);
@@ -478,7 +477,7 @@ TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatable) {
   f.d.args.workspace = ws.get();
   f.d.args.workspace_bytes = ws_bytes;
   std::vector<uint8_t> first[3];
-  for (int run = 0; run < 3; ++run) {
+  for (int run = 0; run < runs; ++run) {
     HostTensor dq(c.dtype, f.in.q.shape()), dk(c.dtype, f.in.k.shape()), dv(c.dtype, f.in.v.shape());
     DeviceBuffer gq(dq), gk(dk), gv(dv);
     s = backward(f.d.q.view(), f.d.k.view(), f.d.v.view(), o.view(), f.d.dout.view(), l.view(), gq.view(), gk.view(),
@@ -487,11 +486,33 @@ TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatable) {
     if (run == 0) {
       first[0] = gq.bytes(); first[1] = gk.bytes(); first[2] = gv.bytes();
     } else {
-      EXPECT_TRUE(gq.bytes() == first[0]) << "dq differs in run " << run;
-      EXPECT_TRUE(gk.bytes() == first[1]) << "dk differs in run " << run;
-      EXPECT_TRUE(gv.bytes() == first[2]) << "dv differs in run " << run;
+      EXPECT_TRUE(gq.bytes() == first[0]) << c.name << ": dq differs in run " << run;
+      EXPECT_TRUE(gk.bytes() == first[1]) << c.name << ": dk differs in run " << run;
+      EXPECT_TRUE(gv.bytes() == first[2]) << c.name << ": dv differs in run " << run;
     }
   }
+}
+
+TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatable) {
+  Case c = make("det_bwd", DType::BF16, 257, 300, 64);
+  c.hq = 8; c.hk = 2; c.causal = true;
+  check_deterministic_repeats(c, 3);
+}
+
+// At scale: many key blocks per head and more work items than multiprocessors, so that the sm90
+// kernel's CTAs take several items each and many parts meet on the same dQ rows (the order
+// protocol of sm90/bwd_kernel.cuh), under a causal mask and a window (key blocks taken in
+// decreasing order) and without a mask (increasing order).
+TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatableAtScale) {
+  Case c = make("det_bwd_causal_d128", DType::BF16, 2048, 2048, 128);
+  c.hq = 8; c.hk = 2; c.batch = 8; c.causal = true;
+  check_deterministic_repeats(c, 4);
+  c = make("det_bwd_window_d256", DType::F16, 1000, 1500, 256);
+  c.hq = 4; c.hk = 4; c.batch = 4; c.window_left = 300; c.window_right = 200;
+  check_deterministic_repeats(c, 4);
+  c = make("det_bwd_plain_d64", DType::BF16, 1500, 1300, 64);
+  c.hq = 8; c.hk = 8; c.batch = 4;
+  check_deterministic_repeats(c, 4);
 }
 
 // Capture a forward call in a CUDA graph (global capture mode: any illegal call inside the library

@@ -261,11 +261,15 @@ struct BwdItem {
 // same dQ rows in L2: measured to be worth 13-25% over an order across heads (bench/notes-sm90.md,
 // the launch order under a causal mask).
 // n_blocks: key blocks per (kv head, batch); heads: p.heads_k (FastDiv, prepared once per CTA).
+// reversed (the deterministic mode under a mask with a right bound: bwd_kernel's order protocol):
+// the key blocks of a (kv head, batch) in decreasing order.
 template <int kBN, int kBM>
-__device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDiv& n_blocks, const FastDiv& heads) {
+__device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDiv& n_blocks, const FastDiv& heads,
+                                            bool reversed) {
   BwdItem t;
   int hb, nb;
   n_blocks.divmod(w, hb, nb);
+  if (reversed) nb = static_cast<int>(n_blocks.d) - 1 - nb;
   t.n0 = nb * kBN;
   heads.divmod(hb, t.b, t.hk);
   t.sb = seq_bounds(p, t.b);
@@ -426,25 +430,34 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   wait of the argument above still returns, by induction on the steps as there.
 //   The order protocol (the deterministic mode): fp32 sums depend on their order, so the parts
 //   that the key blocks of a (kv head, batch) add to the same accumulator rows and columns are
-//   added in increasing key-block order. One counter per (batch, query head, 64-row block, consumer
-//   warpgroup) in the workspace (sm80::bwd::det_order_offset), zeroed by bwd_preprocess, holds j + 1
-//   once key block j's part of those rows has been added. The query blocks that key block j has
-//   steps for are an interval (bwd_item's m_begin, m_count: a mask's keys per query row are an
+//   added in the order the items are taken: increasing key blocks, or decreasing ones (bwd_item's
+//   `reversed`) under a mask with a right bound (causal, window), where key block j's first query
+//   block grows with j: in increasing order, block j's first step would wait for block j - 1's
+//   part of the same rows, j - 1 steps into that block, and so on down the chain (measured: 3-6x
+//   slower than decreasing order, which is the order the parts become ready in). An item's rank
+//   is its place in that order. One counter per (batch, query head, 64-row block, consumer
+//   warpgroup) in the workspace (sm80::bwd::det_order_offset), zeroed by bwd_preprocess, holds
+//   rank + 1 once that item's part of those rows has been added. The query blocks that a key block
+//   has steps for are an interval (bwd_item's m_begin, m_count: a mask's keys per query row are an
 //   interval, so are their unions), and so are, for a query block, the key blocks that have a step
-//   for it: j's part is the first of its rows if key block j - 1 has no step for that query block,
-//   and its turn comes when the counter reads 0; otherwise when it reads j. The consumers' leader
-//   hands the counter's index, that turn and j + 1 over in the slot with the part's row; the
-//   writer's lane 0 spins on the counter (ld.acquire.gpu) until its turn, issues the reduce-adds,
-//   waits for their reads (dq_empty as before) and then for their completion
-//   (cp.async.bulk.wait_group 0, with a proxy fence), and stores j + 1 (st.release.gpu). Parts whose
-//   rows lie past the sequence (kDqNoRows) are no one's: every key block skips them alike. Bitwise
-//   repeatable: each element's adds come in one order, the first onto the zeroed accumulator.
-//   No deadlock: a part waits only on the part of a smaller item index (key block j - 1 of the
-//   same kv head and batch). Items are taken from the counter in increasing order by CTAs that are
-//   running, so that item was taken earlier by a running CTA, or by this CTA, whose writer issued
-//   its parts before; by induction on the item index, every part is added: a CTA's own progress
-//   depends on other CTAs only through its writers' turns (its consumers wait on the writers only
-//   for the staging, which a writer frees before its next turn).
+//   for it: a part is the first of its rows if the previous item of the chain has no step for its
+//   query block, and its turn comes when the counter reads 0; otherwise when it reads the part's
+//   rank. The consumers' leader hands the counter's index, that turn and rank + 1 over in the slot
+//   with the part's row; the writer's lane 0 spins on the counter (ld.acquire.gpu) until its turn,
+//   issues the reduce-adds, waits for their reads (dq_empty as before) and then for their
+//   completion (cp.async.bulk.wait_group 0, with a proxy fence), and stores rank + 1
+//   (st.release.gpu). Parts whose rows lie past the sequence (kDqNoRows) are no one's: every key
+//   block skips them alike. Bitwise repeatable: each element's adds come in one order, the first
+//   onto the zeroed accumulator.
+//   No deadlock: a part waits only on a part of the item taken just before its own in the chain,
+//   i.e. of a smaller item index; items are taken from the counter in increasing order by running
+//   CTAs, and a CTA's writer takes its items' parts in the order the CTA took them. By induction on
+//   the item index every part is added: the parts of item x wait only on parts of item x - 1 of the
+//   chain (added, by induction), and the writer holding item x has finished its earlier items'
+//   parts (smaller indices, added by induction); its consumers wait on it only for the staging,
+//   which it frees after each part. (With the key blocks taken in increasing order but added in
+//   decreasing order, a CTA holding blocks j - 1 and j + 1 and another holding j could wait on each
+//   other: hence the order of taking follows the order of adding.)
 // kMods: softcap and ALiBi compiled in (calls with either; run_bwd picks the instantiation), as in
 // the forward's kernels: the calls without them keep the loop they had.
 template <class T, int kD, bool kMods>
@@ -496,6 +509,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   const int items = n_blocks * p.heads_k * p.batch;
   // bwd_item's divisors (a 64-bit division each, once per thread).
   const FastDiv n_blocks_div = FastDiv::make(n_blocks), heads_div = FastDiv::make(p.heads_k);
+  // The deterministic mode under a mask with a right bound (causal, window): key blocks taken in
+  // decreasing order (bwd_item; the order protocol above).
+  const bool reversed = p.deterministic && p.window_right >= 0;
 
   const int warp = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
@@ -596,7 +612,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       if (lane == 0) w = atomicAdd(sched, 1);
       w = __shfl_sync(0xffffffffu, w, 0);
       if (w >= items) break;
-      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks_div, heads_div);
+      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks_div, heads_div, reversed);
       if (t.skip) continue;  // nothing to load, no dK / dV rows: the consumers need not know of it
       if (t.steps == 0) hand_over(w, 0);  // nothing to load; the consumers write dK = dV = 0
       const int bt = p.varlen ? 0 : t.b;  // varlen: the row index carries the sequence
@@ -726,14 +742,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       const int w = *item_slot;  // stored before the producer's arrive on this phase (the protocol above)
       if (w == kEndItem) break;  // (no arrival: the producer writes the slot no more)
       item_read_arrive();
-      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks_div, heads_div);
+      const BwdItem t = bwd_item<kBN, kBM>(p, w, n_blocks_div, heads_div, reversed);
       if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
       const SeqBounds& sb = t.sb;
       const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
-      // The deterministic mode: the query blocks of key block j - 1 (the order protocol above).
+      // The deterministic mode: the query blocks of the key block taken before this one in its
+      // (kv head, batch), if any (the order protocol above).
       int prev_m_begin = 0, prev_m_end = 0;
-      if (p.deterministic && t.n0 > 0)
-        sm80::bwd::query_blocks_for_keys(p, sb, t.n0 - kBN, kBN, &prev_m_begin, &prev_m_end, kBM);
+      const int prev_n0 = reversed ? t.n0 + kBN : t.n0 - kBN;
+      if (p.deterministic && prev_n0 >= 0 && prev_n0 < sb.sk)
+        sm80::bwd::query_blocks_for_keys(p, sb, prev_n0, kBN, &prev_m_begin, &prev_m_end, kBM);
       [[maybe_unused]] const int n0w = t.n0 + wk0;
       float dk[kDT][4], dv[kDT][4];
 #pragma unroll
@@ -1168,11 +1186,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // The part's first accumulator row (run_bwd keeps the rows below 2^31); rows past the
           // sequence hold zeros: nothing to add. kLateDqRelease: released at the next step's score products.
           dq_pending = m0 + dq_m < sb.sq ? static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m)) : kDqNoRows;
-          if (p.deterministic) {  // the part's turn: after key block j - 1's part, if that block has this step
-            const int j = t.n0 / kBN, mb = m0 / kBM;
+          if (p.deterministic) {  // the part's turn: after the previous key block's, if that block has this step
+            const int j = t.n0 / kBN, rank = reversed ? static_cast<int>(n_blocks_div.d) - 1 - j : j, mb = m0 / kBM;
             dq_order_idx = ((t.b * p.heads_q + hq) * sm80::bwd::det_row_blocks(p) + (m0 + dq_m) / 64) * 2 + cwg;
-            dq_turn = j > 0 && mb >= prev_m_begin && mb < prev_m_end ? j : 0;
-            dq_done = j + 1;
+            dq_turn = mb >= prev_m_begin && mb < prev_m_end ? rank : 0;
+            dq_done = rank + 1;
           }
           if constexpr (!Shape::kLateDqRelease) dq_release_pending();
         }
