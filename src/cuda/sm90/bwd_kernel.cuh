@@ -688,16 +688,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   auto dq_staging_acquire = [&] {
     if (dq_parts > 0) bwd_wait(dq_empty + cwg, (dq_parts - 1) & 1);
   };
-  // The deterministic mode's order of the part (the order protocol above): its counter, the
-  // counter's value when it is the part's turn, and its value after the part.
-  int dq_order_idx = 0, dq_turn = 0, dq_done = 0;
   auto dq_staging_release = [&](int row) {
-    if (leader) {  // (all threads' staging stores came before, each with its proxy fence)
-      dq_row[0] = row;
-      dq_row[1] = dq_order_idx;
-      dq_row[2] = dq_turn;
-      dq_row[3] = dq_done;
-    }
+    if (leader) *dq_row = row;  // (all threads' staging stores came before, each with its proxy fence)
     bptx::mbarrier_arrive(dq_full + cwg);  // release.cta
     ++dq_parts;
   };
@@ -746,12 +738,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       if (t.steps == 0) release_kv();  // the slot is all it reads of this hand-over
       const SeqBounds& sb = t.sb;
       const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
-      // The deterministic mode: the query blocks of the key block taken before this one in its
-      // (kv head, batch), if any (the order protocol above).
-      int prev_m_begin = 0, prev_m_end = 0;
-      const int prev_n0 = reversed ? t.n0 + kBN : t.n0 - kBN;
-      if (p.deterministic && prev_n0 >= 0 && prev_n0 < sb.sk)
-        sm80::bwd::query_blocks_for_keys(p, sb, prev_n0, kBN, &prev_m_begin, &prev_m_end, kBM);
       [[maybe_unused]] const int n0w = t.n0 + wk0;
       float dk[kDT][4], dv[kDT][4];
 #pragma unroll
@@ -1130,6 +1116,22 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // While the product runs: the writer's reductions of this warpgroup's previous part have
           // read the staging (dq_empty; usually long done).
           dq_staging_acquire();
+          // The deterministic mode: the leader puts the part's order in the slot (the order protocol
+          // above), which is the warpgroup's to write once acquired: the counter, the turn (after the
+          // part of the key block taken before this one in its chain, if that block has this step)
+          // and the value after it. (Computed here by the leader alone rather than carried as loop
+          // state by every thread: registers are what the other mode's loop is short of.)
+          if (p.deterministic && leader) {
+            const int j = t.n0 / kBN, rank = reversed ? static_cast<int>(n_blocks_div.d) - 1 - j : j;
+            const int prev_n0 = reversed ? t.n0 + kBN : t.n0 - kBN;
+            int prev_begin = 0, prev_end = 0;
+            if (prev_n0 >= 0 && prev_n0 < sb.sk)
+              sm80::bwd::query_blocks_for_keys(p, sb, prev_n0, kBN, &prev_begin, &prev_end, kBM);
+            const int mb = m0 / kBM;
+            dq_row[1] = ((t.b * p.heads_q + hq) * sm80::bwd::det_row_blocks(p) + (m0 + dq_m) / 64) * 2 + cwg;
+            dq_row[2] = mb >= prev_begin && mb < prev_end ? rank : 0;
+            dq_row[3] = rank + 1;
+          }
           wgmma_wait<0>();
           fence_operands(dq);
           if (last) release_kv();  // the item's last read of K
@@ -1186,12 +1188,6 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // The part's first accumulator row (run_bwd keeps the rows below 2^31); rows past the
           // sequence hold zeros: nothing to add. kLateDqRelease: released at the next step's score products.
           dq_pending = m0 + dq_m < sb.sq ? static_cast<int>(sm80::bwd::row_index(p, t.b, hq, m0 + dq_m)) : kDqNoRows;
-          if (p.deterministic) {  // the part's turn: after the previous key block's, if that block has this step
-            const int j = t.n0 / kBN, rank = reversed ? static_cast<int>(n_blocks_div.d) - 1 - j : j, mb = m0 / kBM;
-            dq_order_idx = ((t.b * p.heads_q + hq) * sm80::bwd::det_row_blocks(p) + (m0 + dq_m) / 64) * 2 + cwg;
-            dq_turn = mb >= prev_m_begin && mb < prev_m_end ? rank : 0;
-            dq_done = rank + 1;
-          }
           if constexpr (!Shape::kLateDqRelease) dq_release_pending();
         }
       }
