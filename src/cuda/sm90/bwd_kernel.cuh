@@ -433,8 +433,8 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   added in the order the items are taken: increasing key blocks, or decreasing ones (bwd_item's
 //   `reversed`) under a mask with a right bound (causal, window), where key block j's first query
 //   block grows with j: in increasing order, block j's first step would wait for block j - 1's
-//   part of the same rows, j - 1 steps into that block, and so on down the chain (measured: 3-6x
-//   slower than decreasing order, which is the order the parts become ready in). An item's rank
+//   part of the same rows, j - 1 steps into that block, and so on down the chain (measured in
+//   session 24: 3-10x slower than decreasing order, the order the parts become ready in). An item's rank
 //   is its place in that order. One counter per (batch, query head, 64-row block, consumer
 //   warpgroup) in the workspace (sm80::bwd::det_order_offset), zeroed by bwd_preprocess, holds
 //   rank + 1 once that item's part of those rows has been added. The query blocks that a key block
