@@ -178,6 +178,18 @@ struct BwdSmem {
   static_assert(kBytes <= 227 * 1024, "sm90 shared memory per block");
 };
 
+// A score product over the head dim (kKT k-steps of 16), started afresh: acc = A B^T, both operands
+// K-major in 64-column tiles of 128-byte rows, A's tiles kARows rows and B's kBRows rows apart.
+template <class T, int kKT, int kARows, int kBRows, int N>
+__device__ __forceinline__ void score_product(float (&acc)[N][4], uint64_t a_desc, uint64_t b_desc) {
+#pragma unroll
+  for (int kk = 0; kk < kKT; ++kk) {
+    const uint32_t off_a = (kk / 4) * kARows * kSwizzleBytes + (kk % 4) * 32;
+    const uint32_t off_b = (kk / 4) * kBRows * kSwizzleBytes + (kk % 4) * 32;
+    wgmma_ss<T, 0, 0>(acc, desc_add(a_desc, off_a), desc_add(b_desc, off_b), kk > 0);
+  }
+}
+
 __device__ __forceinline__ void bwd_wait(uint64_t* bar, uint32_t parity) {
   while (!bptx::mbarrier_try_wait_parity(bar, parity)) {
   }
@@ -775,18 +787,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             const uint64_t kw = make_desc(smem_base + L::kK + kw_off, 16, kAtomBytes);
             const uint64_t vw = make_desc(smem_base + L::kV + kw_off, 16, kAtomBytes);
             wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < kKT; ++kk) {
-              const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-              const uint32_t offk = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-              wgmma_ss<T, 0, 0>(sc, desc_add(q_k, offq), desc_add(kw, offk), kk > 0);
-            }
-#pragma unroll
-            for (int kk = 0; kk < kKT; ++kk) {
-              const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-              const uint32_t offk = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-              wgmma_ss<T, 0, 0>(dps, desc_add(do_k, offq), desc_add(vw, offk), kk > 0);
-            }
+            score_product<T, kKT, kBM, kBN>(sc, q_k, kw);
+            score_product<T, kKT, kBM, kBN>(dps, do_k, vw);
             wgmma_commit();
             dq_release_pending();  // (kLateDqRelease only)
             wgmma_wait<0>();
@@ -896,17 +898,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // warpgroup 0 computes S^T only, warpgroup 1 dP^T only.
           float st[kQT][4], dpt[kQT][4];
           const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
-          auto score_product = [&](float(&acc)[kQT][4], uint64_t a_desc, uint64_t b_desc) {
-  #pragma unroll
-            for (int kk = 0; kk < kKT; ++kk) {
-              const uint32_t off = (kk / 4) * kBN * kSwizzleBytes + (kk % 4) * 32;
-              const uint32_t offq = (kk / 4) * kBM * kSwizzleBytes + (kk % 4) * 32;
-              wgmma_ss<T, 0, 0>(acc, desc_add(a_desc, off), desc_add(b_desc, offq), kk > 0);
-            }
-          };
           wgmma_fence();
-          if constexpr (kComputesS) score_product(st, k_desc, q_desc);
-          if constexpr (kComputesDP) score_product(dpt, v_desc, do_desc);
+          if constexpr (kComputesS) score_product<T, kKT, kBN, kBM>(st, k_desc, q_desc);
+          if constexpr (kComputesDP) score_product<T, kKT, kBN, kBM>(dpt, v_desc, do_desc);
           wgmma_commit();
           dq_release_pending();  // the previous step's dQ part, while the products run
           wgmma_wait<0>();
