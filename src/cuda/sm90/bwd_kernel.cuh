@@ -168,7 +168,8 @@ struct BwdSmem {
   // dq_full[2], dq_empty[2] (bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
   static constexpr int kItem = kBar + 8 * (3 + 4 * S::kStages + 4);  // the handed-over item index (bwd_kernel)
-  // Warpgroup w's dQ slot (an int, bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes, each on a
+  // Warpgroup w's dQ slot (4 ints: the part's row, and in the deterministic mode its order counter,
+  // turn and value after it; bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes, each on a
   // 128-byte line of its own. (Tried in session 12 against racecheck's reports of the slots under
   // named barriers, which it did not change: those paired each warpgroup's leader with its own
   // writer; the mbarriers did. Kept as it was tested; the 256 bytes are spare.)
@@ -393,7 +394,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   at step g + kStages only after its q_full or do_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
 //   The dQ hand-offs. Consumer warpgroup w's fp32 dQ part goes through
-//   its staging (L::kDQ + dq_offset(w)) and its slot (an int at L::kDqRow + w kDqSlotBytes) to its
+//   its staging (L::kDQ + dq_offset(w)) and its slot (ints at L::kDqRow + w kDqSlotBytes: the row, then the order protocol's three) to its
 //   dQ writer, producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the
 //   accumulator: the warpgroup's threads neither wait for a reduction's read of the staging nor sync
 //   among themselves before it is issued (before session 12 a leader thread issued it after a
