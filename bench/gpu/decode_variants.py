@@ -15,6 +15,10 @@ find ioattn.build_info: bench/notes-decode.md, session 10). Arguments after `--`
   python3 bench/gpu/decode_variants.py --pkg main=pkg-main --pkg new=pkg-new --rounds 2 -- \\
       --batches 1,8 --seqlens 1024,8192 --layouts contiguous,paged16 --peers cudnn
 
+A package may carry environment variables for its runs (NAME=DIR:VAR=VALUE,...), so one build can be
+compared with itself under different run-time knobs, e.g. --pkg base=pkg:IOATTN_DECODE_CLUSTER=1
+--pkg global=pkg:IOATTN_DECODE_CLUSTER=0.
+
 Prints a table between VARIANT TABLE / END VARIANT TABLE and writes the runs' JSON and the table to
 --out-dir (default bench/results) as decode-variants-<device>-<date>.{json,txt}.
 """
@@ -32,10 +36,11 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_once(pkg_dir, bench_args, work_dir):
-    """One bench_decode.py run with pkg_dir first on the path; returns its JSON (the rows and meta)."""
+def run_once(pkg_dir, bench_args, work_dir, extra_env=None):
+    """One bench_decode.py run with pkg_dir first on the path (and extra_env set); returns its JSON."""
     out = tempfile.mkdtemp(dir=work_dir)
     env = dict(os.environ)
+    env.update(extra_env or {})
     env["PYTHONPATH"] = os.path.abspath(pkg_dir) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     code = ("import runpy, sys; sys.argv = ['bench_decode.py'] + sys.argv[1:]; "
             "runpy.run_path('bench/gpu/bench_decode.py', run_name='__main__')")
@@ -89,25 +94,29 @@ def main():
         k = argv.index("--")
         argv, bench_args = argv[:k], argv[k + 1:]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pkg", action="append", required=True, help="NAME=DIR (repeatable; the first is the base)")
+    ap.add_argument("--pkg", action="append", required=True,
+                    help="NAME=DIR[:VAR=VALUE,...] (repeatable; the first is the base): the package, and environment "
+                         "variables set for its runs (the same DIR may run under several names with different ones)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out-dir", default="bench/results")
     args = ap.parse_args(argv)
     pkgs = []
     for spec in args.pkg:
-        name, sep, d = spec.partition("=")
+        name, sep, rest = spec.partition("=")
+        d, _, env_spec = rest.partition(":")
+        extra = dict(kv.split("=", 1) for kv in env_spec.split(",") if "=" in kv)
         if not sep or not name or not os.path.isdir(d):
-            sys.exit(f"--pkg {spec!r}: want NAME=DIR with an existing DIR")
-        pkgs.append((name, d))
-    names = [n for n, _ in pkgs]
+            sys.exit(f"--pkg {spec!r}: want NAME=DIR[:VAR=VALUE,...] with an existing DIR")
+        pkgs.append((name, d, extra))
+    names = [n for n, _, _ in pkgs]
     if len(set(names)) != len(names):
         sys.exit("--pkg: names must differ")
     runs = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as work:
         for r in range(args.rounds):
             order = pkgs if r % 2 == 0 else pkgs[::-1]  # alternate which package runs first
-            for name, d in order:
-                runs[name].append(run_once(d, bench_args, work))
+            for name, d, extra in order:
+                runs[name].append(run_once(d, bench_args, work, extra))
                 print(f"round {r + 1}: {name} done", flush=True)
     lines = table(names, runs)
     print("VARIANT TABLE")
@@ -124,7 +133,7 @@ def main():
         path = f"{base}-run{n}"
         n += 1
     with open(path + ".json", "w") as f:
-        json.dump({"packages": dict(pkgs), "bench_args": bench_args, "runs": runs}, f, indent=1)
+        json.dump({"packages": {n: {"dir": d, "env": e} for n, d, e in pkgs}, "bench_args": bench_args, "runs": runs}, f, indent=1)
     with open(path + ".txt", "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"saved {path}.json / .txt")
