@@ -515,6 +515,16 @@ TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatableAtScale) {
   check_deterministic_repeats(c, 4);
 }
 
+// A window bounded on the left only: the sm90 kernel adds the dQ parts in two chains there
+// (sm80/bwd_run.cuh's det_chains), and each key block's query blocks are an interval that starts at
+// 0 and ends with the window, so the chains' first parts differ from one query block to the next.
+// GQA, so that several query heads' counters take turns too.
+TEST(GpuContract, DeterministicBackwardIsBitwiseRepeatableLeftWindow) {
+  Case c = make("det_bwd_left_window_d128", DType::BF16, 1200, 1000, 128);
+  c.hq = 8; c.hk = 2; c.batch = 3; c.window_left = 256;
+  check_deterministic_repeats(c, 4);
+}
+
 // Capture a forward call in a CUDA graph (global capture mode: any illegal call inside the library
 // would invalidate the capture), replay it twice and compare with an eager call bitwise.
 void check_graph_capture(const Case& c) {

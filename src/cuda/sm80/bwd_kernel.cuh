@@ -372,9 +372,11 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
 // each launch of the sm90 kernel, which runs after this one on the same stream, hands out its items
 // from 0 (graph replays included). `order` (the sm90 backward's dQ order counters in its
 // deterministic mode, det_order_offset; nullptr otherwise): block x zeroes those of its 64 rows.
+// planes: the accumulators to zero (the sm90 deterministic mode's det_chains, det_plane_rows apart; 1
+// otherwise).
 template <int kHeadDim, class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats, int* sched, int* order) {
+    bwd_preprocess(Params p, float* dsum, float* dq_accum, float* stats, int* sched, int* order, int planes = 1) {
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kLanes = kChunks >= 32 ? 32 : kChunks >= 16 ? 16 : kChunks >= 8 ? 8 : 4;
   constexpr int kRowsPerWarp = 32 / kLanes;
@@ -382,8 +384,8 @@ __global__ void __launch_bounds__(kThreads)
   if (sched != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && threadIdx.x == 0) *sched = 0;
   const int b = blockIdx.z, h = blockIdx.y;
   static_assert(kBlockM == 64, "one 64-row block of the order counters per block");
-  if (order != nullptr && threadIdx.x < 2 && static_cast<int>(blockIdx.x) < det_row_blocks(p))
-    order[((static_cast<int64_t>(b) * p.heads_q + h) * det_row_blocks(p) + blockIdx.x) * 2 + threadIdx.x] = 0;
+  if (order != nullptr && static_cast<int>(threadIdx.x) < 2 * det_chains(p) && static_cast<int>(blockIdx.x) < det_row_blocks(p))
+    order[((static_cast<int64_t>(b) * p.heads_q + h) * det_row_blocks(p) + blockIdx.x) * 2 * det_chains(p) + threadIdx.x] = 0;
   const SeqBounds s = seq_bounds(p, b);
   const T* o = head_base(static_cast<const T*>(p.out), p.o_batch_stride, p.o_row_stride, p.o_head_stride, b, h,
                          s.q_row0);
@@ -406,8 +408,8 @@ __global__ void __launch_bounds__(kThreads)
     if (i >= rows) continue;
     if (i < p.seqlen_q) {
       if (sl == 0) dsum[row_index(p, b, h, i)] = acc;
-      if (dq_accum != nullptr) {
-        float4* row = reinterpret_cast<float4*>(dq_accum + row_index(p, b, h, i) * kHeadDim);
+      for (int pl = 0; dq_accum != nullptr && pl < planes; ++pl) {
+        float4* row = reinterpret_cast<float4*>(dq_accum + (pl * det_plane_rows(p) + row_index(p, b, h, i)) * kHeadDim);
         for (int c = sl; c < kHeadDim / 4; c += kLanes) row[c] = make_float4(0.f, 0.f, 0.f, 0.f);
       }
     }
@@ -635,7 +637,9 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_dq(Params p, const float* dsu
 
 // Atomic mode. Grid (ceil(Sq / 64), Hq, B): dq = scale · accumulator, 8 columns per thread-step.
 template <int kHeadDim, class T>
-__global__ void __launch_bounds__(kThreads) bwd_convert_dq(Params p, const float* dq_accum) {
+// planes: accumulators summed in plane order, det_plane_rows apart (the sm90 deterministic mode's
+// det_chains); 1 otherwise.
+__global__ void __launch_bounds__(kThreads) bwd_convert_dq(Params p, const float* dq_accum, int planes = 1) {
   const int h = blockIdx.y, b = blockIdx.z;
   const SeqBounds s = seq_bounds(p, b);
   const int chunks = p.head_dim / 8;
@@ -643,7 +647,19 @@ __global__ void __launch_bounds__(kThreads) bwd_convert_dq(Params p, const float
   for (int c = threadIdx.x; c < kBlockM * chunks; c += kThreads) {
     const int i = blockIdx.x * kBlockM + c / chunks, col = (c % chunks) * 8;
     if (i >= s.sq) continue;
-    store8_scaled(dq + i * p.dq_row_stride + col, dq_accum + row_index(p, b, h, i) * kHeadDim + col, p.scale);
+    const float* src = dq_accum + row_index(p, b, h, i) * kHeadDim + col;
+    if (planes == 1) {
+      store8_scaled(dq + i * p.dq_row_stride + col, src, p.scale);
+    } else {
+      float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
+      for (int pl = 0; pl < planes; ++pl) {  // in plane order: the same sums at every call
+        const float* x = src + pl * det_plane_rows(p) * kHeadDim;
+        const float4 a = *reinterpret_cast<const float4*>(x), c4 = *reinterpret_cast<const float4*>(x + 4);
+        lo.x += a.x, lo.y += a.y, lo.z += a.z, lo.w += a.w;
+        hi.x += c4.x, hi.y += c4.y, hi.z += c4.z, hi.w += c4.w;
+      }
+      store8_scaled(dq + i * p.dq_row_stride + col, lo, hi, p.scale);
+    }
   }
 }
 

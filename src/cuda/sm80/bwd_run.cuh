@@ -41,18 +41,35 @@ constexpr int kSchedBytes = 16;
 // workspace_size adds it only where that kernel serves the call, so the sm80 path's deterministic
 // mode keeps its smaller workspace): the dQ accumulator (as the atomic mode's, which the
 // deterministic layout above lacks) at a 256-byte boundary after the counter, then the dQ order's
-// counters, one int per (batch, query head, 64-row block, consumer warpgroup): how many key blocks
-// have added their part to those rows (sm90/bwd_kernel.cuh's writers), zeroed by bwd_preprocess.
+// counters, one int per (batch, query head, 64-row block, consumer warpgroup, chain): how many key
+// blocks of the chain have added their part to those rows (sm90/bwd_kernel.cuh's writers), zeroed by
+// bwd_preprocess.
+// The parts are added in det_chains(p) chains, each into an accumulator of its own (planes of
+// det_plane_rows rows, one after the other), in a fixed order within each chain; bwd_convert_dq sums
+// the planes in plane order. A key block of rank r (its place in the order of adding) belongs to
+// chain r % det_chains(p). Why: without a mask's right bound the items that start together (the
+// first wave of CTAs, then the few that CTAs freed at about the same time take) are neighbouring
+// key blocks of one head, and in one chain each of them waits for the previous one's part of every
+// query block, a serial chain of reduce-add round trips (sm90/bwd_kernel.cuh's order protocol); in
+// two chains neighbours add independently. Measured (H200, session 25, deterministic backward
+// TFLOP/s against one chain): non-causal +1-10% with 2 chains (d = 64 / 128 / 256 at 2048 and 8192),
+// 4 chains -5..+10%; under a causal mask, whose parts become ready in the order of adding anyway
+// (decreasing key blocks), 2 chains -2..-10% and 4 chains -21..-39% (each plane is zeroed and
+// summed: memory traffic a causal call's halved work does not hide), so causal / window calls keep one.
+__host__ __device__ __forceinline__ int det_chains(const Params& p) { return p.window_right >= 0 ? 1 : 2; }
+__host__ __device__ __forceinline__ int64_t det_plane_rows(const Params& p) {
+  return (static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q + 7) / 8 * 8;  // a multiple of 64 floats per plane
+}
 __host__ __device__ __forceinline__ int64_t det_accum_offset(const Params& p, int acc_head_dim) {
   return sched_offset(p, acc_head_dim) + 64;
 }
 __host__ __device__ __forceinline__ int64_t det_order_offset(const Params& p, int acc_head_dim) {
-  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
-  return det_accum_offset(p, acc_head_dim) + (rows * acc_head_dim + 63) / 64 * 64;
+  return det_accum_offset(p, acc_head_dim) + det_chains(p) * det_plane_rows(p) * acc_head_dim;
 }
 __host__ __device__ __forceinline__ int det_row_blocks(const Params& p) { return (p.seqlen_q + 63) / 64; }
+// One counter per (batch, query head, 64-row block, consumer warpgroup, chain), in that order.
 __host__ __device__ __forceinline__ int64_t det_order_count(const Params& p) {
-  return static_cast<int64_t>(p.batch) * p.heads_q * det_row_blocks(p) * 2;
+  return static_cast<int64_t>(p.batch) * p.heads_q * det_row_blocks(p) * 2 * det_chains(p);
 }
 }  // namespace bwd
 

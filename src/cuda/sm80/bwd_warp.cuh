@@ -177,14 +177,17 @@ __device__ __forceinline__ float dot8(const T* x, const T* y) {
 
 // dst[0..8) = T(scale · src[0..8)): two 16-byte fp32 loads, one 16-byte store.
 template <class T>
-__device__ __forceinline__ void store8_scaled(T* dst, const float* src, float scale) {
-  const float4 lo = *reinterpret_cast<const float4*>(src), hi = *reinterpret_cast<const float4*>(src + 4);
+__device__ __forceinline__ void store8_scaled(T* dst, float4 lo, float4 hi, float scale) {
   uint4 out;
   out.x = pack2<T>(lo.x * scale, lo.y * scale);
   out.y = pack2<T>(lo.z * scale, lo.w * scale);
   out.z = pack2<T>(hi.x * scale, hi.y * scale);
   out.w = pack2<T>(hi.z * scale, hi.w * scale);
   *reinterpret_cast<uint4*>(dst) = out;
+}
+template <class T>
+__device__ __forceinline__ void store8_scaled(T* dst, const float* src, float scale) {
+  store8_scaled(dst, *reinterpret_cast<const float4*>(src), *reinterpret_cast<const float4*>(src + 4), scale);
 }
 
 }  // namespace ioattn::cuda::sm80::bwd

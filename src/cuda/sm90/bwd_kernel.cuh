@@ -168,8 +168,8 @@ struct BwdSmem {
   // dq_full[2], dq_empty[2] (bwd_kernel's protocol)
   static constexpr int kBar = kStats + S::kStages * kStatsBytes;
   static constexpr int kItem = kBar + 8 * (3 + 4 * S::kStages + 4);  // the handed-over item index (bwd_kernel)
-  // Warpgroup w's dQ slot (4 ints: the part's row, and in the deterministic mode its order counter,
-  // turn and value after it; bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes, each on a
+  // Warpgroup w's dQ slot (5 ints: the part's row, and in the deterministic mode its order counter,
+  // turn, value after it and its chain's plane offset; bwd_kernel's protocol) at kDqRow + w * kDqSlotBytes, each on a
   // 128-byte line of its own. (Tried in session 12 against racecheck's reports of the slots under
   // named barriers, which it did not change: those paired each warpgroup's leader with its own
   // writer; the mbarriers did. Kept as it was tested; the 256 bytes are spare.)
@@ -394,7 +394,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   at step g + kStages only after its q_full or do_full, i.e. after that bar.sync: a barrier never gets a
 //   phase's arrivals before the previous phase completed.
 //   The dQ hand-offs. Consumer warpgroup w's fp32 dQ part goes through
-//   its staging (L::kDQ + dq_offset(w)) and its slot (ints at L::kDqRow + w kDqSlotBytes: the row, then the order protocol's three) to its
+//   its staging (L::kDQ + dq_offset(w)) and its slot (ints at L::kDqRow + w kDqSlotBytes: the row, then the order protocol's four) to its
 //   dQ writer, producer warp 1 + w, whose lane 0 issues the part's TMA reduce-adds into the
 //   accumulator: the warpgroup's threads neither wait for a reduction's read of the staging nor sync
 //   among themselves before it is issued (before session 12 a leader thread issued it after a
@@ -450,7 +450,12 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   session 24: 3-10x slower than decreasing order, the order the parts become ready in). An item's rank
 //   is its place in that order. One counter per (batch, query head, 64-row block, consumer
 //   warpgroup) in the workspace (sm80::bwd::det_order_offset), zeroed by bwd_preprocess, holds
-//   rank + 1 once that item's part of those rows has been added. The query blocks that a key block
+//   rank + 1 once that item's part of those rows has been added. Chains (sm80::bwd::det_chains: 2
+//   without a mask's right bound, else 1): the ranks are dealt round-robin to the chains, each adding
+//   into an accumulator plane of its own with counters of its own (per rows and warpgroup), so the
+//   "rank" and "previous item" below are within the part's chain (rank / chains; the key block
+//   `chains` blocks before), and
+//   bwd_convert_dq sums the planes in plane order. The query blocks that a key block
 //   has steps for are an interval (bwd_item's m_begin, m_count: a mask's keys per query row are an
 //   interval, so are their unions), and so are, for a query block, the key blocks that have a step
 //   for it: a part is the first of its rows if the previous item of the chain has no step for its
@@ -568,8 +573,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         if (lane == 0 && row >= 0) {  // kDqNoRows: the part's rows lie past the sequence (zeros)
           // The deterministic mode: the part's turn among the key blocks adding to these rows (the
           // order protocol above), then its reduce-adds.
+          int plane_row = row;  // the row in this part's chain's accumulator plane
           if (p.deterministic) {
             order = dq_order + dq_row[1];
+            plane_row += dq_row[4];
             const int turn = dq_row[2];
             done = dq_row[3];
             ::cuda::atomic_ref<int, ::cuda::thread_scope_device> counter(*order);
@@ -583,7 +590,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #pragma unroll
           for (int c = 0; c < Shape::dq_cols(1) / kTile; ++c) {
             if (c >= Shape::dq_cols(w) / kTile) break;  // (kUneven: warpgroup 0's part is narrower)
-            const int32_t coords[4] = {Shape::dq_c(w) + c * kTile, row, 0, 0};
+            const int32_t coords[4] = {Shape::dq_c(w) + c * kTile, plane_row, 0, 0};
             bptx::cp_reduce_async_bulk_tensor(bptx::space_global, bptx::space_shared, bptx::op_add, &tm_dq, coords,
                                               src + c * Shape::kDqTileBytes);
           }
@@ -1117,15 +1124,24 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // and the value after it. (Computed here by the leader alone rather than carried as loop
           // state by every thread: registers are what the other mode's loop is short of.)
           if (p.deterministic && leader) {
+            // sm80::bwd::det_chains(p) chains: 1 where the order is reversed (a right-bounded mask),
+            // else 2, as a shift (registers: a division spilled 8 bytes in d = 128's kMods kernel).
+            const int chain_bits = reversed ? 0 : 1, chains = 1 << chain_bits;
             const int j = t.n0 / kBN, rank = reversed ? static_cast<int>(n_blocks_div.d) - 1 - j : j;
-            const int prev_n0 = reversed ? t.n0 + kBN : t.n0 - kBN;
+            // Chain rank % chains; the key block before this one in its chain is `chains` blocks away.
+            const int prev_n0 = reversed ? t.n0 + kBN : t.n0 - chains * kBN;
             int prev_begin = 0, prev_end = 0;
             if (prev_n0 >= 0 && prev_n0 < sb.sk)
               sm80::bwd::query_blocks_for_keys(p, sb, prev_n0, kBN, &prev_begin, &prev_end, kBM);
             const int mb = m0 / kBM;
-            dq_row[1] = ((t.b * p.heads_q + hq) * sm80::bwd::det_row_blocks(p) + (m0 + dq_m) / 64) * 2 + cwg;
-            dq_row[2] = mb >= prev_begin && mb < prev_end ? rank : 0;
-            dq_row[3] = rank + 1;
+            dq_row[1] = ((((t.b * p.heads_q + hq) * sm80::bwd::det_row_blocks(p) + (m0 + dq_m) / 64) * 2 + cwg) << chain_bits) +
+                        (rank & (chains - 1));
+            dq_row[2] = mb >= prev_begin && mb < prev_end ? rank >> chain_bits : 0;
+            dq_row[3] = (rank >> chain_bits) + 1;
+            // The chain's accumulator plane, as a row offset: computed here, off the chain's critical
+            // path (the writer's turn, reduce-adds and release), where a run-time modulo and 64-bit
+            // product cost causal calls 1-3% (H200, session 25).
+            dq_row[4] = (rank & (chains - 1)) * static_cast<int>(sm80::bwd::det_plane_rows(p));
           }
           wgmma_wait<0>();
           fence_operands(dq);
@@ -1276,7 +1292,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   constexpr int kBN = BwdShape<kD>::kBN;
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
   const int64_t accum_rows = int64_t(p.batch) * p.heads_q * p.seqlen_q;
-  if (accum_rows > INT32_MAX)
+  if (accum_rows > INT32_MAX || (p.deterministic && det_chains(p) * det_plane_rows(p) > INT32_MAX))
     return Status{ErrorCode::Unsupported, "sm90 backward: more than 2^31 query rows in one call"};
   const int64_t items = int64_t(n_blocks) * p.heads_k * p.batch;  // bwd_kernel's work items
   if (items >= (int64_t(1) << 30))
@@ -1301,7 +1317,10 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
                         BwdShape<kD>::kBM, type) &&
       // The accumulator is kAccD wide: the reductions of columns past it (kD > kAccD) fall outside
       // the tensor and TMA drops them.
-      encode_tensor_map(&tdq, {dq_accum, kAccD, accum_rows, 1, 1, kAccD, 0, 0}, 64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4,
+      // The deterministic mode's det_chains planes are one taller tensor (the writers add a part's
+      // chain's plane offset to its row).
+      encode_tensor_map(&tdq, {dq_accum, kAccD, p.deterministic ? det_chains(p) * det_plane_rows(p) : accum_rows, 1, 1, kAccD, 0, 0},
+                        64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4,
                         BwdShape<kD>::kDqTileCols * 4,
                         BwdShape<kD>::kDqTileCols == 8 ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B);
   if (!ok) return Status{ErrorCode::Unsupported, "sm90 backward: the driver refused a tensor map for these strides"};
@@ -1328,7 +1347,7 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
     // Over stats_rows (seqlen_q rounded up to 128): the row statistics' padding rows are written too.
     const int pre_blocks = stats_rows(p) / kBlockM;
     bwd_preprocess<kAccD, T><<<dim3(pre_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
-        p, dsum, dq_accum, row_stats, sched, dq_order);
+        p, dsum, dq_accum, row_stats, sched, dq_order, p.deterministic ? det_chains(p) : 1);
     e = cudaGetLastError();
   }
   if (e == cudaSuccess && ctas > 0) {
@@ -1336,7 +1355,8 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
     e = cudaGetLastError();
   }
   if (e == cudaSuccess) {
-    bwd_convert_dq<kAccD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(p, dq_accum);
+    bwd_convert_dq<kAccD, T><<<dim3(m_blocks, p.heads_q, p.batch), kThreads, 0, stream>>>(
+        p, dq_accum, p.deterministic ? det_chains(p) : 1);
     e = cudaGetLastError();
   }
   if (e != cudaSuccess)
