@@ -322,6 +322,16 @@ std::vector<Case> bwd_cases() {
   c.name = "bf16_d256_causal_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 3; c.hq = 6; c.hk = 3; c.sq = 128;
   c.sk = 1100; c.d = 256; c.causal = true;
   add(c);
+  // A window bounded on the left only, Sq > Sk: the deterministic mode's two dQ chains under a mask
+  // (sm80/bwd_run.cuh's det_chains), whose first part differs from one query block to the next.
+  c = {};
+  c.name = "bf16_d128_left_window_gqa_many_blocks"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2;
+  c.sq = 700; c.sk = 900; c.d = 128; c.window_left = 150; c.window_right = -1;
+  add(c);
+  c = {};
+  c.name = "fp16_d64_left_window_many_blocks"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 2;
+  c.sq = 1000; c.sk = 800; c.d = 64; c.window_left = 300; c.window_right = -1;
+  add(c);
   return v;
 }
 
