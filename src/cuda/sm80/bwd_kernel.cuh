@@ -394,6 +394,7 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int sub = lane / kLanes, sl = lane % kLanes;  // the warp's row, the lane within it
   const int rows = stats != nullptr ? stats_rows(p) : p.seqlen_q;
+  const int64_t plane = planes > 1 ? det_plane_rows(p) * kHeadDim : 0;  // floats between accumulator planes
   for (int r0 = warp * kRowsPerWarp; r0 < kBlockM; r0 += kWarps * kRowsPerWarp) {
     const int i = blockIdx.x * kBlockM + r0 + sub;
     if (blockIdx.x * kBlockM + r0 >= rows) break;  // (warp-uniform: the warp's first row)
@@ -409,7 +410,7 @@ __global__ void __launch_bounds__(kThreads)
     if (i < p.seqlen_q) {
       if (sl == 0) dsum[row_index(p, b, h, i)] = acc;
       for (int pl = 0; dq_accum != nullptr && pl < planes; ++pl) {
-        float4* row = reinterpret_cast<float4*>(dq_accum + (pl * det_plane_rows(p) + row_index(p, b, h, i)) * kHeadDim);
+        float4* row = reinterpret_cast<float4*>(dq_accum + pl * plane + row_index(p, b, h, i) * kHeadDim);
         for (int c = sl; c < kHeadDim / 4; c += kLanes) row[c] = make_float4(0.f, 0.f, 0.f, 0.f);
       }
     }
@@ -644,6 +645,7 @@ __global__ void __launch_bounds__(kThreads) bwd_convert_dq(Params p, const float
   const SeqBounds s = seq_bounds(p, b);
   const int chunks = p.head_dim / 8;
   T* dq = head_base(static_cast<T*>(p.dq), p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, b, h, s.q_row0);
+  const int64_t plane = planes > 1 ? det_plane_rows(p) * kHeadDim : 0;  // floats between accumulator planes
   for (int c = threadIdx.x; c < kBlockM * chunks; c += kThreads) {
     const int i = blockIdx.x * kBlockM + c / chunks, col = (c % chunks) * 8;
     if (i >= s.sq) continue;
@@ -653,7 +655,7 @@ __global__ void __launch_bounds__(kThreads) bwd_convert_dq(Params p, const float
     } else {
       float4 lo = make_float4(0.f, 0.f, 0.f, 0.f), hi = lo;
       for (int pl = 0; pl < planes; ++pl) {  // in plane order: the same sums at every call
-        const float* x = src + pl * det_plane_rows(p) * kHeadDim;
+        const float* x = src + pl * plane;
         const float4 a = *reinterpret_cast<const float4*>(x), c4 = *reinterpret_cast<const float4*>(x + 4);
         lo.x += a.x, lo.y += a.y, lo.z += a.z, lo.w += a.w;
         hi.x += c4.x, hi.y += c4.y, hi.z += c4.z, hi.w += c4.w;
