@@ -80,10 +80,12 @@ struct FwdTile {
 //            291 / 354 at 512 / 1k / 2k: a 192-row tile under a causal diagonal computes more masked
 //            score blocks (every warpgroup takes as many turns as the tile has key blocks: about
 //            1.35x the work of 128-row tiles at 512). Hence the second d = 64 row, chosen at run time
-//            (fwd_tile_index below) where a mask leaves the queries short key spans.
+//            (fwd_tile_index below) where a mask leaves the queries short key spans. Its K/V stages
+//            (session 26, bench/results/variants-nvidia-h200-2026-11-24-s26-fwd-d64-short-stages.txt):
+//            2 against 3 at causal 512 / 1024 256 / 334 against 255 / 328 (5 rounds), 4 252 / 328.
 inline constexpr FwdTile kFwdTiles[] = {
     {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
-    {64, 128, 2, 128, 3, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 128 KB smem"},
+    {64, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 96 KB smem"},
     {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
     {256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
