@@ -193,7 +193,7 @@ std::vector<Case> feature_cases() {
     v.push_back(c);
     // Softcap with ALiBi through every head dim's mods kernels (d 64: 400 rows, three 192-row
     // tiles of the 3-warpgroup forward), non-causal and causal.
-    for (int d : {64, 128, 256}) {
+    for (int d : {64, 96, 128, 256}) {
       c = make("softcap_alibi_d" + std::to_string(d), dt, d == 64 ? 400 : 130, 200, d);
       c.softcap = 10.0f; c.alibi = Alibi::PerHead;
       v.push_back(c);
@@ -229,6 +229,14 @@ std::vector<Case> feature_cases() {
     v.push_back(c);
     c = make("dv_gt_d", dt, 80, 90, 32);
     c.dv = 64;
+    v.push_back(c);
+    // The sm90 d = 96 forward (d = 128's tiles, products over 96 columns) with q / k and v of
+    // different widths on either side of 80, causal.
+    c = make("dv_lt_d_d96", dt, 130, 150, 96);
+    c.dv = 72; c.causal = true;
+    v.push_back(c);
+    c = make("dv_gt_d_d96", dt, 130, 150, 80);
+    c.dv = 96;
     v.push_back(c);
   }
   // Several tiles per persistent CTA (132 on an H100/H200): the sm90 forward's Q ring and the Q slots
@@ -278,6 +286,14 @@ std::vector<Case> feature_cases() {
   c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
+  // The d = 96 forward over many tiles: causal GQA pairs with tiles that see no key, varlen with
+  // blocks that end inside a warpgroup's rows.
+  c = make("many_tiles_causal_gqa_d96", DType::BF16, 330, 200, 96);
+  c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
+  v.push_back(c);
+  c = make("many_tiles_varlen_d96", DType::F16, 0, 0, 96);
+  c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
+  v.push_back(c);
   c = make("many_tiles_causal_d192", DType::BF16, 260, 260, 192);
   c.batch = 2; c.hq = c.hk = 64; c.causal = true;
   v.push_back(c);
@@ -314,7 +330,7 @@ std::vector<Case> feature_cases() {
 
 std::vector<Case> large_cases() {
   std::vector<Case> v;
-  for (int d : {64, 128, 256}) {
+  for (int d : {64, 96, 128, 256}) {
     Case c = make("long_causal_d" + std::to_string(d), DType::BF16, 2048, 2048, d);
     c.causal = true; c.backward = false;
     v.push_back(c);

@@ -3,7 +3,8 @@
 //
 // One CTA = 1 + consumers warpgroups: a producer (TMA loads of Q once and of K/V tiles into a ring
 // of kStages buffers) and 2 or 3 consumers of 64 query rows each (block_m = 64 x consumers). Shared
-// memory = q_stages x Q (block_m x d) + stages x (K + V) (block_n x d each), all 16-bit.
+// memory = q_stages x Q (block_m x d) + stages x (K + V) (block_n x d each), all 16-bit, d rounded up to
+// 64 columns (fwd_layout_dim).
 // Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator d / 2 (+ block_n / 4
 // for the second set of P with overlap); 240 per consumer thread with 2 consumers, 160 with 3
 // (setmaxnreg, fwd_kernel.cuh).
@@ -24,7 +25,9 @@
 namespace ioattn::cuda::sm90 {
 
 struct FwdTile {
-  int head_dim;     // the kernel's (padded) head dim: 64, 128, 192 or 256
+  int head_dim;     // the kernel's (padded) head dim: 64, 96, 128, 192 or 256 (96: tiles laid out
+                    // as d = 128's, TMA filling columns 96-127 with zeros, but the products
+                    // only over the first 96: S = Q K^T in 6 k-steps, O += P V with N = 96)
   int block_m;      // query rows per CTA (64 per consumer warpgroup)
   int consumers;    // consumer warpgroups: 2, or 3 where a third warpgroup's products are what the
                     // tensor cores lack under each softmax (d 64, FA3's choice)
@@ -86,6 +89,7 @@ struct FwdTile {
 inline constexpr FwdTile kFwdTiles[] = {
     {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
     {64, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 96 KB smem"},
+    {96, 128, 2, 128, 2, 2, true, true, true, "d = 128's tile on 96 columns: S 64 + O 48 + P 32 regs; 192 KB smem"},
     {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
     {256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
@@ -93,8 +97,9 @@ inline constexpr FwdTile kFwdTiles[] = {
 };
 inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
 
-// The sm90 head dim a call of head dim d runs with: 64, 128, 192 or 256 (extra columns read as
-// zeros through the tensor maps), or 0 above 256.
+// The sm90 backward's head dim for a call of head dim d: 64, 128, 192 or 256 (extra columns read as
+// zeros through the tensor maps), or 0 above 256. The forward has a 96 besides (fwd_sm90.cu,
+// forward_head_dim).
 constexpr int sm90_head_dim(int d) {
   return d <= 64 ? 64 : (d <= 128 ? 128 : (d <= 192 ? 192 : (d <= 256 ? 256 : 0)));
 }
@@ -399,6 +404,10 @@ inline bool fwd_dynamic(const Params& p, const FwdTile& t, int ctas) {
 inline size_t fwd_workspace_bytes(const Params& p, const FwdTile& t) {
   return p.varlen && t.persistent && !fwd_mods(p) ? 128 : 0;
 }
+
+// The columns of a row of head dim d's tiles in shared memory: whole 64-column (128-byte) swizzle
+// atoms, as TMA writes them.
+constexpr int fwd_layout_dim(int head_dim) { return (head_dim + 63) / 64 * 64; }
 
 template <int kTile>
 struct FwdTileAt {

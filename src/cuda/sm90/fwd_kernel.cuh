@@ -84,7 +84,7 @@ struct FwdWarps {
 // Byte offsets in the (1024-byte aligned) dynamic shared memory.
 template <int kTile>
 struct FwdSmem {
-  static constexpr int kD = FwdTileAt<kTile>::head_dim;
+  static constexpr int kD = fwd_layout_dim(FwdTileAt<kTile>::head_dim);  // columns laid out
   static constexpr int kBM = FwdTileAt<kTile>::block_m, kBN = FwdTileAt<kTile>::block_n;
   static constexpr int kStages = FwdTileAt<kTile>::stages;
   static constexpr int kQStages = FwdTileAt<kTile>::q_stages;
@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = FwdSmem<kTile>;
   using W = FwdWarps<kTile>;
-  constexpr int kD = L::kD;
+  constexpr int kD = FwdTileAt<kTile>::head_dim;  // columns computed (L::kD laid out: 128 at d = 96)
   constexpr bool kOverlap = FwdTileAt<kTile>::overlap, kPingpong = FwdTileAt<kTile>::pingpong;
   // Warpgroups skip key blocks masked from all their rows: where a block has fewer keys than the
   // tile has rows (d = 64: 192 x 128, 1.5 of a causal tile's 3 x blocks warpgroup-blocks on

@@ -14,10 +14,11 @@
 
 namespace ioattn::cuda::sm90 {
 
+// The forward kernel a call of head dim d runs: the smallest built one of 64, 96, 128, 192 and 256
+// that holds d (the list is ascending; 0 above 256: the call takes the sm80 path).
 int forward_head_dim(int d) {
-  const int k = sm90_head_dim(d);
 #define IOATTN_SM90_CASE(D) \
-  if (k == D) return D;
+  if (d <= D) return D;
   IOATTN_FOR_EACH_SM90_HEAD_DIM(IOATTN_SM90_CASE)
 #undef IOATTN_SM90_CASE
   return 0;
