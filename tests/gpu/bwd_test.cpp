@@ -221,14 +221,24 @@ std::vector<Case> bwd_cases() {
   c.name = "fp16_d128_dropout_softcap"; c.dtype = DType::F16; c.d = 128; c.causal = false; c.softcap = 8.0f;
   c.dropout_p = 0.1f; c.sq = 70; c.sk = 100;
   add(c);
-  // Varlen with empty sequences on both sides; head dims that pad (40 -> 64, 96 -> 128 unless 96
-  // is instantiated).
+  // Varlen with empty sequences on both sides; head dims that pad (40 -> 64; 96 runs the sm90 d = 96
+  // kernel where 96 is instantiated, else 128).
   c = {};
   c.name = "fp16_d40_varlen_empty_causal_gqa"; c.dtype = DType::F16; c.hq = 4; c.hk = 2; c.d = 40; c.causal = true;
   c.lens_q = {0, 70, 129, 5, 33}; c.lens_k = {10, 0, 140, 64, 33};
   add(c);
   c.name = "bf16_d96_varlen_window"; c.dtype = DType::BF16; c.d = 96; c.causal = false; c.window_left = 20;
   c.window_right = 0; c.lens_q = {65, 0, 1, 128}; c.lens_k = {64, 7, 0, 200};
+  add(c);
+  // d = 96 (on Hopper d = 128's tiles over 96 columns, its dQ split uneven between the warpgroups):
+  // causal GQA with q / k narrower than v (80 / 96), and the kMods instantiation.
+  c = {};
+  c.name = "fp16_d96_causal_gqa_dv"; c.dtype = DType::F16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 150; c.sk = 190;
+  c.d = 80; c.dv = 96; c.causal = true;
+  add(c);
+  c = {};
+  c.name = "bf16_d96_softcap_alibi_window"; c.dtype = DType::BF16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 170;
+  c.sk = 140; c.d = 96; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.window_left = 50; c.window_right = 10;
   add(c);
   c = {};
   c.name = "bf16_d128_headmajor_layout"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 96; c.sk = 160;
@@ -274,6 +284,7 @@ std::vector<Case> bwd_cases() {
   };
   for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64, false},
                                VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128, false},
+                               VarlenCase{"bf16_d96_varlen_causal_gqa_many_blocks", DType::BF16, 6, 2, 96, true},
                                VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192, false},
                                VarlenCase{"bf16_d256_varlen_gqa_many_blocks", DType::BF16, 4, 2, 256, false},
                                VarlenCase{"fp16_d64_varlen_causal_gqa3_many_blocks", DType::F16, 12, 4, 64, true},

@@ -102,13 +102,17 @@ constexpr int kBwdThreads = 384;
 //            warpgroup next to the 2 x 192 both spend on S^T and dP^T, nearly even. The column
 //            counts are compile-time (array sizes, wgmma shapes), so the consumer code is compiled
 //            once per warpgroup at d = 192. Two Q / dO stages fit.
+//   d = 96:  d = 128's tiles and shared-memory layout (TMA fills columns 96-127 with zeros), the
+//            products over 96 columns only: S^T / dP^T in 6 k-steps, dK / dV N = 96 [48 registers
+//            each], dQ split uneven as at d = 192 (warpgroup 0 columns [64, 96), warpgroup 1 [0, 64)).
 // Each warpgroup's dQ product covers all of the item's keys, so every dQ element is reduced into the
 // accumulator once per item (an earlier version reduced each warpgroup's 64-key part separately:
 // twice the reduction traffic).
 template <int kD>
 struct BwdShape {
   static constexpr bool kSplitD = kD >= 192;
-  static constexpr bool kUneven = kD == 192;  // the warpgroups' column counts differ (below)
+  static constexpr bool kUneven = kD == 192 || kD == 96;  // the warpgroups' dQ column counts differ (below)
+  static constexpr int kDL = (kD + 63) / 64 * 64;  // columns laid out in shared memory (128 at d = 96)
   // Warpgroup 0 computes S^T only, warpgroup 1 dP^T only, exchanging P^T and dS^T (above). d = 192
   // keeps both products in each warpgroup: its two stages leave no room for the 16 KB P^T buffer.
   static constexpr bool kExchange = kD == 256;
@@ -131,8 +135,12 @@ struct BwdShape {
   // rows [dq_m(w), + 64) of the step.
   __host__ __device__ static constexpr int wg_cols(int w) { return !kSplitD ? kD : kUneven && w == 1 ? 64 : 128; }
   __host__ __device__ static constexpr int wc0(int w) { return kSplitD ? 128 * w : 0; }
-  __host__ __device__ static constexpr int dq_cols(int w) { return kD == 64 || kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128; }
-  __host__ __device__ static constexpr int dq_c(int w) { return kD == 64 ? 0 : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w; }
+  __host__ __device__ static constexpr int dq_cols(int w) {
+    return kD == 96 ? 32 + 32 * w : kD == 64 || kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
+  }
+  __host__ __device__ static constexpr int dq_c(int w) {
+    return kD == 64 ? 0 : kD == 96 ? 64 * (1 - w) : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w;
+  }
   __host__ __device__ static constexpr int dq_m(int w) { return kD == 64 ? 64 * w : 0; }
   static_assert(kBM * kD == 64 * (dq_cols(0) + dq_cols(1)), "the two 64-row dQ parts cover the step");
 };
@@ -142,9 +150,9 @@ struct BwdShape {
 template <int kD>
 struct BwdSmem {
   using S = BwdShape<kD>;
-  static constexpr int kChunks = kD / 64;
-  static constexpr int kKBytes = S::kBN * kD * 2;       // K or V
-  static constexpr int kQBytes = S::kBM * kD * 2;       // Q or dO, one stage
+  static constexpr int kChunks = S::kDL / 64;
+  static constexpr int kKBytes = S::kBN * S::kDL * 2;       // K or V
+  static constexpr int kQBytes = S::kBM * S::kDL * 2;       // Q or dO, one stage
   static constexpr int kDSBytes = S::kBN * S::kBM * 2;  // dS^T of the item's keys, one buffer
   // Warpgroup w's fp32 dQ part (64 rows, tiles of 32 columns) at kDQ + dq_offset(w).
   __host__ __device__ static constexpr int dq_offset(int w) { return w * 64 * S::dq_cols(0) * 4; }

@@ -8,7 +8,8 @@
 
 namespace ioattn::cuda::sm90 {
 
-// Query rows per step of the backward kernel at (padded) head dim d: 128 at d = 64, else 64
+// Query rows per step of the backward kernel at (padded) head dim d: 128 at d = 64, else 64 (d = 96:
+// d = 128's tiles)
 // (why: BwdShape in bwd_kernel.cuh).
 constexpr int bwd_block_m(int d) { return d == 64 ? 128 : 64; }
 // Keys per work item (a key block): 128 (64 per consumer warpgroup), or 64 at d = 192 and 256 (shared

@@ -97,11 +97,10 @@ inline constexpr FwdTile kFwdTiles[] = {
 };
 inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
 
-// The sm90 backward's head dim for a call of head dim d: 64, 128, 192 or 256 (extra columns read as
-// zeros through the tensor maps), or 0 above 256. The forward has a 96 besides (fwd_sm90.cu,
-// forward_head_dim).
+// The sm90 head dim a call of head dim d runs with: 64, 96, 128, 192 or 256 (extra columns read as
+// zeros through the tensor maps), or 0 above 256.
 constexpr int sm90_head_dim(int d) {
-  return d <= 64 ? 64 : (d <= 128 ? 128 : (d <= 192 ? 192 : (d <= 256 ? 256 : 0)));
+  return d <= 64 ? 64 : (d <= 96 ? 96 : (d <= 128 ? 128 : (d <= 192 ? 192 : (d <= 256 ? 256 : 0))));
 }
 
 // The first row of head dim head_dim (an sm90 head dim), and whether row i + 1 is another tile of it.
