@@ -241,6 +241,10 @@ std::vector<Case> bwd_cases() {
   c.sk = 140; c.d = 96; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.window_left = 50; c.window_right = 10;
   add(c);
   c = {};
+  c.name = "bf16_d32_softcap_alibi_causal_dv"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 200;
+  c.sk = 230; c.d = 24; c.dv = 32; c.softcap = 10.0f; c.alibi = Alibi::PerBatchHead; c.causal = true;
+  add(c);
+  c = {};
   c.name = "bf16_d128_headmajor_layout"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 96; c.sk = 160;
   c.d = 128; c.layout = Layout::HeadMajor;
   add(c);
@@ -285,6 +289,8 @@ std::vector<Case> bwd_cases() {
   for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64, false},
                                VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128, false},
                                VarlenCase{"bf16_d96_varlen_causal_gqa_many_blocks", DType::BF16, 6, 2, 96, true},
+                               VarlenCase{"fp16_d32_varlen_gqa_many_blocks", DType::F16, 6, 2, 32, false},
+                               VarlenCase{"bf16_d32_varlen_causal_gqa_many_blocks", DType::BF16, 6, 3, 32, true},
                                VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192, false},
                                VarlenCase{"bf16_d256_varlen_gqa_many_blocks", DType::BF16, 4, 2, 256, false},
                                VarlenCase{"fp16_d64_varlen_causal_gqa3_many_blocks", DType::F16, 12, 4, 64, true},

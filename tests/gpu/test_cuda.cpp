@@ -193,7 +193,7 @@ std::vector<Case> feature_cases() {
     v.push_back(c);
     // Softcap with ALiBi through every head dim's mods kernels (d 64: 400 rows, three 192-row
     // tiles of the 3-warpgroup forward), non-causal and causal.
-    for (int d : {64, 96, 128, 256}) {
+    for (int d : {32, 64, 96, 128, 256}) {
       c = make("softcap_alibi_d" + std::to_string(d), dt, d == 64 ? 400 : 130, 200, d);
       c.softcap = 10.0f; c.alibi = Alibi::PerHead;
       v.push_back(c);
@@ -294,6 +294,15 @@ std::vector<Case> feature_cases() {
   c = make("many_tiles_varlen_d96", DType::F16, 0, 0, 96);
   c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
+  // The d = 32 forward (d = 64's tiles over 32 columns): 3 consumer warpgroups over many tiles,
+  // varlen and non-causal, and 2 where a causal mask leaves short key spans.
+  c = make("many_tiles_varlen_d32", DType::F16, 0, 0, 32);
+  c.lens_q = {500, 193, 64, 130, 1, 320, 384, 129}; c.lens_k = {470, 260, 64, 300, 17, 320, 90, 129};
+  c.hq = 24; c.hk = 8;
+  v.push_back(c);
+  c = make("many_tiles_causal_deal_d32", DType::BF16, 512, 512, 32);
+  c.batch = 3; c.hq = 48; c.hk = 16; c.causal = true; c.backward = false;
+  v.push_back(c);
   c = make("many_tiles_causal_d192", DType::BF16, 260, 260, 192);
   c.batch = 2; c.hq = c.hk = 64; c.causal = true;
   v.push_back(c);
@@ -330,7 +339,7 @@ std::vector<Case> feature_cases() {
 
 std::vector<Case> large_cases() {
   std::vector<Case> v;
-  for (int d : {64, 96, 128, 256}) {
+  for (int d : {32, 64, 96, 128, 256}) {
     Case c = make("long_causal_d" + std::to_string(d), DType::BF16, 2048, 2048, d);
     c.causal = true; c.backward = false;
     v.push_back(c);

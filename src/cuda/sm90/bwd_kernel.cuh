@@ -105,6 +105,7 @@ constexpr int kBwdThreads = 384;
 //   d = 96:  d = 128's tiles and shared-memory layout (TMA fills columns 96-127 with zeros), the
 //            products over 96 columns only: S^T / dP^T in 6 k-steps, dK / dV N = 96 [48 registers
 //            each], dQ split uneven as at d = 192 (warpgroup 0 columns [64, 96), warpgroup 1 [0, 64)).
+//   d = 32:  d = 64's tiles and layout the same way (2 k-steps, dK / dV N = 32, dQ parts 64 x 32).
 // Each warpgroup's dQ product covers all of the item's keys, so every dQ element is reduced into the
 // accumulator once per item (an earlier version reduced each warpgroup's 64-key part separately:
 // twice the reduction traffic).
@@ -122,7 +123,7 @@ struct BwdShape {
   static constexpr int kWgKeys = kSplitD ? 0 : 64;          // warpgroup w's first key: kWgKeys * w
   // The dQ staging's tiles (bwd_kernel's stores, the writers' reduce-adds, run_bwd's tensor map):
   // kDqTileCols fp32 columns x 64 rows, 128-byte swizzled at 32 columns, unswizzled at 8.
-  static constexpr int kDqTileCols = kD == 64 ? 8 : 32;
+  static constexpr int kDqTileCols = kD <= 64 ? 8 : 32;
   static constexpr int kDqTileBytes = 64 * kDqTileCols * 4;
   // The dQ part's proxy fence and hand-off to its writer at the next step's score products instead of
   // right after its staging stores (bwd_kernel, dq_release_pending). Measured (session 23, H200,
@@ -130,18 +131,18 @@ struct BwdShape {
   // (3 rounds; the other two within their 7-9% spreads); d = 128 -3-0%, d = 192 +-1%, d = 256 -3-0%
   // (2 rounds at 2048 / 8192: the writer's reduce-adds start later; ncu had put ~8% of the d = 256
   // consumers' stall samples on the fence and the arrival behind it).
-  static constexpr bool kLateDqRelease = kD == 64;
+  static constexpr bool kLateDqRelease = kD <= 64;
   // Warpgroup w's dK / dV columns [wc0(w), + wg_cols(w)) and dQ part columns [dq_c(w), + dq_cols(w)),
   // rows [dq_m(w), + 64) of the step.
   __host__ __device__ static constexpr int wg_cols(int w) { return !kSplitD ? kD : kUneven && w == 1 ? 64 : 128; }
   __host__ __device__ static constexpr int wc0(int w) { return kSplitD ? 128 * w : 0; }
   __host__ __device__ static constexpr int dq_cols(int w) {
-    return kD == 96 ? 32 + 32 * w : kD == 64 || kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
+    return kD <= 64 ? kD : kD == 96 ? 32 + 32 * w : kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
   }
   __host__ __device__ static constexpr int dq_c(int w) {
-    return kD == 64 ? 0 : kD == 96 ? 64 * (1 - w) : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w;
+    return kD <= 64 ? 0 : kD == 96 ? 64 * (1 - w) : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w;
   }
-  __host__ __device__ static constexpr int dq_m(int w) { return kD == 64 ? 64 * w : 0; }
+  __host__ __device__ static constexpr int dq_m(int w) { return kD <= 64 ? 64 * w : 0; }
   static_assert(kBM * kD == 64 * (dq_cols(0) + dq_cols(1)), "the two 64-row dQ parts cover the step");
 };
 
@@ -945,7 +946,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             // instructions per element: masked steps ran ~1.5x the time of plain ones, session 11).
             // Not in d = 64's softcap / ALiBi kernel, which is at its register limit: the two rows'
             // offsets and widths made ptxas spill 180 bytes there (76 with the per-element test).
-            constexpr bool kInterval = decltype(masked)::value && !(kMods && kD == 64);
+            constexpr bool kInterval = decltype(masked)::value && !(kMods && kD <= 64);
             [[maybe_unused]] ScoreMod::RowIntervals qiv;
             if constexpr (kInterval) qiv = mod.key_row_intervals(key0, m0 + 2 * (lane % 4));
   #pragma unroll

@@ -8,10 +8,10 @@
 
 namespace ioattn::cuda::sm90 {
 
-// Query rows per step of the backward kernel at (padded) head dim d: 128 at d = 64, else 64 (d = 96:
-// d = 128's tiles)
+// Query rows per step of the backward kernel at (padded) head dim d: 128 at d = 32 / 64, else 64
+// (d = 32 / 96: d = 64's / 128's tiles)
 // (why: BwdShape in bwd_kernel.cuh).
-constexpr int bwd_block_m(int d) { return d == 64 ? 128 : 64; }
+constexpr int bwd_block_m(int d) { return d <= 64 ? 128 : 64; }
 // Keys per work item (a key block): 128 (64 per consumer warpgroup), or 64 at d = 192 and 256 (shared
 // by both warpgroups, which split the head dim; BwdShape).
 constexpr int bwd_block_n(int d) { return d >= 192 ? 64 : 128; }

@@ -25,9 +25,10 @@
 namespace ioattn::cuda::sm90 {
 
 struct FwdTile {
-  int head_dim;     // the kernel's (padded) head dim: 64, 96, 128, 192 or 256 (96: tiles laid out
-                    // as d = 128's, TMA filling columns 96-127 with zeros, but the products
-                    // only over the first 96: S = Q K^T in 6 k-steps, O += P V with N = 96)
+  int head_dim;     // the kernel's (padded) head dim: 32, 64, 96, 128, 192 or 256 (32 / 96: tiles
+                    // laid out as d = 64's / 128's, TMA filling the columns past 32 / 96 with
+                    // zeros, but the products only over the first 32 / 96: S = Q K^T in 2 / 6
+                    // k-steps, O += P V with N = 32 / 96)
   int block_m;      // query rows per CTA (64 per consumer warpgroup)
   int consumers;    // consumer warpgroups: 2, or 3 where a third warpgroup's products are what the
                     // tensor cores lack under each softmax (d 64, FA3's choice)
@@ -89,6 +90,8 @@ struct FwdTile {
 inline constexpr FwdTile kFwdTiles[] = {
     {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
     {64, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 96 KB smem"},
+    {32, 192, 3, 128, 3, 2, true, true, true, "d = 64's tiles on 32 columns: S 64 + O 16 + P 32 regs of 160; 144 KB smem"},
+    {32, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 16 regs; 96 KB smem"},
     {96, 128, 2, 128, 2, 2, true, true, true, "d = 128's tile on 96 columns: S 64 + O 48 + P 32 regs; 192 KB smem"},
     {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
@@ -97,10 +100,10 @@ inline constexpr FwdTile kFwdTiles[] = {
 };
 inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
 
-// The sm90 head dim a call of head dim d runs with: 64, 96, 128, 192 or 256 (extra columns read as
-// zeros through the tensor maps), or 0 above 256.
+// The sm90 head dim a call of head dim d runs with: 32, 64, 96, 128, 192 or 256 (extra columns read
+// as zeros through the tensor maps), or 0 above 256.
 constexpr int sm90_head_dim(int d) {
-  return d <= 64 ? 64 : (d <= 96 ? 96 : (d <= 128 ? 128 : (d <= 192 ? 192 : (d <= 256 ? 256 : 0))));
+  return d <= 32 ? 32 : d <= 64 ? 64 : (d <= 96 ? 96 : (d <= 128 ? 128 : (d <= 192 ? 192 : (d <= 256 ? 256 : 0))));
 }
 
 // The first row of head dim head_dim (an sm90 head dim), and whether row i + 1 is another tile of it.
