@@ -14,7 +14,7 @@
 # Environment (all optional):
 #   BUILD_DIR    build directory                     (default build-gpu)
 #   ARCH         CMAKE_CUDA_ARCHITECTURES            (default 90a; 80 for Ampere)
-#   HEAD_DIMS    IOATTN_CUDA_HEAD_DIMS               (default "64;96;128;192;256": every sm90 kernel, as CI builds)
+#   HEAD_DIMS    IOATTN_CUDA_HEAD_DIMS               (default "32;64;96;128;192;256": every sm90 kernel, as CI builds)
 #   LOG_DIR      where logs and results are written  (default $BUILD_DIR/gpu_check)
 #   BENCH_ARGS   extra arguments for bench_attn.py   (e.g. "--seqlens 1024,4096,16384 --head-dims 128";
 #                "--shape-checks" adds the GQA / varlen per-FLOP table, about a minute more)
@@ -72,7 +72,7 @@ if [ "${1:-}" = "--make-deps-prefix" ]; then
 fi
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 ARCH=${ARCH:-90a}
-HEAD_DIMS=${HEAD_DIMS:-64;96;128;192;256}
+HEAD_DIMS=${HEAD_DIMS:-32;64;96;128;192;256}
 LOG_DIR=${LOG_DIR:-$BUILD_DIR/gpu_check}
 BENCH_ARGS=${BENCH_ARGS:-}
 mkdir -p "$LOG_DIR"
