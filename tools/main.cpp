@@ -20,12 +20,12 @@ using ioattn::DType;
 
 struct RunFlags {
   std::string device, dtype, window;
-  int64_t batch = 0, heads = 0, kv_heads = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0, repeat = 0;
+  int64_t batch = 0, heads = 0, kv_heads = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0, head_dim_v = 0, repeat = 0;
   double softcap = 0.0, dropout = 0.0;
   uint64_t seed = 0;
   RunConfig cfg;  // the boolean flags land here directly
   // Which size flags were given (CLI11 counts them); the others get the device's default problem.
-  CLI::Option *o_batch, *o_heads, *o_kv_heads, *o_seqlen_q, *o_seqlen_k, *o_head_dim, *o_repeat;
+  CLI::Option *o_batch, *o_heads, *o_kv_heads, *o_seqlen_q, *o_seqlen_k, *o_head_dim, *o_head_dim_v, *o_repeat;
 };
 
 // Default problems. CPU: small enough that a run takes seconds on a laptop. CUDA: the FlashAttention
@@ -99,6 +99,7 @@ RunConfig resolve(RunFlags& f) {
   c.seqlen_q = f.o_seqlen_q->count() ? to_int("--seqlen-q", f.seqlen_q, 1) : d.seqlen;
   c.seqlen_k = f.o_seqlen_k->count() ? to_int("--seqlen-k", f.seqlen_k, 1) : c.seqlen_q;
   c.head_dim = f.o_head_dim->count() ? to_int("--head-dim", f.head_dim, 1) : d.head_dim;
+  c.head_dim_v = f.o_head_dim_v->count() ? to_int("--head-dim-v", f.head_dim_v, 1) : c.head_dim;
   c.repeat = f.o_repeat->count() ? to_int("--repeat", f.repeat, 1) : d.repeat;
   if (!f.window.empty()) parse_window(f.window, &c.window_left, &c.window_right);
   if (!std::isfinite(f.softcap) || f.softcap < 0)
@@ -122,6 +123,7 @@ void add_run_flags(CLI::App* run, RunFlags& f) {
   f.o_seqlen_q = run->add_option("--seqlen-q,--seqlen", f.seqlen_q, "query length (default: 1024 on cpu, 4096 on cuda)");
   f.o_seqlen_k = run->add_option("--seqlen-k", f.seqlen_k, "key length (default: --seqlen-q)");
   f.o_head_dim = run->add_option("--head-dim", f.head_dim, "head dim (default 128)");
+  f.o_head_dim_v = run->add_option("--head-dim-v", f.head_dim_v, "head dim of v and out (default: --head-dim)");
   run->add_flag("--causal", f.cfg.causal, "causal mask (bottom-right aligned)");
   run->add_option("--window", f.window, "sliding window L,R (-1 = unbounded), e.g. --window=256,0");
   run->add_option("--softcap", f.softcap, "score soft cap (0 = off)");

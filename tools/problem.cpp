@@ -144,6 +144,16 @@ std::vector<int64_t> kv_shape(const RunConfig& c, const HostProblem& p) {
   return {c.batch, c.seqlen_k, c.kv_heads, c.head_dim};
 }
 
+std::vector<int64_t> v_shape(const RunConfig& c, const HostProblem& p) {
+  if (c.varlen) return {p.rows_k, c.kv_heads, c.head_dim_v};
+  return {c.batch, c.seqlen_k, c.kv_heads, c.head_dim_v};
+}
+
+std::vector<int64_t> o_shape(const RunConfig& c, const HostProblem& p) {
+  if (c.varlen) return {p.rows_q, c.heads, c.head_dim_v};
+  return {c.batch, c.seqlen_q, c.heads, c.head_dim_v};
+}
+
 std::vector<int64_t> lse_shape(const RunConfig& c, const HostProblem& p) {
   if (c.varlen) return {c.heads, p.rows_q};
   return {c.batch, c.heads, c.seqlen_q};
@@ -156,10 +166,10 @@ ioattn::TensorView HostProblem::k_view(const RunConfig& c) const {
   return view_of(const_cast<unsigned char*>(k.data()), c.dtype, kv_shape(c, *this));
 }
 ioattn::TensorView HostProblem::v_view(const RunConfig& c) const {
-  return view_of(const_cast<unsigned char*>(v.data()), c.dtype, kv_shape(c, *this));
+  return view_of(const_cast<unsigned char*>(v.data()), c.dtype, v_shape(c, *this));
 }
 ioattn::TensorView HostProblem::dout_view(const RunConfig& c) const {
-  return view_of(const_cast<unsigned char*>(dout.data()), c.dtype, q_shape(c, *this));
+  return view_of(const_cast<unsigned char*>(dout.data()), c.dtype, o_shape(c, *this));
 }
 
 ioattn::Args HostProblem::host_args(const RunConfig& c) const {
@@ -195,8 +205,8 @@ HostProblem make_problem(const RunConfig& c) {
   p.rows_k = int64_t{c.batch} * c.seqlen_k;
   p.q = random_normal(c.dtype, numel(q_shape(c, p)), rng);
   p.k = random_normal(c.dtype, numel(kv_shape(c, p)), rng);
-  p.v = random_normal(c.dtype, numel(kv_shape(c, p)), rng);
-  if (c.backward) p.dout = random_normal(c.dtype, numel(q_shape(c, p)), rng);
+  p.v = random_normal(c.dtype, numel(v_shape(c, p)), rng);
+  if (c.backward) p.dout = random_normal(c.dtype, numel(o_shape(c, p)), rng);
   if (c.alibi) {
     p.alibi_slopes.resize(c.heads);
     for (int h = 0; h < c.heads; ++h) p.alibi_slopes[h] = std::exp2(-8.0f * (h + 1) / c.heads);
@@ -216,7 +226,7 @@ double forward_flops(const RunConfig& c, const HostProblem& p) {
     else if (causal_only && sq == sk) pairs += double(sq) * sk / 2;
     else pairs += visible_pairs(sq, sk, left, right);
   }
-  return 4.0 * c.heads * c.head_dim * pairs;
+  return 2.0 * c.heads * (c.head_dim + c.head_dim_v) * pairs;
 }
 
 double score_matrix_elements(const RunConfig& c, const HostProblem& p) {

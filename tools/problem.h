@@ -14,7 +14,7 @@ struct RunConfig {
   ioattn::DeviceType device = ioattn::DeviceType::CPU;
   int device_index = 0;
   ioattn::DType dtype = ioattn::DType::F32;
-  int batch = 0, heads = 0, kv_heads = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0;
+  int batch = 0, heads = 0, kv_heads = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0, head_dim_v = 0;
   bool causal = false;
   int window_left = -1, window_right = -1;  // -1: unbounded on that side
   float softcap = 0.0f, dropout = 0.0f;
@@ -27,7 +27,7 @@ struct RunConfig {
 };
 
 // Host copies of the inputs, in the run's dtype, laid out contiguously: dense q (B, Sq, Hq, D),
-// k/v (B, Sk, Hk, D), or packed q (Tq, Hq, D), k/v (Tk, Hk, D) in varlen mode.
+// k (B, Sk, Hk, D), v (B, Sk, Hk, Dv), dout (B, Sq, Hq, Dv), or packed (Tq / Tk rows) in varlen mode.
 struct HostProblem {
   std::vector<unsigned char> q, k, v, dout;
   std::vector<float> alibi_slopes;   // (Hq), empty without --alibi
@@ -49,7 +49,8 @@ struct HostProblem {
 // random lengths that sum to batch*seqlen_q (and batch*seqlen_k; the same lengths when Sq == Sk).
 HostProblem make_problem(const RunConfig& c);
 
-// Forward FLOPs as the FlashAttention papers count them: 4·Sq·Sk·D per (sequence, head), halved for
+// Forward FLOPs as the FlashAttention papers count them: 4·Sq·Sk·D per (sequence, head) (2·Sq·Sk·(D + Dv)
+// where v's head dim differs), halved for
 // causal when Sq == Sk. Other masks (a sliding window, causal with Sq != Sk) are credited with the
 // (query, key) pairs they actually leave visible. Backward is 2.5× this. Varlen sums per sequence.
 double forward_flops(const RunConfig& c, const HostProblem& p);
@@ -57,9 +58,11 @@ double forward_flops(const RunConfig& c, const HostProblem& p);
 // Elements of one N×N matrix (S or P) of standard attention: Σ over sequences of Hq·Sq·Sk.
 double score_matrix_elements(const RunConfig& c, const HostProblem& p);
 
-// Shape of q/k/v/out in the API's layout for this configuration.
+// Shapes of q / k, v and out / dout in the API's layout for this configuration.
 std::vector<int64_t> q_shape(const RunConfig& c, const HostProblem& p);
 std::vector<int64_t> kv_shape(const RunConfig& c, const HostProblem& p);
+std::vector<int64_t> v_shape(const RunConfig& c, const HostProblem& p);
+std::vector<int64_t> o_shape(const RunConfig& c, const HostProblem& p);
 std::vector<int64_t> lse_shape(const RunConfig& c, const HostProblem& p);
 
 // A contiguous view of `shape` over data (TensorView::contiguous with a runtime shape).

@@ -119,6 +119,7 @@ void print_json(const RunConfig& c, const Measured& m) {
   j["seqlen_q"] = c.seqlen_q;
   j["seqlen_k"] = c.seqlen_k;
   j["head_dim"] = c.head_dim;
+  j["head_dim_v"] = c.head_dim_v;
   j["causal"] = c.causal;
   j["window"] = {c.window_left, c.window_right};
   j["softcap"] = c.softcap;
@@ -170,6 +171,7 @@ void print_text(const RunConfig& c, const Measured& m) {
   std::printf("  seqlen %d", c.seqlen_q);
   if (c.seqlen_k != c.seqlen_q) std::printf("x%d", c.seqlen_k);
   std::printf("  head dim %d", c.head_dim);
+  if (c.head_dim_v != c.head_dim) std::printf(" (v %d)", c.head_dim_v);
   if (c.causal) std::printf("  causal");
   if (c.window_left >= 0 || c.window_right >= 0) std::printf("  window (%d,%d)", c.window_left, c.window_right);
   if (c.softcap > 0) std::printf("  softcap %g", c.softcap);
@@ -215,10 +217,11 @@ int run_command(const RunConfig& c) {
   Device& d = *dev;
 
   const auto qs = q_shape(c, hp), kvs = kv_shape(c, hp), ls = lse_shape(c, hp);
+  const auto vs = v_shape(c, hp), os = o_shape(c, hp);  // v / out: head_dim_v
   DeviceTensor q = upload(d, c.dtype, qs, hp.q.data());
   DeviceTensor k = upload(d, c.dtype, kvs, hp.k.data());
-  DeviceTensor v = upload(d, c.dtype, kvs, hp.v.data());
-  DeviceTensor out = poisoned(d, c.dtype, qs);
+  DeviceTensor v = upload(d, c.dtype, vs, hp.v.data());
+  DeviceTensor out = poisoned(d, c.dtype, os);
   DeviceTensor lse = poisoned(d, ioattn::DType::F32, ls);
 
   ioattn::Args args = c.args();
@@ -260,10 +263,10 @@ int run_command(const RunConfig& c) {
 
   DeviceTensor dout, dq, dk, dv;
   if (c.backward) {
-    dout = upload(d, c.dtype, qs, hp.dout.data());
+    dout = upload(d, c.dtype, os, hp.dout.data());
     dq = poisoned(d, c.dtype, qs);
     dk = poisoned(d, c.dtype, kvs);
-    dv = poisoned(d, c.dtype, kvs);
+    dv = poisoned(d, c.dtype, vs);
     const Timing bwd = time_call(d, c.repeat, "backward", [&] {
       return ioattn::backward(q.view, k.view, v.view, out.view, dout.view, lse.view, dq.view, dk.view, dv.view,
                               args);

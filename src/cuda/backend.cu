@@ -188,6 +188,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
     *sm90_forward = true;
     const sm90::FwdTile tile = sm90::fwd_tile(sm90::forward_head_dim(std::max(p.head_dim, p.head_dim_v)), p);
     name << "sm90 forward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << tile.head_dim;
+    if (tile.head_dim_v != tile.head_dim) name << " (v " << tile.head_dim_v << ")";
     if (tile.head_dim != std::max(p.head_dim, p.head_dim_v))
       name << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
     name << ", tile " << tile.block_m << "x" << tile.block_n << ", " << tile.stages << " stages, " << tile.consumers

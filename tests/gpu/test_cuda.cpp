@@ -230,6 +230,14 @@ std::vector<Case> feature_cases() {
     c = make("dv_gt_d", dt, 80, 90, 32);
     c.dv = 64;
     v.push_back(c);
+    // q / k of 192 and v of 128 (DeepSeek's MLA prefill: the sm90 forward's (192, 128) tile, its V tiles
+    // and O at 128 columns), causal GQA, and v narrower still (96, zero-filled to 128) with ALiBi.
+    c = make("mla_d192_v128_causal_gqa", dt, 200, 260, 192);
+    c.dv = 128; c.causal = true; c.hq = 4; c.hk = 2;
+    v.push_back(c);
+    c = make("d160_v96_alibi", dt, 150, 140, 160);
+    c.dv = 96; c.alibi = Alibi::PerHead; c.softcap = 20.0f;
+    v.push_back(c);
     // The sm90 d = 96 forward (d = 128's tiles, products over 96 columns) with q / k and v of
     // different widths on either side of 80, causal.
     c = make("dv_lt_d_d96", dt, 130, 150, 96);
@@ -302,6 +310,9 @@ std::vector<Case> feature_cases() {
   v.push_back(c);
   c = make("many_tiles_causal_deal_d32", DType::BF16, 512, 512, 32);
   c.batch = 3; c.hq = 48; c.hk = 16; c.causal = true; c.backward = false;
+  v.push_back(c);
+  c = make("many_tiles_varlen_mla_d192_v128", DType::BF16, 0, 0, 192);
+  c.dv = 128; c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
   c = make("many_tiles_causal_d192", DType::BF16, 260, 260, 192);
   c.batch = 2; c.hq = c.hk = 64; c.causal = true;

@@ -29,6 +29,9 @@ struct FwdTile {
                     // laid out as d = 64's / 128's, TMA filling the columns past 32 / 96 with
                     // zeros, but the products only over the first 32 / 96: S = Q K^T in 2 / 6
                     // k-steps, O += P V with N = 32 / 96)
+  int head_dim_v;   // v's and O's: head_dim, or 128 in d = 192's second row (q / k 192, v 128:
+                    // DeepSeek's MLA prefill), whose P V product, O registers and V tiles are
+                    // sized by it
   int block_m;      // query rows per CTA (64 per consumer warpgroup)
   int consumers;    // consumer warpgroups: 2, or 3 where a third warpgroup's products are what the
                     // tensor cores lack under each softmax (d 64, FA3's choice)
@@ -88,15 +91,16 @@ struct FwdTile {
 //            (session 26, bench/results/variants-nvidia-h200-2026-11-24-s26-fwd-d64-short-stages.txt):
 //            2 against 3 at causal 512 / 1024 256 / 334 against 255 / 328 (5 rounds), 4 252 / 328.
 inline constexpr FwdTile kFwdTiles[] = {
-    {64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
-    {64, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 96 KB smem"},
-    {32, 192, 3, 128, 3, 2, true, true, true, "d = 64's tiles on 32 columns: S 64 + O 16 + P 32 regs of 160; 144 KB smem"},
-    {32, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 16 regs; 96 KB smem"},
-    {96, 128, 2, 128, 2, 2, true, true, true, "d = 128's tile on 96 columns: S 64 + O 48 + P 32 regs; 192 KB smem"},
-    {128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
-    {192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
-    {256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
-    {256, 128, 2, 64, 2, 1, true, true, false, "keys that 80-key blocks pad: S 32 + O 128 + P 16 regs; 192 KB smem"},
+    {64, 64, 192, 3, 128, 3, 2, true, true, true, "S 64 + O 32 + P 32 regs of 160; 144 KB smem"},
+    {64, 64, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 96 KB smem"},
+    {32, 32, 192, 3, 128, 3, 2, true, true, true, "d = 64's tiles on 32 columns: S 64 + O 16 + P 32 regs of 160; 144 KB smem"},
+    {32, 32, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 16 regs; 96 KB smem"},
+    {96, 96, 128, 2, 128, 2, 2, true, true, true, "d = 128's tile on 96 columns: S 64 + O 48 + P 32 regs; 192 KB smem"},
+    {128, 128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
+    {192, 192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
+    {192, 128, 128, 2, 80, 2, 2, true, true, false, "v 128 (MLA): S 40 + O 64 + P 20 regs; 196 KB smem"},
+    {256, 256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
+    {256, 256, 128, 2, 64, 2, 1, true, true, false, "keys that 80-key blocks pad: S 32 + O 128 + P 16 regs; 192 KB smem"},
 };
 inline constexpr int kFwdTileCount = sizeof(kFwdTiles) / sizeof(kFwdTiles[0]);
 
@@ -139,6 +143,7 @@ inline int64_t fwd_key_span(const Params& p) {
 inline int fwd_tile_index(int head_dim, const Params& p) {
   const int i = fwd_first_tile(head_dim);
   if (!fwd_has_second_tile(head_dim)) return i;
+  if (head_dim == 192) return p.head_dim_v <= 128 ? i + 1 : i;  // (MLA's v of 128 next to q / k of 192)
   if (head_dim == 256) {
     const int64_t keys80 = (p.seqlen_k + 79) / 80 * 80, keys64 = (p.seqlen_k + 63) / 64 * 64;
     return keys64 * 20 < keys80 * 19 ? i + 1 : i;
@@ -415,6 +420,7 @@ template <int kTile>
 struct FwdTileAt {
   static_assert(kTile >= 0 && kTile < kFwdTileCount, "a row of kFwdTiles");
   static constexpr int head_dim = kFwdTiles[kTile].head_dim;
+  static constexpr int head_dim_v = kFwdTiles[kTile].head_dim_v;
   static constexpr int block_m = kFwdTiles[kTile].block_m;
   static constexpr int consumers = kFwdTiles[kTile].consumers;
   static constexpr int block_n = kFwdTiles[kTile].block_n;

@@ -88,13 +88,16 @@ struct FwdSmem {
   static constexpr int kBM = FwdTileAt<kTile>::block_m, kBN = FwdTileAt<kTile>::block_n;
   static constexpr int kStages = FwdTileAt<kTile>::stages;
   static constexpr int kQStages = FwdTileAt<kTile>::q_stages;
-  static constexpr int kChunks = kD / 64;  // 64-column tiles per row (wgmma.cuh)
+  static constexpr int kDV = fwd_layout_dim(FwdTileAt<kTile>::head_dim_v);  // v's and O's columns laid out
+  static constexpr int kChunks = kD / 64;  // 64-column tiles per row of Q and K (wgmma.cuh)
+  static constexpr int kVChunks = kDV / 64;  // of V and O
   static constexpr int kQBytes = kBM * kD * 2;
-  static constexpr int kKVBytes = kBN * kD * 2;
+  static constexpr int kKBytes = kBN * kD * 2;
+  static constexpr int kVBytes = kBN * kDV * 2;
   static constexpr int kQ = 0;
   static constexpr int kK = kQ + kQStages * kQBytes;
-  static constexpr int kV = kK + kStages * kKVBytes;
-  static constexpr int kBar = kV + kStages * kKVBytes;
+  static constexpr int kV = kK + kStages * kKBytes;
+  static constexpr int kBar = kV + kStages * kVBytes;
   // The dynamic schedule's hand-over ring (fwd_kernel's protocol): kHandRing tile indices, each
   // with a full and an empty mbarrier.
   static constexpr int kHandRing = 4;
@@ -295,7 +298,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   constexpr int kConsumers = W::kConsumers;
   constexpr int kBM = L::kBM, kBN = L::kBN, kStages = L::kStages, kQStages = L::kQStages;
   constexpr int kNT = kBN / 8;  // 8-key column tiles of S
-  constexpr int kDT = kD / 8;   // 8-column tiles of O
+  constexpr int kDT = FwdTileAt<kTile>::head_dim_v / 8;  // 8-column tiles of O
   constexpr int kPT = kBN / 16; // 16-key k-steps of O += P V
 
   extern __shared__ unsigned char smem_raw[];
@@ -402,18 +405,19 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
         const int s = kv % kStages;
         const uint32_t parity = ((kv / kStages) & 1) ^ 1;  // the consumers' release one round ago
         // K_n, then V_n, into ring slot s: wait until the slot is free, announce the bytes, copy.
-        auto load = [&](const CUtensorMap* map, int base, uint64_t* full, uint64_t* empty) {
+        // (bytes and chunks: K's or V's, compile-time constants once inlined)
+        auto load = [&](const CUtensorMap* map, int base, int bytes, int chunks, uint64_t* full, uint64_t* empty) {
           if (kv >= kStages) wait_barrier(empty + s, parity);
-          ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, full + s, L::kKVBytes);
+          ptx::mbarrier_arrive_expect_tx(ptx::sem_release, ptx::scope_cta, ptx::space_shared, full + s, bytes);
 #pragma unroll
-          for (int c = 0; c < L::kChunks; ++c) {
+          for (int c = 0; c < chunks; ++c) {
             const int32_t coords[4] = {c * 64, k_row + n * kBN, hk, bt};
             ptx::cp_async_bulk_tensor(ptx::space_cluster, ptx::space_global,
-                                      smem + base + s * L::kKVBytes + c * kBN * kSwizzleBytes, map, coords, full + s);
+                                      smem + base + s * bytes + c * kBN * kSwizzleBytes, map, coords, full + s);
           }
         };
-        load(&tm_k, L::kK, k_full, k_empty);
-        load(&tm_v, L::kV, v_full, v_empty);
+        load(&tm_k, L::kK, L::kKBytes, L::kChunks, k_full, k_empty);
+        load(&tm_v, L::kV, L::kVBytes, L::kVChunks, v_full, v_empty);
       }
     }
     return;
@@ -483,7 +487,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   // S = Q K^T for the K tile in ring slot s: kD / 16 k-steps of m64 x n(kBN) x k16 (not waited on).
   auto issue_s = [&](float (&sacc)[kNT][4], int s) {
     const uint64_t da0 = make_desc(q_addr, 16, kAtomBytes);
-    const uint64_t db0 = make_desc(smem_base + L::kK + s * L::kKVBytes, 16, kAtomBytes);
+    const uint64_t db0 = make_desc(smem_base + L::kK + s * L::kKBytes, 16, kAtomBytes);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
@@ -495,7 +499,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
   };
   // O += P V for the V tile in ring slot s: kBN / 16 k-steps of m64 x n(kD) x k16, V read N-major.
   auto issue_pv = [&](float (&o)[kDT][4], const uint32_t (&pk)[kPT][4], int s) {
-    const uint64_t db0 = make_desc(smem_base + L::kV + s * L::kKVBytes, kBN * kSwizzleBytes, kAtomBytes);
+    const uint64_t db0 = make_desc(smem_base + L::kV + s * L::kVBytes, kBN * kSwizzleBytes, kAtomBytes);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kPT; ++kk) wgmma_rs<T, 1>(o, pk[kk], desc_add(db0, kk * 16 * kSwizzleBytes), 1);
@@ -723,7 +727,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
       if (leader) {
         const int bt = p.varlen ? 0 : w.b;
 #pragma unroll
-        for (int c = 0; c < L::kChunks; ++c) {
+        for (int c = 0; c < L::kVChunks; ++c) {
           const int32_t coords[4] = {c * 64, static_cast<int>(w.sb.q_row0) + wg_m0, w.h, bt};
           ptx::cp_async_bulk_tensor(ptx::space_global, ptx::space_shared, &tm_o, coords, so + c * chunk_bytes);
         }
@@ -772,7 +776,7 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
       else if (cwg == 0)
         early_meet_sync();
       if (stage_o) {
-        store_o(smem + (cwg == 0 ? L::kK : L::kV) + s * L::kKVBytes, kBN * kSwizzleBytes);
+        store_o(smem + (cwg == 0 ? L::kK + s * L::kKBytes : L::kV + s * L::kVBytes), kBN * kSwizzleBytes);
         o_pending = s;
       }
     }
