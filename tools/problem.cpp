@@ -134,24 +134,23 @@ ioattn::TensorView view_of(void* data, DType dt, const std::vector<int64_t>& sha
   return t;
 }
 
+// A tensor of `cols` columns in the API's layout: dense (B, seqlen, heads, cols), varlen (rows, heads, cols).
+static std::vector<int64_t> api_shape(const RunConfig& c, int64_t rows, int seqlen, int heads, int cols) {
+  if (c.varlen) return {rows, heads, cols};
+  return {c.batch, seqlen, heads, cols};
+}
+
 std::vector<int64_t> q_shape(const RunConfig& c, const HostProblem& p) {
-  if (c.varlen) return {p.rows_q, c.heads, c.head_dim};
-  return {c.batch, c.seqlen_q, c.heads, c.head_dim};
+  return api_shape(c, p.rows_q, c.seqlen_q, c.heads, c.head_dim);
 }
-
 std::vector<int64_t> kv_shape(const RunConfig& c, const HostProblem& p) {
-  if (c.varlen) return {p.rows_k, c.kv_heads, c.head_dim};
-  return {c.batch, c.seqlen_k, c.kv_heads, c.head_dim};
+  return api_shape(c, p.rows_k, c.seqlen_k, c.kv_heads, c.head_dim);
 }
-
 std::vector<int64_t> v_shape(const RunConfig& c, const HostProblem& p) {
-  if (c.varlen) return {p.rows_k, c.kv_heads, c.head_dim_v};
-  return {c.batch, c.seqlen_k, c.kv_heads, c.head_dim_v};
+  return api_shape(c, p.rows_k, c.seqlen_k, c.kv_heads, c.head_dim_v);
 }
-
 std::vector<int64_t> o_shape(const RunConfig& c, const HostProblem& p) {
-  if (c.varlen) return {p.rows_q, c.heads, c.head_dim_v};
-  return {c.batch, c.seqlen_q, c.heads, c.head_dim_v};
+  return api_shape(c, p.rows_q, c.seqlen_q, c.heads, c.head_dim_v);
 }
 
 std::vector<int64_t> lse_shape(const RunConfig& c, const HostProblem& p) {
