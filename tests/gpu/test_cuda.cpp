@@ -261,10 +261,14 @@ std::vector<Case> feature_cases() {
   v.push_back(c);
   // Non-causal d 64 (3 warpgroups in every tile): warpgroups whose rows all lie past their sequence's
   // end skip their products (dead_steps) in tiles of 1, 2 and 3 live warpgroups, next to live ones.
-  c = make("many_tiles_varlen_d64", DType::F16, 0, 0, 64);
-  c.lens_q = {500, 193, 64, 130, 1, 320, 384, 129}; c.lens_k = {470, 260, 64, 300, 17, 320, 90, 129};
-  c.hq = 24; c.hk = 8;
-  v.push_back(c);
+  // The same for d 32 (d 64's tiles over 32 columns), here and in the deal and varlen cases below
+  // (d 96 on d 128's tiles likewise).
+  for (int d : {64, 32}) {
+    c = make("many_tiles_varlen_d" + std::to_string(d), DType::F16, 0, 0, d);
+    c.lens_q = {500, 193, 64, 130, 1, 320, 384, 129}; c.lens_k = {470, 260, 64, 300, 17, 320, 90, 129};
+    c.hq = 24; c.hk = 8;
+    v.push_back(c);
+  }
   // Causal d 64 with 3 warpgroups (key span >= 768): per tile, warpgroups whose rows end a key block
   // before the tile's last take empty turns for it (kSkipMasked), at both tile alignments (192-row
   // tiles start on and between 128-key blocks), with sq < sk (bottom-right diagonal, shift 300).
@@ -280,9 +284,11 @@ std::vector<Case> feature_cases() {
   // 128-row tiles over 132 CTAs (one round of pairs, then 312 tiles dealt), and d 128 with sq > sk
   // (rows 0-199 see no key: empty tiles in the deal, left out of it) and an odd middle block (5
   // query blocks: its empty partner slot), two rounds of pairs on 131 CTAs, then the deal.
-  c = make("many_tiles_causal_deal_d64", DType::BF16, 512, 512, 64);
-  c.batch = 3; c.hq = 48; c.hk = 16; c.causal = true; c.backward = false;
-  v.push_back(c);
+  for (int d : {64, 32}) {
+    c = make("many_tiles_causal_deal_d" + std::to_string(d), DType::BF16, 512, 512, d);
+    c.batch = 3; c.hq = 48; c.hk = 16; c.causal = true; c.backward = false;
+    v.push_back(c);
+  }
   c = make("many_tiles_causal_deal_d128", DType::BF16, 600, 400, 128);
   c.batch = 2; c.hq = 80; c.hk = 16; c.causal = true; c.backward = false;
   v.push_back(c);
@@ -291,26 +297,11 @@ std::vector<Case> feature_cases() {
   c.batch = 2; c.hq = 80; c.hk = 16; c.causal = true; c.backward = false;
   c.softcap = 5.0f; c.alibi = Alibi::PerHead;
   v.push_back(c);
-  c = make("many_tiles_varlen_d128", DType::F16, 0, 0, 128);
-  c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
-  v.push_back(c);
-  // The d = 96 forward over many tiles: causal GQA pairs with tiles that see no key, varlen with
-  // blocks that end inside a warpgroup's rows.
-  c = make("many_tiles_causal_gqa_d96", DType::BF16, 330, 200, 96);
-  c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
-  v.push_back(c);
-  c = make("many_tiles_varlen_d96", DType::F16, 0, 0, 96);
-  c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
-  v.push_back(c);
-  // The d = 32 forward (d = 64's tiles over 32 columns): 3 consumer warpgroups over many tiles,
-  // varlen and non-causal, and 2 where a causal mask leaves short key spans.
-  c = make("many_tiles_varlen_d32", DType::F16, 0, 0, 32);
-  c.lens_q = {500, 193, 64, 130, 1, 320, 384, 129}; c.lens_k = {470, 260, 64, 300, 17, 320, 90, 129};
-  c.hq = 24; c.hk = 8;
-  v.push_back(c);
-  c = make("many_tiles_causal_deal_d32", DType::BF16, 512, 512, 32);
-  c.batch = 3; c.hq = 48; c.hk = 16; c.causal = true; c.backward = false;
-  v.push_back(c);
+  for (int d : {128, 96}) {
+    c = make("many_tiles_varlen_d" + std::to_string(d), DType::F16, 0, 0, d);
+    c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
+    v.push_back(c);
+  }
   c = make("many_tiles_varlen_mla_d192_v128", DType::BF16, 0, 0, 192);
   c.dv = 128; c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
   v.push_back(c);
@@ -319,9 +310,11 @@ std::vector<Case> feature_cases() {
   v.push_back(c);
   // The Q ring and the O slots' releases across tiles without keys between tiles with keys (causal,
   // sq > sk: rows 0-129 see no key) and across tiles of one or two key blocks (a sliding window).
-  c = make("many_tiles_causal_gqa_d128", DType::BF16, 330, 200, 128);
-  c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
-  v.push_back(c);
+  for (int d : {128, 96}) {
+    c = make("many_tiles_causal_gqa_d" + std::to_string(d), DType::BF16, 330, 200, d);
+    c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
+    v.push_back(c);
+  }
   c = make("many_tiles_window_d192", DType::F16, 300, 300, 192);
   c.batch = 2; c.hq = c.hk = 64; c.window_left = 70; c.window_right = 10;
   v.push_back(c);
