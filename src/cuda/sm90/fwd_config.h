@@ -3,9 +3,9 @@
 //
 // One CTA = 1 + consumers warpgroups: a producer (TMA loads of Q once and of K/V tiles into a ring
 // of kStages buffers) and 2 or 3 consumers of 64 query rows each (block_m = 64 x consumers). Shared
-// memory = q_stages x Q (block_m x d) + stages x (K + V) (block_n x d each), all 16-bit, d rounded up to
-// 64 columns (fwd_layout_dim).
-// Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator d / 2 (+ block_n / 4
+// memory = q_stages x Q (block_m x d) + stages x (K (block_n x d) + V (block_n x dv)), all 16-bit, d and
+// dv (head_dim_v) rounded up to 64 columns (fwd_layout_dim).
+// Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator dv / 2 (+ block_n / 4
 // for the second set of P with overlap); 240 per consumer thread with 2 consumers, 160 with 3
 // (setmaxnreg, fwd_kernel.cuh).
 #pragma once
