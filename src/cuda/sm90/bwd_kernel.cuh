@@ -113,7 +113,7 @@ template <int kD>
 struct BwdShape {
   static constexpr bool kSplitD = kD >= 192;
   static constexpr bool kUneven = kD == 192 || kD == 96;  // the warpgroups' dQ column counts differ (below)
-  static constexpr int kDL = (kD + 63) / 64 * 64;  // columns laid out in shared memory (128 at d = 96)
+  static constexpr int kDL = sm90_layout_dim(kD);  // columns laid out in shared memory (128 at d = 96)
   // Warpgroup 0 computes S^T only, warpgroup 1 dP^T only, exchanging P^T and dS^T (above). d = 192
   // keeps both products in each warpgroup: its two stages leave no room for the 16 KB P^T buffer.
   static constexpr bool kExchange = kD == 256;

@@ -4,7 +4,7 @@
 // One CTA = 1 + consumers warpgroups: a producer (TMA loads of Q once and of K/V tiles into a ring
 // of kStages buffers) and 2 or 3 consumers of 64 query rows each (block_m = 64 x consumers). Shared
 // memory = q_stages x Q (block_m x d) + stages x (K (block_n x d) + V (block_n x dv)), all 16-bit, d and
-// dv (head_dim_v) rounded up to 64 columns (fwd_layout_dim).
+// dv (head_dim_v) rounded up to 64 columns (sm90_layout_dim).
 // Registers per consumer thread: S accumulator block_n / 2 floats, O accumulator dv / 2 (+ block_n / 4
 // for the second set of P with overlap); 240 per consumer thread with 2 consumers, 160 with 3
 // (setmaxnreg, fwd_kernel.cuh).
@@ -412,9 +412,9 @@ inline size_t fwd_workspace_bytes(const Params& p, const FwdTile& t) {
   return p.varlen && t.persistent && !fwd_mods(p) ? 128 : 0;
 }
 
-// The columns of a row of head dim d's tiles in shared memory: whole 64-column (128-byte) swizzle
-// atoms, as TMA writes them.
-constexpr int fwd_layout_dim(int head_dim) { return (head_dim + 63) / 64 * 64; }
+// The columns of a row of head dim d's tiles in shared memory, forward and backward: whole 64-column
+// (128-byte) swizzle atoms, as TMA writes them.
+constexpr int sm90_layout_dim(int head_dim) { return (head_dim + 63) / 64 * 64; }
 
 template <int kTile>
 struct FwdTileAt {

@@ -84,11 +84,11 @@ struct FwdWarps {
 // Byte offsets in the (1024-byte aligned) dynamic shared memory.
 template <int kTile>
 struct FwdSmem {
-  static constexpr int kD = fwd_layout_dim(FwdTileAt<kTile>::head_dim);  // columns laid out
+  static constexpr int kD = sm90_layout_dim(FwdTileAt<kTile>::head_dim);  // columns laid out
   static constexpr int kBM = FwdTileAt<kTile>::block_m, kBN = FwdTileAt<kTile>::block_n;
   static constexpr int kStages = FwdTileAt<kTile>::stages;
   static constexpr int kQStages = FwdTileAt<kTile>::q_stages;
-  static constexpr int kDV = fwd_layout_dim(FwdTileAt<kTile>::head_dim_v);  // v's and O's columns laid out
+  static constexpr int kDV = sm90_layout_dim(FwdTileAt<kTile>::head_dim_v);  // v's and O's columns laid out
   static constexpr int kChunks = kD / 64;  // 64-column tiles per row of Q and K (wgmma.cuh)
   static constexpr int kVChunks = kDV / 64;  // of V and O
   static constexpr int kQBytes = kBM * kD * 2;
