@@ -244,6 +244,16 @@ std::vector<Case> bwd_cases() {
   c.name = "bf16_d32_softcap_alibi_causal_dv"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 200;
   c.sk = 230; c.d = 24; c.dv = 32; c.softcap = 10.0f; c.alibi = Alibi::PerBatchHead; c.causal = true;
   add(c);
+  // q / k of 192 with v of 128 (DeepSeek's MLA): on Hopper the sm90 backward with V, dO and dV 128
+  // wide (dV split evenly between the warpgroups, dK as at d = 192), varlen GQA, and softcap.
+  c = {};
+  c.name = "bf16_mla_d192_v128_varlen_causal_gqa"; c.dtype = DType::BF16; c.hq = 4; c.hk = 2; c.d = 192; c.dv = 128;
+  c.causal = true; c.lens_q = {70, 0, 129, 200}; c.lens_k = {70, 5, 200, 150};
+  add(c);
+  c = {};
+  c.name = "fp16_mla_d192_v128_softcap"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 150; c.sk = 180;
+  c.d = 192; c.dv = 128; c.softcap = 15.0f;
+  add(c);
   c = {};
   c.name = "bf16_d128_headmajor_layout"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 96; c.sk = 160;
   c.d = 128; c.layout = Layout::HeadMajor;

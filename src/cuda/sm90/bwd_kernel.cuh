@@ -106,14 +106,18 @@ constexpr int kBwdThreads = 384;
 //            products over 96 columns only: S^T / dP^T in 6 k-steps, dK / dV N = 96 [48 registers
 //            each], dQ split uneven as at d = 192 (warpgroup 0 columns [64, 96), warpgroup 1 [0, 64)).
 //   d = 32:  d = 64's tiles and layout the same way (2 k-steps, dK / dV N = 32, dQ parts 64 x 32).
+//   q / k 192 with v 128 (kDV = 128: DeepSeek's MLA): d = 192's split for dK and dQ, dV split evenly
+//            (warpgroup w columns [64 w, 64 w + 64)); V and dO tiles 128 wide, dP^T in 8 k-steps.
 // Each warpgroup's dQ product covers all of the item's keys, so every dQ element is reduced into the
 // accumulator once per item (an earlier version reduced each warpgroup's 64-key part separately:
 // twice the reduction traffic).
-template <int kD>
+template <int kD, int kDV = kD>
 struct BwdShape {
+  static_assert(kDV == kD || (kD == 192 && kDV == 128), "v as wide as q / k, or MLA's 192 / 128");
   static constexpr bool kSplitD = kD >= 192;
   static constexpr bool kUneven = kD == 192 || kD == 96;  // the warpgroups' dQ column counts differ (below)
   static constexpr int kDL = sm90_layout_dim(kD);  // columns laid out in shared memory (128 at d = 96)
+  static constexpr int kDVL = sm90_layout_dim(kDV);  // of V and dO
   // Warpgroup 0 computes S^T only, warpgroup 1 dP^T only, exchanging P^T and dS^T (above). d = 192
   // keeps both products in each warpgroup: its two stages leave no room for the 16 KB P^T buffer.
   static constexpr bool kExchange = kD == 256;
@@ -136,6 +140,9 @@ struct BwdShape {
   // rows [dq_m(w), + 64) of the step.
   __host__ __device__ static constexpr int wg_cols(int w) { return !kSplitD ? kD : kUneven && w == 1 ? 64 : 128; }
   __host__ __device__ static constexpr int wc0(int w) { return kSplitD ? 128 * w : 0; }
+  // Warpgroup w's dV columns [wc0_v(w), + wg_cols_v(w)): the dK columns, or at MLA's 192 / 128 half each.
+  __host__ __device__ static constexpr int wg_cols_v(int w) { return kDV == kD ? wg_cols(w) : kDV / 2; }
+  __host__ __device__ static constexpr int wc0_v(int w) { return kDV == kD ? wc0(w) : kDV / 2 * w; }
   __host__ __device__ static constexpr int dq_cols(int w) {
     return kD <= 64 ? kD : kD == 96 ? 32 + 32 * w : kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
   }
@@ -148,20 +155,23 @@ struct BwdShape {
 
 // Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB;
 // d = 192: 217 KB; d = 256: 226 KB (210 KB + the 16 KB P^T exchange buffer).
-template <int kD>
+template <int kD, int kDV = kD>
 struct BwdSmem {
-  using S = BwdShape<kD>;
-  static constexpr int kChunks = S::kDL / 64;
-  static constexpr int kKBytes = S::kBN * S::kDL * 2;       // K or V
-  static constexpr int kQBytes = S::kBM * S::kDL * 2;       // Q or dO, one stage
+  using S = BwdShape<kD, kDV>;
+  static constexpr int kChunks = S::kDL / 64;     // of K and Q
+  static constexpr int kVChunks = S::kDVL / 64;   // of V and dO
+  static constexpr int kKBytes = S::kBN * S::kDL * 2;
+  static constexpr int kVBytes = S::kBN * S::kDVL * 2;
+  static constexpr int kQBytes = S::kBM * S::kDL * 2;    // one stage
+  static constexpr int kDOBytes = S::kBM * S::kDVL * 2;  // one stage
   static constexpr int kDSBytes = S::kBN * S::kBM * 2;  // dS^T of the item's keys, one buffer
   // Warpgroup w's fp32 dQ part (64 rows, tiles of 32 columns) at kDQ + dq_offset(w).
   __host__ __device__ static constexpr int dq_offset(int w) { return w * 64 * S::dq_cols(0) * 4; }
   static constexpr int kK = 0;
   static constexpr int kV = kK + kKBytes;
-  static constexpr int kQ = kV + kKBytes;
+  static constexpr int kQ = kV + kVBytes;
   static constexpr int kDO = kQ + S::kStages * kQBytes;
-  static constexpr int kDS = kDO + S::kStages * kQBytes;  // 2 buffers: step it writes it % 2
+  static constexpr int kDS = kDO + S::kStages * kDOBytes;  // 2 buffers: step it writes it % 2
   static constexpr int kDQ = kDS + 2 * kDSBytes;
   // Per Q / dO stage, the step's row statistics (LSE in log2 units, then D; kBM each), copied by the
   // producer with the stage's Q and dO.
@@ -487,15 +497,15 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   other: hence the order of taking follows the order of adding.)
 // kMods: softcap and ALiBi compiled in (calls with either; run_bwd picks the instantiation), as in
 // the forward's kernels: the calls without them keep the loop they had.
-template <class T, int kD, bool kMods>
+template <class T, int kD, bool kMods, int kDV = kD>
 __global__ void __launch_bounds__(kBwdThreads, 1)
     bwd_kernel(const __grid_constant__ Params p, const __grid_constant__ CUtensorMap tm_k,
                const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_q,
                const __grid_constant__ CUtensorMap tm_do, const __grid_constant__ CUtensorMap tm_dq,
                const float* row_stats, int* sched, int* dq_order) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using L = BwdSmem<kD>;
-  using Shape = BwdShape<kD>;
+  using L = BwdSmem<kD, kDV>;
+  using Shape = BwdShape<kD, kDV>;
   // The S / dP split between the warpgroups (d = 256). Plain calls: by product (kExchange, warpgroup
   // 0 S^T, warpgroup 1 dP^T, P^T handed over). Softcap / ALiBi: softcap's dS^T needs the tanh of
   // warpgroup 0's scores, which the exchange does not carry, so there the split is by keys
@@ -505,7 +515,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr bool kExchange = Shape::kExchange && !kMods;
   constexpr bool kKeySplit = Shape::kExchange && kMods;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
-  constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim
+  constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim (S^T)
+  constexpr int kKTV = kDV / 16; // over v's (dP^T)
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
   constexpr int kQK = kBM / 16;  // 16-query k-steps of dV, dK
 
@@ -661,31 +672,34 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         unsigned char* stats_dst = smem + L::kStats + s * L::kStatsBytes;
         // One operand of the stage (Q or dO: tensor map tm, buffer at byte offset dst) and its
         // statistics rows (src) on barrier `full`.
-        auto load_operand = [&](uint64_t* full, const CUtensorMap& tm, int dst, unsigned char* stats, const float* src) {
+        // (bytes and chunks: Q's or dO's, constants once inlined)
+        auto load_operand = [&](uint64_t* full, const CUtensorMap& tm, int dst, int bytes, int chunks, unsigned char* stats,
+                                const float* src) {
           if (lane != 0) return;
-          bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, full,
-                                          L::kQBytes + kBM * 4);
+          bptx::mbarrier_arrive_expect_tx(bptx::sem_release, bptx::scope_cta, bptx::space_shared, full, bytes + kBM * 4);
           bptx::cp_async_bulk(bptx::space_cluster, bptx::space_global, stats, src + stats_row, kBM * 4, full);
 #pragma unroll
-          for (int c = 0; c < L::kChunks; ++c) {
+          for (int c = 0; c < chunks; ++c) {
             const int32_t coords[4] = {c * 64, static_cast<int>(t.sb.q_row0) + m0, hq, bt};
             bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
-                                       smem + dst + s * L::kQBytes + c * kBM * kSwizzleBytes, &tm, coords, full);
+                                       smem + dst + s * bytes + c * kBM * kSwizzleBytes, &tm, coords, full);
           }
         };
-        load_operand(do_full + s, tm_do, L::kDO, stats_dst + kBM * 4, row_stats + sm80::bwd::stats_plane(p));
+        load_operand(do_full + s, tm_do, L::kDO, L::kDOBytes, L::kVChunks, stats_dst + kBM * 4,
+                     row_stats + sm80::bwd::stats_plane(p));
         if (kSplitQdo && g >= kStages) bwd_wait(q_empty + s, empty_phase);
-        load_operand(q_full + s, tm_q, L::kQ, stats_dst, row_stats);
+        load_operand(q_full + s, tm_q, L::kQ, L::kQBytes, L::kChunks, stats_dst, row_stats);
         if (k == 0) {  // the item's index, K and V, once the previous item's last products have read them
-          hand_over(w, 2 * L::kKBytes);
+          hand_over(w, L::kKBytes + L::kVBytes);
           if (lane == 0) {
 #pragma unroll
             for (int c = 0; c < L::kChunks; ++c) {
               const int32_t coords[4] = {c * 64, static_cast<int>(t.sb.k_row0) + t.n0, t.hk, bt};
               bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
                                          smem + L::kK + c * kBN * kSwizzleBytes, &tm_k, coords, kv_full);
-              bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
-                                         smem + L::kV + c * kBN * kSwizzleBytes, &tm_v, coords, kv_full);
+              if (c < L::kVChunks)
+                bptx::cp_async_bulk_tensor(bptx::space_cluster, bptx::space_global,
+                                           smem + L::kV + c * kBN * kSwizzleBytes, &tm_v, coords, kv_full);
             }
           }
         }
@@ -750,9 +764,11 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
     // (The next three are the other modes', unused by kKeySplit.)
     [[maybe_unused]] constexpr bool kComputesS = !kExchange || kW == 0;   // S^T (and P^T) in this warpgroup
     [[maybe_unused]] constexpr bool kComputesDP = !kExchange || kW == 1;  // dP^T (and dS^T in registers)
-    constexpr int kDT = Shape::wg_cols(kW) / 8;  // 8-column tiles of this warpgroup's dK, dV
+    constexpr int kDT = Shape::wg_cols(kW) / 8;     // 8-column tiles of this warpgroup's dK
+    constexpr int kDTV = Shape::wg_cols_v(kW) / 8;  // and of its dV
     constexpr int kDqCols = Shape::dq_cols(kW);
-    const int wc0 = Shape::wc0(cwg);  // the warpgroup's first dK / dV column
+    const int wc0 = Shape::wc0(cwg);      // the warpgroup's first dK column
+    const int wc0_v = Shape::wc0_v(cwg);  // and dV column
     // This warpgroup's share of the dQ part: query rows [dq_m, dq_m + 64) of the step, columns
     // [dq_c, dq_c + kDqCols).
     const int dq_m = Shape::dq_m(cwg), dq_c = Shape::dq_c(cwg);
@@ -768,11 +784,15 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       const SeqBounds& sb = t.sb;
       const int key0 = t.n0 + wk0 + wr;  // sequence key of fragment rows r = 0 (+8 for r = 1)
       [[maybe_unused]] const int n0w = t.n0 + wk0;
-      float dk[kDT][4], dv[kDT][4];
+      float dk[kDT][4], dv[kDTV][4];
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dk[dt][e] = dv[dt][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) dk[dt][e] = 0.0f;
+#pragma unroll
+      for (int dt = 0; dt < kDTV; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dv[dt][e] = 0.0f;
 
       BwdItem::Step st = t.first_step<kBM>(p);
       for (int k = 0; k < t.steps; ++k, ++g, st = t.next_step<kBM>(st)) {
@@ -781,7 +801,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         const int hq = st.hq, m0 = st.m0;
         const ScoreMod mod = ScoreMod::make(p, t.b, hq, sb.sq, sb.sk);
         const uint32_t q_addr = smem_base + L::kQ + s * L::kQBytes;
-        const uint32_t do_addr = smem_base + L::kDO + s * L::kQBytes;
+        const uint32_t do_addr = smem_base + L::kDO + s * L::kDOBytes;
         const uint32_t ds_addr = smem_base + L::kDS + (g % 2) * L::kDSBytes;
         const uint32_t full_phase = (g / kStages) & 1;
         if constexpr (kKeySplit) {
@@ -805,7 +825,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             const uint64_t vw = make_desc(smem_base + L::kV + kw_off, 16, kAtomBytes);
             wgmma_fence();
             score_product<T, kKT, kBM, kBN>(sc, q_k, kw);
-            score_product<T, kKT, kBM, kBN>(dps, do_k, vw);
+            score_product<T, kKTV, kBM, kBN>(dps, do_k, vw);
             wgmma_commit();
             dq_release_pending();  // (kLateDqRelease only)
             wgmma_wait<0>();
@@ -882,7 +902,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           // were last read by step g - 2's products, which both warpgroups completed before B at g - 1.
           consumers_sync<kDSReadyBarrier>();
           const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
-          const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+          const uint64_t do_n = make_desc(do_addr + (wc0_v / 64) * kBM * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes);
           const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
           const uint64_t p_k = make_desc(smem_base + L::kPX + (g % 2) * L::kDSBytes, 16, kAtomBytes);
           const uint64_t ds_k = make_desc(ds_addr, 16, kAtomBytes);
@@ -917,7 +937,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           const uint64_t q_desc = make_desc(q_addr, 16, kAtomBytes), do_desc = make_desc(do_addr, 16, kAtomBytes);
           wgmma_fence();
           if constexpr (kComputesS) score_product<T, kKT, kBN, kBM>(st, k_desc, q_desc);
-          if constexpr (kComputesDP) score_product<T, kKT, kBN, kBM>(dpt, v_desc, do_desc);
+          if constexpr (kComputesDP) score_product<T, kKTV, kBN, kBM>(dpt, v_desc, do_desc);
           wgmma_commit();
           dq_release_pending();  // the previous step's dQ part, while the products run
           wgmma_wait<0>();
@@ -1065,7 +1085,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           wgmma_fence();
           // (B from the warpgroup's first column tile: wc0 / 64 tiles of kBM rows in.)
           const uint32_t wc_off = (wc0 / 64) * kBM * kSwizzleBytes;
-          const uint64_t do_n = make_desc(do_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
+          const uint64_t do_n = make_desc(do_addr + (wc0_v / 64) * kBM * kSwizzleBytes, kBM * kSwizzleBytes, kAtomBytes);
           const uint64_t q_n = make_desc(q_addr + wc_off, kBM * kSwizzleBytes, kAtomBytes);
   #pragma unroll
           for (int kk = 0; kk < kQK; ++kk) wgmma_rs<T, 1>(dv, pp[kk], desc_add(do_n, kk * 16 * kSwizzleBytes), 1);
@@ -1222,7 +1242,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       // writing whole sectors. Aligned: backend.cu's select() takes only 16-byte aligned dk / dv with
       // used strides that are multiples of 8 elements (check_alignment) and head dims that are
       // multiples of 8 (check_head_dim), so a tile lies wholly inside or past head_dim / head_dim_v.
-      static_assert(kDT % 4 == 0, "the quad transpose takes the column tiles 4 at a time");
+      static_assert(kDT % 4 == 0 && kDTV % 4 == 0, "the quad transpose takes the column tiles 4 at a time");
       T* gdk = static_cast<T*>(p.dk) + t.b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + t.hk * p.dk_head_stride;
       T* gdv = static_cast<T*>(p.dv) + t.b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + t.hk * p.dv_head_stride;
       // w[i] of thread q (columns 2 q, + 1 of tile i) -> w[j] = columns 2 j, + 1 of tile q (w[j] of
@@ -1245,29 +1265,43 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
           }
         }
       };
-      // Tiles 4 G + i, i = 0..3, of row key of one tensor (base gx, row stride rs, cols valid columns);
-      // word(dt): this thread's packed pair of tile dt.
-      auto store_tiles = [&](int G, T* gx, int64_t rs, int cols, int key, auto word) {
+      // Tiles 4 G + i, i = 0..3, of row key of one tensor (base gx, row stride rs, cols valid columns,
+      // the warpgroup's first column c0); word(dt): this thread's packed pair of tile dt.
+      auto store_tiles = [&](int G, T* gx, int64_t rs, int cols, int c0, int key, auto word) {
         uint32_t w[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) w[i] = word(4 * G + i);
         quad_transpose(w);
-        const int col = wc0 + 8 * (4 * G + lane % 4);
+        const int col = c0 + 8 * (4 * G + lane % 4);
         // (__stwb: st.global.wb.v4, the default cache policy; a plain uint4 assignment came out of
         // NVVM as four 4-byte stores for G = 0.)
         if (key < sb.sk && col < cols)
           __stwb(reinterpret_cast<uint4*>(gx + int64_t(key) * rs + col), make_uint4(w[0], w[1], w[2], w[3]));
       };
       // (Tile groups outermost: each group's registers are dead once it is stored.)
+      auto store_dk = [&](int G, int r) {
+        store_tiles(G, gdk, p.dk_row_stride, p.head_dim, wc0, key0 + 8 * r,
+                    [&](int dt) { return pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale); });
+      };
+      auto store_dv = [&](int G, int r) {
+        store_tiles(G, gdv, p.dv_row_stride, p.head_dim_v, wc0_v, key0 + 8 * r,
+                    [&](int dt) { return pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]); });
+      };
+      if constexpr (kDTV == kDT) {
 #pragma unroll
-      for (int G = 0; G < kDT / 4; ++G)
+        for (int G = 0; G < kDT / 4; ++G)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int key = key0 + 8 * r;
-          store_tiles(G, gdk, p.dk_row_stride, p.head_dim, key,
-                      [&](int dt) { return pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale); });
-          store_tiles(G, gdv, p.dv_row_stride, p.head_dim_v, key, [&](int dt) { return pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]); });
-        }
+          for (int r = 0; r < 2; ++r) store_dk(G, r), store_dv(G, r);
+      } else {  // (MLA: dK and dV of different widths, one after the other)
+#pragma unroll
+        for (int G = 0; G < kDT / 4; ++G)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) store_dk(G, r);
+#pragma unroll
+        for (int G = 0; G < kDTV / 4; ++G)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) store_dv(G, r);
+      }
     }
   };
   if constexpr (Shape::kUneven || kExchange) {
@@ -1285,9 +1319,12 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #endif
 }
 
-template <class T, int kD, int kAccD>
+template <class T, int kD, int kAccD, int kDV>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   static_assert(kAccD <= kD, "the accumulator is at most as wide as the kernel's head dim");
+  // q / k of 192 with v of at most 128 (DeepSeek's MLA): the kernel with V and dO 128 wide.
+  if constexpr (kD == 192 && kDV == kD)
+    if (p.head_dim_v <= 128 && p.head_dim > 128) return run_bwd<T, kD, kAccD, 128>(p, stream, workspace);
   using namespace sm80::bwd;
   if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
   float* dsum = static_cast<float*>(workspace);
@@ -1298,7 +1335,8 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   float* row_stats = dsum + stats_offset(p, kAccD);
   int* sched = reinterpret_cast<int*>(dsum + sched_offset(p, kAccD));  // bwd_kernel's item counter
   const int m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;  // of the sm80 preprocess / convert
-  constexpr int kBN = BwdShape<kD>::kBN;
+  using Shape = BwdShape<kD, kDV>;
+  constexpr int kBN = Shape::kBN;
   const int n_blocks = (p.seqlen_k + kBN - 1) / kBN;
   const int64_t accum_rows = int64_t(p.batch) * p.heads_q * p.seqlen_q;
   if (accum_rows > INT32_MAX || (p.deterministic && det_chains(p) * det_plane_rows(p) > INT32_MAX))
@@ -1320,24 +1358,24 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
       encode_tensor_map(&tv, {p.v, p.head_dim_v, rows_k, p.heads_k, batch, p.v_row_stride, p.v_head_stride, p.v_batch_stride},
                         kBN, type) &&
       encode_tensor_map(&tq, {p.q, p.head_dim, rows_q, p.heads_q, batch, p.q_row_stride, p.q_head_stride, p.q_batch_stride},
-                        BwdShape<kD>::kBM, type) &&
+                        Shape::kBM, type) &&
       encode_tensor_map(&tdo, {p.dout, p.head_dim_v, rows_q, p.heads_q, batch, p.do_row_stride, p.do_head_stride,
                                p.do_batch_stride},
-                        BwdShape<kD>::kBM, type) &&
+                        Shape::kBM, type) &&
       // The accumulator is kAccD wide: the reductions of columns past it (kD > kAccD) fall outside
       // the tensor and TMA drops them.
       // The deterministic mode's det_chains planes are one taller tensor (the writers add a part's
       // chain's plane offset to its row).
       encode_tensor_map(&tdq, {dq_accum, kAccD, p.deterministic ? det_chains(p) * det_plane_rows(p) : accum_rows, 1, 1, kAccD, 0, 0},
                         64, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4,
-                        BwdShape<kD>::kDqTileCols * 4,
-                        BwdShape<kD>::kDqTileCols == 8 ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B);
+                        Shape::kDqTileCols * 4,
+                        Shape::kDqTileCols == 8 ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B);
   if (!ok) return Status{ErrorCode::Unsupported, "sm90 backward: the driver refused a tensor map for these strides"};
 
   // Softcap / ALiBi (no dropout here: use_sm90_backward) run the kMods instantiation.
   const bool mods = p.softcap > 0.0f || p.alibi_slopes != nullptr;
-  auto kernel = mods ? bwd_kernel<T, kD, true> : bwd_kernel<T, kD, false>;
-  constexpr int kSmem = BwdSmem<kD>::kBytes;
+  auto kernel = mods ? bwd_kernel<T, kD, true, kDV> : bwd_kernel<T, kD, false, kDV>;
+  constexpr int kSmem = BwdSmem<kD, kDV>::kBytes;
   static std::atomic<uint64_t> configured[2];  // per instantiation: devices whose shared-memory opt-in is made
   cudaError_t e = allow_dynamic_smem(reinterpret_cast<const void*>(kernel), kSmem, configured[mods]);
   // One CTA per multiprocessor (persistent), each taking items from the counter (bwd_kernel): an

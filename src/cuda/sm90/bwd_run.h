@@ -18,7 +18,8 @@ constexpr int bwd_block_n(int d) { return d >= 192 ? 64 : 128; }
 
 // kD: the kernel's head dim; kAccD: the sm80 head dim of the call (its dQ accumulator's row width,
 // and the sm80 preprocess / convert / deterministic dQ kernels it runs), kAccD <= kD.
-template <class T, int kD, int kAccD>
+// kDV: v's head dim in the kernel (kD, or 128 where run_bwd<T, 192, ...> takes MLA's v of 128 itself).
+template <class T, int kD, int kAccD, int kDV = kD>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace);
 
 }  // namespace ioattn::cuda::sm90
