@@ -98,7 +98,7 @@ inline constexpr FwdTile kFwdTiles[] = {
     {96, 96, 128, 2, 128, 2, 2, true, true, true, "d = 128's tile on 96 columns: S 64 + O 48 + P 32 regs; 192 KB smem"},
     {128, 128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
-    {192, 128, 128, 2, 80, 2, 2, true, true, false, "v 128 (MLA): S 40 + O 64 + P 20 regs; 196 KB smem"},
+    {192, 128, 128, 2, 96, 2, 2, true, true, false, "v 128 (MLA): S 48 + O 64 + P 24 regs; 216 KB smem"},
     {256, 256, 128, 2, 80, 2, 1, true, true, false, "S 40 + O 128 + P 20 regs; 224 KB smem"},
     {256, 256, 128, 2, 64, 2, 1, true, true, false, "keys that 80-key blocks pad: S 32 + O 128 + P 16 regs; 192 KB smem"},
 };
