@@ -223,7 +223,7 @@ static Status select_path(const Params& p, bool backward, std::string* kernel_na
 #ifdef IOATTN_HAVE_SM90
     if (use_sm90_backward(p)) {
       std::ostringstream n90;
-      const int k = sm90::backward_head_dim(d);
+      const int k = sm90::sm90_columns(sm90::backward_head_dim(d), std::max(p.head_dim, p.head_dim_v));
       n90 << "sm90 backward (TMA + wgmma, warp-specialised), " << dtype_name(p.dtype) << ", head dim " << k;
       if (k != std::max(p.head_dim, p.head_dim_v)) n90 << " (zero-padded from " << std::max(p.head_dim, p.head_dim_v) << ")";
       n90 << ", " << sm90::bwd_block_n(k) << " keys x " << sm90::bwd_block_m(k) << " queries per step";

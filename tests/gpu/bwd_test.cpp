@@ -240,6 +240,18 @@ std::vector<Case> bwd_cases() {
   c.name = "bf16_d96_softcap_alibi_window"; c.dtype = DType::BF16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 170;
   c.sk = 140; c.d = 96; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.window_left = 50; c.window_right = 10;
   add(c);
+  // Head dims <= 80 (on Hopper d = 96's 80-column kernel: 5 k-steps, dK / dV at N = 80 stored in
+  // groups of 4 column tiles with the last group half empty, warpgroup 0's dQ part over [64, 96) on
+  // K's zero-filled columns): causal GQA, and the kMods instantiation with q / k wider than v (72 /
+  // 64) under a window.
+  c = {};
+  c.name = "fp16_d80_causal_gqa"; c.dtype = DType::F16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 150; c.sk = 190;
+  c.d = 80; c.causal = true;
+  add(c);
+  c = {};
+  c.name = "bf16_d80_softcap_alibi_window_dv"; c.dtype = DType::BF16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 170;
+  c.sk = 140; c.d = 72; c.dv = 64; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.window_left = 50; c.window_right = 10;
+  add(c);
   c = {};
   c.name = "bf16_d32_softcap_alibi_causal_dv"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 200;
   c.sk = 230; c.d = 24; c.dv = 32; c.softcap = 10.0f; c.alibi = Alibi::PerBatchHead; c.causal = true;
@@ -299,6 +311,7 @@ std::vector<Case> bwd_cases() {
   for (const VarlenCase& vc : {VarlenCase{"fp16_d64_varlen_gqa3_many_blocks", DType::F16, 6, 2, 64, false},
                                VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128, false},
                                VarlenCase{"bf16_d96_varlen_causal_gqa_many_blocks", DType::BF16, 6, 2, 96, true},
+                               VarlenCase{"fp16_d80_varlen_causal_gqa_many_blocks", DType::F16, 6, 2, 80, true},
                                VarlenCase{"fp16_d32_varlen_gqa_many_blocks", DType::F16, 6, 2, 32, false},
                                VarlenCase{"bf16_d32_varlen_causal_gqa_many_blocks", DType::BF16, 6, 3, 32, true},
                                VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192, false},

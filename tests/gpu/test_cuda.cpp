@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -164,7 +165,7 @@ std::vector<Case> feature_cases() {
   std::vector<Case> v;
   for (DType dt : {DType::F16, DType::BF16}) {
     // Head dims: instantiated ones and ones that round up (zero-padded columns).
-    for (int d : {32, 40, 64, 72, 96, 128, 136, 192, 200, 256}) v.push_back(make("d" + std::to_string(d), dt, 150, 173, d));
+    for (int d : {32, 40, 64, 72, 80, 96, 128, 136, 192, 200, 256}) v.push_back(make("d" + std::to_string(d), dt, 150, 173, d));
     // Ragged tails: one row / one key, block size +- 1, Sq != Sk both ways, causal and not.
     const int shapes[][2] = {{1, 1}, {1, 300}, {300, 1}, {63, 65}, {127, 129}, {128, 128}, {129, 127}, {257, 100}, {100, 257}};
     for (auto& sh : shapes)
@@ -297,7 +298,7 @@ std::vector<Case> feature_cases() {
   c.batch = 2; c.hq = 80; c.hk = 16; c.causal = true; c.backward = false;
   c.softcap = 5.0f; c.alibi = Alibi::PerHead;
   v.push_back(c);
-  for (int d : {128, 96}) {
+  for (int d : {128, 96, 80}) {
     c = make("many_tiles_varlen_d" + std::to_string(d), DType::F16, 0, 0, d);
     c.lens_q = {300, 129, 7, 260, 1, 64}; c.lens_k = {300, 140, 7, 200, 33, 64}; c.hq = c.hk = 32;
     v.push_back(c);
@@ -310,7 +311,7 @@ std::vector<Case> feature_cases() {
   v.push_back(c);
   // The Q ring and the O slots' releases across tiles without keys between tiles with keys (causal,
   // sq > sk: rows 0-129 see no key) and across tiles of one or two key blocks (a sliding window).
-  for (int d : {128, 96}) {
+  for (int d : {128, 96, 80}) {
     c = make("many_tiles_causal_gqa_d" + std::to_string(d), DType::BF16, 330, 200, d);
     c.batch = 2; c.hq = 64; c.hk = 16; c.causal = true;
     v.push_back(c);
@@ -436,6 +437,14 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
     Fixture f(c);
     const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
     EXPECT_NE(choice.find("tile 128x" + std::to_string(block_n)), std::string::npos) << "seqlen " << seqlen << ": " << choice;
+  }
+  // Head dims <= 80 (q / k and v) on d = 96's 80-column row, 96 on its own (fwd_config.h's sm90_columns).
+  for (const auto& [d, dv, kernel] : {std::tuple{72, 72, 80}, std::tuple{80, 64, 80}, std::tuple{80, 96, 96}, std::tuple{96, 96, 96}}) {
+    Case c = make("tile_d80", DType::BF16, 200, 200, d);
+    c.dv = dv;
+    Fixture f(c);
+    const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
+    EXPECT_NE(choice.find("head dim " + std::to_string(kernel)), std::string::npos) << "d " << d << ", dv " << dv << ": " << choice;
   }
   // The persistent grid under a causal mask (fwd_config.h's fwd_ctas): one CTA per multiprocessor, or
   // one fewer where the round-robin of the heads' query-block pairs (pair u % pairs of unit u to CTA

@@ -105,6 +105,9 @@ constexpr int kBwdThreads = 384;
 //   d = 96:  d = 128's tiles and shared-memory layout (TMA fills columns 96-127 with zeros), the
 //            products over 96 columns only: S^T / dP^T in 6 k-steps, dK / dV N = 96 [48 registers
 //            each], dQ split uneven as at d = 192 (warpgroup 0 columns [64, 96), warpgroup 1 [0, 64)).
+//   d = 80:  d = 96's, over 80 columns: S^T / dP^T in 5 k-steps, dK / dV N = 80 [40 registers each],
+//            dQ split as at d = 96 (warpgroup 0's [64, 96) computed on K's zero-filled columns 80-95;
+//            TMA drops their reduce-adds past the accumulator's width).
 //   d = 32:  d = 64's tiles and layout the same way (2 k-steps, dK / dV N = 32, dQ parts 64 x 32).
 //   q / k 192 with v 128 (kDV = 128: DeepSeek's MLA): d = 192's split for dK and dQ, dV split evenly
 //            (warpgroup w columns [64 w, 64 w + 64)); V and dO tiles 128 wide, dP^T in 8 k-steps.
@@ -115,7 +118,7 @@ template <int kD, int kDV = kD>
 struct BwdShape {
   static_assert(kDV == kD || (kD == 192 && kDV == 128), "v as wide as q / k, or MLA's 192 / 128");
   static constexpr bool kSplitD = kD >= 192;
-  static constexpr bool kUneven = kD == 192 || kD == 96;  // the warpgroups' dQ column counts differ (below)
+  static constexpr bool kUneven = kD == 192 || kD == 96 || kD == 80;  // the warpgroups' dQ column counts differ (below)
   static constexpr int kDL = sm90_layout_dim(kD);  // columns laid out in shared memory (128 at d = 96)
   static constexpr int kDVL = sm90_layout_dim(kDV);  // of V and dO
   // Warpgroup 0 computes S^T only, warpgroup 1 dP^T only, exchanging P^T and dS^T (above). d = 192
@@ -144,13 +147,15 @@ struct BwdShape {
   __host__ __device__ static constexpr int wg_cols_v(int w) { return kDV == kD ? wg_cols(w) : kDV / 2; }
   __host__ __device__ static constexpr int wc0_v(int w) { return kDV == kD ? wc0(w) : kDV / 2 * w; }
   __host__ __device__ static constexpr int dq_cols(int w) {
-    return kD <= 64 ? kD : kD == 96 ? 32 + 32 * w : kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
+    return kD <= 64 ? kD : kD == 80 || kD == 96 ? 32 + 32 * w : kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
   }
   __host__ __device__ static constexpr int dq_c(int w) {
-    return kD <= 64 ? 0 : kD == 96 ? 64 * (1 - w) : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w;
+    return kD <= 64 ? 0 : kD == 80 || kD == 96 ? 64 * (1 - w) : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w;
   }
   __host__ __device__ static constexpr int dq_m(int w) { return kD <= 64 ? 64 * w : 0; }
-  static_assert(kBM * kD == 64 * (dq_cols(0) + dq_cols(1)), "the two 64-row dQ parts cover the step");
+  // (In whole 32-column staging tiles past d = 64: d = 80's parts cover 96 columns.)
+  static_assert(64 * (dq_cols(0) + dq_cols(1)) == kBM * (kD <= 64 ? kD : (kD + 31) / 32 * 32),
+                "the two 64-row dQ parts cover the step");
 };
 
 // Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB;
@@ -515,6 +520,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   constexpr bool kExchange = Shape::kExchange && !kMods;
   constexpr bool kKeySplit = Shape::kExchange && kMods;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
+  static_assert(kD % 16 == 0 && kDV % 16 == 0, "whole 16-column k-steps");
   constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim (S^T)
   constexpr int kKTV = kDV / 16; // over v's (dP^T)
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
@@ -1242,7 +1248,9 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       // writing whole sectors. Aligned: backend.cu's select() takes only 16-byte aligned dk / dv with
       // used strides that are multiples of 8 elements (check_alignment) and head dims that are
       // multiples of 8 (check_head_dim), so a tile lies wholly inside or past head_dim / head_dim_v.
-      static_assert(kDT % 4 == 0 && kDTV % 4 == 0, "the quad transpose takes the column tiles 4 at a time");
+      // The quad transpose takes the column tiles 4 at a time: where a warpgroup's tiles are not a
+      // multiple of 4 (d = 80: 10), the last group's missing tiles are zeros whose columns lie at or
+      // past kD >= head_dim, so their stores are skipped.
       T* gdk = static_cast<T*>(p.dk) + t.b * p.dk_batch_stride + sb.k_row0 * p.dk_row_stride + t.hk * p.dk_head_stride;
       T* gdv = static_cast<T*>(p.dv) + t.b * p.dv_batch_stride + sb.k_row0 * p.dv_row_stride + t.hk * p.dv_head_stride;
       // w[i] of thread q (columns 2 q, + 1 of tile i) -> w[j] = columns 2 j, + 1 of tile q (w[j] of
@@ -1266,7 +1274,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
         }
       };
       // Tiles 4 G + i, i = 0..3, of row key of one tensor (base gx, row stride rs, cols valid columns,
-      // the warpgroup's first column c0); word(dt): this thread's packed pair of tile dt.
+      // the warpgroup's first column c0); word(dt): this thread's packed pair of tile dt (dt < the
+      // warpgroup's tiles; G and i are unrolled, so the test folds).
       auto store_tiles = [&](int G, T* gx, int64_t rs, int cols, int c0, int key, auto word) {
         uint32_t w[4];
 #pragma unroll
@@ -1280,25 +1289,26 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
       };
       // (Tile groups outermost: each group's registers are dead once it is stored.)
       auto store_dk = [&](int G, int r) {
-        store_tiles(G, gdk, p.dk_row_stride, p.head_dim, wc0, key0 + 8 * r,
-                    [&](int dt) { return pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale); });
+        store_tiles(G, gdk, p.dk_row_stride, p.head_dim, wc0, key0 + 8 * r, [&](int dt) {
+          return dt < kDT ? pack2<T>(dk[dt][2 * r] * p.scale, dk[dt][2 * r + 1] * p.scale) : 0u;
+        });
       };
       auto store_dv = [&](int G, int r) {
         store_tiles(G, gdv, p.dv_row_stride, p.head_dim_v, wc0_v, key0 + 8 * r,
-                    [&](int dt) { return pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]); });
+                    [&](int dt) { return dt < kDTV ? pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]) : 0u; });
       };
       if constexpr (kDTV == kDT) {
 #pragma unroll
-        for (int G = 0; G < kDT / 4; ++G)
+        for (int G = 0; G < (kDT + 3) / 4; ++G)
 #pragma unroll
           for (int r = 0; r < 2; ++r) store_dk(G, r), store_dv(G, r);
       } else {  // (MLA: dK and dV of different widths, one after the other)
 #pragma unroll
-        for (int G = 0; G < kDT / 4; ++G)
+        for (int G = 0; G < (kDT + 3) / 4; ++G)
 #pragma unroll
           for (int r = 0; r < 2; ++r) store_dk(G, r);
 #pragma unroll
-        for (int G = 0; G < kDTV / 4; ++G)
+        for (int G = 0; G < (kDTV + 3) / 4; ++G)
 #pragma unroll
           for (int r = 0; r < 2; ++r) store_dv(G, r);
       }
@@ -1321,10 +1331,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 
 template <class T, int kD, int kAccD, int kDV>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
-  static_assert(kAccD <= kD, "the accumulator is at most as wide as the kernel's head dim");
+  // (d = 80's dQ parts cover 96 columns, the accumulator of a 96 call: BwdShape.)
+  static_assert(kAccD <= (kD + 31) / 32 * 32, "the accumulator is at most as wide as the kernel's dQ parts");
   // q / k of 192 with v of at most 128 (DeepSeek's MLA): the kernel with V and dO 128 wide.
   if constexpr (kD == 192 && kDV == kD)
     if (p.head_dim_v <= 128 && p.head_dim > 128) return run_bwd<T, kD, kAccD, 128>(p, stream, workspace);
+  // Head dims <= 80 (q / k and v) among d = 96's: the 80-column kernel (sm90_columns).
+  if constexpr (kD == 96)
+    if (sm90_columns(kD, std::max(p.head_dim, p.head_dim_v)) == 80) return run_bwd<T, 80, kAccD>(p, stream, workspace);
   using namespace sm80::bwd;
   if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
   float* dsum = static_cast<float*>(workspace);

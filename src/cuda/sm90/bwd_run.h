@@ -17,7 +17,8 @@ constexpr int bwd_block_m(int d) { return d <= 64 ? 128 : 64; }
 constexpr int bwd_block_n(int d) { return d >= 192 ? 64 : 128; }
 
 // kD: the kernel's head dim; kAccD: the sm80 head dim of the call (its dQ accumulator's row width,
-// and the sm80 preprocess / convert / deterministic dQ kernels it runs), kAccD <= kD.
+// and the sm80 preprocess / convert / deterministic dQ kernels it runs), kAccD <= kD (or 96 with the
+// kD = 80 kernel, which run_bwd<T, 96, ...> takes for head dims <= 80 itself).
 // kDV: v's head dim in the kernel (kD, or 128 where run_bwd<T, 192, ...> takes MLA's v of 128 itself).
 template <class T, int kD, int kAccD, int kDV = kD>
 Status run_bwd(const Params& p, cudaStream_t stream, void* workspace);
