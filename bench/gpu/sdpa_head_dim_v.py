@@ -4,12 +4,45 @@
 # the median of 20 calls timed by CUDA events (the backward's events around `backward()` alone). SDPA's
 # flash backend refuses v != q / k; each backend that refuses prints n/a. The peer columns of
 # bench/results/variants-*-s27-fwd-mla.txt and -s28-mla-*.txt:
-#   python3 bench/gpu/sdpa_head_dim_v.py [--backward]
+#   python3 bench/gpu/sdpa_head_dim_v.py [--backward] [--check]
+# (--check first compares each backend's O, dQ, dK, dV with the math backend's in float64.)
 import sys
 import torch, torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 
 backward = "--backward" in sys.argv
+
+
+def check():
+    """Each backend's output and gradients against the math backend in float64, on one small shape per
+    mask (B 2, H 4, S 1024): the max abs error of O, dQ, dK, dV, each over the max abs of its reference."""
+    torch.manual_seed(0)
+    B, H, S = 2, 4, 1024
+    q = torch.randn(B, H, S, 192, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(B, H, S, 192, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(B, H, S, 128, device="cuda", dtype=torch.bfloat16)
+    do = torch.randn(B, H, S, 128, device="cuda", dtype=torch.bfloat16)
+    for causal in (False, True):
+        def run(be, dtype):
+            x = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+            with sdpa_kernel(be):
+                o = F.scaled_dot_product_attention(*x, is_causal=causal)
+            o.backward(do.to(dtype))
+            return [o.detach().double()] + [t.grad.double() for t in x]
+        ref = run(SDPBackend.MATH, torch.float64)
+        row = f"check 192/128 B={B} H={H} S={S} causal={int(causal)} (max abs err / max abs ref: O dQ dK dV)"
+        for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+                         ("math-bf16", SDPBackend.MATH)):
+            try:
+                got = run(be, torch.bfloat16)
+                row += f"  {name} " + " ".join(f"{((g - r).abs().max() / r.abs().max()).item():.1e}" for g, r in zip(got, ref))
+            except Exception as e:
+                row += f"  {name} n/a ({type(e).__name__})"
+        print(row, flush=True)
+
+
+if "--check" in sys.argv:
+    check()
 
 
 def median_ms(fn, pre=None):

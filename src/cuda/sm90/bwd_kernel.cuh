@@ -39,7 +39,7 @@
 //                                                       part (BwdShape)
 //                dQ_part -> shared memory (fp32, swizzled) -> TMA reduce-add into the accumulator,
 //                                                       issued by the warpgroup's dQ writer warp
-//              d = 256 (BwdShape::kExchange): warpgroup 0 computes S^T and P^T only, warpgroup 1
+//              d = 192 / 256 (BwdShape::kExchange): warpgroup 0 computes S^T and P^T only, warpgroup 1
 //              dP^T only; P^T goes to warpgroup 1 through shared memory (fp32), which computes dS^T
 //              and writes it to the dS^T buffer, from which warpgroup 0's dK = dS^T Q reads it (SS)
 //              dK, dV stay in registers over the item's steps (the group's query heads included:
@@ -99,9 +99,11 @@ constexpr int kBwdThreads = 384;
 //            wgmma operand read N-major cannot start inside a swizzle atom): warpgroup 0 owns
 //            dK / dV columns [0, 128) and dQ columns [128, 192), warpgroup 1 dK / dV [128, 192)
 //            and dQ [0, 128): product columns 2 x 128 + 64 = 320 and 2 x 64 + 128 = 256 per
-//            warpgroup next to the 2 x 192 both spend on S^T and dP^T, nearly even. The column
+//            warpgroup next to the 192 each spends on S^T (warpgroup 0) or dP^T (warpgroup 1, the
+//            exchange as at d = 256; before session 28 each computed both: 704 and 640 columns per
+//            step instead of 512 and 448, and the exchange measured +10-22% backward). The column
 //            counts are compile-time (array sizes, wgmma shapes), so the consumer code is compiled
-//            once per warpgroup at d = 192. Two Q / dO stages fit.
+//            once per warpgroup at d = 192. Two Q / dO stages fit next to the P^T buffer.
 //   d = 96:  d = 128's tiles and shared-memory layout (TMA fills columns 96-127 with zeros), the
 //            products over 96 columns only: S^T / dP^T in 6 k-steps, dK / dV N = 96 [48 registers
 //            each], dQ split uneven as at d = 192 (warpgroup 0 columns [64, 96), warpgroup 1 [0, 64)).
@@ -122,8 +124,8 @@ struct BwdShape {
   static constexpr int kDL = sm90_layout_dim(kD);  // columns laid out in shared memory (128 at d = 96)
   static constexpr int kDVL = sm90_layout_dim(kDV);  // of V and dO
   // Warpgroup 0 computes S^T only, warpgroup 1 dP^T only, exchanging P^T and dS^T (above). d = 192
-  // keeps both products in each warpgroup: its two stages leave no room for the 16 KB P^T buffer.
-  static constexpr bool kExchange = kD == 256;
+  // too (A/B, session 28): its two stages and the 16 KB P^T buffer fit with 520 bytes to spare.
+  static constexpr bool kExchange = kD >= 192;
   static constexpr int kBM = bwd_block_m(kD);               // query rows per step
   static constexpr int kBN = bwd_block_n(kD);               // keys per item
   static constexpr int kStages = kD == 256 ? 1 : 2;         // Q / dO buffers in flight
@@ -159,7 +161,7 @@ struct BwdShape {
 };
 
 // Byte offsets in the (1024-byte aligned) dynamic shared memory. d = 64: 195 KB; d = 128: 194 KB;
-// d = 192: 217 KB; d = 256: 226 KB (210 KB + the 16 KB P^T exchange buffer).
+// d = 192: 227 KB (all but 520 bytes, with the 16 KB P^T exchange buffer); d = 256: 226 KB.
 template <int kD, int kDV = kD>
 struct BwdSmem {
   using S = BwdShape<kD, kDV>;
@@ -378,7 +380,7 @@ __device__ __forceinline__ BwdItem bwd_item(const Params& p, int w, const FastDi
 //   step could overwrite the buffer that the other warpgroup's dQ product of the previous item's
 //   last step still reads); a
 //   warpgroup's dQ staging and slot by dq_empty (the dQ hand-offs, below).
-//   kExchange (d = 256): per step g, warpgroup 0 writes P^T(g) to L::kPX and each of its threads
+//   kExchange (d = 192 / 256): per step g, warpgroup 0 writes P^T(g) to L::kPX and each of its threads
 //   arrives on the mbarrier p_full (A, count 128: phase g); warpgroup 1 waits for phase g, reads
 //   P^T(g), computes dS^T(g), writes it to dS^T buffer g % 2 (then fence.proxy.async) and both
 //   sync on named barrier B (kDSReadyBarrier, 256 threads) before warpgroup 0's dK (and dQ)
@@ -511,14 +513,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD, kDV>;
   using Shape = BwdShape<kD, kDV>;
-  // The S / dP split between the warpgroups (d = 256). Plain calls: by product (kExchange, warpgroup
+  // The S / dP split between the warpgroups (d = 192 / 256). Plain calls: by product (kExchange, warpgroup
   // 0 S^T, warpgroup 1 dP^T, P^T handed over). Softcap / ALiBi: softcap's dS^T needs the tanh of
   // warpgroup 0's scores, which the exchange does not carry, so there the split is by keys
   // (kKeySplit: each warpgroup both products for 32 of the 64 keys; the consumer loop). Measured for
   // plain calls (session 23, H200): the key split at 0.96-0.98 of the exchange (its score products
   // read half as much again from shared memory), hence only where the exchange cannot serve.
   constexpr bool kExchange = Shape::kExchange && !kMods;
-  constexpr bool kKeySplit = Shape::kExchange && kMods;
+  // (d = 192's kMods kernel keeps both score products in each warpgroup: the key split is written
+  // for d = 256's even column halves.)
+  constexpr bool kKeySplit = Shape::kExchange && kMods && kD == 256;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
   static_assert(kD % 16 == 0 && kDV % 16 == 0, "whole 16-column k-steps");
   constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim (S^T)
