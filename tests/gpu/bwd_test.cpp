@@ -252,6 +252,12 @@ std::vector<Case> bwd_cases() {
   c.name = "bf16_d80_softcap_alibi_window_dv"; c.dtype = DType::BF16; c.batch = 2; c.hq = 2; c.hk = 2; c.sq = 170;
   c.sk = 140; c.d = 72; c.dv = 64; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.window_left = 50; c.window_right = 10;
   add(c);
+  // Head dims <= 40 (on Hopper d = 64's 40-column kernel: 3 k-steps, dK / dV and dQ at N = 40):
+  // softcap + ALiBi, causal, with q / k narrower than v (32 / 40).
+  c = {};
+  c.name = "fp16_d40_softcap_alibi_causal_dv"; c.dtype = DType::F16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 200;
+  c.sk = 230; c.d = 32; c.dv = 40; c.softcap = 10.0f; c.alibi = Alibi::PerHead; c.causal = true;
+  add(c);
   c = {};
   c.name = "bf16_d32_softcap_alibi_causal_dv"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2; c.sq = 200;
   c.sk = 230; c.d = 24; c.dv = 32; c.softcap = 10.0f; c.alibi = Alibi::PerBatchHead; c.causal = true;
@@ -312,6 +318,7 @@ std::vector<Case> bwd_cases() {
                                VarlenCase{"bf16_d128_varlen_gqa_many_blocks", DType::BF16, 6, 3, 128, false},
                                VarlenCase{"bf16_d96_varlen_causal_gqa_many_blocks", DType::BF16, 6, 2, 96, true},
                                VarlenCase{"fp16_d80_varlen_causal_gqa_many_blocks", DType::F16, 6, 2, 80, true},
+                               VarlenCase{"bf16_d40_varlen_gqa_many_blocks", DType::BF16, 6, 2, 40, false},
                                VarlenCase{"fp16_d32_varlen_gqa_many_blocks", DType::F16, 6, 2, 32, false},
                                VarlenCase{"bf16_d32_varlen_causal_gqa_many_blocks", DType::BF16, 6, 3, 32, true},
                                VarlenCase{"fp16_d192_varlen_gqa_many_blocks", DType::F16, 4, 2, 192, false},

@@ -194,8 +194,8 @@ std::vector<Case> feature_cases() {
     v.push_back(c);
     // Softcap with ALiBi through every head dim's mods kernels (d 64: 400 rows, three 192-row
     // tiles of the 3-warpgroup forward), non-causal and causal.
-    for (int d : {32, 64, 96, 128, 256}) {
-      c = make("softcap_alibi_d" + std::to_string(d), dt, d == 64 ? 400 : 130, 200, d);
+    for (int d : {32, 40, 64, 80, 96, 128, 256}) {
+      c = make("softcap_alibi_d" + std::to_string(d), dt, d == 64 || d == 40 ? 400 : 130, 200, d);
       c.softcap = 10.0f; c.alibi = Alibi::PerHead;
       v.push_back(c);
       c = make("softcap_alibi_causal_d" + std::to_string(d), dt, 200, 200, d);
@@ -262,9 +262,9 @@ std::vector<Case> feature_cases() {
   v.push_back(c);
   // Non-causal d 64 (3 warpgroups in every tile): warpgroups whose rows all lie past their sequence's
   // end skip their products (dead_steps) in tiles of 1, 2 and 3 live warpgroups, next to live ones.
-  // The same for d 32 (d 64's tiles over 32 columns), here and in the deal and varlen cases below
-  // (d 96 on d 128's tiles likewise).
-  for (int d : {64, 32}) {
+  // The same for d 32 and 40 (d 64's tiles over 32 / 40 columns), here and in the deal and varlen
+  // cases below (d 96 and 80 on d 128's tiles likewise).
+  for (int d : {64, 32, 40}) {
     c = make("many_tiles_varlen_d" + std::to_string(d), DType::F16, 0, 0, d);
     c.lens_q = {500, 193, 64, 130, 1, 320, 384, 129}; c.lens_k = {470, 260, 64, 300, 17, 320, 90, 129};
     c.hq = 24; c.hk = 8;
@@ -285,7 +285,7 @@ std::vector<Case> feature_cases() {
   // 128-row tiles over 132 CTAs (one round of pairs, then 312 tiles dealt), and d 128 with sq > sk
   // (rows 0-199 see no key: empty tiles in the deal, left out of it) and an odd middle block (5
   // query blocks: its empty partner slot), two rounds of pairs on 131 CTAs, then the deal.
-  for (int d : {64, 32}) {
+  for (int d : {64, 32, 40}) {
     c = make("many_tiles_causal_deal_d" + std::to_string(d), DType::BF16, 512, 512, d);
     c.batch = 3; c.hq = 48; c.hk = 16; c.causal = true; c.backward = false;
     v.push_back(c);
@@ -344,7 +344,7 @@ std::vector<Case> feature_cases() {
 
 std::vector<Case> large_cases() {
   std::vector<Case> v;
-  for (int d : {32, 64, 96, 128, 256}) {
+  for (int d : {32, 40, 64, 80, 96, 128, 256}) {
     Case c = make("long_causal_d" + std::to_string(d), DType::BF16, 2048, 2048, d);
     c.causal = true; c.backward = false;
     v.push_back(c);
@@ -418,18 +418,19 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
     EXPECT_NE(choice.find(sm90 ? ": sm90 forward" : ": sm80 forward"), std::string::npos) << c->name << ": " << choice;
   }
   if (off) return;
-  // d 64: 3 consumer warpgroups (192-row tiles), 2 where a causal / window mask leaves the queries
-  // short key spans (fwd_config.h's fwd_tile_index).
-  struct TileCase { int seqlen; bool causal; int window_left; int consumers; };
-  for (const TileCase& t : {TileCase{512, false, -1, 3}, TileCase{1024, true, -1, 2}, TileCase{2048, true, -1, 3},
-                            TileCase{3200, true, -1, 3}, TileCase{4096, false, 2000, 2}, TileCase{8192, false, 4000, 3}}) {
-    Case c = make("tile_d64", DType::BF16, t.seqlen, t.seqlen, 64);
+  // d 64 (and 40, on its tiles): 3 consumer warpgroups (192-row tiles), 2 where a causal / window mask
+  // leaves the queries short key spans (fwd_config.h's fwd_tile_index).
+  struct TileCase { int seqlen; bool causal; int window_left; int consumers; int d; };
+  for (const TileCase& t : {TileCase{512, false, -1, 3, 64}, TileCase{1024, true, -1, 2, 64}, TileCase{2048, true, -1, 3, 64},
+                            TileCase{3200, true, -1, 3, 64}, TileCase{4096, false, 2000, 2, 64}, TileCase{8192, false, 4000, 3, 64},
+                            TileCase{1024, true, -1, 2, 40}, TileCase{2048, true, -1, 3, 40}}) {
+    Case c = make("tile_d64", DType::BF16, t.seqlen, t.seqlen, t.d);
     c.causal = t.causal;
     if (t.window_left >= 0) { c.window_left = t.window_left; c.window_right = 0; }
     Fixture f(c);
     const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
     EXPECT_NE(choice.find(std::to_string(t.consumers) + " consumer warpgroups"), std::string::npos)
-        << "seqlen " << t.seqlen << (t.causal ? " causal" : "") << " window " << t.window_left << ": " << choice;
+        << "d " << t.d << ", seqlen " << t.seqlen << (t.causal ? " causal" : "") << " window " << t.window_left << ": " << choice;
   }
   // d 256: 64-key blocks where 80-key blocks would pad the keys by 5% more (fwd_config.h).
   for (const auto& [seqlen, block_n] : {std::pair{512, 64}, std::pair{1024, 80}, std::pair{256, 64}, std::pair{640, 80}}) {
@@ -438,8 +439,10 @@ TEST(GpuContract, HopperForwardUsesSm90Kernels) {
     const std::string choice = describe_forward_choice(f.d.q.view(), f.d.k.view(), f.d.v.view(), f.d.args);
     EXPECT_NE(choice.find("tile 128x" + std::to_string(block_n)), std::string::npos) << "seqlen " << seqlen << ": " << choice;
   }
-  // Head dims <= 80 (q / k and v) on d = 96's 80-column row, 96 on its own (fwd_config.h's sm90_columns).
-  for (const auto& [d, dv, kernel] : {std::tuple{72, 72, 80}, std::tuple{80, 64, 80}, std::tuple{80, 96, 96}, std::tuple{96, 96, 96}}) {
+  // Head dims 65-80 (q / k and v) on d = 96's 80-column row, 96 on its own; 33-40 on d = 64's 40-column
+  // rows (fwd_config.h's sm90_columns).
+  for (const auto& [d, dv, kernel] : {std::tuple{72, 72, 80}, std::tuple{80, 64, 80}, std::tuple{80, 96, 96}, std::tuple{96, 96, 96},
+                                      std::tuple{40, 40, 40}, std::tuple{40, 48, 64}, std::tuple{24, 40, 40}}) {
     Case c = make("tile_d80", DType::BF16, 200, 200, d);
     c.dv = dv;
     Fixture f(c);

@@ -111,6 +111,8 @@ constexpr int kBwdThreads = 384;
 //            dQ split as at d = 96 (warpgroup 0's [64, 96) computed on K's zero-filled columns 80-95;
 //            TMA drops their reduce-adds past the accumulator's width).
 //   d = 32:  d = 64's tiles and layout the same way (2 k-steps, dK / dV N = 32, dQ parts 64 x 32).
+//   d = 40:  likewise (3 k-steps, the last over zero-filled columns 40-47; dK / dV N = 40, stored in
+//            groups of 4 column tiles with the last one padded; dQ parts 64 x 40).
 //   q / k 192 with v 128 (kDV = 128: DeepSeek's MLA): d = 192's split for dK and dQ, dV split evenly
 //            (warpgroup w columns [64 w, 64 w + 64)); V and dO tiles 128 wide, dP^T in 8 k-steps.
 // Each warpgroup's dQ product covers all of the item's keys, so every dQ element is reduced into the
@@ -524,9 +526,10 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
   // for d = 256's even column halves.)
   constexpr bool kKeySplit = Shape::kExchange && kMods && kD == 256;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
-  static_assert(kD % 16 == 0 && kDV % 16 == 0, "whole 16-column k-steps");
-  constexpr int kKT = kD / 16;   // 16-wide k-steps over the head dim (S^T)
-  constexpr int kKTV = kDV / 16; // over v's (dP^T)
+  // 16-wide k-steps over the head dim (S^T) and v's (dP^T), rounded up: d = 40's last one runs over
+  // TMA's zero-filled columns 40-47.
+  constexpr int kKT = (kD + 15) / 16;
+  constexpr int kKTV = (kDV + 15) / 16;
   constexpr int kQT = kBM / 8;   // 8-query column tiles of S^T, dP^T
   constexpr int kQK = kBM / 16;  // 16-query k-steps of dV, dK
 
@@ -1340,9 +1343,12 @@ Status run_bwd(const Params& p, cudaStream_t stream, void* workspace) {
   // q / k of 192 with v of at most 128 (DeepSeek's MLA): the kernel with V and dO 128 wide.
   if constexpr (kD == 192 && kDV == kD)
     if (p.head_dim_v <= 128 && p.head_dim > 128) return run_bwd<T, kD, kAccD, 128>(p, stream, workspace);
-  // Head dims <= 80 (q / k and v) among d = 96's: the 80-column kernel (sm90_columns).
+  // Head dims <= 80 (q / k and v) among d = 96's, <= 40 among d = 64's: the 80- / 40-column kernels
+  // (sm90_columns).
   if constexpr (kD == 96)
     if (sm90_columns(kD, std::max(p.head_dim, p.head_dim_v)) == 80) return run_bwd<T, 80, kAccD>(p, stream, workspace);
+  if constexpr (kD == 64)
+    if (sm90_columns(kD, std::max(p.head_dim, p.head_dim_v)) == 40) return run_bwd<T, 40, kAccD>(p, stream, workspace);
   using namespace sm80::bwd;
   if (p.batch == 0 || p.heads_q == 0) return Status::Ok();
   float* dsum = static_cast<float*>(workspace);

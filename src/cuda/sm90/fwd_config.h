@@ -25,10 +25,10 @@
 namespace ioattn::cuda::sm90 {
 
 struct FwdTile {
-  int head_dim;     // the kernel's (padded) head dim: 32, 64, 80, 96, 128, 192 or 256 (32 / 80 / 96:
-                    // tiles laid out as d = 64's / 128's / 128's, TMA filling the columns past 32 /
-                    // 80 / 96 with zeros, but the products only over the first 32 / 80 / 96: S = Q K^T
-                    // in 2 / 5 / 6 k-steps, O += P V with N = 32 / 80 / 96)
+  int head_dim;     // the columns the kernel computes: 32, 40, 64, 80, 96, 128, 192 or 256 (32 / 40 /
+                    // 80 / 96: tiles laid out as d = 64's / 64's / 128's / 128's, TMA filling the
+                    // columns past them with zeros, but the products only over the first 32 / 40 / 80
+                    // / 96: S = Q K^T in 2 / 3 / 5 / 6 k-steps, O += P V with N = 32 / 40 / 80 / 96)
   int head_dim_v;   // v's and O's: head_dim, or 128 in d = 192's second row (q / k 192, v 128:
                     // DeepSeek's MLA prefill), whose P V product, O registers and V tiles are
                     // sized by it
@@ -95,8 +95,10 @@ inline constexpr FwdTile kFwdTiles[] = {
     {64, 64, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 32 regs; 96 KB smem"},
     {32, 32, 192, 3, 128, 3, 2, true, true, true, "d = 64's tiles on 32 columns: S 64 + O 16 + P 32 regs of 160; 144 KB smem"},
     {32, 32, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 16 regs; 96 KB smem"},
+    {40, 40, 192, 3, 128, 3, 2, true, true, true, "d = 64's tiles on 40 columns (head dims 33-40): S 64 + O 20 + P 32 regs of 160"},
+    {40, 40, 128, 2, 128, 2, 2, true, true, true, "masked, short key spans: S 64 + O 20 regs; 96 KB smem"},
     {96, 96, 128, 2, 128, 2, 2, true, true, true, "d = 128's tile on 96 columns: S 64 + O 48 + P 32 regs; 192 KB smem"},
-    {80, 80, 128, 2, 128, 2, 2, true, true, true, "d = 96's, on 80 columns (head dims <= 80): S 64 + O 40 + P 32 regs"},
+    {80, 80, 128, 2, 128, 2, 2, true, true, true, "d = 128's tile on 80 columns (head dims 65-80): S 64 + O 40 + P 32 regs"},
     {128, 128, 128, 2, 128, 2, 2, true, true, true, "S 64 + O 64 + P 32 regs; 192 KB smem"},
     {192, 192, 128, 2, 80, 2, 2, true, true, false, "S 40 + O 96 + P 20 regs; 216 KB smem"},
     {192, 128, 128, 2, 96, 2, 2, true, true, false, "v 128 (MLA): S 48 + O 64 + P 24 regs; 216 KB smem"},
@@ -112,12 +114,15 @@ constexpr int sm90_head_dim(int d) {
   return d <= 32 ? 32 : d <= 64 ? 64 : (d <= 96 ? 96 : (d <= 128 ? 128 : (d <= 192 ? 192 : (d <= 256 ? 256 : 0))));
 }
 // The columns the kernels of sm90 head dim `kernel` compute for a call whose q / k and v have at most
-// d_max: d = 96's include kernels over 80 columns (Phi-2, the middle stages of Stable Diffusion 1.x's
-// U-Net: a sixth fewer products), picked here for both directions (fwd_tile_index, run_bwd).
-constexpr int sm90_columns(int kernel, int d_max) { return kernel == 96 && d_max <= 80 ? 80 : kernel; }
+// d_max: d = 64's include kernels over 40 columns (Stable Diffusion 1.x's U-Net at its highest
+// resolution: 3 of 4 k-steps, N = 40 of 64), d = 96's over 80 (Phi-2, that U-Net's middle stages: a
+// sixth fewer products), picked here for both directions (fwd_tile_index, run_bwd); the kernels live
+// in their sm90 head dim's generated files (its forward rows: sm90_head_dim of their head dim).
+constexpr int sm90_columns(int kernel, int d_max) {
+  return kernel == 96 && d_max <= 80 ? 80 : kernel == 64 && d_max <= 40 ? 40 : kernel;
+}
 
-// The first row of head dim head_dim (an sm90 head dim), and whether row i + 1 is another tile of it
-// (one whose head dim rounds up to it: d = 96's 80-column row).
+// The first row of columns head_dim (sm90_columns), and whether row i + 1 is another tile of it.
 constexpr int fwd_first_tile(int head_dim) {
   for (int i = 0; i < kFwdTileCount; ++i)
     if (kFwdTiles[i].head_dim == head_dim) return i;
@@ -125,7 +130,7 @@ constexpr int fwd_first_tile(int head_dim) {
 }
 constexpr bool fwd_has_second_tile(int head_dim) {
   const int i = fwd_first_tile(head_dim);
-  return i + 1 < kFwdTileCount && sm90_head_dim(kFwdTiles[i + 1].head_dim) == head_dim;
+  return i + 1 < kFwdTileCount && kFwdTiles[i + 1].head_dim == head_dim;
 }
 
 // Keys the middle query row sees: under a causal or sliding-window mask, roughly the mean over the
@@ -138,8 +143,8 @@ inline int64_t fwd_key_span(const Params& p) {
   return std::max<int64_t>(0, std::min<int64_t>(sk, left + right + 1));
 }
 
-// The row this call runs with (an index into kFwdTiles): its head dim's first tile, or the second.
-// d = 96: the 80-column row where q / k and v have at most 80 (sm90_columns).
+// The row a call of sm90 head dim `kernel` runs with (an index into kFwdTiles): the first tile of
+// the columns it computes (sm90_columns: d = 64's 40, d = 96's 80), or the second.
 // d = 256: 64-key blocks where they pad the keys by 5% less than 80-key blocks do (seqlen_k 512: 512
 // against 560 keys; varlen: the longest sequence), else 80.
 // d = 64: 2 consumer warpgroups where a mask leaves the queries short key spans. Thresholds as
@@ -148,11 +153,11 @@ inline int64_t fwd_key_span(const Params& p) {
 // (span 512: 269 / 285) and 512 (192 / 213; bench/results/variants-nvidia-h200-2026-11-22-s14-fwd-
 // balanced-grid-ab.txt); a sliding window (window_left >= 0, no pairing of the tiles) lost at span
 // 2001 (315 / 364) and won at span 4001 (428 / 400; bench/results/*-2026-11-22-s8-fwd-d64-*).
-inline int fwd_tile_index(int head_dim, const Params& p) {
+inline int fwd_tile_index(int kernel, const Params& p) {
+  const int head_dim = sm90_columns(kernel, std::max(p.head_dim, p.head_dim_v));
   const int i = fwd_first_tile(head_dim);
   if (!fwd_has_second_tile(head_dim)) return i;
   if (head_dim == 192) return p.head_dim_v <= 128 ? i + 1 : i;  // (MLA's v of 128 next to q / k of 192)
-  if (head_dim == 96) return sm90_columns(96, std::max(p.head_dim, p.head_dim_v)) == 80 ? i + 1 : i;
   if (head_dim == 256) {
     const int64_t keys80 = (p.seqlen_k + 79) / 80 * 80, keys64 = (p.seqlen_k + 63) / 64 * 64;
     return keys64 * 20 < keys80 * 19 ? i + 1 : i;

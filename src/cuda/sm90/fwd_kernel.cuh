@@ -484,13 +484,14 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     __syncwarp();
     if (lane == 0) ptx::mbarrier_arrive(bar);
   };
-  // S = Q K^T for the K tile in ring slot s: kD / 16 k-steps of m64 x n(kBN) x k16 (not waited on).
+  // S = Q K^T for the K tile in ring slot s: kD / 16 k-steps of m64 x n(kBN) x k16, rounded up (d = 40:
+  // 3, the last over TMA's zero-filled columns 40-47) (not waited on).
   auto issue_s = [&](float (&sacc)[kNT][4], int s) {
     const uint64_t da0 = make_desc(q_addr, 16, kAtomBytes);
     const uint64_t db0 = make_desc(smem_base + L::kK + s * L::kKBytes, 16, kAtomBytes);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
+    for (int kk = 0; kk < (kD + 15) / 16; ++kk) {
       const uint32_t off = (kk % 4) * 32;  // 16 columns = 32 bytes into the 64-column tile
       wgmma_ss<T, 0, 0>(sacc, desc_add(da0, (kk / 4) * kBM * kSwizzleBytes + off),
                         desc_add(db0, (kk / 4) * kBN * kSwizzleBytes + off), kk > 0 ? 1 : 0);
@@ -710,18 +711,19 @@ __global__ void __launch_bounds__(FwdWarps<kTile>::kThreads, 1)
     // session 17): matrices (the warp's rows 0-7, 8-15) x (column tiles dt, dt + 1), lane l giving
     // the address of row l % 8 of matrix l / 8. Its 16-byte unit is (dt % 8 + l / 16) ^ (row % 8)
     // = (dt % 8) ^ u with u = (l / 16) ^ (row % 8), dt being even.
+    // (An odd tile count, d = 40's 5, pairs its last tile with zeros: columns past head_dim_v, which
+    // the tensor map clips.)
     auto store_o = [&](unsigned char* so, int chunk_bytes) {
-      static_assert(kDT % 2 == 0, "column tiles in pairs");
+      auto o_pair = [&](int dt, int r) {  // tile dt's packed row-pair r, zeros past the last tile
+        return dt < kDT ? pack2<T>(o[dt][2 * r] * o_scale[r], o[dt][2 * r + 1] * o_scale[r]) : 0u;
+      };
       const int mrow = 16 * (warp % 4) + (lane & 7) + 8 * ((lane >> 3) & 1);  // row within the warpgroup's 64
       const uint32_t row_addr = smem_addr(so) + mrow * kSwizzleBytes;
       const int u = (lane >> 4) ^ (mrow % 8);
 #pragma unroll
       for (int dt = 0; dt < kDT; dt += 2)
-        stmatrix_x4(row_addr + (dt / 8) * chunk_bytes + (((dt % 8) ^ u) * 16),
-                    pack2<T>(o[dt][0] * o_scale[0], o[dt][1] * o_scale[0]),
-                    pack2<T>(o[dt][2] * o_scale[1], o[dt][3] * o_scale[1]),
-                    pack2<T>(o[dt + 1][0] * o_scale[0], o[dt + 1][1] * o_scale[0]),
-                    pack2<T>(o[dt + 1][2] * o_scale[1], o[dt + 1][3] * o_scale[1]));
+        stmatrix_x4(row_addr + (dt / 8) * chunk_bytes + (((dt % 8) ^ u) * 16), o_pair(dt, 0), o_pair(dt, 1),
+                    o_pair(dt + 1, 0), o_pair(dt + 1, 1));
       fence_proxy_async_smem();
       epilogue_sync<kConsumers>(cwg);
       if (leader) {
@@ -867,15 +869,25 @@ Status run_fwd_tile(const Params& p, cudaStream_t stream) {
   return Status::Ok();
 }
 
-// Head dim kD's forward: its tile (fwd_tile's choice among the head dim's rows), instantiating only
-// the rows of kD.
+// Row `index` of kFwdTiles, among the rows from kRow on whose head dim rounds up to kD (compiled for
+// those only).
+template <class T, int kD, int kRow>
+Status run_fwd_row(const Params& p, cudaStream_t stream, int index) {
+  if constexpr (kRow == kFwdTileCount) {
+    return Status{ErrorCode::BackendError, "sm90 forward: no tile row " + std::to_string(index) + " for head dim " +
+                                               std::to_string(kD)};
+  } else {
+    if constexpr (sm90_head_dim(kFwdTiles[kRow].head_dim) == kD)
+      if (index == kRow) return run_fwd_tile<T, kRow>(p, stream);
+    return run_fwd_row<T, kD, kRow + 1>(p, stream, index);
+  }
+}
+
+// Sm90 head dim kD's forward: the tile fwd_tile_index picks among the rows of the columns it
+// computes (sm90_columns), instantiating only the rows that round up to kD.
 template <class T, int kD>
 Status run_fwd(const Params& p, cudaStream_t stream) {
-  constexpr int kFirst = fwd_first_tile(kD);
-  if constexpr (fwd_has_second_tile(kD)) {
-    if (fwd_tile_index(kD, p) == kFirst + 1) return run_fwd_tile<T, kFirst + 1>(p, stream);
-  }
-  return run_fwd_tile<T, kFirst>(p, stream);
+  return run_fwd_row<T, kD, 0>(p, stream, fwd_tile_index(kD, p));
 }
 
 }  // namespace ioattn::cuda::sm90

@@ -8,12 +8,12 @@ instead of hand-typing 128-operand lists. Run it after changing SHAPES and commi
 """
 
 # (form, N): "ss" = A and B from shared-memory descriptors (S = Q K^T: N = keys per tile; 32: the
-#            d = 256 backward's per-warpgroup half of a 64-key block);
-#            "rs" = A from registers, B from a descriptor (O += P V: N = head dim; 32 / 80 / 96: the d = 32 / 80 / 96
-#            kernels, whose tiles are laid out as d = 64's / 128's / 128's and read for their first 32 / 80 / 96
-#            columns).
-SHAPES = [("ss", 32), ("ss", 64), ("ss", 80), ("ss", 96), ("ss", 128), ("rs", 32), ("rs", 64), ("rs", 80), ("rs", 96), ("rs", 128),
-          ("rs", 192), ("rs", 256)]
+#            d = 256 backward's per-warpgroup half of a 64-key block; 40: the d = 40 backward's dQ);
+#            "rs" = A from registers, B from a descriptor (O += P V: N = head dim; 32 / 40 / 80 / 96: the
+#            d = 32 / 40 / 80 / 96 kernels, whose tiles are laid out as d = 64's / 64's / 128's / 128's and
+#            read for their first 32 / 40 / 80 / 96 columns).
+SHAPES = [("ss", 32), ("ss", 40), ("ss", 64), ("ss", 80), ("ss", 96), ("ss", 128), ("rs", 32), ("rs", 40), ("rs", 64),
+          ("rs", 80), ("rs", 96), ("rs", 128), ("rs", 192), ("rs", 256)]
 TYPES = [("__half", "f16"), ("__nv_bfloat16", "bf16")]
 
 
