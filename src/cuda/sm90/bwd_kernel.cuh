@@ -122,7 +122,9 @@ template <int kD, int kDV = kD>
 struct BwdShape {
   static_assert(kDV == kD || (kD == 192 && kDV == 128), "v as wide as q / k, or MLA's 192 / 128");
   static constexpr bool kSplitD = kD >= 192;
-  static constexpr bool kUneven = kD == 192 || kD == 96 || kD == 80;  // the warpgroups' dQ column counts differ (below)
+  // d = 80 / 96: d = 128's layout with fewer columns computed (kNarrow128).
+  static constexpr bool kNarrow128 = kD > 64 && kD < 128;
+  static constexpr bool kUneven = kD == 192 || kNarrow128;  // the warpgroups' dQ column counts differ (below)
   static constexpr int kDL = sm90_layout_dim(kD);  // columns laid out in shared memory (128 at d = 96)
   static constexpr int kDVL = sm90_layout_dim(kDV);  // of V and dO
   // Warpgroup 0 computes S^T only, warpgroup 1 dP^T only, exchanging P^T and dS^T (above). d = 192
@@ -151,10 +153,10 @@ struct BwdShape {
   __host__ __device__ static constexpr int wg_cols_v(int w) { return kDV == kD ? wg_cols(w) : kDV / 2; }
   __host__ __device__ static constexpr int wc0_v(int w) { return kDV == kD ? wc0(w) : kDV / 2 * w; }
   __host__ __device__ static constexpr int dq_cols(int w) {
-    return kD <= 64 ? kD : kD == 80 || kD == 96 ? 32 + 32 * w : kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
+    return kD <= 64 ? kD : kNarrow128 ? 32 + 32 * w : kD == 128 ? 64 : kUneven && w == 0 ? 64 : 128;
   }
   __host__ __device__ static constexpr int dq_c(int w) {
-    return kD <= 64 ? 0 : kD == 80 || kD == 96 ? 64 * (1 - w) : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w;
+    return kD <= 64 ? 0 : kNarrow128 ? 64 * (1 - w) : kUneven ? (w == 0 ? 128 : 0) : dq_cols(0) * w;
   }
   __host__ __device__ static constexpr int dq_m(int w) { return kD <= 64 ? 64 * w : 0; }
   // (In whole 32-column staging tiles past d = 64: d = 80's parts cover 96 columns.)
