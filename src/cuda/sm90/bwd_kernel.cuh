@@ -517,16 +517,16 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = BwdSmem<kD, kDV>;
   using Shape = BwdShape<kD, kDV>;
-  // The S / dP split between the warpgroups (d = 192 / 256). Plain calls: by product (kExchange, warpgroup
-  // 0 S^T, warpgroup 1 dP^T, P^T handed over). Softcap / ALiBi: softcap's dS^T needs the tanh of
-  // warpgroup 0's scores, which the exchange does not carry, so there the split is by keys
-  // (kKeySplit: each warpgroup both products for 32 of the 64 keys; the consumer loop). Measured for
-  // plain calls (session 23, H200): the key split at 0.96-0.98 of the exchange (its score products
-  // read half as much again from shared memory), hence only where the exchange cannot serve.
-  constexpr bool kExchange = Shape::kExchange && !kMods;
-  // (d = 192's kMods kernel keeps both score products in each warpgroup: the key split is written
-  // for d = 256's even column halves.)
+  // The S / dP split between the warpgroups (d = 192 / 256). By product (kExchange: warpgroup 0 S^T,
+  // warpgroup 1 dP^T, P^T handed over), with softcap / ALiBi too at d = 192: softcap's dS^T needs
+  // 1 - tanh^2 of warpgroup 0's scores, which then travels with P^T (the exchange below). Softcap /
+  // ALiBi at d = 256 split by keys instead (kKeySplit: each warpgroup both products for 32 of the 64
+  // keys; the consumer loop). Measured (H200): the key split at 0.96-0.98 of the exchange for plain
+  // calls (session 23), hence not there; with softcap / ALiBi, the exchange gained 10-19% over both
+  // products per warpgroup at d = 192 but ran at 0.95-0.99 of the key split at d = 256, where its
+  // kernel spills (session 29, `variants-...-s29-bwd-mods-exchange.txt`).
   constexpr bool kKeySplit = Shape::kExchange && kMods && kD == 256;
+  constexpr bool kExchange = Shape::kExchange && !kKeySplit;
   constexpr int kBM = Shape::kBM, kBN = Shape::kBN, kStages = Shape::kStages;
   // 16-wide k-steps over the head dim (S^T) and v's (dP^T), rounded up: d = 40's last one runs over
   // TMA's zero-filled columns 40-47.
@@ -1010,12 +1010,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                 }
                 const float pr = sm_exp2(x);
                 st[j][e] = pr;
+                // Softcap: d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2 (the scale c is applied to dK /
+                // dQ at the end, as without softcap); ALiBi's bias has no derivative in the score.
                 if constexpr (decltype(with_ds)::value) {
                   float ds = ds_of(pr, dpt[j][e], qc);
-                  // Softcap: d(cap tanh(s c / cap)) / d(s c) = 1 - tanh^2 (the scale c is applied to dK /
-                  // dQ at the end, as without softcap); ALiBi's bias has no derivative in the score.
                   if constexpr (kCap) ds *= 1.0f - th * th;
                   dpt[j][e] = ds;
+                } else if constexpr (kCap) {
+                  dpt[j][e] = 1.0f - th * th;  // (kExchange's warpgroup 0, which has no dP^T: for warpgroup 1)
                 }
               }
             }
@@ -1042,20 +1044,48 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
             scores_to_p(std::true_type{});
           } else if constexpr (kW == 0) {
             // P^T -> warpgroup 1. The buffer's previous contents (step g - 1) were read before warpgroup 1
-            // reached B at g - 1, which this warpgroup synced on before this step.
+            // reached B at g - 1, which this warpgroup synced on before this step. With softcap, each
+            // element's P and 1 - tanh^2 as two fp16 in the same 4 bytes (both in [0, 1]; fp16's 11
+            // bits are finer than the 16-bit P that dV's product takes and the dS^T that is stored).
             scores_to_p(std::false_type{});
+            if (kMods && mod.softcap) {
   #pragma unroll
-            for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
+              for (int j = 0; j < kQT; ++j) {
+                uint32_t w[4];
+  #pragma unroll
+                for (int e = 0; e < 4; ++e) w[e] = pack2<__half>(st[j][e], dpt[j][e]);
+                reinterpret_cast<uint4*>(p_exchange())[128 * j] = make_uint4(w[0], w[1], w[2], w[3]);
+              }
+            } else {
+  #pragma unroll
+              for (int j = 0; j < kQT; ++j) p_exchange()[128 * j] = make_float4(st[j][0], st[j][1], st[j][2], st[j][3]);
+            }
             bptx::mbarrier_arrive(p_full);  // A(g): release.cta
           } else {
-            // Warpgroup 1: warpgroup 0's P^T (A(g): phase g of p_full, acquire).
+            // Warpgroup 1: warpgroup 0's P^T (A(g): phase g of p_full, acquire), dS^T from it.
             bwd_wait(p_full, g & 1);
+            if (kMods && mod.softcap) {
   #pragma unroll
-            for (int j = 0; j < kQT; ++j) {
-              const float4 pr = p_exchange()[128 * j];
-              st[j][0] = pr.x, st[j][1] = pr.y, st[j][2] = pr.z, st[j][3] = pr.w;
+              for (int j = 0; j < kQT; ++j) {
+                const uint4 pg = reinterpret_cast<const uint4*>(p_exchange())[128 * j];
+                const uint32_t w[4] = {pg.x, pg.y, pg.z, pg.w};
   #pragma unroll
-              for (int e = 0; e < 4; ++e) dpt[j][e] = ds_of(st[j][e], dpt[j][e], 8 * j + 2 * (lane % 4) + (e % 2));
+                for (int e = 0; e < 4; ++e) {
+                  // (P, 1 - tanh^2): the low and high halves of word e
+                  const float pr = __half2float(__ushort_as_half(static_cast<unsigned short>(w[e] & 0xffffu)));
+                  const float gd = __half2float(__ushort_as_half(static_cast<unsigned short>(w[e] >> 16)));
+                  st[j][e] = pr;
+                  dpt[j][e] = ds_of(pr, dpt[j][e], 8 * j + 2 * (lane % 4) + (e % 2)) * gd;
+                }
+              }
+            } else {
+  #pragma unroll
+              for (int j = 0; j < kQT; ++j) {
+                const float4 pr = p_exchange()[128 * j];
+                st[j][0] = pr.x, st[j][1] = pr.y, st[j][2] = pr.z, st[j][3] = pr.w;
+  #pragma unroll
+                for (int e = 0; e < 4; ++e) dpt[j][e] = ds_of(st[j][e], dpt[j][e], 8 * j + 2 * (lane % 4) + (e % 2));
+              }
             }
           }
           stats_read_arrive(s);
