@@ -19,22 +19,25 @@ constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   log2 units -> natural
 // 2^x, 1 / x and log2(x) on the MUFU: sm_exp2, sm_rcp, sm_log2 (core/softmax_state.h, shared with
 // the decode kernels and the CPU backend's host forms).
 
-// tanh(y) = 1 - 2 / (e^(2y) + 1) for softcap: one ex2 and one reciprocal on the MUFU and three
-// FMA-pipe instructions, where tanhf costs ~20 instructions with a branch (softcap's forward ran
-// at a quarter of the plain kernel's speed with it). Error: absolute, below 5e-7 (ex2's 2 ulp on
-// e^(2y) and the reciprocal's 1 ulp, both relative, taken through 2 / (e + 1) <= 2); softcap
-// multiplies it by softcap * log2(e) into the log2-unit score, ~1e-5 of a unit at softcap 30: a
-// relative error of ~1e-5 in P, 50x below fp16's rounding. Large |y|: e = inf gives 1, e = 0
-// gives -1; NaN stays NaN.
-__device__ __forceinline__ float softcap_tanh(float y) {
-  const float e = sm_exp2(y * (2.0f * kLog2e));
-  return 1.0f - __fdividef(2.0f, e + 1.0f);
-}
+// Softcap's tanh(y) = 1 - 2 r with r = 1 / (e^(2y) + 1): one ex2 and one reciprocal on the MUFU,
+// where tanhf costs ~20 instructions with a branch (softcap's forward ran at a quarter of the plain
+// kernel's speed with it). softcap_r takes z = 2 y log2(e), the ex2's argument (ScoreMod::cap_in
+// carries the 2 log2(e)), and the capped log2-unit score cap_out tanh y is then one FFMA,
+// cap_out - 2 cap_out r (ScoreMod::cap_r = -2 cap_out): per score a multiply, the two MUFU
+// operations, an add and the FFMA, where the form cap_out * (1 - 2 / (e + 1)) of y took three
+// multiplies and two adds around them (the softcap kernels are issue-bound: session 29 measured
+// Newton's reciprocal on the FMA pipe instead of MUFU.RCP 2-23% slower). Error: absolute, below
+// 5e-7 in tanh (ex2's 2 ulp on e^(2y) and the reciprocal's 1 ulp, both relative, taken through
+// 2 / (e + 1) <= 2); softcap multiplies it by softcap * log2(e) into the log2-unit score, ~1e-5 of a
+// unit at softcap 30: a relative error of ~1e-5 in P, 50x below fp16's rounding. Large |y|: e = inf
+// gives r = 0 (tanh 1), e = 0 gives r = 1 (tanh -1); NaN stays NaN.
+__device__ __forceinline__ float softcap_r(float z) { return sm_rcp(sm_exp2(z) + 1.0f); }
 
 struct ScoreMod {
   float scale_log2;  // no softcap: x = acc * scale * log2(e)
-  float cap_in;      // softcap:    x = cap_out * tanh(acc * cap_in),
-  float cap_out;     //             cap_in = scale / softcap, cap_out = softcap * log2(e)
+  float cap_in;      // softcap:    x = cap_out * tanh(acc * scale / softcap) = fma(r, cap_r, cap_out),
+  float cap_out;     //             r = softcap_r(acc * cap_in), cap_in = 2 log2(e) scale / softcap,
+  float cap_r;       //             cap_out = softcap * log2(e), cap_r = -2 cap_out
   float alibi_log2;  // slope_h * log2(e); 0 without ALiBi
   bool softcap;
   WindowMask mask;   // bottom-right aligned, shift = sk - sq of this sequence
@@ -44,8 +47,9 @@ struct ScoreMod {
     ScoreMod m;
     m.scale_log2 = p.scale_log2;
     m.softcap = p.softcap > 0.0f;
-    m.cap_in = m.softcap ? p.scale / p.softcap : 0.0f;
+    m.cap_in = m.softcap ? 2.0f * kLog2e * p.scale / p.softcap : 0.0f;
     m.cap_out = p.softcap * kLog2e;
+    m.cap_r = -2.0f * m.cap_out;
     m.alibi_log2 = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2e : 0.0f;
     m.mask = WindowMask{p.window_left, p.window_right, sk - sq};
     m.sk = sk;
@@ -64,7 +68,7 @@ struct ScoreMod {
   // Scores of kNTiles 16x8 fragments: rows row0 (c[0], c[1]) and row0 + 8 (c[2], c[3]), columns
   // col0 + 8 nt + {0, 1}. Transforms in place to log2 units; kMask adds the element mask (-inf).
   // kMods = false compiles softcap and ALiBi out (for kernels instantiated for calls without them:
-  // fewer live registers). softcap_tanh, not tanh.approx (2^-11 relative: fp16's rounding).
+  // fewer live registers). softcap_r, not tanh.approx (2^-11 relative: fp16's rounding).
   // The softcap test is taken once per call, outside the element loops (a per-element test kept
   // the tanh's instructions, predicated off, in every ALiBi-only call's issue stream).
   template <bool kMask, bool kMods = true, int kNTiles>
@@ -96,7 +100,7 @@ struct ScoreMod {
     for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float x = kSoftcap ? cap_out * softcap_tanh(s[nt][e] * cap_in) : s[nt][e] * scale_log2;
+        float x = kSoftcap ? fmaf(softcap_r(s[nt][e] * cap_in), cap_r, cap_out) : s[nt][e] * scale_log2;
         if (kMods) x = fmaf(-alibi_log2, fabsf(d0[e / 2] - static_cast<float>(nt * 8 + e % 2)), x);
         if (kMask && !in_interval(iv, nt, e)) x = -INFINITY;
         s[nt][e] = x;

@@ -14,7 +14,7 @@
 //   epilogue   O / l (and 1/(1-p) with dropout) -> input dtype, staged through the Q tile for
 //              16-byte coalesced stores; LSE = ln(sum) in fp32.
 // Fast intrinsics relied on: ex2.approx.ftz (sm_exp2 in core/softmax_state.h, about 2 ulp, results
-// below 2^-126 flushed to 0), log2f, and softcap's tanh from ex2 and a reciprocal (softcap_tanh).
+// below 2^-126 flushed to 0), log2f, and softcap's tanh from ex2 and a reciprocal (softcap_r).
 #pragma once
 
 #include <cuda_bf16.h>

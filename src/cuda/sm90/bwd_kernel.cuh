@@ -868,7 +868,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
               for (int e = 0; e < 4; ++e) {
                 float x, th = 0.0f;
                 if constexpr (kCap) {
-                  th = softcap_tanh(sc[j][e] * mod.cap_in);
+                  th = fmaf(-2.0f, softcap_r(sc[j][e] * mod.cap_in), 1.0f);
                   x = mod.cap_out * th;
                 } else {
                   x = sc[j][e] * mod.scale_log2;
@@ -992,7 +992,7 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                 float x, th = 0.0f;  // th: softcap's tanh, for its derivative below
                 if constexpr (kMods) {  // score.cuh's transform (ScoreMod::apply_scores), transposed
                   if constexpr (kCap) {
-                    th = softcap_tanh(st[j][e] * mod.cap_in);
+                    th = fmaf(-2.0f, softcap_r(st[j][e] * mod.cap_in), 1.0f);
                     x = mod.cap_out * th;
                   } else {
                     x = st[j][e] * mod.scale_log2;
