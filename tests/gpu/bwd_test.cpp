@@ -379,6 +379,12 @@ std::vector<Case> bwd_cases() {
   c.name = "fp16_d64_left_window_many_blocks"; c.dtype = DType::F16; c.batch = 2; c.hq = 2; c.hk = 2;
   c.sq = 1000; c.sk = 800; c.d = 64; c.window_left = 300; c.window_right = -1;
   add(c);
+  // Softcap at d = 192 through the S / dP exchange (session 29: P and 1 - tanh^2 handed from
+  // warpgroup 0 to warpgroup 1 as fp16 pairs), causal with GQA over several key blocks.
+  c = {};
+  c.name = "bf16_d192_softcap_causal_gqa"; c.dtype = DType::BF16; c.batch = 2; c.hq = 4; c.hk = 2;
+  c.sq = 260; c.sk = 300; c.d = 192; c.softcap = 12.0f; c.causal = true;
+  add(c);
   return v;
 }
 
