@@ -19,6 +19,7 @@ shapes that walk several tiles per persistent CTA (causal + varlen, window + GQA
 Shapes follow BENCHMARKS.md: bf16, heads = 2048 / d, batch x seqlen = 16384. Forward TFLOP/s, and with
 --backward the backward's too (FLOPs: DESIGN.md's convention, backward = 2.5 x forward). --cudnn adds
 PyTorch SDPA's cuDNN backend (forward) in the same run. Saves bench/results/variants-<device>-<date>.json.
+Stopped by SIGTERM (`timeout`), it still prints the table and saves the JSON of the samples it took.
 
   python3 bench/gpu/bench_variants.py --cli build-gpu/tools/ioattn --ref old=HEAD~1 \\
       --env sm80:IOATTN_SM90=0 --head-dims 64,128 --seqlens 2048 --backward --rounds 3
@@ -34,6 +35,7 @@ import re
 import statistics
 import subprocess
 import shlex
+import signal
 import sys
 import time
 
@@ -219,26 +221,41 @@ def run_variants(worktrees):
     keys = ["fwd_tflops"] + (["bwd_tflops"] if args.backward else [])
     shapes = [(d, s, c) for d in head_dims for s in seqlens for c in causals]
     samples = {(shape, name, key): [] for shape in shapes for name, _, _ in variants for key in keys}
-    for r in range(args.rounds):
-        for shape in shapes:
-            d, s, causal = shape
-            # Alternate the variants' order between rounds, so neither always runs first (clocks, L2).
-            for name, cli, env in (variants if r % 2 == 0 else variants[::-1]):
-                extra = (["--backward"] if args.backward else []) + cli_args
-                rc, j, last = run_json(cli_cmd(cli, d, s, causal, args.repeat, extra=extra), env)
-                if rc != 0 or j is None:
-                    print(f"  d={d} s={s} causal={causal} {name}: {last[:160]}", file=sys.stderr)
-                    continue
-                for key in keys:
-                    if j.get(key):
-                        samples[(shape, name, key)].append(j[key])
-        print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", flush=True)
-    cudnn = cudnn_timer() if args.cudnn else None
+    # A run stopped by SIGTERM (`timeout`, the GPU machine's per-call limit) still prints its table
+    # and saves its JSON with the samples it has: the rounds done, and the shapes of the round it was
+    # in (a device run that timed out used to leave nothing).
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    rounds_done, interrupted = 0, False
+    try:
+        for r in range(args.rounds):
+            for shape in shapes:
+                d, s, causal = shape
+                # Alternate the variants' order between rounds, so neither always runs first (clocks, L2).
+                for name, cli, env in (variants if r % 2 == 0 else variants[::-1]):
+                    extra = (["--backward"] if args.backward else []) + cli_args
+                    rc, j, last = run_json(cli_cmd(cli, d, s, causal, args.repeat, extra=extra), env)
+                    if rc != 0 or j is None:
+                        print(f"  d={d} s={s} causal={causal} {name}: {last[:160]}", file=sys.stderr)
+                        continue
+                    for key in keys:
+                        if j.get(key):
+                            samples[(shape, name, key)].append(j[key])
+            rounds_done = r + 1
+            print(f"round {r + 1}/{args.rounds} done ({time.time() - t0:.0f} s)", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"interrupted after {rounds_done} of {args.rounds} rounds ({time.time() - t0:.0f} s): the table below "
+              "has the samples taken so far", flush=True)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    cudnn = cudnn_timer() if args.cudnn and not interrupted else None
 
     names = [n for n, _, _ in variants]
     rows = []
     print("VARIANT TABLE")
-    print(f"TFLOP/s (median of {args.rounds} rounds; spread = (max - min) / median over the rounds), bf16, "
+    done = f"{args.rounds} rounds" if not interrupted else f"the samples of {rounds_done} + part of a round"
+    print(f"TFLOP/s (median of {done}; spread = (max - min) / median over the rounds), bf16, "
           "heads = 2048/d, batch x seqlen = 16384; ratios to base" + (f"; {args.cli_args}" if cli_args else ""))
     for key in keys:
         head = (f"{key[:3]:>3} {'d':>4} {'seqlen':>6} {'causal':>6} | " + " | ".join(f"{n:>16}" for n in names) +
@@ -280,7 +297,8 @@ def run_variants(worktrees):
         path = os.path.join(args.out_dir, f"variants-{dname}-{date}-run{n}.json")
         n += 1
     with open(path, "w") as f:
-        json.dump({"device": dev, "date": date, "rounds": args.rounds, "repeat": args.repeat, "cli_args": cli_args,
+        json.dump({"device": dev, "date": date, "rounds": args.rounds, "rounds_done": rounds_done,
+                   "interrupted": interrupted, "repeat": args.repeat, "cli_args": cli_args,
                    "variants": [{"name": n, "cli": c, "env": e} for n, c, e in variants],
                    "checks": checks, "rows": rows}, f, indent=1)
     print(f"saved {path} ({time.time() - t0:.0f} s)")
