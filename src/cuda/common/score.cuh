@@ -32,6 +32,8 @@ constexpr float kLn2 = 0.6931471805599453f;    // ln(2):   log2 units -> natural
 // unit at softcap 30: a relative error of ~1e-5 in P, 50x below fp16's rounding. Large |y|: e = inf
 // gives r = 0 (tanh 1), e = 0 gives r = 1 (tanh -1); NaN stays NaN.
 __device__ __forceinline__ float softcap_r(float z) { return sm_rcp(sm_exp2(z) + 1.0f); }
+// softcap_r's argument per raw score: 2 log2(e) scale / softcap (ScoreMod::cap_in, the decode kernel).
+__device__ __forceinline__ float softcap_in(float scale, float softcap) { return 2.0f * kLog2e * scale / softcap; }
 
 struct ScoreMod {
   float scale_log2;  // no softcap: x = acc * scale * log2(e)
@@ -47,7 +49,7 @@ struct ScoreMod {
     ScoreMod m;
     m.scale_log2 = p.scale_log2;
     m.softcap = p.softcap > 0.0f;
-    m.cap_in = m.softcap ? 2.0f * kLog2e * p.scale / p.softcap : 0.0f;
+    m.cap_in = m.softcap ? softcap_in(p.scale, p.softcap) : 0.0f;
     m.cap_out = p.softcap * kLog2e;
     m.cap_r = -2.0f * m.cap_out;
     m.alibi_log2 = p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] * kLog2e : 0.0f;

@@ -477,7 +477,7 @@ __global__ void __launch_bounds__(Tile<kD, kStagesT>::kThreads, Tile<kD, kStages
   // Per lane: rows g and g + 8 of the block. Visible keys of a row: [lo, hi) (the mask's range
   // cut to this block's keys); padding rows see nothing.
   const bool softcap = p.softcap > 0.0f;
-  const float cap_in = softcap ? 2.0f * kLog2eF * p.scale / p.softcap : 0.0f, cap_out = p.softcap * kLog2eF;
+  const float cap_in = softcap ? softcap_in(p.scale, p.softcap) : 0.0f, cap_out = p.softcap * kLog2eF;
   int lo[2], hi[2], qi[2];
   float slope[2];
 #pragma unroll
