@@ -991,14 +991,14 @@ __global__ void __launch_bounds__(kBwdThreads, 1)
                 const int qc = 8 * j + 2 * (lane % 4) + (e % 2);  // query within the block
                 float x, th = 0.0f;  // th: softcap's tanh, for its derivative below
                 if constexpr (kMods) {  // score.cuh's transform (ScoreMod::apply_scores), transposed
+                  // (The row's -LSE as the first operation's addend: one FADD per score fewer.)
                   if constexpr (kCap) {
                     th = fmaf(-2.0f, softcap_r(st[j][e] * mod.cap_in), 1.0f);
-                    x = mod.cap_out * th;
+                    x = fmaf(mod.cap_out, th, -s_lse[qc]);
                   } else {
-                    x = st[j][e] * mod.scale_log2;
+                    x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
                   }
                   x = fmaf(-mod.alibi_log2, fabsf(dist0 + static_cast<float>(8 * j + e % 2 - 8 * (e / 2))), x);
-                  x -= s_lse[qc];
                 } else {
                   x = fmaf(st[j][e], mod.scale_log2, -s_lse[qc]);
                 }
