@@ -283,6 +283,9 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
   const float x_scale = kMods ? 1.f : mod.scale_log2;
   const bool dropout = kMods && p.dropout_p > 0.f;
   const float rp = dropout ? p.rp_dropout : 1.f;
+  // softcap's tanh below by a multiply (an IEEE division per score compiles to a reciprocal, its
+  // refinement and a slow-path branch)
+  [[maybe_unused]] const float inv_cap_out = kMods && mod.softcap ? 1.f / mod.cap_out : 0.f;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
     const int i0 = m0 + row_w + 16 * mt + g;  // this thread's first row in m-tile mt
@@ -312,7 +315,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
             // masked x = −inf from making 0 · (−inf).
             const int i = i0 + half * 8, j = j0 + nt * 8 + e;
             const float th =
-                (x + mod.alibi_log2 * static_cast<float>(mod.mask.alibi_distance(i, j))) / mod.cap_out;
+                (x + mod.alibi_log2 * static_cast<float>(mod.mask.alibi_distance(i, j))) * inv_cap_out;
             ds *= fmaxf(1.f - th * th, 0.f);
           }
           s[mt][nt][half * 2 + e] = prob;
