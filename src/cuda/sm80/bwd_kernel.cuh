@@ -283,9 +283,13 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
   const float x_scale = kMods ? 1.f : mod.scale_log2;
   const bool dropout = kMods && p.dropout_p > 0.f;
   const float rp = dropout ? p.rp_dropout : 1.f;
-  // softcap's tanh below by a multiply (an IEEE division per score compiles to a reciprocal, its
-  // refinement and a slow-path branch)
+  // softcap's tanh below, th = x / cap_out + (alibi_log2 / cap_out) |i + shift - j|, by a multiply
+  // (an IEEE division per score compiles to a reciprocal, its refinement and a slow-path branch:
+  // the softcap backward ran 7-36% slower with it, session 30) and the distance in float as
+  // apply_scores takes it (one FADD per score with |.| as an operand modifier, where the integer
+  // distance took an IADD, an IABS and an I2F).
   [[maybe_unused]] const float inv_cap_out = kMods && mod.softcap ? 1.f / mod.cap_out : 0.f;
+  [[maybe_unused]] const float alibi_th = mod.alibi_log2 * inv_cap_out;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
     const int i0 = m0 + row_w + 16 * mt + g;  // this thread's first row in m-tile mt
@@ -303,6 +307,8 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
     for (int half = 0; half < 2; ++half) {
       const int r = row_w + 16 * mt + g + half * 8;
       const float lse2 = s_lse[r], dsum = s_dsum[r];
+      // i + shift - j0 of this row (softcap's ALiBi distance below; exact below 2^24)
+      [[maybe_unused]] const float d0 = static_cast<float>(i0 + half * 8 + mod.mask.shift - j0);
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
@@ -313,10 +319,8 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
           if (kMods && mod.softcap) {
             // tanh of the capped score, recovered from x = cap_out · tanh − ALiBi; fmaxf keeps a
             // masked x = −inf from making 0 · (−inf).
-            const int i = i0 + half * 8, j = j0 + nt * 8 + e;
-            const float th =
-                (x + mod.alibi_log2 * static_cast<float>(mod.mask.alibi_distance(i, j))) * inv_cap_out;
-            ds *= fmaxf(1.f - th * th, 0.f);
+            const float th = fmaf(alibi_th, fabsf(d0 - static_cast<float>(nt * 8 + e)), x * inv_cap_out);
+            ds *= fmaxf(fmaf(-th, th, 1.f), 0.f);
           }
           s[mt][nt][half * 2 + e] = prob;
           dp[mt][nt][half * 2 + e] = ds;
