@@ -170,8 +170,8 @@ struct ScoreMod {
 };
 
 // Dropout on P fragments with the mask of src/core/philox.h: one Philox call gives the words of
-// keys 4 (j / 4) .. + 3; a thread's two columns 2t, 2t + 1 share one call. Dropped elements become
-// 0; the 1 / (1 - p) scaling is folded into the final normalisation of O.
+// keys 4 (j / 4) .. + 3 of one row. Dropped elements become 0; the 1 / (1 - p) scaling is folded
+// into the final normalisation of O.
 struct Dropout {
   uint64_t seed, offset;
   uint32_t threshold;
@@ -181,19 +181,49 @@ struct Dropout {
     return Dropout{p.seed, p.offset, p.dropout_threshold, b, h, p.heads_q};
   }
 
+  // A thread's keep bits for kNTiles fragments (rows row0, row0 + 8; columns col0 + 8 nt + {0, 1}):
+  // bit 2 nt + c of row[r] keeps element (nt, 2 r + c).
+  struct Keep {
+    uint32_t row[2];
+  };
+
+  // Lanes 4g + t and 4g + (t ^ 1) hold the same two rows and the two halves of each group of four
+  // keys (col0 = 8k + 2t), and one Philox call gives a row's four words, so the pair shares its
+  // calls: the lower lane (t even) computes row0's words, the upper lane row0 + 8's, and each
+  // passes its partner the partner's two bits of its row (one shuffle for all tiles). One call per
+  // tile and lane where each lane computed both rows: Philox (10 rounds of two wide multiplies
+  // and their xors, ~70 instructions) was ~35 instructions per score in the forward and twice that
+  // in the backward, which drew the mask for dP and again for P. Must be reached by the whole warp.
   template <int kNTiles>
-  __device__ __forceinline__ void apply(float (&pf)[kNTiles][4], int row0, int col0) const {
+  __device__ __forceinline__ Keep keep(int row0, int col0) const {
+    static_assert(kNTiles <= 16, "two bits per tile in a 32-bit word");
+    const bool upper = (col0 & 2) != 0;  // this lane's columns are keys 2, 3 of their group of four
+    const int row = row0 + (upper ? 8 : 0);
+    uint32_t own = 0, other = 0;  // this lane's bits of `row`, and its partner's
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
-      const int j = col0 + nt * 8;  // even: j and j + 1 are in the same group of four
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const Philox4 w = dropout_words(seed, offset, b, h, heads_q, row0 + r * 8, j >> 2);
-        const bool upper = (j & 2) != 0;  // selects, not w.x[j & 3]: no dynamic register indexing
-        if ((upper ? w.x[2] : w.x[0]) < threshold) pf[nt][2 * r] = 0.0f;
-        if ((upper ? w.x[3] : w.x[1]) < threshold) pf[nt][2 * r + 1] = 0.0f;
-      }
+      const Philox4 w = dropout_words(seed, offset, b, h, heads_q, row, (col0 + nt * 8) >> 2);
+      const uint32_t lo = uint32_t(w.x[0] >= threshold) | uint32_t(w.x[1] >= threshold) << 1;
+      const uint32_t hi = uint32_t(w.x[2] >= threshold) | uint32_t(w.x[3] >= threshold) << 1;
+      own |= (upper ? hi : lo) << (2 * nt);
+      other |= (upper ? lo : hi) << (2 * nt);
     }
+    const uint32_t got = __shfl_xor_sync(0xffffffffu, other, 1);
+    return Keep{{upper ? got : own, upper ? own : got}};
+  }
+
+  template <int kNTiles>
+  static __device__ __forceinline__ void apply(float (&pf)[kNTiles][4], const Keep& k) {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (!((k.row[e / 2] >> (2 * nt + e % 2)) & 1u)) pf[nt][e] = 0.0f;
+  }
+
+  template <int kNTiles>
+  __device__ __forceinline__ void apply(float (&pf)[kNTiles][4], int row0, int col0) const {
+    apply(pf, keep<kNTiles>(row0, col0));
   }
 };
 

@@ -302,7 +302,13 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
     } else if (masked) {
       mod.apply_mask(s[mt], i0, j0);  // raw scores, −inf where masked
     }
-    if (dropout) drop.apply(dp[mt], i0, j0);  // dP∘Z; the 1/(1-p) factor is applied below
+    // One draw of the mask for dP∘Z here and P∘Z after the loop below (the 1/(1-p) factor of dP
+    // is applied below, P's at its store)
+    Dropout::Keep keep{};
+    if (dropout) {
+      keep = drop.keep<kNT>(i0, j0);
+      Dropout::apply(dp[mt], keep);
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = row_w + 16 * mt + g + half * 8;
@@ -327,6 +333,7 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
         }
       }
     }
+    if (dropout) Dropout::apply(s[mt], keep);  // P∘Z, for dV (ds above took the undropped P)
   }
   // x[mt][nt][2 half + e] is the block's row row_w + 16 mt + g + 8 half, key col_w + 8 nt + 2t + e,
   // stored times mul. On sm_90 one stmatrix.x4 per 16 x 16 (matrices: rows 0-7 / 8-15 x column
@@ -361,10 +368,6 @@ __device__ __forceinline__ void scores_and_ds(const T* sQ, const T* sK, const T*
   };
   store(s_ds, dp, 1.f);
   if (s_p == nullptr) return;
-  if (dropout) {
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) drop.apply(s[mt], m0 + row_w + 16 * mt + g, j0);  // P∘Z
-  }
   store(s_p, s, rp);
 }
 
